@@ -1,0 +1,56 @@
+"""jangdok (장독): a cache for expensive Python results in a local folder or any S3 bucket.
+
+    from jangdok import Cache
+    cache = Cache("s3://my-bucket/cache/")      # or Cache("cache"), or Cache() for $CACHE_DIR
+    value = cache.get("label_data.pkl")
+    if value is None:
+        value = compute()
+        cache.put("label_data.pkl", value, metadata={"seq": 30})
+
+Everything public is exported here. Importing has no side effects: no network, no file reads,
+no output; logging goes to ``logging.getLogger("jangdok")``.
+"""
+
+from .cache import Cache, Entry, EntryInfo
+from .errors import (
+    AccessDenied,
+    ConfigError,
+    CorruptEntry,
+    CredentialsError,
+    InvalidKey,
+    InvalidLocation,
+    JangdokError,
+    StoreUnavailable,
+    UnsupportedEntry,
+)
+from .location import Location, is_s3_path, join, parse_location
+from .paths import exists, load, remove, save, stat
+from .settings import Settings, mask_secret
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cache",
+    "Entry",
+    "EntryInfo",
+    "Settings",
+    "Location",
+    "parse_location",
+    "is_s3_path",
+    "join",
+    "load",
+    "save",
+    "exists",
+    "remove",
+    "stat",
+    "mask_secret",
+    "JangdokError",
+    "ConfigError",
+    "InvalidLocation",
+    "InvalidKey",
+    "CredentialsError",
+    "AccessDenied",
+    "StoreUnavailable",
+    "CorruptEntry",
+    "UnsupportedEntry",
+]

@@ -1,0 +1,252 @@
+"""The cache: entries (values with a verified header) in a store, with fallback and logging.
+
+A :class:`Cache` resolves its settings and opens its store on first use, not on construction,
+so creating one (or importing jangdok) touches neither the network nor ``.env`` files.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import entry
+from .errors import ConfigError, CorruptEntry, CredentialsError, JangdokError, StoreUnavailable, UnsupportedEntry
+from .location import Location, parse_location
+from .settings import Settings
+from .stores import LocalStore, Store, open_store
+
+__all__ = ["Cache", "Entry", "EntryInfo"]
+
+log = logging.getLogger("jangdok")
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """What is known about one stored entry."""
+
+    key: str
+    path: str
+    """Full path, as logs show it: ``s3://bucket/cache/x.pkl`` or ``cache/x.pkl``."""
+    store: str
+    """Which store holds it: ``"S3"``, ``"local"`` or ``"local (fallback)"``."""
+    size: int
+    """Stored size in bytes, header included."""
+    created_at: float
+    """When the entry was written (seconds since the epoch); file time for legacy pickles."""
+    metadata: dict[str, Any] | None
+    format_version: int | None
+    """Entry format version; ``None`` for a legacy plain pickle."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A loaded value together with its :class:`EntryInfo`."""
+
+    value: Any
+    info: EntryInfo
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size} B"
+
+
+class Cache:
+    """A cache of Python values under one location: a local folder or ``s3://bucket/prefix/``.
+
+    ``Cache()`` uses ``CACHE_DIR`` from the environment or ``.env`` (default ``cache``).
+    Keyword arguments override any setting of :class:`~jangdok.settings.Settings`
+    (``endpoint_url``, ``fallback``, ``read_timeout``, ...).
+    """
+
+    def __init__(self, location: str | os.PathLike[str] | None = None, **settings: Any) -> None:
+        if location is not None:
+            settings["cache_dir"] = os.fspath(location)
+            parse_location(settings["cache_dir"])  # fail fast on a malformed location
+        self._overrides = settings
+        self._settings: Settings | None = None
+        self._store: Store | None = None
+        self._store_label = ""
+        self._lock = threading.Lock()
+        self.fallback_reason: str | None = None
+        """Why the cache runs on its local fallback folder, or ``None`` if it does not."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Cache:
+        """A cache for already-resolved settings (no environment or ``.env`` lookups)."""
+        cache = cls()
+        cache._settings = settings
+        return cache
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.resolve(**self._overrides)
+        return self._settings
+
+    @property
+    def location(self) -> Location:
+        """The configured location (even when the cache runs on its fallback folder)."""
+        return parse_location(self.settings.cache_dir)
+
+    @property
+    def store(self) -> Store:
+        """The open store, opened (with fallback if needed) on first access."""
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = self._open()
+        return self._store
+
+    @property
+    def store_label(self) -> str:
+        """``"S3"``, ``"local"`` or ``"local (fallback)"``: what logs call the serving store."""
+        self.store  # noqa: B018 - opening decides the label
+        return self._store_label
+
+    def _open(self) -> Store:
+        settings = self.settings
+        location = self.location
+        try:
+            store = open_store(location, settings)
+        except (CredentialsError, StoreUnavailable, ConfigError) as exc:
+            if not (location.is_s3 and settings.fallback):
+                raise
+            folder = os.path.join(settings.fallback_dir, location.root, *location.prefix.split("/"))
+            self.fallback_reason = str(exc)
+            log.warning(
+                "S3 cache %s is unavailable, using the local fallback folder %s. Reason: %s "
+                "(set JANGDOK_FALLBACK=0 to raise instead)", location.url, folder, exc,
+            )
+            self._store_label = "local (fallback)"
+            return LocalStore(Location("local", folder))
+        self._store_label = store.name
+        return store
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value stored under ``key``, or ``default`` if it is missing or was corrupt."""
+        found = self.get_entry(key)
+        return default if found is None else found.value
+
+    def get_entry(self, key: str) -> Entry | None:
+        """The value and its :class:`EntryInfo`, or ``None`` on a miss.
+
+        A damaged entry is deleted and logged at WARNING, and counts as a miss. An entry from a
+        newer jangdok (or needing code this process lacks) is kept, logged, and missed. Store
+        failures raise: a broken transfer never deletes anything.
+        """
+        store = self.store
+        path = store.path(key)
+        started = time.perf_counter()
+        reader = store.read(key)
+        if reader is None:
+            log.debug("cache miss: %s", path)
+            return None
+        with reader:
+            try:
+                decoded = entry.decode(reader, reader.size)
+            except (CorruptEntry, UnsupportedEntry) as exc:
+                self._discard(key, path, exc)
+                return None
+        info = self._info(key, path, reader.size, decoded.header, fallback_time=None)
+        log.info("cache loaded (%s): %s, %s in %.1f ms",
+                 self._store_label, path, _megabytes(reader.size), (time.perf_counter() - started) * 1e3)
+        return Entry(decoded.value, info)
+
+    def _discard(self, key: str, path: str, problem: JangdokError) -> None:
+        if isinstance(problem, UnsupportedEntry):
+            log.warning("cache entry skipped (kept for other readers): %s: %s", path, problem)
+            return
+        try:
+            self.store.delete(key)
+        except JangdokError as exc:
+            log.warning("corrupt cache entry could not be deleted: %s: %s (%s)", path, problem, exc)
+            return
+        log.warning("corrupt cache entry deleted: %s: %s", path, problem)
+
+    def _info(self, key: str, path: str, size: int, header: entry.EntryHeader | None,
+              fallback_time: float | None) -> EntryInfo:
+        if header is None:  # a legacy pickle knows nothing about itself
+            if fallback_time is None:
+                stat = self.store.stat(key)
+                fallback_time = stat.modified if stat else time.time()
+            return EntryInfo(key, path, self._store_label, size, fallback_time, None, None)
+        return EntryInfo(key, path, self._store_label, size, header.created_at, header.metadata, header.version)
+
+    def stat(self, key: str) -> EntryInfo | None:
+        """Size, creation time, metadata and store of an entry, reading only its header."""
+        store = self.store
+        found = store.stat(key)
+        if found is None:
+            return None
+        path = store.path(key)
+        try:
+            head = self._read_range(key, entry.HEADER_PROBE_BYTES)
+            needed = entry.header_size(head)
+            if needed is not None and needed > len(head):
+                head = self._read_range(key, needed)
+            header = entry.read_header(io.BytesIO(head))
+        except (CorruptEntry, UnsupportedEntry) as exc:
+            self._discard(key, path, exc)
+            return None
+        if not isinstance(header, entry.EntryHeader):
+            return self._info(key, path, found.size, None, fallback_time=found.modified)
+        if header.entry_size != found.size:
+            self._discard(key, path, CorruptEntry(
+                f"entry is {found.size} bytes but its header declares {header.entry_size}"))
+            return None
+        return self._info(key, path, found.size, header, fallback_time=None)
+
+    def _read_range(self, key: str, stop: int) -> bytes:
+        reader = self.store.read(key, 0, stop)
+        if reader is None:
+            return b""
+        with reader:
+            return reader.read()
+
+    def exists(self, key: str) -> bool:
+        """Whether an entry is stored under ``key`` (not whether it is intact)."""
+        return self.store.exists(key)
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Keys of the stored entries that start with ``prefix``."""
+        return (found.key for found in self.store.list(prefix))
+
+    # -- writing --------------------------------------------------------------------------
+
+    def put(self, key: str, value: Any, metadata: Mapping[str, Any] | None = None) -> EntryInfo:
+        """Store ``value`` under ``key`` atomically, with optional JSON-able ``metadata``."""
+        store = self.store
+        path = store.path(key)  # validates the key before the value is serialized
+        started = time.perf_counter()
+        header, chunks = entry.encode(value, metadata)
+        store.write(key, chunks)
+        log.info("cache saved (%s): %s, %s in %.1f ms",
+                 self._store_label, path, _megabytes(header.entry_size), (time.perf_counter() - started) * 1e3)
+        return self._info(key, path, header.entry_size, header, fallback_time=None)
+
+    def delete(self, key: str) -> bool:
+        """Remove an entry; ``True`` if there was one."""
+        return self.store.delete(key)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = self._overrides.get("cache_dir") or (self._settings.cache_dir if self._settings else "CACHE_DIR")
+        return f"<Cache {where}{' (fallback)' if self.fallback_reason else ''}>"

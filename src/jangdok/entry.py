@@ -1,0 +1,226 @@
+"""The entry format: a short self-describing header, then the serialized payload.
+
+Layout of format version 1::
+
+    magic        8 bytes   b"\\x89JDK\\r\\n\\x1a\\n"
+    version      u16 BE    1
+    header_len   u32 BE    length of the JSON header that follows
+    header       JSON      serializer, compression, payload_length, checksum, digest,
+                           created_at, metadata
+    header_hash  u32 BE    xxh32 of the JSON header bytes
+    payload      payload_length bytes
+
+The magic starts with a non-ASCII byte and contains CR LF, so text-mode mangling is caught,
+and it cannot start a pickle (protocol 2+ pickles start with ``\\x80``, older ones with ASCII).
+Anything without the magic is read as the seed's plain pickle. The payload digest is xxh3-128:
+non-cryptographic but it detects truncation and bit flips at memory speed (signing, against
+tampering, is a separate layer).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import xxhash
+
+from .errors import CorruptEntry, UnsupportedEntry
+
+__all__ = ["EntryHeader", "Decoded", "encode", "decode", "read_header", "header_size", "FORMAT_VERSION", "MAGIC"]
+
+MAGIC = b"\x89JDK\r\n\x1a\n"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct(">8sHI")
+_HEADER_HASH = struct.Struct(">I")
+# A header is a few hundred bytes; anything near this limit is damage, not metadata.
+MAX_HEADER_BYTES = 1 << 20
+HEADER_PROBE_BYTES = 64 * 1024
+"""How much to fetch to read a header in one request; enough for any normal metadata."""
+_READ_CHUNK = 1 << 20
+_CHECKSUM = "xxh3_128"
+_SERIALIZER = "pickle"
+_COMPRESSION = "none"
+
+# Unpickling damaged bytes can fail in many ways; these mean the bytes are bad. ImportError
+# and AttributeError are left out on purpose: they mean the code changed, not the data.
+_DAMAGED = (pickle.UnpicklingError, EOFError, ValueError, IndexError, KeyError, TypeError,
+            OverflowError, UnicodeDecodeError, struct.error, MemoryError, RecursionError)
+
+
+@dataclass(frozen=True)
+class EntryHeader:
+    version: int
+    serializer: str
+    compression: str
+    payload_length: int
+    checksum: str
+    digest: str
+    created_at: float
+    metadata: dict[str, Any] | None
+    header_size: int
+    """Bytes before the payload."""
+
+    @property
+    def entry_size(self) -> int:
+        return self.header_size + self.payload_length
+
+
+@dataclass(frozen=True)
+class Decoded:
+    value: Any
+    header: EntryHeader | None
+    """``None`` for a legacy plain pickle, which has no header."""
+
+
+def encode(value: Any, metadata: Mapping[str, Any] | None = None) -> tuple[EntryHeader, list[bytes | memoryview]]:
+    """Serialize a value into entry chunks (header, payload), ready for ``Store.write``."""
+    payload = pickle.dumps(value, protocol=5)
+    fields = {
+        "serializer": _SERIALIZER,
+        "compression": _COMPRESSION,
+        "payload_length": len(payload),
+        "checksum": _CHECKSUM,
+        "digest": xxhash.xxh3_128_hexdigest(payload),
+        "created_at": time.time(),
+        "metadata": dict(metadata) if metadata is not None else None,
+    }
+    try:
+        header_json = json.dumps(fields, ensure_ascii=False, sort_keys=True, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"entry metadata must be JSON-serializable (str, int, float, bool, None, lists, dicts): {exc}") from exc
+    prefix = (
+        _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json))
+        + header_json
+        + _HEADER_HASH.pack(xxhash.xxh32_intdigest(header_json))
+    )
+    header = _header_from(fields, len(prefix))
+    return header, [prefix, payload]
+
+
+def _header_from(fields: Mapping[str, Any], header_size: int) -> EntryHeader:
+    return EntryHeader(
+        version=FORMAT_VERSION,
+        serializer=fields["serializer"],
+        compression=fields["compression"],
+        payload_length=int(fields["payload_length"]),
+        checksum=fields["checksum"],
+        digest=fields["digest"],
+        created_at=float(fields["created_at"]),
+        metadata=fields.get("metadata"),
+        header_size=header_size,
+    )
+
+
+def _read_exactly(reader: BinaryIO, size: int, into: bytearray | None = None) -> bytearray:
+    """Read ``size`` bytes or raise CorruptEntry: the store guarantees a short read is real."""
+    buffer = into if into is not None else bytearray(size)
+    view = memoryview(buffer)
+    done = 0
+    while done < size:
+        count = reader.readinto(view[done : done + min(_READ_CHUNK, size - done)])
+        if not count:
+            raise CorruptEntry(f"entry is truncated: expected {size} bytes, found {done}")
+        done += count
+    return buffer
+
+
+def header_size(start: bytes) -> int | None:
+    """Bytes before the payload, from an entry's first bytes; ``None`` if they hold no
+    complete prefix or no magic. Lets a reader fetch exactly the header and no more."""
+    if len(start) < _PREFIX.size or not start.startswith(MAGIC):
+        return None
+    _, _, header_len = _PREFIX.unpack_from(start)
+    return _PREFIX.size + min(header_len, MAX_HEADER_BYTES) + _HEADER_HASH.size
+
+
+def read_header(reader: BinaryIO) -> EntryHeader | bytes:
+    """Parse a header from the start of a stream.
+
+    Returns the header, or the bytes already consumed if the stream holds no magic (a legacy
+    plain pickle), so the caller can go on reading it. Raises CorruptEntry or UnsupportedEntry.
+    """
+    start = bytearray()
+    while len(start) < _PREFIX.size:
+        chunk = reader.read(_PREFIX.size - len(start))
+        if not chunk:
+            break
+        start += chunk
+        if not MAGIC.startswith(bytes(start[: len(MAGIC)])):
+            return bytes(start)
+    if len(start) < _PREFIX.size:
+        if MAGIC.startswith(bytes(start)) and start:
+            raise CorruptEntry(f"entry is truncated inside its header ({len(start)} bytes)")
+        return bytes(start)
+    _, version, header_len = _PREFIX.unpack(start)
+    if version > FORMAT_VERSION:
+        raise UnsupportedEntry(f"entry uses format version {version}; this jangdok reads up to {FORMAT_VERSION}: upgrade jangdok")
+    if version < 1 or header_len > MAX_HEADER_BYTES:
+        raise CorruptEntry(f"entry header is damaged (version {version}, header length {header_len})")
+    rest = _read_exactly(reader, header_len + _HEADER_HASH.size)
+    header_json = bytes(rest[:header_len])
+    (expected,) = _HEADER_HASH.unpack_from(rest, header_len)
+    if xxhash.xxh32_intdigest(header_json) != expected:
+        raise CorruptEntry("entry header checksum mismatch")
+    try:
+        fields = json.loads(header_json)
+        header = _header_from(fields, _PREFIX.size + header_len + _HEADER_HASH.size)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptEntry(f"entry header is unreadable: {exc}") from exc
+    unknown = [
+        f"{name} {value!r}"
+        for name, value, known in (
+            ("serializer", header.serializer, _SERIALIZER),
+            ("compression", header.compression, _COMPRESSION),
+            ("checksum", header.checksum, _CHECKSUM),
+        )
+        if value != known
+    ]
+    if unknown:
+        raise UnsupportedEntry(f"entry uses {', '.join(unknown)}, unknown to this jangdok: upgrade jangdok")
+    return header
+
+
+def decode(reader: BinaryIO, size: int | None = None) -> Decoded:
+    """Read, verify and deserialize a whole entry from a stream of ``size`` bytes.
+
+    Raises CorruptEntry for damage (the caller may delete the entry) and UnsupportedEntry for
+    intact entries this process cannot use (the caller must keep them).
+    """
+    header = read_header(reader)
+    if not isinstance(header, EntryHeader):
+        return Decoded(_load_legacy(header + reader.read()), None)
+    if size is not None and size != header.entry_size:
+        raise CorruptEntry(
+            f"entry is {size} bytes but its header declares {header.entry_size} "
+            f"({header.header_size} header + {header.payload_length} payload)"
+        )
+    payload = _read_exactly(reader, header.payload_length)
+    if reader.read(1):
+        raise CorruptEntry(f"entry has bytes after its declared {header.payload_length}-byte payload")
+    if xxhash.xxh3_128_hexdigest(payload) != header.digest:
+        raise CorruptEntry("entry payload checksum mismatch (xxh3_128): the bytes were damaged")
+    try:
+        value = pickle.loads(payload)
+    except _DAMAGED as exc:
+        # The checksum matched, so the bytes are what was written: the writer's pickle is bad.
+        raise CorruptEntry(f"entry payload does not unpickle: {type(exc).__name__}: {exc}") from exc
+    except (ImportError, AttributeError) as exc:
+        raise UnsupportedEntry(f"entry needs code this process lacks: {exc}") from exc
+    return Decoded(value, header)
+
+
+def _load_legacy(data: bytes) -> Any:
+    """A plain pickle as the seed wrote it: no header, no checksum."""
+    if not data:
+        raise CorruptEntry("entry is empty")
+    try:
+        return pickle.loads(data)
+    except _DAMAGED as exc:
+        raise CorruptEntry(f"legacy pickle is damaged: {type(exc).__name__}: {exc}") from exc
+    except (ImportError, AttributeError) as exc:
+        raise UnsupportedEntry(f"legacy pickle needs code this process lacks: {exc}") from exc

@@ -1,0 +1,59 @@
+"""The exception hierarchy. Every error jangdok raises is a :class:`JangdokError`.
+
+Messages name what failed, on which path, and what to check. Backends translate their
+client library's exceptions into these at their boundary (``raise ... from exc``) so callers
+never need to import botocore to handle a cache failure.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "JangdokError",
+    "ConfigError",
+    "InvalidLocation",
+    "InvalidKey",
+    "CredentialsError",
+    "AccessDenied",
+    "StoreUnavailable",
+    "CorruptEntry",
+    "UnsupportedEntry",
+]
+
+
+class JangdokError(Exception):
+    """Base class of every error raised by jangdok."""
+
+
+class ConfigError(JangdokError):
+    """The configuration cannot work: a bad setting, a missing bucket, an unknown profile."""
+
+
+class InvalidLocation(ConfigError, ValueError):
+    """A cache location string (a folder or ``s3://bucket/prefix/``) is malformed."""
+
+
+class InvalidKey(ConfigError, ValueError):
+    """A cache key is malformed or would escape the cache root."""
+
+
+class CredentialsError(JangdokError):
+    """No usable credentials were found, or the store rejected the ones given."""
+
+
+class AccessDenied(JangdokError):
+    """The credentials were accepted but lack a permission needed for the operation."""
+
+
+class StoreUnavailable(JangdokError):
+    """The store could not be reached or kept failing after the allowed retries."""
+
+
+class CorruptEntry(JangdokError):
+    """A stored entry is damaged (truncated, bit-flipped, undecodable); it is safe to delete."""
+
+
+class UnsupportedEntry(JangdokError):
+    """A stored entry uses a format this version cannot read (written by a newer jangdok).
+
+    Unlike :class:`CorruptEntry` it must not be deleted: a newer reader may need it.
+    """

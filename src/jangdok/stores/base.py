@@ -1,0 +1,115 @@
+"""The store contract: a place that keeps named byte strings, and nothing more.
+
+Stores move bytes. Entry formats, checksums, serialization, fallback and logging of what was
+served live above them, so a new backend is only this contract. Values travel as chunks
+(``bytes`` or any iterable of bytes-like chunks in; a file-like reader out) so large entries can
+stream without a whole copy in memory.
+"""
+
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Union
+
+from ..location import Location
+
+__all__ = ["Store", "Reader", "ObjectInfo", "Capabilities", "Chunks", "iter_chunks"]
+
+Chunks = Union[bytes, bytearray, memoryview, Iterable[Union[bytes, bytearray, memoryview]]]
+"""What a store accepts to write: one bytes-like value, or an iterable of bytes-like chunks."""
+
+
+def iter_chunks(data: Chunks) -> Iterator[memoryview]:
+    """Normalise :data:`Chunks` into non-empty byte views without copying."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = (data,)
+    for chunk in data:
+        view = memoryview(chunk).cast("B")
+        if view.nbytes:
+            yield view
+
+
+class Reader(io.RawIOBase):
+    """A readable stream of one object's bytes that knows how many it will deliver."""
+
+    size: int
+    """Bytes this reader delivers in all (the requested range, clipped to the object)."""
+
+    def readable(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a store knows about one stored object, without reading it."""
+
+    key: str
+    size: int
+    modified: float
+    """Last modification time, seconds since the epoch."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can promise; the layers above adapt to these, never to backend types."""
+
+    shared: bool
+    """Other machines see the same entries (S3), or only this machine does (a local folder)."""
+    range_reads: bool
+    """``read(key, start, stop)`` fetches only the requested bytes."""
+
+
+class Store(ABC):
+    """A flat namespace of keys under one :class:`~jangdok.location.Location`.
+
+    A missing key is not an error: ``read`` and ``stat`` return ``None`` and ``delete`` returns
+    ``False``. Failures raise :mod:`jangdok.errors` types, never the client library's.
+    """
+
+    location: Location
+    capabilities: Capabilities
+    name: str
+    """Short label for logs and statistics: ``"local"`` or ``"S3"``."""
+
+    @abstractmethod
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
+        """Open bytes ``[start, stop)`` of an object for reading, or ``None`` if it is missing.
+
+        ``stop`` (exclusive, ``None`` for the end) must exceed ``start``; a range past the end
+        of the object reads as empty.
+
+        The reader raises (never returns short data) if the transfer breaks in a way the
+        backend cannot recover from, so a broken transfer is never mistaken for a short object.
+        """
+
+    @abstractmethod
+    def write(self, key: str, data: Chunks) -> None:
+        """Store an object atomically: readers see the previous object or this one, never a mix."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove an object; ``True`` if it existed."""
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and modification time of an object, or ``None`` if it is missing."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in no particular order."""
+
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def path(self, key: str) -> str:
+        """The full path of a key, as logs and error messages show it."""
+        return self.location.path(key)
+
+    def close(self) -> None:
+        """Release connections; the store must not be used afterwards."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.location.url}>"

@@ -1,0 +1,412 @@
+"""A store in an S3-compatible bucket (AWS S3, MinIO, SeaweedFS, Ceph, R2, ...) via boto3.
+
+Retries are ours, not botocore's: one policy (:mod:`jangdok.retry`) covers requests *and*
+reading response bodies, which botocore never retries; a body that breaks mid-transfer is
+resumed with a ranged GET pinned to the same ETag, so a long download is not restarted and
+never silently mixes two versions of an object. Every botocore exception is translated into
+:mod:`jangdok.errors` here, with the seed guide's wording and what to check.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import boto3
+import botocore.exceptions as bce
+from botocore.config import Config
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from ..errors import AccessDenied, ConfigError, CredentialsError, JangdokError, StoreUnavailable
+from ..location import Location, validate_key
+from ..retry import RetryExhausted, RetryPolicy
+from ..settings import Settings, mask_secret
+from .base import Capabilities, Chunks, ObjectInfo, Reader, Store, iter_chunks
+
+__all__ = ["S3Store", "make_client"]
+
+log = logging.getLogger("jangdok")
+T = TypeVar("T")
+
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every multipart part but the last
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
+
+_TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
+    "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable", "BandwidthLimitExceeded",
+}
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired",
+    "InvalidClientTokenId", "AuthorizationHeaderMalformed",
+}
+_DENIED_CODES = {"AccessDenied", "403", "AllAccessDisabled", "AccountProblem"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_PERMISSION = {
+    "checking": "s3:GetObject (and s3:ListBucket, without which S3 reports a missing key as 403)",
+    "loading": "s3:GetObject",
+    "saving": "s3:PutObject",
+    "deleting": "s3:DeleteObject",
+    "listing": "s3:ListBucket",
+}
+
+
+class _ShortBody(Exception):
+    """The connection ended before the promised Content-Length: a transfer fault, not data."""
+
+
+def _error_code(exc: bce.ClientError) -> tuple[str, int]:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return str(error.get("Code", status)), int(status or 0)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, bce.ClientError):
+        code, status = _error_code(exc)
+        return code in _TRANSIENT_CODES or status >= 500 or status == 429
+    if isinstance(exc, bce.SSLError):
+        return False  # a certificate problem does not fix itself
+    return isinstance(
+        exc,
+        (bce.HTTPClientError, bce.ResponseStreamingError, bce.IncompleteReadError, Urllib3Error,
+         _ShortBody, ConnectionError, TimeoutError),
+    )
+
+
+def make_client(settings: Settings) -> tuple[Any, str]:
+    """A boto3 S3 client for these settings and its masked access key, with credentials
+    checked before any request.
+
+    Raises CredentialsError (the seed's "Unable to locate credentials") or ConfigError.
+    """
+    try:
+        session = boto3.session.Session(
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+            aws_session_token=settings.session_token,
+            region_name=settings.region,
+            profile_name=None if settings.access_key_id else settings.profile,
+        )
+        credentials = session.get_credentials()
+    except bce.ProfileNotFound as exc:
+        raise ConfigError(
+            f"S3 client initialization failed: AWS profile {settings.profile!r} not found "
+            f"({settings.credentials_source}); create it with 'aws configure --profile {settings.profile}' "
+            "or unset AWS_PROFILE"
+        ) from exc
+    except bce.BotoCoreError as exc:
+        raise CredentialsError(f"S3 client initialization failed: {exc}; check {settings.credentials_source}") from exc
+    if credentials is None or not credentials.access_key:
+        raise CredentialsError(
+            "S3 client initialization failed: Unable to locate credentials. Tried: explicit arguments, "
+            "environment variables (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE), .env files "
+            "(project folder, current folder), the AWS shared config and credentials files. Set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run 'aws configure'."
+        )
+    config = Config(
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        retries={"total_max_attempts": 1, "mode": "standard"},  # retries are ours: see module doc
+        # Path-style addressing is what self-hosted S3 servers support; AWS picks its own.
+        s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+        max_pool_connections=32,
+    )
+    client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+    return client, mask_secret(credentials.access_key)
+
+
+class _ChunkFile(io.RawIOBase):
+    """A seekable read-only file over byte chunks, so botocore can send (and re-send or
+    checksum) a body that was never joined into one copy."""
+
+    def __init__(self, chunks: list[memoryview]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._size = sum(chunk.nbytes for chunk in chunks)
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = min(max(0, base + offset), self._size)
+        return self._pos
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        target = memoryview(buffer).cast("B")
+        written, skip = 0, self._pos
+        for chunk in self._chunks:
+            if skip >= chunk.nbytes:
+                skip -= chunk.nbytes
+                continue
+            piece = chunk[skip : skip + target.nbytes - written]
+            target[written : written + piece.nbytes] = piece
+            written += piece.nbytes
+            skip = 0
+            if written == target.nbytes:
+                break
+        self._pos += written
+        return written
+
+
+def _parts(data: Chunks, part_size: int) -> Iterator[list[memoryview]]:
+    """Group chunks into parts of exactly ``part_size`` bytes (the last may be shorter)."""
+    part: list[memoryview] = []
+    filled = 0
+    yielded = False
+    for view in iter_chunks(data):
+        while view.nbytes:
+            piece = view[: part_size - filled]
+            part.append(piece)
+            filled += piece.nbytes
+            view = view[piece.nbytes :]
+            if filled == part_size:
+                yield part
+                part, filled, yielded = [], 0, True
+    if part or not yielded:
+        yield part
+
+
+class _S3Reader(Reader):
+    """An object's bytes ``[start, end)``, resuming broken transfers where they stopped."""
+
+    def __init__(self, store: S3Store, key: str, response: dict[str, Any], start: int) -> None:
+        super().__init__()
+        self._store = store
+        self._key = key
+        self._etag = response.get("ETag")
+        self._body = response["Body"]
+        self._pos = start
+        self.size = int(response.get("ContentLength", 0))
+        self._end = start + self.size
+
+    def _drop_body(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+
+    def _read_some(self, size: int) -> bytes:
+        if self._body is None:
+            log.debug("resuming %s at byte %d", self._store.path(self._key), self._pos)
+            self._body = self._store._get_object(self._key, self._pos, self._end, if_match=self._etag)["Body"]
+        try:
+            data = self._body.read(size)
+        except BaseException:
+            self._drop_body()
+            raise
+        if not data:
+            self._drop_body()
+            raise _ShortBody(f"connection closed at byte {self._pos} of {self._end}")
+        return data
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        target = memoryview(buffer).cast("B")[: self._end - self._pos]
+        if not target.nbytes:
+            return 0
+        data = self._store._call("loading", self._key, lambda: self._read_some(target.nbytes))
+        target[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._drop_body()
+        super().close()
+
+
+class S3Store(Store):
+    """Objects under ``s3://bucket/prefix/``; a key maps to ``prefix + key``."""
+
+    name = "S3"
+    capabilities = Capabilities(shared=True, range_reads=True)
+
+    def __init__(self, location: Location, settings: Settings, part_size: int = DEFAULT_PART_SIZE) -> None:
+        if not location.is_s3:
+            raise ValueError(f"S3Store needs an s3:// location, got {location.url}")
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
+        self.location = location
+        self.settings = settings
+        self.part_size = part_size
+        self.client, self._access_key = make_client(settings)
+        self.policy = RetryPolicy(
+            max_attempts=settings.max_attempts,
+            total_timeout=settings.total_timeout,
+            attempt_timeout=settings.connect_timeout + settings.read_timeout,
+        )
+        self._bucket = location.root
+
+    # -- error handling -------------------------------------------------------------------
+
+    def _call(self, verb: str, key: str | None, operation: Callable[[], T]) -> T:
+        path = self.path(key) if key is not None else self.location.url
+        try:
+            return self.policy.call(operation, _is_transient, f"{verb} {path}")
+        except RetryExhausted as exc:
+            tally = f"{exc.attempts} attempt(s) in {exc.elapsed:.1f} s"
+            raise self._translate(exc.last, verb, path, tally) from exc.last
+        except (bce.BotoCoreError, bce.ClientError) as exc:
+            raise self._translate(exc, verb, path, "1 attempt") from exc
+
+    def _translate(self, exc: BaseException, verb: str, path: str, tally: str) -> JangdokError:
+        endpoint = self.client.meta.endpoint_url
+        if isinstance(exc, bce.ClientError):
+            code, status = _error_code(exc)
+            message = exc.response.get("Error", {}).get("Message", "")
+            if code in _DENIED_CODES:
+                return AccessDenied(
+                    f"S3 error {verb} {path}: Access Denied. The identity (access key {self._access_key}) lacks "
+                    f"{_PERMISSION[verb]}; the bucket policy must allow s3:GetObject, s3:PutObject, "
+                    "s3:DeleteObject and s3:ListBucket on the cache prefix."
+                )
+            if code in _CREDENTIAL_CODES:
+                return CredentialsError(
+                    f"S3 error {verb} {path}: {code}: the credentials were rejected "
+                    f"({self.settings.credentials_source}); check the secret key and session token, "
+                    f"and that the key is active for endpoint {endpoint}."
+                )
+            if code == "NoSuchBucket" or (verb == "opening" and code in _MISSING_CODES):
+                return ConfigError(
+                    f"S3 error {verb} {path}: bucket {self._bucket!r} does not exist at {endpoint}; "
+                    f"create it ('aws s3 mb s3://{self._bucket}') or fix CACHE_DIR."
+                )
+            if code == "PreconditionFailed" and verb == "loading":
+                return StoreUnavailable(f"S3 error {verb} {path}: the object was replaced while it was being read; load it again.")
+            if _is_transient(exc):
+                return StoreUnavailable(
+                    f"S3 error {verb} {path}: {code} (HTTP {status}) after {tally}; the service is "
+                    "overloaded or failing. Try again later."
+                )
+            return JangdokError(f"S3 error {verb} {path}: {code} (HTTP {status}): {message}")
+        if isinstance(exc, bce.NoCredentialsError):
+            return CredentialsError(f"S3 client initialization failed: Unable to locate credentials ({path})")
+        return StoreUnavailable(
+            f"S3 error {verb} {path}: Connection timeout or failure ({type(exc).__name__}: {exc}) after "
+            f"{tally}. Check that the endpoint {endpoint} is reachable from this machine (network, "
+            "AWS_ENDPOINT_URL, proxy), or use a local cache folder."
+        )
+
+    # -- the store contract ---------------------------------------------------------------
+
+    def _get_object(self, key: str, start: int, stop: int | None, if_match: str | None = None) -> dict[str, Any]:
+        request: dict[str, Any] = {"Bucket": self._bucket, "Key": self.location.object_key(key)}
+        if start or stop is not None:
+            request["Range"] = f"bytes={start}-{'' if stop is None else stop - 1}"
+        if if_match:
+            request["IfMatch"] = if_match
+        return self.client.get_object(**request)
+
+    def check(self) -> None:
+        """Confirm the bucket is reachable with these credentials (one HeadBucket request).
+
+        A 403 passes: many policies grant object access on a prefix but not HeadBucket.
+        """
+        try:
+            self._call("opening", None, lambda: self.client.head_bucket(Bucket=self._bucket))
+        except AccessDenied:
+            log.debug("HeadBucket denied on %s; object permissions decide", self.location.url)
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
+        def get() -> dict[str, Any] | None:
+            try:
+                return self._get_object(key, start, stop)
+            except bce.ClientError as exc:
+                code, _ = _error_code(exc)
+                if code in _MISSING_CODES:
+                    return None
+                if code == "InvalidRange":  # start at or past the end of the object
+                    return {"Body": io.BytesIO(b""), "ContentLength": 0}
+                raise
+
+        response = self._call("loading", key, get)
+        return None if response is None else _S3Reader(self, key, response, start)
+
+    def write(self, key: str, data: Chunks) -> None:
+        object_key = self.location.object_key(key)
+        parts = _parts(data, self.part_size)
+        first = next(parts)
+        second = next(parts, None)
+        if second is None:
+            self._call("saving", key, lambda: self.client.put_object(
+                Bucket=self._bucket, Key=object_key, Body=_ChunkFile(first)))
+            return
+        # Large values: a multipart upload becomes visible only when completed, so readers
+        # still see the previous object or the whole new one.
+        upload = self._call("saving", key, lambda: self.client.create_multipart_upload(
+            Bucket=self._bucket, Key=object_key))
+        upload_id = upload["UploadId"]
+        try:
+            done = []
+            for number, part in enumerate([first, second], start=1):
+                done.append(self._upload_part(key, object_key, upload_id, number, part))
+            for number, part in enumerate(parts, start=3):
+                done.append(self._upload_part(key, object_key, upload_id, number, part))
+            self._call("saving", key, lambda: self.client.complete_multipart_upload(
+                Bucket=self._bucket, Key=object_key, UploadId=upload_id, MultipartUpload={"Parts": done}))
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self._bucket, Key=object_key, UploadId=upload_id)
+            except Exception as exc:  # the original error matters more; S3 lifecycle rules clean up
+                log.warning("could not abort multipart upload of %s: %s", self.path(key), exc)
+            raise
+
+    def _upload_part(self, key: str, object_key: str, upload_id: str, number: int,
+                     part: list[memoryview]) -> dict[str, Any]:
+        response = self._call("saving", key, lambda: self.client.upload_part(
+            Bucket=self._bucket, Key=object_key, UploadId=upload_id, PartNumber=number, Body=_ChunkFile(part)))
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def delete(self, key: str) -> bool:
+        # S3 deletes succeed whether or not the key existed; ask first so callers can tell.
+        if self.stat(key) is None:
+            return False
+        object_key = self.location.object_key(key)
+        self._call("deleting", key, lambda: self.client.delete_object(Bucket=self._bucket, Key=object_key))
+        return True
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        object_key = self.location.object_key(key)
+
+        def head() -> dict[str, Any] | None:
+            try:
+                return self.client.head_object(Bucket=self._bucket, Key=object_key)
+            except bce.ClientError as exc:
+                if _error_code(exc)[0] in _MISSING_CODES:
+                    return None
+                raise
+
+        response = self._call("checking", key, head)
+        if response is None:
+            return None
+        return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp())
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Paged by hand, not with a boto3 paginator, so a failed page is retried alone.
+        request = {"Bucket": self._bucket, "Prefix": self.location.prefix + prefix}
+        skip = len(self.location.prefix)
+        while True:
+            page = self._call("listing", None, lambda: self.client.list_objects_v2(**request))
+            for item in page.get("Contents", []):
+                key = item["Key"][skip:]
+                try:
+                    validate_key(key)
+                except JangdokError:
+                    continue  # folder markers and foreign names that are not cache keys
+                yield ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp())
+            if not page.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = page["NextContinuationToken"]
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,106 @@
+"""Shared fixtures: an isolated environment for every test, and a real SeaweedFS S3 server.
+
+The server is started once per pytest worker (so parallel workers each run their own, on
+their own free ports) and every test gets a fresh key prefix in one bucket.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import BUCKET, s3_settings  # noqa: E402
+from seaweed import SeaweedServer, start_seaweed  # noqa: E402
+
+from jangdok import Cache, Settings, parse_location  # noqa: E402
+from jangdok.stores import Store, open_store  # noqa: E402
+
+_ISOLATED_PREFIXES = ("AWS_", "JANGDOK_")
+_ISOLATED_NAMES = ("CACHE_DIR", "S3_BUCKET_NAME")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No test sees the developer's AWS setup, .env files or caches, or touches IMDS."""
+    for name in list(os.environ):
+        if name.startswith(_ISOLATED_PREFIXES) or name in _ISOLATED_NAMES:
+            monkeypatch.delenv(name)
+    aws_home = tmp_path / "aws-home"
+    aws_home.mkdir()
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws_home / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(aws_home / "credentials"))
+    # boto3's chain would otherwise ask the EC2 metadata service, a non-loopback address.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("JANGDOK_FALLBACK_DIR", str(tmp_path / "fallback"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    server = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    try:
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_prefix() -> str:
+    """A fresh key prefix, so tests sharing the bucket never see each other's entries."""
+    return f"t-{uuid.uuid4().hex[:12]}/cache/"
+
+
+@pytest.fixture
+def s3_url(s3_prefix: str) -> str:
+    return f"s3://{BUCKET}/{s3_prefix}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def cache_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A location on the parametrised backend: a temp folder or a fresh S3 prefix."""
+    if backend == "local":
+        return str(tmp_path / "cache")
+    request.getfixturevalue("seaweed")
+    return request.getfixturevalue("s3_url")
+
+
+@pytest.fixture
+def make_settings(backend: str, request: pytest.FixtureRequest) -> Any:
+    """Build Settings for a location on the parametrised backend."""
+
+    def build(url: str, **overrides: Any) -> Settings:
+        if backend == "local":
+            return Settings(cache_dir=url, fallback=False, **overrides)
+        return s3_settings(request.getfixturevalue("seaweed"), url, **overrides)
+
+    return build
+
+
+@pytest.fixture
+def store(cache_url: str, make_settings: Any) -> Iterator[Store]:
+    opened = open_store(parse_location(cache_url), make_settings(cache_url))
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def cache(cache_url: str, make_settings: Any) -> Iterator[Cache]:
+    with Cache.from_settings(make_settings(cache_url)) as opened:
+        yield opened

@@ -1,0 +1,131 @@
+"""A TCP proxy on 127.0.0.1 that injects real network faults between boto3 and an S3 server.
+
+Each accepted connection takes the next fault from a queue (``pass`` once the queue is empty):
+
+* ``("pass",)`` forwards both ways;
+* ``("cut", n)`` forwards the request and the first ``n`` response bytes, then resets;
+* ``("status", http_status, code)`` answers with an S3 error document and closes;
+* ``("stall",)`` accepts, reads, and never answers.
+
+The client sees genuine resets, short bodies, 503s and timeouts from its own sockets.
+Request lines and Range headers passing through are recorded for assertions.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import threading
+from collections import deque
+from typing import Any
+
+_REQUEST_LINE = re.compile(rb"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/1\.1")
+_RANGE = re.compile(rb"[Rr]ange: (bytes=\d*-\d*)")
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with RST rather than FIN, as a crashed peer or a middlebox would."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.faults: deque[tuple[Any, ...]] = deque()
+        self.requests: list[str] = []
+        self.ranges: list[str] = []
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                fault = self.faults.popleft() if self.faults else ("pass",)
+                self._open.append(client)
+            threading.Thread(target=self._serve, args=(client, fault), daemon=True).start()
+
+    def _record(self, data: bytes) -> None:
+        with self._lock:
+            self.requests += [f"{m.group(1).decode()} {m.group(2).decode()}" for m in _REQUEST_LINE.finditer(data)]
+            self.ranges += [m.group(1).decode() for m in _RANGE.finditer(data)]
+
+    def _serve(self, client: socket.socket, fault: tuple[Any, ...]) -> None:
+        kind = fault[0]
+        try:
+            if kind == "stall":
+                while client.recv(65536):
+                    pass
+                return
+            if kind == "status":
+                request = client.recv(65536)
+                self._record(request)
+                body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault[2]}</Code>'
+                        f"<Message>injected by the test proxy</Message></Error>").encode()
+                client.sendall(
+                    f"HTTP/1.1 {fault[1]} Injected\r\nContent-Type: application/xml\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+                )
+                client.close()
+                return
+            upstream = socket.create_connection(self.upstream)
+            with self._lock:
+                self._open.append(upstream)
+            budget = fault[1] if kind == "cut" else None
+            threading.Thread(target=self._pump_requests, args=(client, upstream), daemon=True).start()
+            self._pump_responses(upstream, client, budget)
+        except OSError:
+            pass
+
+    def _pump_requests(self, client: socket.socket, upstream: socket.socket) -> None:
+        try:
+            while data := client.recv(65536):
+                self._record(data)
+                upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                upstream.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _pump_responses(self, upstream: socket.socket, client: socket.socket, budget: int | None) -> None:
+        try:
+            while data := upstream.recv(65536):
+                if budget is not None:
+                    data = data[:budget]
+                    budget -= len(data)
+                client.sendall(data)
+                if budget == 0:
+                    _reset(client)
+                    upstream.close()
+                    return
+        except OSError:
+            pass
+        client.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        with self._lock:
+            for sock in self._open:
+                try:
+                    sock.close()
+                except OSError:
+                    pass

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+# Test helpers, and the golden-file script (tests/data) whose constants the tests compare to.
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent / "data")]
 
 from helpers import BUCKET, s3_settings  # noqa: E402
 from seaweed import SeaweedServer, start_seaweed  # noqa: E402

@@ -3,7 +3,7 @@
 Each accepted connection takes the next fault from a queue (``pass`` once the queue is empty):
 
 * ``("pass",)`` forwards both ways;
-* ``("cut", n)`` forwards the request and the first ``n`` response bytes, then resets;
+* ``("cut", n)`` forwards the request and the first ``n`` response bytes, then drops;
 * ``("status", http_status, code)`` answers with an S3 error document and closes;
 * ``("stall",)`` accepts, reads, and never answers.
 
@@ -24,10 +24,12 @@ _REQUEST_LINE = re.compile(rb"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/1\.1")
 _RANGE = re.compile(rb"[Rr]ange: (bytes=\d*-\d*)")
 
 
-def _reset(sock: socket.socket) -> None:
-    """Close with RST rather than FIN, as a crashed peer or a middlebox would."""
+def _cut(sock: socket.socket) -> None:
+    """Drop a connection now, as a crashed peer would. shutdown() comes first because close()
+    alone is deferred while the request pump is blocked reading the same socket."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
     sock.close()
@@ -113,8 +115,8 @@ class FaultProxy:
                     budget -= len(data)
                 client.sendall(data)
                 if budget == 0:
-                    _reset(client)
-                    upstream.close()
+                    _cut(client)
+                    _cut(upstream)
                     return
         except OSError:
             pass

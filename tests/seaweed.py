@@ -57,7 +57,7 @@ class SeaweedServer:
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=5)
+                self.process.wait(timeout=2)
             except subprocess.TimeoutExpired:  # graceful shutdown can take long; data is disposable
                 self.process.kill()
                 self.process.wait(timeout=15)

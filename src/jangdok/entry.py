@@ -77,7 +77,8 @@ class Decoded:
     """``None`` for a legacy plain pickle, which has no header."""
 
 
-def encode(value: Any, metadata: Mapping[str, Any] | None = None) -> tuple[EntryHeader, list[bytes | memoryview]]:
+def encode(value: Any, metadata: Mapping[str, Any] | None = None,
+           created_at: float | None = None) -> tuple[EntryHeader, list[bytes | memoryview]]:
     """Serialize a value into entry chunks (header, payload), ready for ``Store.write``."""
     payload = pickle.dumps(value, protocol=5)
     fields = {
@@ -86,11 +87,11 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None) -> tuple[Entry
         "payload_length": len(payload),
         "checksum": _CHECKSUM,
         "digest": xxhash.xxh3_128_hexdigest(payload),
-        "created_at": time.time(),
+        "created_at": time.time() if created_at is None else created_at,
         "metadata": dict(metadata) if metadata is not None else None,
     }
     try:
-        header_json = json.dumps(fields, ensure_ascii=False, sort_keys=True, allow_nan=False).encode("utf-8")
+        header_json = json.dumps(fields, ensure_ascii=False, sort_keys=True, allow_nan=False, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise TypeError(f"entry metadata must be JSON-serializable (str, int, float, bool, None, lists, dicts): {exc}") from exc
     prefix = (

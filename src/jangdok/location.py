@@ -61,7 +61,7 @@ def validate_key(key: str) -> list[str]:
     if not isinstance(key, str):
         raise InvalidKey(f"cache key must be a str, got {type(key).__name__}: {key!r}")
     if key == "":
-        raise InvalidKey("cache key is empty; give the entry a name such as 'label_data.pkl'")
+        raise InvalidKey("cache key '' is empty; give the entry a name such as 'label_data.pkl'")
     return _segments(key, "cache key", InvalidKey)
 
 

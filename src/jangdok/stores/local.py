@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -81,10 +82,8 @@ class LocalStore(Store):
                     file.write(chunk)
             os.replace(temp, path)
         except BaseException as exc:
-            try:
+            with contextlib.suppress(OSError):  # cleanup only: the original error matters
                 os.unlink(temp)
-            except FileNotFoundError:
-                pass
             if isinstance(exc, OSError):
                 raise self._os_error(exc, "saving", path) from exc
             raise

@@ -44,6 +44,7 @@ _CREDENTIAL_CODES = {
 _DENIED_CODES = {"AccessDenied", "403", "AllAccessDisabled", "AccountProblem"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _PERMISSION = {
+    "opening": "s3:ListBucket (for HeadBucket)",
     "checking": "s3:GetObject (and s3:ListBucket, without which S3 reports a missing key as 403)",
     "loading": "s3:GetObject",
     "saving": "s3:PutObject",
@@ -70,7 +71,7 @@ def _is_transient(exc: BaseException) -> bool:
         return False  # a certificate problem does not fix itself
     return isinstance(
         exc,
-        (bce.HTTPClientError, bce.ResponseStreamingError, bce.IncompleteReadError, Urllib3Error,
+        (bce.ConnectionError, bce.HTTPClientError, bce.ResponseStreamingError, bce.IncompleteReadError, Urllib3Error,
          _ShortBody, ConnectionError, TimeoutError),
     )
 
@@ -265,9 +266,11 @@ class S3Store(Store):
             code, status = _error_code(exc)
             message = exc.response.get("Error", {}).get("Message", "")
             if code in _DENIED_CODES:
+                # HEAD answers carry no error document, so a bare 403 may also be a bad secret.
+                unsure = " (or the secret key is wrong: HEAD responses do not say which)" if code == "403" else ""
                 return AccessDenied(
                     f"S3 error {verb} {path}: Access Denied. The identity (access key {self._access_key}) lacks "
-                    f"{_PERMISSION[verb]}; the bucket policy must allow s3:GetObject, s3:PutObject, "
+                    f"{_PERMISSION[verb]}{unsure}; the bucket policy must allow s3:GetObject, s3:PutObject, "
                     "s3:DeleteObject and s3:ListBucket on the cache prefix."
                 )
             if code in _CREDENTIAL_CODES:
@@ -310,12 +313,13 @@ class S3Store(Store):
     def check(self) -> None:
         """Confirm the bucket is reachable with these credentials (one HeadBucket request).
 
-        A 403 passes: many policies grant object access on a prefix but not HeadBucket.
+        A 403 passes: many policies grant object access on a prefix but not HeadBucket, and a
+        rejected secret is better reported by the first real operation, which names its path.
         """
         try:
             self._call("opening", None, lambda: self.client.head_bucket(Bucket=self._bucket))
-        except AccessDenied:
-            log.debug("HeadBucket denied on %s; object permissions decide", self.location.url)
+        except (AccessDenied, CredentialsError) as exc:
+            log.debug("HeadBucket refused on %s (%s); the object operations will tell", self.location.url, exc)
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
         def get() -> dict[str, Any] | None:

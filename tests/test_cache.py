@@ -1,0 +1,191 @@
+"""The Cache API on both backends: round trips, metadata, stat, keys, corruption, legacy, logs."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import s3_settings
+from make_golden import VALUE
+
+import jangdok
+from jangdok import Cache, InvalidKey
+
+DATA = Path(__file__).parent / "data"
+
+
+def label_data(seed: int = 0, videos: int = 12) -> list[np.ndarray]:
+    """Shaped like the seed's per-label cache: a list of (30, 675) float32 sequences."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((30, 675)).astype(np.float32) for _ in range(videos)]
+
+
+def test_numpy_heavy_values_round_trip(cache: Cache) -> None:
+    value = {"X": label_data(), "y": np.arange(12, dtype=np.int64), "label": "김치", "mask": np.eye(3, dtype=bool)}
+    info = cache.put("김치_seq30_aug9_maxNone_min10.pkl", value, metadata={"seq": 30, "aug": 9})
+    loaded = cache.get("김치_seq30_aug9_maxNone_min10.pkl")
+    assert loaded["label"] == "김치"
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(loaded["X"], value["X"]))
+    assert np.array_equal(loaded["y"], value["y"]) and np.array_equal(loaded["mask"], value["mask"])
+    assert info.size > 12 * 30 * 675 * 4
+
+
+def test_missing_key_returns_the_default(cache: Cache) -> None:
+    assert cache.get("absent") is None
+    assert cache.get("absent", "fallback-value") == "fallback-value"
+    assert cache.get_entry("absent") is None
+    assert cache.stat("absent") is None
+    assert cache.exists("absent") is False
+    assert cache.delete("absent") is False
+
+
+def test_none_and_falsy_values_are_hits(cache: Cache) -> None:
+    cache.put("none", None)
+    cache.put("zero", 0)
+    assert cache.get("none", "default") is None
+    assert cache.get_entry("none") is not None
+    assert cache.get("zero", "default") == 0
+
+
+def test_stat_reports_size_time_metadata_and_store(cache: Cache, backend: str) -> None:
+    before = time.time()
+    cache.put("entry.pkl", label_data(videos=2), metadata={"seq": 30, "labels": ["김치"], "max": None})
+    info = cache.stat("entry.pkl")
+    assert info is not None
+    assert info.metadata == {"seq": 30, "labels": ["김치"], "max": None}
+    assert before - 1 <= info.created_at <= time.time() + 1
+    assert info.store == {"local": "local", "s3": "S3"}[backend]
+    assert info.format_version == 1
+    assert info.size == cache.store.stat("entry.pkl").size
+    assert info.path.endswith("entry.pkl")
+    assert cache.get_entry("entry.pkl").info == info
+
+
+def test_stat_reads_long_metadata_beyond_the_first_probe(cache: Cache) -> None:
+    metadata = {"notes": "긴 설명 " * 20_000}  # ~200 KB header, larger than one header probe
+    cache.put("long-header", 1, metadata=metadata)
+    assert cache.stat("long-header").metadata == metadata
+
+
+def test_keys_lists_entries_by_prefix(cache: Cache) -> None:
+    for key in ["a.pkl", "chapter1/김치.pkl", "chapter1/김밥.pkl", "chapter2/버거.pkl"]:
+        cache.put(key, key)
+    assert sorted(cache.keys()) == sorted(["a.pkl", "chapter1/김치.pkl", "chapter1/김밥.pkl", "chapter2/버거.pkl"])
+    assert sorted(cache.keys("chapter1/")) == ["chapter1/김밥.pkl", "chapter1/김치.pkl"]
+
+
+def test_delete_removes_the_entry(cache: Cache) -> None:
+    cache.put("k", [1, 2, 3])
+    assert cache.delete("k") is True
+    assert cache.get("k") is None and not cache.exists("k")
+
+
+@pytest.mark.parametrize("name", ["legacy_protocol4.pkl", "legacy_protocol5.pkl"])
+def test_seed_plain_pickles_load_through_the_cache(cache: Cache, name: str) -> None:
+    cache.store.write("old_label_data.pkl", (DATA / name).read_bytes())
+    found = cache.get_entry("old_label_data.pkl")
+    assert found is not None and found.value == VALUE
+    assert found.info.format_version is None and found.info.metadata is None
+    assert cache.stat("old_label_data.pkl").format_version is None
+
+
+def test_seed_style_numpy_pickle_written_without_jangdok_loads(cache: Cache) -> None:
+    arrays = label_data(seed=3, videos=4)
+    cache.store.write("legacy.pkl", pickle.dumps({"data": arrays, "params": {"seq": 30}}, pickle.HIGHEST_PROTOCOL))
+    loaded = cache.get("legacy.pkl")
+    assert loaded["params"] == {"seq": 30}
+    assert all(np.array_equal(a, b) for a, b in zip(loaded["data"], arrays))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("corrupt_*")))
+def test_corrupt_entries_are_deleted_missed_and_logged(cache: Cache, name: str,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    cache.store.write("damaged.pkl", (DATA / name).read_bytes())
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get("damaged.pkl", "miss") == "miss"
+    assert not cache.exists("damaged.pkl")
+    warning = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1
+    assert "corrupt cache entry deleted" in warning[0].getMessage()
+    assert cache.store.path("damaged.pkl") in warning[0].getMessage()
+
+
+@pytest.mark.parametrize("how", ["truncate", "bitflip"])
+def test_damaged_numpy_entry_is_deleted_then_recomputed(cache: Cache, how: str) -> None:
+    cache.put("label.pkl", label_data())
+    reader = cache.store.read("label.pkl")
+    with reader:
+        data = bytearray(reader.read())
+    if how == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 3] ^= 0x10
+    cache.store.write("label.pkl", bytes(data))
+    assert cache.get("label.pkl") is None
+    assert not cache.exists("label.pkl")
+    cache.put("label.pkl", label_data())
+    assert len(cache.get("label.pkl")) == 12
+
+
+def test_corrupt_header_is_deleted_by_stat_too(cache: Cache) -> None:
+    cache.store.write("damaged.pkl", (DATA / "corrupt_v1_header_bitflip.jdk").read_bytes())
+    assert cache.stat("damaged.pkl") is None
+    assert not cache.exists("damaged.pkl")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("unsupported_*")))
+def test_entries_from_newer_versions_are_missed_but_kept(cache: Cache, name: str,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    cache.store.write("future.pkl", (DATA / name).read_bytes())
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get("future.pkl") is None
+    assert cache.exists("future.pkl")
+    assert "kept for other readers" in caplog.text
+
+
+def test_loads_and_saves_log_which_store_served_them(cache: Cache, backend: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="jangdok"):
+        cache.put("label_data.pkl", label_data(videos=1))
+        cache.get("label_data.pkl")
+    label = {"local": "local", "s3": "S3"}[backend]
+    path = cache.store.path("label_data.pkl")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"cache saved ({label}): {path}") for m in messages), messages
+    assert any(m.startswith(f"cache loaded ({label}): {path}") and " ms" in m for m in messages), messages
+
+
+def test_invalid_key_fails_before_serializing(cache: Cache) -> None:
+    class Unpicklable:
+        def __reduce__(self):
+            raise AssertionError("serialized before the key was checked")
+
+    with pytest.raises(InvalidKey):
+        cache.put("../outside.pkl", Unpicklable())
+
+
+def test_path_level_functions_on_local_paths(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache" / "label_data.pkl")
+    assert jangdok.load(path) is None
+    info = jangdok.save(path, {"a": 1}, metadata={"seq": 30})
+    assert info.path == path and info.store == "local"
+    assert jangdok.exists(path) and jangdok.load(path) == {"a": 1}
+    assert jangdok.stat(path).metadata == {"seq": 30}
+    assert jangdok.remove(path) is True and not jangdok.exists(path)
+
+
+def test_path_level_functions_on_s3_paths(seaweed, s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = s3_settings(seaweed, s3_url)
+    for name, value in {"AWS_ACCESS_KEY_ID": settings.access_key_id,
+                        "AWS_SECRET_ACCESS_KEY": settings.secret_access_key,
+                        "AWS_ENDPOINT_URL": seaweed.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    path = jangdok.join(s3_url, "label_data.pkl")
+    jangdok.save(path, label_data(videos=2))
+    assert jangdok.stat(path).store == "S3"
+    assert len(jangdok.load(path)) == 2
+    assert jangdok.remove(path) and jangdok.load(path, "gone") == "gone"

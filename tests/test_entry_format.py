@@ -1,0 +1,99 @@
+"""The entry format: golden files of every version, legacy pickles, and each kind of damage."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import pytest
+from make_golden import CREATED_AT, METADATA, VALUE
+
+from jangdok import CorruptEntry, UnsupportedEntry, entry
+
+DATA = Path(__file__).parent / "data"
+
+CORRUPT = sorted(p.name for p in DATA.glob("corrupt_*"))
+UNSUPPORTED = sorted(p.name for p in DATA.glob("unsupported_*"))
+
+
+def decode_file(name: str) -> entry.Decoded:
+    data = (DATA / name).read_bytes()
+    return entry.decode(io.BytesIO(data), len(data))
+
+
+def test_golden_v1_entry_still_decodes() -> None:
+    decoded = decode_file("v1_entry.jdk")
+    assert decoded.value == VALUE
+    header = decoded.header
+    assert header is not None
+    assert (header.version, header.serializer, header.compression, header.checksum) == (1, "pickle", "none", "xxh3_128")
+    assert header.created_at == CREATED_AT
+    assert header.metadata == METADATA
+    assert header.entry_size == (DATA / "v1_entry.jdk").stat().st_size
+
+
+@pytest.mark.parametrize("name", ["legacy_protocol4.pkl", "legacy_protocol5.pkl"])
+def test_legacy_plain_pickles_decode_without_a_header(name: str) -> None:
+    decoded = decode_file(name)
+    assert decoded.value == VALUE and decoded.header is None
+
+
+def test_a_fresh_encoding_matches_the_golden_file_byte_for_byte() -> None:
+    # If this fails the on-disk format changed: bump FORMAT_VERSION and add new golden files
+    # instead of editing the old ones.
+    _, chunks = entry.encode(VALUE, METADATA, created_at=CREATED_AT)
+    assert b"".join(bytes(c) for c in chunks) == (DATA / "v1_entry.jdk").read_bytes()
+
+
+@pytest.mark.parametrize("name", CORRUPT)
+def test_every_corrupt_variant_is_detected(name: str) -> None:
+    with pytest.raises(CorruptEntry):
+        decode_file(name)
+
+
+@pytest.mark.parametrize("name", UNSUPPORTED)
+def test_entries_from_newer_versions_are_unsupported_not_corrupt(name: str) -> None:
+    with pytest.raises(UnsupportedEntry, match="upgrade jangdok"):
+        decode_file(name)
+
+
+def test_impossible_length_is_refused_before_allocating() -> None:
+    with pytest.raises(CorruptEntry, match="header declares"):
+        decode_file("corrupt_v1_impossible_length.jdk")
+
+
+def test_every_single_bit_flip_in_the_payload_is_caught() -> None:
+    _, chunks = entry.encode([1.5, "김치", b"x" * 50], None)
+    data = b"".join(bytes(c) for c in chunks)
+    start = entry.header_size(data)
+    for offset in range(start, len(data)):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[offset] ^= 1 << bit
+            with pytest.raises(CorruptEntry):
+                entry.decode(io.BytesIO(bytes(damaged)), len(damaged))
+
+
+def test_header_size_reads_only_the_prefix() -> None:
+    header, chunks = entry.encode("v", {"k": "v" * 100})
+    data = b"".join(bytes(c) for c in chunks)
+    assert entry.header_size(data[:14]) == header.header_size
+    assert entry.header_size(data[:5]) is None
+    assert entry.header_size(pickle.dumps("legacy")) is None
+
+
+def test_metadata_must_be_json() -> None:
+    with pytest.raises(TypeError, match="JSON-serializable"):
+        entry.encode(1, {"when": object()})
+
+
+def test_class_missing_at_load_is_unsupported_not_corrupt() -> None:
+    # An intact pickle whose class cannot be imported here: the code changed, not the data.
+    forged = pickle.dumps(Path("x"), protocol=5).replace(b"pathlib", b"pathlix")
+    with pytest.raises(UnsupportedEntry, match="lacks"):
+        entry.decode(io.BytesIO(forged), len(forged))
+    _, chunks = entry.encode(Path("x"))
+    wrapped = b"".join(bytes(c) for c in chunks).replace(b"pathlib", b"pathlix")
+    with pytest.raises(CorruptEntry):  # inside an entry the checksum notices the edit first
+        entry.decode(io.BytesIO(wrapped), len(wrapped))

@@ -1,0 +1,143 @@
+"""Retries against real network faults: a proxy between boto3 and SeaweedFS injects 503
+SlowDown, 500s, resets and bodies cut mid-transfer; and the retry policy's bounds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from faultproxy import FaultProxy
+from helpers import s3_settings
+
+from jangdok import Cache, StoreUnavailable, parse_location
+from jangdok.retry import RetryExhausted, RetryPolicy
+from jangdok.settings import Settings
+from jangdok.stores.s3 import S3Store
+
+BIG = np.random.default_rng(7).standard_normal(1_000_000).astype(np.float32)  # a 4 MB entry
+
+
+@pytest.fixture
+def proxy(seaweed) -> Iterator[FaultProxy]:
+    running = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def cache_via_proxy(seaweed, s3_url: str, proxy: FaultProxy) -> Iterator[Cache]:
+    """A cache whose first request opens the first proxied connection (no HeadBucket probe)."""
+    with Cache.from_settings(s3_settings(seaweed, s3_url)) as direct:
+        direct.put("big.pkl", BIG)
+    settings = s3_settings(seaweed, s3_url, endpoint_url=proxy.endpoint, max_attempts=4)
+    cache = Cache.from_settings(settings)
+    cache._store = S3Store(parse_location(s3_url), settings)
+    cache._store_label = "S3"
+    yield cache
+    cache.close()
+
+
+@pytest.mark.parametrize("status, code", [(503, "SlowDown"), (500, "InternalError"), (503, "ServiceUnavailable")])
+def test_throttling_and_server_errors_are_retried(cache_via_proxy: Cache, proxy: FaultProxy,
+                                                  status: int, code: str) -> None:
+    proxy.faults.extend([("status", status, code), ("status", status, code)])
+    assert np.array_equal(cache_via_proxy.get("big.pkl"), BIG)
+    assert proxy.connections == 3
+
+
+def test_connection_reset_before_the_response_is_retried(cache_via_proxy: Cache, proxy: FaultProxy) -> None:
+    proxy.faults.append(("cut", 0))
+    assert np.array_equal(cache_via_proxy.get("big.pkl"), BIG)
+
+
+def test_body_cut_mid_transfer_resumes_from_where_it_stopped(cache_via_proxy: Cache, proxy: FaultProxy) -> None:
+    proxy.faults.extend([("cut", 1_000_000), ("cut", 1_500_000)])
+    assert np.array_equal(cache_via_proxy.get("big.pkl"), BIG)
+    # Two resumptions, each a ranged GET starting past the bytes already received.
+    assert len(proxy.ranges) == 2
+    starts = [int(r.split("=")[1].split("-")[0]) for r in proxy.ranges]
+    assert 0 < starts[0] < starts[1] < BIG.nbytes
+
+
+def test_persistent_transfer_failure_raises_and_never_deletes(cache_via_proxy: Cache, proxy: FaultProxy) -> None:
+    proxy.faults.extend([("cut", 200_000)] * 8)
+    with pytest.raises(StoreUnavailable, match="S3 error loading .*big.pkl: Connection timeout"):
+        cache_via_proxy.get("big.pkl")
+    proxy.faults.clear()
+    assert cache_via_proxy.exists("big.pkl"), "a broken transfer is not a corrupt entry"
+    assert np.array_equal(cache_via_proxy.get("big.pkl"), BIG)
+
+
+def test_exhausted_throttling_names_the_code_and_attempts(cache_via_proxy: Cache, proxy: FaultProxy) -> None:
+    proxy.faults.extend([("status", 503, "SlowDown")] * 8)
+    with pytest.raises(StoreUnavailable, match=r"SlowDown \(HTTP 503\) after 4 attempt\(s\)"):
+        cache_via_proxy.get("big.pkl")
+
+
+def test_put_survives_a_throttled_upload(cache_via_proxy: Cache, proxy: FaultProxy) -> None:
+    proxy.faults.append(("status", 503, "SlowDown"))
+    cache_via_proxy.put("new.pkl", {"ok": True})
+    proxy.faults.clear()
+    assert cache_via_proxy.get("new.pkl") == {"ok": True}
+
+
+def test_multipart_upload_is_atomic_and_aborted_on_failure(seaweed, s3_url: str) -> None:
+    store = S3Store(parse_location(s3_url), s3_settings(seaweed, s3_url), part_size=5 * 1024 * 1024)
+    payload = bytes(range(256)) * (13 * 1024 * 1024 // 256)  # three parts
+    store.write("multi.bin", payload)
+    with store.read("multi.bin") as reader:
+        assert reader.read() == payload
+
+    def failing_chunks():
+        yield payload[: 11 * 1024 * 1024]  # two parts go up, then the producer fails
+        raise RuntimeError("producer failed")
+
+    with pytest.raises(RuntimeError, match="producer failed"):
+        store.write("multi.bin", failing_chunks())
+    with store.read("multi.bin") as reader:
+        assert reader.read() == payload, "readers still see the previous object"
+    prefix = parse_location(s3_url).prefix
+    uploads = store.client.list_multipart_uploads(Bucket="jangdok-test", Prefix=prefix).get("Uploads", [])
+    assert uploads == [], "the failed upload was aborted"
+    store.close()
+
+
+def test_default_policy_gives_up_on_a_stalled_server_within_60_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulated clock: every attempt hangs for its full connect + read timeout."""
+    settings = Settings()
+    policy = RetryPolicy(settings.max_attempts, settings.total_timeout,
+                         settings.connect_timeout + settings.read_timeout)
+    clock = [0.0]
+    monkeypatch.setattr("jangdok.retry.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("jangdok.retry.time.sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+    monkeypatch.setattr("jangdok.retry.random.uniform", lambda low, high: high)  # the worst jitter
+
+    def stalled() -> None:
+        clock[0] += settings.connect_timeout + settings.read_timeout
+        raise TimeoutError("read timed out")
+
+    with pytest.raises(RetryExhausted) as caught:
+        policy.call(stalled, lambda exc: True, "test")
+    assert clock[0] <= 60.0
+    assert caught.value.attempts >= 2, "the defaults still retry a stall at least once"
+
+
+def test_policy_does_not_retry_permanent_errors() -> None:
+    calls = []
+
+    def denied() -> None:
+        calls.append(1)
+        raise PermissionError("no")
+
+    with pytest.raises(PermissionError):
+        RetryPolicy().call(denied, lambda exc: False, "test")
+    assert len(calls) == 1
+
+
+def test_backoff_grows_exponentially_with_full_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("jangdok.retry.random.uniform", lambda low, high: high)
+    policy = RetryPolicy(base_delay=0.2, max_delay=5.0)
+    assert [policy.delay(n) for n in range(7)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    monkeypatch.undo()
+    assert all(0 <= RetryPolicy().delay(3) <= 1.6 for _ in range(100))

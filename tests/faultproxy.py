@@ -3,7 +3,7 @@
 Each accepted connection takes the next fault from a queue (``pass`` once the queue is empty):
 
 * ``("pass",)`` forwards both ways;
-* ``("cut", n)`` forwards the request and the first ``n`` response bytes, then drops;
+* ``("cut", n)`` forwards the request, the response headers and ``n`` body bytes, then drops;
 * ``("status", http_status, code)`` answers with an S3 error document and closes;
 * ``("stall",)`` accepts, reads, and never answers.
 
@@ -108,9 +108,21 @@ class FaultProxy:
                 pass
 
     def _pump_responses(self, upstream: socket.socket, client: socket.socket, budget: int | None) -> None:
+        """Forward the response; with a budget, only the headers and ``budget`` body bytes."""
+        head = b""
         try:
             while data := upstream.recv(65536):
                 if budget is not None:
+                    if b"\r\n\r\n" not in head:
+                        head += data
+                        if b"\r\n\r\n" not in head:
+                            client.sendall(data)
+                            continue
+                        headers_end = head.index(b"\r\n\r\n") + 4
+                        already = len(head) - len(data)
+                        body = head[headers_end:]
+                        client.sendall(data[: max(0, headers_end - already)])
+                        data = body
                     data = data[:budget]
                     budget -= len(data)
                 client.sendall(data)

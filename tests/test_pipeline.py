@@ -6,11 +6,14 @@ import csv
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from chapter_generator import (
+    ChapterDataset,
+    ChapterModel,
     PipelineParams,
     augment_landmarks,
     build_chapter_dataset,
@@ -36,10 +39,15 @@ from chapter_generator.dataset import LEFT_HAND, N_KEYPOINTS, N_POSE, RIGHT_HAND
 from chapter_generator.features import N_COORDS, N_FEATURES
 
 T = 30
-# Feature columns of the left hand's coordinates in the position, velocity and acceleration blocks.
-LEFT_HAND_COLUMNS = np.concatenate(
-    [np.arange(3 * LEFT_HAND.start, 3 * LEFT_HAND.stop) + block * N_COORDS for block in range(3)]
-)
+
+
+def hand_columns(hand: slice) -> np.ndarray:
+    """Feature columns of a hand's coordinates in the position, velocity and acceleration blocks."""
+    return np.concatenate([np.arange(3 * hand.start, 3 * hand.stop) + block * N_COORDS for block in range(3)])
+
+
+LEFT_HAND_COLUMNS = hand_columns(LEFT_HAND)
+RIGHT_HAND_COLUMNS = hand_columns(RIGHT_HAND)
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +79,19 @@ def small_params(**changes: object) -> PipelineParams:
 
 
 def test_sample_data_is_deterministic(sample_dir: Path, tmp_path: Path) -> None:
-    generate_sample_dataset(tmp_path, seed=0)
+    again = tmp_path / "again"
+    generate_sample_dataset(again, seed=0)
     files = sorted(path.relative_to(sample_dir) for path in sample_dir.rglob("*") if path.is_file())
-    assert files == sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*") if path.is_file())
-    assert all((sample_dir / file).read_bytes() == (tmp_path / file).read_bytes() for file in files)
+    assert files == sorted(path.relative_to(again) for path in again.rglob("*") if path.is_file())
+    assert all((sample_dir / file).read_bytes() == (again / file).read_bytes() for file in files)
 
 
 def test_sample_data_depends_on_seed(sample_dir: Path, tmp_path: Path) -> None:
-    generate_sample_dataset(tmp_path, seed=1)
+    other = tmp_path / "other"
+    generate_sample_dataset(other, seed=1)
     first = load_labels(sample_dir)["김치"][0]
     assert not np.array_equal(
-        load_landmarks(first), load_landmarks(tmp_path / first.relative_to(sample_dir)), equal_nan=True
+        load_landmarks(first), load_landmarks(other / first.relative_to(sample_dir)), equal_nan=True
     )
 
 
@@ -130,8 +140,7 @@ def test_extract_sequence_shape_and_no_nan(missing: float) -> None:
     assert sequence.shape == (30, 675)
     assert sequence.dtype == np.float32
     assert np.isfinite(sequence).all()
-    right_hand_columns = LEFT_HAND_COLUMNS + 3 * (RIGHT_HAND.start - LEFT_HAND.start)
-    assert (sequence[:, right_hand_columns] == 0).all()
+    assert (sequence[:, RIGHT_HAND_COLUMNS] == 0).all()
 
 
 @pytest.mark.parametrize("missing", [0.0, np.nan])
@@ -141,6 +150,15 @@ def test_lost_hand_is_interpolated(missing: float) -> None:
     gapped[20:35, LEFT_HAND] = missing
     expected = extract_sequence(full, T)[:, LEFT_HAND_COLUMNS]
     assert np.allclose(extract_sequence(gapped, T)[:, LEFT_HAND_COLUMNS], expected, atol=1e-3)
+
+
+def test_one_frame_tracking_glitch_is_removed() -> None:
+    clean = moving_landmarks()
+    glitched = clean.copy()
+    glitched[30, RIGHT_HAND, :2] += 0.15  # the hand jumps most of a shoulder width for one frame
+    expected = extract_sequence(clean, T)[:, RIGHT_HAND_COLUMNS]
+    # Smoothing alone would leave an error of ~0.18 shoulder widths.
+    assert np.allclose(extract_sequence(glitched, T)[:, RIGHT_HAND_COLUMNS], expected, atol=1e-2)
 
 
 def test_shoulder_normalisation_is_translation_and_scale_invariant() -> None:
@@ -241,7 +259,10 @@ def test_none_class_is_still_and_balanced() -> None:
     params = PipelineParams()
     none = make_none_class(signs, 7, params, rng)
     assert len(none) == 7 and all(sample.shape == (T, N_FEATURES) for sample in none)
-    speed = lambda sequence: np.abs(sequence[:, N_COORDS : 2 * N_COORDS]).mean()  # noqa: E731
+
+    def speed(sequence: np.ndarray) -> float:
+        return float(np.abs(sequence[:, N_COORDS : 2 * N_COORDS]).mean())
+
     assert max(map(speed, none)) < speed(signs[0]) / 3
 
     dataset = build_chapter_dataset({"a": signs, "b": signs + signs}, {"a": 1, "b": 2}, params, rng)
@@ -251,8 +272,11 @@ def test_none_class_is_still_and_balanced() -> None:
     assert len(set(dataset.groups[dataset.y == 2]) & set(dataset.groups[dataset.y < 2])) == 0
 
 
+Trained = tuple[ChapterDataset, ChapterModel, dict[str, Any]]
+
+
 @pytest.fixture(scope="module")
-def trained(sample_dir: Path) -> tuple:
+def trained(sample_dir: Path) -> Trained:
     params = PipelineParams()
     labels = load_labels(sample_dir)
     chapter = load_chapters(sample_dir)["greetings"]
@@ -266,7 +290,7 @@ def trained(sample_dir: Path) -> tuple:
     return dataset, model, metrics
 
 
-def test_model_learns_a_chapter(trained: tuple) -> None:
+def test_model_learns_a_chapter(trained: Trained) -> None:
     dataset, model, metrics = trained
     chance = 1 / len(dataset.class_names)
     assert metrics["test_accuracy"] >= max(0.6, 3 * chance)
@@ -275,7 +299,7 @@ def test_model_learns_a_chapter(trained: tuple) -> None:
     assert model.class_names == ("안녕하세요", "감사합니다", "미안합니다", "사랑합니다", "None")
 
 
-def test_training_is_deterministic(trained: tuple) -> None:
+def test_training_is_deterministic(trained: Trained) -> None:
     dataset, model, metrics = trained
     again, again_metrics = train_chapter(
         dataset.X, dataset.y, dataset.class_names, PipelineParams(), np.random.default_rng(0), dataset.groups
@@ -284,7 +308,7 @@ def test_training_is_deterministic(trained: tuple) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(again.weights, model.weights, strict=True))
 
 
-def test_model_round_trip(trained: tuple, tmp_path: Path) -> None:
+def test_model_round_trip(trained: Trained, tmp_path: Path) -> None:
     dataset, model, metrics = trained
     save_model(model, tmp_path / "models" / "greetings.npz")
     loaded = load_model(tmp_path / "models" / "greetings.npz")

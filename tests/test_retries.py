@@ -61,7 +61,8 @@ def test_body_cut_mid_transfer_resumes_from_where_it_stopped(cache_via_proxy: Ca
 
 
 def test_persistent_transfer_failure_raises_and_never_deletes(cache_via_proxy: Cache, proxy: FaultProxy) -> None:
-    proxy.faults.extend([("cut", 200_000)] * 8)
+    # One connection makes some progress, then every resumption breaks before any body byte.
+    proxy.faults.extend([("cut", 300_000)] + [("cut", 0)] * 8)
     with pytest.raises(StoreUnavailable, match="S3 error loading .*big.pkl: Connection timeout"):
         cache_via_proxy.get("big.pkl")
     proxy.faults.clear()

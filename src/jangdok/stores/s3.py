@@ -32,6 +32,9 @@ T = TypeVar("T")
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every multipart part but the last
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
+# A body read that breaks loses what it had read, so reads stay small enough that a resumed
+# transfer repeats little, and large enough to cost nothing per byte.
+BODY_READ_SIZE = 256 * 1024
 
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
@@ -203,7 +206,7 @@ class _S3Reader(Reader):
             log.debug("resuming %s at byte %d", self._store.path(self._key), self._pos)
             self._body = self._store._get_object(self._key, self._pos, self._end, if_match=self._etag)["Body"]
         try:
-            data = self._body.read(size)
+            data = self._body.read(min(size, BODY_READ_SIZE))
         except BaseException:
             self._drop_body()
             raise

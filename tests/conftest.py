@@ -21,6 +21,7 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent / "data")]
 from helpers import BUCKET, s3_settings  # noqa: E402
 from seaweed import SeaweedServer, start_seaweed  # noqa: E402
 
+import jangdok.paths  # noqa: E402
 from jangdok import Cache, Settings, parse_location  # noqa: E402
 from jangdok.stores import Store, open_store  # noqa: E402
 
@@ -44,6 +45,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
+    # The path-level functions keep one cache per bucket or folder for the process's life;
+    # each test configures its own environment, so each starts without them.
+    monkeypatch.setattr(jangdok.paths, "_caches", {})
     return work
 
 

@@ -279,7 +279,7 @@ Trained = tuple[ChapterDataset, ChapterModel, dict[str, Any]]
 def trained(sample_dir: Path) -> Trained:
     params = PipelineParams()
     labels = load_labels(sample_dir)
-    chapter = load_chapters(sample_dir)["greetings"]
+    chapter = load_chapters(sample_dir)["인사"]
     sequences = {label: process_label(labels[label], params, label_rng(label, params)) for label in chapter}
     dataset = build_chapter_dataset(
         sequences, {label: len(labels[label]) for label in chapter}, params, np.random.default_rng(0)

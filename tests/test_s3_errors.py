@@ -48,7 +48,7 @@ def test_wrong_secret_raises_credentials_error_naming_the_path(seaweed, s3_url: 
     with Cache.from_settings(settings) as cache, pytest.raises(CredentialsError) as caught:
         cache.get("label_data.pkl")
     message = str(caught.value)
-    assert f"S3 error loading {s3_url}label_data.pkl: SignatureDoesNotMatch" in message
+    assert f"S3 error loading {s3_url}label_data.pkl: Access Denied (SignatureDoesNotMatch)" in message
     assert "check the secret key" in message
     assert "not-the-secret" not in message and READ_WRITE[1] not in message
 

@@ -26,6 +26,12 @@ __all__ = ["Cache", "Entry", "EntryInfo"]
 log = logging.getLogger("jangdok")
 
 
+def _event(name: str, path: str) -> dict[str, dict[str, str]]:
+    """``extra=`` for a log record, so apps can render cache events their own way (the
+    records carry ``jangdok_event`` and ``jangdok_path``) without parsing messages."""
+    return {"extra": {"jangdok_event": name, "jangdok_path": path}}
+
+
 @dataclass(frozen=True)
 class EntryInfo:
     """What is known about one stored entry."""
@@ -122,6 +128,7 @@ class Cache:
             log.warning(
                 "S3 cache %s is unavailable, using the local fallback folder %s. Reason: %s "
                 "(set JANGDOK_FALLBACK=0 to raise instead)", location.url, folder, exc,
+                **_event("fallback", folder),
             )
             self._store_label = "local (fallback)"
             return LocalStore(Location("local", folder))
@@ -156,20 +163,21 @@ class Cache:
                 self._discard(key, path, exc)
                 return None
         info = self._info(key, path, reader.size, decoded.header, fallback_time=None)
-        log.info("cache loaded (%s): %s, %s in %.1f ms",
-                 self._store_label, path, _megabytes(reader.size), (time.perf_counter() - started) * 1e3)
+        log.info("cache loaded (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(reader.size),
+                 (time.perf_counter() - started) * 1e3, **_event("loaded", path))
         return Entry(decoded.value, info)
 
     def _discard(self, key: str, path: str, problem: JangdokError) -> None:
         if isinstance(problem, UnsupportedEntry):
-            log.warning("cache entry skipped (kept for other readers): %s: %s", path, problem)
+            log.warning("cache entry skipped (kept for other readers): %s: %s", path, problem,
+                        **_event("skipped", path))
             return
         try:
             self.store.delete(key)
         except JangdokError as exc:
             log.warning("corrupt cache entry could not be deleted: %s: %s (%s)", path, problem, exc)
             return
-        log.warning("corrupt cache entry deleted: %s: %s", path, problem)
+        log.warning("corrupt cache entry deleted: %s: %s", path, problem, **_event("corrupt_deleted", path))
 
     def _info(self, key: str, path: str, size: int, header: entry.EntryHeader | None,
               fallback_time: float | None) -> EntryInfo:
@@ -228,8 +236,8 @@ class Cache:
         started = time.perf_counter()
         header, chunks = entry.encode(value, metadata)
         store.write(key, chunks)
-        log.info("cache saved (%s): %s, %s in %.1f ms",
-                 self._store_label, path, _megabytes(header.entry_size), (time.perf_counter() - started) * 1e3)
+        log.info("cache saved (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(header.entry_size),
+                 (time.perf_counter() - started) * 1e3, **_event("saved", path))
         return self._info(key, path, header.entry_size, header, fallback_time=None)
 
     def delete(self, key: str) -> bool:

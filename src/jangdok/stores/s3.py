@@ -278,7 +278,7 @@ class S3Store(Store):
                 )
             if code in _CREDENTIAL_CODES:
                 return CredentialsError(
-                    f"S3 error {verb} {path}: {code}: the credentials were rejected "
+                    f"S3 error {verb} {path}: Access Denied ({code}): the credentials were rejected "
                     f"({self.settings.credentials_source}); check the secret key and session token, "
                     f"and that the key is active for endpoint {endpoint}."
                 )

@@ -1,0 +1,292 @@
+"""Chapter generator: per-label sign-language sequences, cached in CACHE_DIR, then one small
+classifier per chapter.
+
+    python main.py                                   # local cache folder "cache"
+    CACHE_DIR=s3://bucket/cache/ python main.py      # shared cache on S3
+    python main.py --chapter 음식 --data-dir /path/to/landmarks -q
+
+Each label's processed sequences are cached under a name that encodes the parameters
+(``김치_seq30_aug9_maxNone_min10.pkl``); the entry also records the full parameters and the
+source videos, and a mismatch invalidates it.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One BLAS thread: the model is small, and a busy second core makes threaded BLAS much slower.
+# Set before numpy is imported; an explicit setting in the environment still wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import config  # noqa: E402
+from chapter_generator import (  # noqa: E402
+    PipelineParams,
+    build_chapter_dataset,
+    cache_file_name,
+    ensure_sample_dataset,
+    label_rng,
+    load_chapters,
+    load_labels,
+    params_fingerprint,
+    process_label,
+    safe_label,
+    save_model,
+    save_model_info,
+    train_chapter,
+)
+from jangdok import Cache, JangdokError  # noqa: E402
+
+STORE_NAMES = {"S3": "S3", "local": "로컬", "local (fallback)": "로컬 대체"}
+
+
+QUIET = False
+
+
+def say(message: str) -> None:
+    """Print a progress line (not with -q), without breaking the progress bar."""
+    if not QUIET:
+        tqdm.write(message, file=sys.stdout)
+
+
+def warn(message: str) -> None:
+    """Print a line that -q does not hide."""
+    tqdm.write(message, file=sys.stdout)
+
+
+class CacheEventPrinter(logging.Handler):
+    """Shows jangdok's warnings as the program's own lines, in the seed's wording."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "jangdok_event", None) == "corrupt_deleted":
+            warn(f"🗑️ 손상된 캐시 파일 삭제: {record.jangdok_path}")
+        else:
+            warn(f"⚠️ {record.getMessage()}")
+
+
+@dataclass
+class StoreTally:
+    hits: int = 0
+    misses: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    seconds_reading: float = 0.0
+    seconds_writing: float = 0.0
+
+
+@dataclass
+class RunTally:
+    stores: dict[str, StoreTally] = field(default_factory=lambda: defaultdict(StoreTally))
+    seconds_computing: float = 0.0
+
+
+def params_from_config() -> PipelineParams:
+    return PipelineParams(
+        target_seq_length=config.TARGET_SEQ_LENGTH,
+        augmentations_per_video=config.AUGMENTATIONS_PER_VIDEO,
+        augmentation_noise_level=config.AUGMENTATION_NOISE_LEVEL,
+        augmentation_scale_range=config.AUGMENTATION_SCALE_RANGE,
+        augmentation_rotation_range=config.AUGMENTATION_ROTATION_RANGE,
+        augmentation_shift_range=config.AUGMENTATION_SHIFT_RANGE,
+        label_max_samples_per_class=config.LABEL_MAX_SAMPLES_PER_CLASS,
+        min_samples_per_class=config.MIN_SAMPLES_PER_CLASS,
+        none_class_name=config.NONE_CLASS,
+        none_class_noise_level=config.NONE_CLASS_NOISE_LEVEL,
+        none_class_augmentations_per_frame=config.NONE_CLASS_AUGMENTATIONS_PER_FRAME,
+    )
+
+
+def cache_identity(label: str, videos: list[Path], params: PipelineParams, data_dir: Path) -> dict[str, Any]:
+    """What a cached entry must have been computed from to be reused."""
+    return {
+        "label": label,
+        "params": params_fingerprint(params),
+        "videos": [[path.relative_to(data_dir).as_posix(), path.stat().st_size] for path in videos],
+    }
+
+
+def stored_identity(metadata: dict[str, Any] | None, value: Any) -> dict[str, Any] | None:
+    """The identity recorded with an entry; the seed's plain pickles kept it in the value."""
+    if metadata is not None:
+        return metadata
+    if isinstance(value, dict) and "params" in value:
+        return {"params": value["params"]}
+    return None
+
+
+def matches(stored: dict[str, Any] | None, expected: dict[str, Any]) -> bool:
+    if not stored or stored.get("params") != expected["params"]:
+        return False
+    # Plain pickles from the original program recorded parameters only, not their videos.
+    return "videos" not in stored or stored["videos"] == expected["videos"]
+
+
+def load_or_build(label: str, videos: list[Path], params: PipelineParams, data_dir: Path,
+                  cache: Cache | None, tally: RunTally) -> list[np.ndarray]:
+    expected = cache_identity(label, videos, params, data_dir)
+    key = cache_file_name(label, params)
+    if cache is not None:
+        started = time.perf_counter()
+        try:
+            found = cache.get_entry(key)
+        except JangdokError as exc:
+            warn(f"⚠️ {label} 캐시를 읽지 못했습니다 (다시 계산합니다): {exc}")
+            found = None
+        if found is not None:
+            info = found.info
+            value = found.value
+            if matches(stored_identity(info.metadata, value), expected):
+                sequences = value["data"] if isinstance(value, dict) else value
+                store = tally.stores[info.store]
+                store.hits += 1
+                store.bytes_read += info.size
+                store.seconds_reading += time.perf_counter() - started
+                say(f"📂 {label} 라벨 데이터 캐시 로드 ({STORE_NAMES[info.store]}): {info.path} "
+                    f"({len(sequences)}개 샘플)")
+                return sequences
+            warn(f"⚠️ {label} 캐시 파라미터가 다릅니다. 캐시 무효화.")
+            try:
+                cache.delete(key)
+            except JangdokError as exc:
+                warn(f"⚠️ {label} 캐시를 삭제하지 못했습니다: {exc}")
+        tally.stores[cache.store_label].misses += 1
+
+    started = time.perf_counter()
+    sequences = process_label(videos, params, label_rng(label, params))
+    tally.seconds_computing += time.perf_counter() - started
+
+    if cache is not None:
+        started = time.perf_counter()
+        try:
+            info = cache.put(key, sequences, metadata=expected)
+        except JangdokError as exc:
+            warn(f"⚠️ {label} 캐시를 저장하지 못했습니다: {exc}")
+        else:
+            store = tally.stores[info.store]
+            store.bytes_written += info.size
+            store.seconds_writing += time.perf_counter() - started
+            say(f"💾 {label} 라벨 데이터 캐시 저장 ({STORE_NAMES[info.store]}): {info.path} "
+                f"({len(sequences)}개 샘플)")
+    return sequences
+
+
+def train_and_save(chapter: str, labels: list[str], sequences: dict[str, list[np.ndarray]],
+                   videos: dict[str, list[Path]], params: PipelineParams, output_dir: Path) -> dict[str, Any]:
+    rng = np.random.default_rng([params.seed, len(chapter), *chapter.encode("utf-8")])
+    started = time.perf_counter()
+    dataset = build_chapter_dataset({label: sequences[label] for label in labels},
+                                    {label: len(videos[label]) for label in labels}, params, rng)
+    model, metrics = train_chapter(dataset.X, dataset.y, dataset.class_names, params, rng, groups=dataset.groups)
+    folder = output_dir / safe_label(chapter)
+    save_model(model, folder / "model.npz")
+    save_model_info(model, metrics, folder / "model-info.json")
+    result = {
+        "chapter": chapter,
+        "labels": labels,
+        "classes": dataset.class_names,
+        "samples": int(len(dataset.y)),
+        "train_accuracy": metrics["train_accuracy"],
+        "test_accuracy": metrics["test_accuracy"],
+        "training_seconds": round(time.perf_counter() - started, 3),
+        "model": str(folder / "model.npz"),
+    }
+    (folder / "chapter_result.json").write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n",
+                                                encoding="utf-8")
+    return result
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train one sign-language classifier per chapter, "
+                                                 "caching each label's processed data in CACHE_DIR.")
+    parser.add_argument("--chapter", action="append", help="only this chapter (repeatable); default: all")
+    parser.add_argument("--cache-dir", help=f"cache folder or s3://bucket/prefix/ (default: {config.CACHE_DIR})")
+    parser.add_argument("--data-dir", type=Path, help="landmark data: *.npz, labels.csv, chapters.json "
+                                                      "(default: a generated sample dataset)")
+    parser.add_argument("--output-dir", type=Path, default=config.OUTPUT_DIR, help="where models are written")
+    parser.add_argument("--no-cache", action="store_true", help="compute every label, read and write no cache")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    return parser.parse_args(argv)
+
+
+def print_summary(tally: RunTally, results: list[dict[str, Any]], elapsed: float) -> None:
+    print("\n=== 요약 (summary) ===")
+    for result in results:
+        accuracy = result["test_accuracy"]
+        shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
+        print(f"📊 {result['chapter']}: {len(result['classes'])} classes, {result['samples']} samples, "
+              f"held-out accuracy {shown}")
+    for name, store in tally.stores.items():
+        print(f"🗄️ cache ({name}): {store.hits} hits, {store.misses} misses, "
+              f"read {store.bytes_read / 1e6:.1f} MB in {store.seconds_reading:.2f} s, "
+              f"wrote {store.bytes_written / 1e6:.1f} MB in {store.seconds_writing:.2f} s")
+    print(f"⚙️ computing label data: {tally.seconds_computing:.2f} s")
+    print(f"⏱️ total: {elapsed:.2f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+    args = parse_args(argv)
+    global QUIET
+    QUIET = args.quiet
+    printer = CacheEventPrinter()
+    logging.getLogger("jangdok").addHandler(printer)
+    try:
+        return run(args, started)
+    finally:
+        logging.getLogger("jangdok").removeHandler(printer)
+
+
+def run(args: argparse.Namespace, started: float) -> int:
+    params = params_from_config()
+    data_dir = args.data_dir or config.DATA_DIR
+    if args.data_dir is None and ensure_sample_dataset(data_dir):
+        say(f"🧪 샘플 데이터 생성: {data_dir}")
+    label_videos = load_labels(data_dir)
+    chapters = load_chapters(data_dir)
+    if args.chapter:
+        unknown = [name for name in args.chapter if name not in chapters]
+        if unknown:
+            print(f"❌ unknown chapter(s): {', '.join(unknown)}; known: {', '.join(chapters)}", file=sys.stderr)
+            return 2
+        chapters = {name: chapters[name] for name in args.chapter}
+
+    cache = None if args.no_cache else Cache(args.cache_dir or config.CACHE_DIR)
+    if cache is not None:
+        say(f"🗄️ 캐시 위치 (cache): {cache.location.url} ({cache.store_label})")
+
+    tally = RunTally()
+    labels = list(dict.fromkeys(label for chapter_labels in chapters.values() for label in chapter_labels))
+    sequences: dict[str, list[np.ndarray]] = {}
+    progress = tqdm(labels, desc="labels", unit="label", disable=args.quiet or not sys.stderr.isatty())
+    for label in progress:
+        sequences[label] = load_or_build(label, label_videos[label], params, data_dir, cache, tally)
+
+    results = []
+    for chapter, chapter_labels in chapters.items():
+        result = train_and_save(chapter, chapter_labels, sequences, label_videos, params, args.output_dir)
+        say(f"✅ {chapter}: 모델 저장 {result['model']}")
+        results.append(result)
+    print_summary(tally, results, time.perf_counter() - started)
+    if cache is not None:
+        cache.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The user's workflow end to end: ``python main.py`` cold then warm on a local folder and on
+SeaweedFS, invalidation, corruption, the seed's plain pickles, and ``python test_s3_cache.py``
+for each credential case."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import BUCKET
+from seaweed import READ_ONLY, READ_WRITE, SeaweedServer, credentials_env, free_ports
+
+import config
+import main as chapter_main
+from chapter_generator import (
+    PipelineParams,
+    cache_file_name,
+    generate_sample_dataset,
+    label_rng,
+    load_labels,
+    params_fingerprint,
+    process_label,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTER = "인사"
+LABELS = ["안녕하세요", "감사합니다", "미안합니다", "사랑합니다"]
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sample")
+    generate_sample_dataset(folder)
+    return folder
+
+
+def run_script(script: str, *args: str, env: dict[str, str] | None = None, check: bool = True,
+               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd or Path.cwd(),
+                            env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def run_main(sample_data: Path, output: Path, *extra: str, env: dict[str, str] | None = None) -> str:
+    return run_script("main.py", "--chapter", CHAPTER, "--data-dir", str(sample_data),
+                      "--output-dir", str(output), *extra, env=env).stdout
+
+
+def lines(output: str, marker: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith(marker)]
+
+
+def test_cold_then_warm_on_a_local_folder(sample_data: Path, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    cold = run_main(sample_data, tmp_path / "out", "--cache-dir", str(cache_dir))
+    assert len(lines(cold, "💾")) == len(LABELS) and not lines(cold, "📂")
+    assert all("(로컬)" in line for line in lines(cold, "💾"))
+    names = sorted(os.listdir(cache_dir))
+    assert names == sorted(f"{label}_seq30_aug9_maxNone_min10.pkl" for label in LABELS)
+
+    warm = run_main(sample_data, tmp_path / "out", "--cache-dir", str(cache_dir))
+    loaded = lines(warm, "📂")
+    assert len(loaded) == len(LABELS) and not lines(warm, "💾"), warm
+    assert loaded[0] == (f"📂 {LABELS[0]} 라벨 데이터 캐시 로드 (로컬): "
+                         f"{cache_dir / f'{LABELS[0]}_seq30_aug9_maxNone_min10.pkl'} (100개 샘플)")
+    assert f"cache (local): {len(LABELS)} hits, 0 misses" in warm
+
+    result = json.loads((tmp_path / "out" / CHAPTER / "chapter_result.json").read_text(encoding="utf-8"))
+    assert result["classes"] == [*LABELS, "None"] and result["test_accuracy"] > 0.5
+    assert (tmp_path / "out" / CHAPTER / "model.npz").is_file()
+    assert json.loads((tmp_path / "out" / CHAPTER / "model-info.json").read_text())["class_names"][-1] == "None"
+
+
+def test_cold_then_warm_on_s3(seaweed: SeaweedServer, s3_url: str, s3_prefix: str, sample_data: Path,
+                              tmp_path: Path) -> None:
+    env = {**credentials_env(seaweed), "CACHE_DIR": s3_url}
+    cold = run_main(sample_data, tmp_path / "out", env=env)
+    saved = lines(cold, "💾")
+    assert len(saved) == len(LABELS) and all("(S3): s3://" in line for line in saved), cold
+
+    warm = run_main(sample_data, tmp_path / "out", env=env)
+    loaded = lines(warm, "📂")
+    assert len(loaded) == len(LABELS) and not lines(warm, "💾"), warm
+    assert loaded[0].startswith(f"📂 {LABELS[0]} 라벨 데이터 캐시 로드 (S3): {s3_url}{LABELS[0]}_seq30")
+    # What `aws s3 ls` shows: the .pkl keys under the prefix, exactly as named.
+    listing = seaweed.client().list_objects_v2(Bucket=BUCKET, Prefix=s3_prefix)["Contents"]
+    assert sorted(item["Key"] for item in listing) == sorted(
+        f"{s3_prefix}{label}_seq30_aug9_maxNone_min10.pkl" for label in LABELS)
+
+
+def run_in_process(sample_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    assert chapter_main.main(["--chapter", CHAPTER, "--data-dir", str(sample_data), "--output-dir",
+                              str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    return capsys.readouterr().out
+
+
+def test_changed_parameters_invalidate_the_entry(sample_data: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    run_in_process(sample_data, tmp_path, capsys)
+    # Noise is not in the file name, so the same entry is found and its parameters differ.
+    monkeypatch.setattr(config, "AUGMENTATION_NOISE_LEVEL", config.AUGMENTATION_NOISE_LEVEL * 2)
+    output = run_in_process(sample_data, tmp_path, capsys)
+    assert lines(output, "⚠️") == [f"⚠️ {label} 캐시 파라미터가 다릅니다. 캐시 무효화." for label in LABELS]
+    assert len(lines(output, "💾")) == len(LABELS)
+    again = run_in_process(sample_data, tmp_path, capsys)
+    assert len(lines(again, "📂")) == len(LABELS)
+
+
+def test_changed_videos_invalidate_the_entry(sample_data: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    generate_sample_dataset(data)
+    run_in_process(data, tmp_path, capsys)
+    video = load_labels(data)[LABELS[1]][0]
+    video.write_bytes(video.read_bytes() + b"")  # same content: still valid
+    assert len(lines(run_in_process(data, tmp_path, capsys), "📂")) == len(LABELS)
+    with open(video, "ab") as handle:  # different size: the source changed
+        handle.write(b"\0")
+    output = run_in_process(data, tmp_path, capsys)
+    assert lines(output, "⚠️") == [f"⚠️ {LABELS[1]} 캐시 파라미터가 다릅니다. 캐시 무효화."]
+
+
+def test_corrupt_entry_is_deleted_and_recomputed(sample_data: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    run_in_process(sample_data, tmp_path, capsys)
+    damaged = tmp_path / "cache" / f"{LABELS[2]}_seq30_aug9_maxNone_min10.pkl"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    output = run_in_process(sample_data, tmp_path, capsys)
+    assert lines(output, "🗑️") == [f"🗑️ 손상된 캐시 파일 삭제: {damaged}"]
+    assert [line.split()[1] for line in lines(output, "💾")] == [LABELS[2]]
+    assert len(lines(output, "📂")) == len(LABELS) - 1
+
+
+def test_plain_pickles_from_the_original_program_load(sample_data: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    params = chapter_main.params_from_config()
+    label = LABELS[0]
+    sequences = process_label(load_labels(sample_data)[label], params, label_rng(label, params))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    legacy = {"data": sequences, "params": params_fingerprint(params)}
+    (cache / cache_file_name(label, params)).write_bytes(pickle.dumps(legacy, pickle.HIGHEST_PROTOCOL))
+    output = run_in_process(sample_data, tmp_path, capsys)
+    assert lines(output, "📂") == [f"📂 {label} 라벨 데이터 캐시 로드 (로컬): "
+                                    f"{cache / cache_file_name(label, params)} (100개 샘플)"]
+    assert isinstance(params, PipelineParams)
+
+
+def test_no_cache_flag_reads_and_writes_nothing(sample_data: Path, tmp_path: Path) -> None:
+    output = run_main(sample_data, tmp_path / "out", "--no-cache", "--cache-dir", str(tmp_path / "cache"))
+    assert not lines(output, "💾") and not lines(output, "📂")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_default_run_generates_the_sample_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "DATA_DIR", tmp_path / "sample")
+    assert chapter_main.main(["--chapter", CHAPTER, "--output-dir", str(tmp_path / "out"),
+                              "--cache-dir", str(tmp_path / "cache"), "-q"]) == 0
+    output = capsys.readouterr().out
+    assert (tmp_path / "sample" / "labels.csv").is_file()
+    assert not lines(output, "💾") and "=== 요약" in output, "-q hides progress lines, not the summary"
+
+
+# -- test_s3_cache.py: the credential and permission self-test -------------------------------
+
+
+def self_test(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run_script("test_s3_cache.py", env=env, check=False)
+
+
+def test_self_test_passes_with_good_credentials(seaweed: SeaweedServer, s3_url: str) -> None:
+    result = self_test({**credentials_env(seaweed), "CACHE_DIR": s3_url})
+    assert result.returncode == 0, result.stdout
+    for step in ("list (s3:ListBucket)", "put (s3:PutObject)", "head (s3:GetObject)", "get (s3:GetObject)",
+                 "delete (s3:DeleteObject)"):
+        assert f"✅ {step}" in result.stdout
+    assert f"access key ****{READ_WRITE[0][-4:]} from environment" in result.stdout
+    assert READ_WRITE[0] not in result.stdout and READ_WRITE[1] not in result.stdout
+    assert "❌" not in result.stdout
+
+
+def test_self_test_checks_only_the_local_cache_without_s3() -> None:
+    result = self_test({})
+    assert result.returncode == 0
+    assert "S3 is not configured" in result.stdout and "✅ local cache read" in result.stdout
+
+
+def test_self_test_without_credentials(s3_url: str) -> None:
+    result = self_test({"CACHE_DIR": s3_url, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert result.returncode == 1
+    assert "S3 client initialization failed: Unable to locate credentials" in result.stdout
+
+
+def test_self_test_with_a_wrong_secret(seaweed: SeaweedServer, s3_url: str) -> None:
+    env = {**credentials_env(seaweed, (READ_WRITE[0], "wrong-secret-0000000000")), "CACHE_DIR": s3_url}
+    result = self_test(env)
+    assert result.returncode == 1
+    assert re.search(r"S3 error listing s3://\S+: Access Denied \(SignatureDoesNotMatch\)", result.stdout)
+    assert "wrong-secret" not in result.stdout
+
+
+def test_self_test_with_a_read_only_identity(seaweed: SeaweedServer, s3_url: str) -> None:
+    result = self_test({**credentials_env(seaweed, READ_ONLY), "CACHE_DIR": s3_url})
+    assert result.returncode == 1
+    assert "✅ list (s3:ListBucket)" in result.stdout
+    assert re.search(r"S3 error saving s3://\S+\.probe: Access Denied", result.stdout)
+    assert "s3:PutObject" in result.stdout
+
+
+def test_self_test_with_an_unreachable_endpoint(s3_url: str) -> None:
+    (port,) = free_ports(1)
+    env = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY00001", "AWS_SECRET_ACCESS_KEY": "example-secret-key",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "CACHE_DIR": s3_url, "JANGDOK_MAX_ATTEMPTS": "2"}
+    result = self_test(env)
+    assert result.returncode == 1
+    assert re.search(r"S3 error listing s3://\S+: Connection timeout", result.stdout)

@@ -248,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("jangdok").addHandler(printer)
     try:
         return run(args, started)
+    except JangdokError as exc:  # e.g. S3 unreachable with JANGDOK_FALLBACK=0
+        print(f"❌ {exc}", file=sys.stderr)
+        return 1
     finally:
         logging.getLogger("jangdok").removeHandler(printer)
 
@@ -266,16 +269,19 @@ def run(args: argparse.Namespace, started: float) -> int:
             return 2
         chapters = {name: chapters[name] for name in args.chapter}
 
-    cache = None if args.no_cache else Cache(args.cache_dir or config.CACHE_DIR)
-    if cache is not None:
-        say(f"🗄️ 캐시 위치 (cache): {cache.location.url} ({cache.store_label})")
-
     tally = RunTally()
     labels = list(dict.fromkeys(label for chapter_labels in chapters.values() for label in chapter_labels))
     sequences: dict[str, list[np.ndarray]] = {}
-    progress = tqdm(labels, desc="labels", unit="label", disable=args.quiet or not sys.stderr.isatty())
-    for label in progress:
-        sequences[label] = load_or_build(label, label_videos[label], params, data_dir, cache, tally)
+    cache = None if args.no_cache else Cache(args.cache_dir or config.CACHE_DIR)
+    try:
+        if cache is not None:
+            say(f"🗄️ 캐시 위치 (cache): {cache.location.url} ({cache.store_label})")
+        progress = tqdm(labels, desc="labels", unit="label", disable=args.quiet or not sys.stderr.isatty())
+        for label in progress:
+            sequences[label] = load_or_build(label, label_videos[label], params, data_dir, cache, tally)
+    finally:
+        if cache is not None:
+            cache.close()
 
     results = []
     for chapter, chapter_labels in chapters.items():
@@ -283,8 +289,6 @@ def run(args: argparse.Namespace, started: float) -> int:
         say(f"✅ {chapter}: 모델 저장 {result['model']}")
         results.append(result)
     print_summary(tally, results, time.perf_counter() - started)
-    if cache is not None:
-        cache.close()
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import jangdok
@@ -40,12 +41,17 @@ log = logging.getLogger("jangdok")
 cache_join = jangdok.join
 
 
-def cache_exists(path: str) -> bool:
+def _answer(name: str, path: str, action: Callable[[], Any], failed: Any) -> Any:
+    """The original's contract: a store failure is logged and answered, never raised."""
     try:
-        return jangdok.exists(path)
+        return action()
     except JangdokError as exc:
-        log.warning("cache_exists(%s) failed: %s", path, exc)
-        return False
+        log.warning("%s(%s) failed: %s", name, path, exc)
+        return failed
+
+
+def cache_exists(path: str) -> bool:
+    return _answer("cache_exists", path, lambda: jangdok.exists(path), False)
 
 
 def cache_makedirs(path: str) -> None:
@@ -56,30 +62,17 @@ def cache_makedirs(path: str) -> None:
 
 def cache_save_pickle(path: str, data: Any) -> bool:
     """Pickle ``data`` to ``path`` atomically; ``True`` on success."""
-    try:
-        jangdok.save(path, data)
-    except (JangdokError, OSError) as exc:
-        log.warning("cache_save_pickle(%s) failed: %s", path, exc)
-        return False
-    return True
+    return _answer("cache_save_pickle", path, lambda: jangdok.save(path, data) is not None, False)
 
 
 def cache_load_pickle(path: str) -> Any:
     """The object at ``path``, or ``None`` if it is missing, corrupt (then deleted) or unreachable."""
-    try:
-        return jangdok.load(path)
-    except JangdokError as exc:
-        log.warning("cache_load_pickle(%s) failed: %s", path, exc)
-        return None
+    return _answer("cache_load_pickle", path, lambda: jangdok.load(path), None)
 
 
 def cache_remove(path: str) -> bool:
     """Delete the entry at ``path``; ``True`` if one was deleted."""
-    try:
-        return jangdok.remove(path)
-    except JangdokError as exc:
-        log.warning("cache_remove(%s) failed: %s", path, exc)
-        return False
+    return _answer("cache_remove", path, lambda: jangdok.remove(path), False)
 
 
 class S3CacheManager:

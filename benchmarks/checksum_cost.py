@@ -61,9 +61,9 @@ def main() -> None:
                 info = cache.put("label.pkl", value)
                 with cache.store.read("label.pkl") as reader:
                     payload = reader.read()
-                load = median_ms(lambda: cache.get("label.pkl"), args.repeat)
-                xxh = median_ms(lambda: xxhash.xxh3_128_hexdigest(payload), args.repeat)
-                sha = median_ms(lambda: hashlib.sha256(payload).hexdigest(), args.repeat)
+                load = median_ms(lambda c=cache: c.get("label.pkl"), args.repeat)
+                xxh = median_ms(lambda p=payload: xxhash.xxh3_128_hexdigest(p), args.repeat)
+                sha = median_ms(lambda p=payload: hashlib.sha256(p).hexdigest(), args.repeat)
                 print(f"{name}: entry {info.size / 1e6:.1f} MB ({sequences} arrays of 30x675 float32), "
                       f"median of {args.repeat}")
                 print(f"  load (read + verify + unpickle): {load:8.1f} ms")

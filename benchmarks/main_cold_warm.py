@@ -21,8 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from chapter_generator import generate_sample_dataset  # noqa: E402
 from seaweed import credentials_env, start_seaweed  # noqa: E402
+
+from chapter_generator import generate_sample_dataset  # noqa: E402
 
 
 def timed_run(args: list[str], env: dict[str, str]) -> tuple[float, str]:

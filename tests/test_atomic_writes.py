@@ -20,7 +20,8 @@ ELEMENTS = 300_000  # 1.2 MB of float32 per value: large enough to be written in
 
 
 def value_of(writer: int, round_number: int) -> dict:
-    return {"writer": writer, "round": round_number, "data": np.full(ELEMENTS, writer * 1000 + round_number, np.float32)}
+    data = np.full(ELEMENTS, writer * 1000 + round_number, np.float32)
+    return {"writer": writer, "round": round_number, "data": data}
 
 
 class _CountWarnings(logging.Handler):

@@ -29,7 +29,7 @@ def test_numpy_heavy_values_round_trip(cache: Cache) -> None:
     info = cache.put("김치_seq30_aug9_maxNone_min10.pkl", value, metadata={"seq": 30, "aug": 9})
     loaded = cache.get("김치_seq30_aug9_maxNone_min10.pkl")
     assert loaded["label"] == "김치"
-    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(loaded["X"], value["X"]))
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(loaded["X"], value["X"], strict=True))
     assert np.array_equal(loaded["y"], value["y"]) and np.array_equal(loaded["mask"], value["mask"])
     assert info.size > 12 * 30 * 675 * 4
 
@@ -98,7 +98,7 @@ def test_seed_style_numpy_pickle_written_without_jangdok_loads(cache: Cache) -> 
     cache.store.write("legacy.pkl", pickle.dumps({"data": arrays, "params": {"seq": 30}}, pickle.HIGHEST_PROTOCOL))
     loaded = cache.get("legacy.pkl")
     assert loaded["params"] == {"seq": 30}
-    assert all(np.array_equal(a, b) for a, b in zip(loaded["data"], arrays))
+    assert all(np.array_equal(a, b) for a, b in zip(loaded["data"], arrays, strict=True))
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("corrupt_*")))

@@ -78,7 +78,8 @@ def test_access_denied_is_not_retried(seaweed, s3_url: str) -> None:
         settings = s3_settings(seaweed, s3_url, identity=READ_ONLY, endpoint_url=proxy.endpoint, max_attempts=5)
         with Cache.from_settings(settings) as cache, pytest.raises(AccessDenied):
             cache.put("denied.pkl", 1)
-        assert [r for r in proxy.requests if r.startswith("PUT")] == [f"PUT /{BUCKET}/{s3_url.split('/', 3)[3]}denied.pkl"]
+        prefix = s3_url.split("/", 3)[3]
+        assert [r for r in proxy.requests if r.startswith("PUT")] == [f"PUT /{BUCKET}/{prefix}denied.pkl"]
     finally:
         proxy.close()
 

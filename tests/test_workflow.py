@@ -173,6 +173,20 @@ def test_default_run_generates_the_sample_dataset(tmp_path: Path, capsys: pytest
     assert not lines(output, "💾") and "=== 요약" in output, "-q hides progress lines, not the summary"
 
 
+def test_without_credentials_the_run_falls_back_or_fails_cleanly(sample_data: Path, tmp_path: Path,
+                                                                 s3_url: str) -> None:
+    env = {"CACHE_DIR": s3_url, "JANGDOK_FALLBACK_DIR": str(tmp_path / "fallback")}
+    output = run_main(sample_data, tmp_path / "out", env=env)
+    assert "⚠️ S3 cache s3://" in output and "Unable to locate credentials" in output
+    saved = lines(output, "💾")
+    assert len(saved) == len(LABELS) and all("(로컬 대체)" in line for line in saved)
+    result = run_script("main.py", "--chapter", CHAPTER, "--data-dir", str(sample_data), "--output-dir",
+                        str(tmp_path / "out"), env={**env, "JANGDOK_FALLBACK": "0"}, check=False)
+    assert result.returncode == 1
+    assert "❌ S3 client initialization failed: Unable to locate credentials" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # -- test_s3_cache.py: the credential and permission self-test -------------------------------
 
 

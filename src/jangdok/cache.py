@@ -123,7 +123,7 @@ class Cache:
         except (CredentialsError, StoreUnavailable, ConfigError) as exc:
             if not (location.is_s3 and settings.fallback):
                 raise
-            folder = os.path.join(settings.fallback_dir, location.root, *location.prefix.split("/"))
+            folder = os.path.join(settings.fallback_dir, location.root, *filter(None, location.prefix.split("/")))
             self.fallback_reason = str(exc)
             log.warning(
                 "S3 cache %s is unavailable, using the local fallback folder %s. Reason: %s "

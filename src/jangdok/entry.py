@@ -91,9 +91,13 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None,
         "metadata": dict(metadata) if metadata is not None else None,
     }
     try:
-        header_json = json.dumps(fields, ensure_ascii=False, sort_keys=True, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        header_json = json.dumps(
+            fields, ensure_ascii=False, sort_keys=True, allow_nan=False, separators=(",", ":")
+        ).encode("utf-8")
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"entry metadata must be JSON-serializable (str, int, float, bool, None, lists, dicts): {exc}") from exc
+        raise TypeError(
+            f"entry metadata must be JSON-serializable (str, int, float, bool, None, lists, dicts): {exc}"
+        ) from exc
     prefix = (
         _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json))
         + header_json
@@ -159,7 +163,9 @@ def read_header(reader: BinaryIO) -> EntryHeader | bytes:
         return bytes(start)
     _, version, header_len = _PREFIX.unpack(start)
     if version > FORMAT_VERSION:
-        raise UnsupportedEntry(f"entry uses format version {version}; this jangdok reads up to {FORMAT_VERSION}: upgrade jangdok")
+        raise UnsupportedEntry(
+            f"entry uses format version {version}; this jangdok reads up to {FORMAT_VERSION}: upgrade jangdok"
+        )
     if version < 1 or header_len > MAX_HEADER_BYTES:
         raise CorruptEntry(f"entry header is damaged (version {version}, header length {header_len})")
     rest = _read_exactly(reader, header_len + _HEADER_HASH.size)

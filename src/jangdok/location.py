@@ -70,7 +70,8 @@ def _check_bucket(bucket: str, text: str) -> None:
         raise InvalidLocation(f"S3 location {text!r} has no bucket name; use s3://bucket/prefix/")
     problem = None
     if not _BUCKET.match(bucket):
-        problem = "3-63 characters of lowercase letters, digits, '.' and '-', starting and ending with a letter or digit"
+        problem = ("3-63 characters of lowercase letters, digits, '.' and '-', "
+                   "starting and ending with a letter or digit")
     elif ".." in bucket or ".-" in bucket or "-." in bucket:
         problem = "no adjacent '.'/'-' pairs such as '..', '.-' or '-.'"
     elif _IP_ADDRESS.match(bucket):

@@ -108,7 +108,7 @@ class Store(ABC):
         """The full path of a key, as logs and error messages show it."""
         return self.location.path(key)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
         """Release connections; the store must not be used afterwards."""
 
     def __repr__(self) -> str:

@@ -288,7 +288,9 @@ class S3Store(Store):
                     f"create it ('aws s3 mb s3://{self._bucket}') or fix CACHE_DIR."
                 )
             if code == "PreconditionFailed" and verb == "loading":
-                return StoreUnavailable(f"S3 error {verb} {path}: the object was replaced while it was being read; load it again.")
+                return StoreUnavailable(
+                    f"S3 error {verb} {path}: the object was replaced while it was being read; load it again."
+                )
             if _is_transient(exc):
                 return StoreUnavailable(
                     f"S3 error {verb} {path}: {code} (HTTP {status}) after {tally}; the service is "

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 
-# One BLAS thread: the model is small, and a busy second core makes threaded BLAS much slower.
-# Set before numpy is imported; an explicit setting in the environment still wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+if __name__ == "__main__":
+    # One BLAS thread: the model is small, and a busy second core makes threaded BLAS much
+    # slower. Set before numpy is imported; an explicit setting in the environment still wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402

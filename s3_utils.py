@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -42,10 +43,11 @@ cache_join = jangdok.join
 
 
 def _answer(name: str, path: str, action: Callable[[], Any], failed: Any) -> Any:
-    """The original's contract: a store failure is logged and answered, never raised."""
+    """The original's contract: a failure is logged and answered, never raised."""
     try:
         return action()
-    except JangdokError as exc:
+    except (JangdokError, pickle.PicklingError, TypeError, AttributeError) as exc:
+        # The last three: a value that cannot be pickled (locks, lambdas, local classes).
         log.warning("%s(%s) failed: %s", name, path, exc)
         return failed
 
@@ -80,13 +82,14 @@ class S3CacheManager:
     configured from the environment, ``.env`` or an AWS profile, plus the bucket name."""
 
     def __init__(self) -> None:
-        self.settings = Settings.resolve()
-        self.bucket_name = self.settings.bucket
+        self.bucket_name: str | None = None
         self.s3_client: Any = None
         from jangdok.stores.s3 import make_client
 
         try:
-            self.s3_client, _ = make_client(self.settings)
+            settings = Settings.resolve()
+            self.bucket_name = settings.bucket
+            self.s3_client, _ = make_client(settings)
         except JangdokError as exc:
             log.warning("%s", exc)
 

@@ -10,6 +10,7 @@ Exit status 0 when every configured store works, 1 otherwise.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import sys
 import tempfile
@@ -60,11 +61,15 @@ class Report:
                 print(f"   → fix: {fix}")
 
     def step(self, what: str, action: Callable[[], Any]) -> Any:
-        """Run one check; report it and return its result, or None when it failed."""
+        """Run one check; report it and return its result, or None when it failed (raised, or
+        answered None/False: the probe it looked for was not there)."""
         try:
             result = action()
         except JangdokError as exc:
             self.fail(what, exc)
+            return None
+        if result is None or result is False:
+            self.fail(f"{what}: the probe object was not found")
             return None
         self.ok(what)
         return result
@@ -84,8 +89,7 @@ def check_local(report: Report, folder: str) -> None:
     value = {"probe": key}
     if report.step(f"local cache write: {cache.store.path(key)}", lambda: cache.put(key, value)) is None:
         return
-    loaded = report.step("local cache read", lambda: cache.get(key))
-    if loaded is not None and loaded != value:
+    if report.step("local cache read", lambda: cache.get(key)) not in (None, value):
         report.fail("local cache read returned a different value")
     report.step("local cache delete", lambda: cache.delete(key))
 
@@ -104,8 +108,8 @@ def check_s3(report: Report, settings: Settings, url: str) -> None:
     key = f"jangdok-selftest-{secrets.token_hex(4)}.probe"
     path = store.path(key)
     payload = b"jangdok self-test probe"
-    report.step(f"list (s3:ListBucket) {location.url}", lambda: next(iter(store.list()), None))
-    if report.step(f"put (s3:PutObject) {path}", lambda: store.write(key, payload) or True) is None:
+    report.step(f"list (s3:ListBucket) {location.url}", lambda: list(itertools.islice(store.list(), 1)))
+    if report.step(f"put (s3:PutObject) {path}", lambda: store.write(key, payload) or path) is None:
         report.note("head, get and delete skipped: the probe object could not be written")
         return
     report.step(f"head (s3:GetObject) {path}", lambda: store.stat(key))

@@ -3,7 +3,8 @@
 Each accepted connection takes the next fault from a queue (``pass`` once the queue is empty):
 
 * ``("pass",)`` forwards both ways;
-* ``("cut", n)`` forwards the request, the response headers and ``n`` body bytes, then drops;
+* ``("cut", n[, before])`` forwards the request, the response headers and ``n`` body bytes,
+  then calls ``before()`` if given (to change the world mid-transfer) and drops;
 * ``("status", http_status, code)`` answers with an S3 error document and closes;
 * ``("stall",)`` accepts, reads, and never answers.
 
@@ -18,6 +19,7 @@ import socket
 import struct
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 _REQUEST_LINE = re.compile(rb"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/1\.1")
@@ -89,8 +91,9 @@ class FaultProxy:
             with self._lock:
                 self._open.append(upstream)
             budget = fault[1] if kind == "cut" else None
+            before_cut = fault[2] if kind == "cut" and len(fault) > 2 else None
             threading.Thread(target=self._pump_requests, args=(client, upstream), daemon=True).start()
-            self._pump_responses(upstream, client, budget)
+            self._pump_responses(upstream, client, budget, before_cut)
         except OSError:
             pass
 
@@ -107,7 +110,8 @@ class FaultProxy:
             except OSError:
                 pass
 
-    def _pump_responses(self, upstream: socket.socket, client: socket.socket, budget: int | None) -> None:
+    def _pump_responses(self, upstream: socket.socket, client: socket.socket, budget: int | None,
+                        before_cut: Callable[[], object] | None) -> None:
         """Forward the response; with a budget, only the headers and ``budget`` body bytes."""
         head = b""
         try:
@@ -127,6 +131,8 @@ class FaultProxy:
                     budget -= len(data)
                 client.sendall(data)
                 if budget == 0:
+                    if before_cut is not None:
+                        before_cut()
                     _cut(client)
                     _cut(upstream)
                     return

@@ -137,6 +137,14 @@ def test_corrupt_header_is_deleted_by_stat_too(cache: Cache) -> None:
     assert not cache.exists("damaged.pkl")
 
 
+def test_intact_entry_this_process_cannot_unpickle_is_kept(cache: Cache) -> None:
+    from test_entry_format import NeedsNewerLibrary
+
+    cache.put("newer-library.pkl", NeedsNewerLibrary())
+    assert cache.get("newer-library.pkl", "miss") == "miss"
+    assert cache.exists("newer-library.pkl"), "other machines may still read it"
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("unsupported_*")))
 def test_entries_from_newer_versions_are_missed_but_kept(cache: Cache, name: str,
                                                          caplog: pytest.LogCaptureFixture) -> None:

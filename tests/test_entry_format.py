@@ -97,3 +97,33 @@ def test_class_missing_at_load_is_unsupported_not_corrupt() -> None:
     wrapped = b"".join(bytes(c) for c in chunks).replace(b"pathlib", b"pathlix")
     with pytest.raises(CorruptEntry):  # inside an entry the checksum notices the edit first
         entry.decode(io.BytesIO(wrapped), len(wrapped))
+
+
+def _refuse_to_load() -> None:
+    raise ValueError("this library version cannot rebuild the object")
+
+
+class NeedsNewerLibrary:
+    """Unpickles by calling a function that fails, as objects of a changed library do."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+def test_intact_entry_that_fails_to_unpickle_is_unsupported_not_corrupt() -> None:
+    _, chunks = entry.encode(NeedsNewerLibrary())
+    data = b"".join(bytes(c) for c in chunks)
+    with pytest.raises(UnsupportedEntry, match="bytes are intact"):
+        entry.decode(io.BytesIO(data), len(data))
+
+
+def test_reader_limits_are_not_mistaken_for_damage(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, chunks = entry.encode([1, 2, 3])
+    data = b"".join(bytes(c) for c in chunks)
+
+    def out_of_memory(payload):
+        raise MemoryError
+
+    monkeypatch.setattr(entry.pickle, "loads", out_of_memory)
+    with pytest.raises(MemoryError):
+        entry.decode(io.BytesIO(data), len(data))

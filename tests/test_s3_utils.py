@@ -117,3 +117,20 @@ def test_importing_prints_nothing() -> None:
     result = subprocess.run([sys.executable, "-c", "import s3_utils"], cwd=root, capture_output=True, text=True,
                             timeout=60, check=True)
     assert result.stdout == "" and result.stderr == ""
+
+
+def test_unpicklable_values_are_refused_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert s3_utils.cache_save_pickle(str(tmp_path / "lock.pkl"), threading.Lock()) is False
+    assert "cache_save_pickle" in caplog.text and not (tmp_path / "lock.pkl").exists()
+
+
+def test_cache_manager_survives_a_malformed_setting(monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("JANGDOK_MAX_ATTEMPTS", "many")
+    monkeypatch.setattr(s3_utils, "_manager", None)
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert s3_utils.get_cache_manager().s3_client is None
+    assert "JANGDOK_MAX_ATTEMPTS" in caplog.text

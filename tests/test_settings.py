@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from seaweed import READ_WRITE
 
-from jangdok import Cache, ConfigError, Settings, mask_secret
+from jangdok import Cache, ConfigError, CredentialsError, Settings, mask_secret
 
 
 def write_env(folder: Path, **values: str) -> Path:
@@ -85,6 +85,7 @@ def test_secrets_are_masked_everywhere() -> None:
     assert mask_secret("short") == "****" and mask_secret(None) == "(none)"
     settings = Settings(access_key_id="AKIAIOSFODNN7EXAMPLE", secret_access_key="wJalrXUtnFEMI/K7MDENG")
     assert "wJalr" not in repr(settings) and "K7MDENG" not in repr(settings)
+    assert "AKIAIOSFODNN7" not in repr(settings)
 
 
 def run_python(code: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -137,7 +138,15 @@ def test_aws_profile_from_shared_credentials_reaches_s3(seaweed, s3_url: str, mo
         assert cache.settings.credentials_source.startswith("AWS profile 'jangdok-team'")
 
 
-def test_unknown_profile_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_profile_means_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_PROFILE", "nobody")
-    with pytest.raises(ConfigError, match="AWS profile 'nobody' not found"):
+    with pytest.raises(CredentialsError, match="AWS profile 'nobody' not found"):
         Cache("s3://bucket/cache/", fallback=False).get("k")
+    assert Cache("s3://bucket/cache/").get("k", "fell back") == "fell back"
+
+
+def test_key_without_its_secret_names_the_missing_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ENVKEY0000000001")
+    with pytest.raises(CredentialsError, match="AWS_SECRET_ACCESS_KEY is missing") as caught:
+        Cache("s3://bucket/cache/", fallback=False).get("k")
+    assert "AWS_ACCESS_KEY_ID is set (in environment)" in str(caught.value)

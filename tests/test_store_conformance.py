@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from jangdok.stores import Store
@@ -93,3 +95,27 @@ def test_invalid_keys_are_refused_before_any_io(store: Store) -> None:
             store.write(key, b"x")
         with pytest.raises(InvalidKey):
             store.read(key)
+
+
+def test_versions_identify_what_was_read(store: Store) -> None:
+    store.write("v", b"first")
+    first = store.stat("v")
+    reader = store.read("v", 0, 2)
+    with reader:
+        assert reader.read() == b"fi"
+    assert reader.info.version == first.version and reader.info.size == 5, "info describes the whole object"
+    store.write("v", b"second, longer")
+    second = store.stat("v")
+    assert second.version != first.version
+    assert store.delete("v", version=first.version) is False, "a replaced object is not deleted"
+    assert store.exists("v")
+    assert store.delete("v", version=second.version) is True
+    assert not store.exists("v")
+
+
+def test_listing_skips_names_that_are_not_keys(store: Store, backend: str, tmp_path) -> None:
+    store.write("good.pkl", b"1")
+    if backend == "local":
+        with open(os.path.join(store.location.root, "back\\slash"), "wb") as handle:
+            handle.write(b"written by another program")
+    assert [info.key for info in store.list()] == ["good.pkl"]

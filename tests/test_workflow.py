@@ -142,7 +142,7 @@ def test_corrupt_entry_is_deleted_and_recomputed(sample_data: Path, tmp_path: Pa
     assert len(lines(output, "📂")) == len(LABELS) - 1
 
 
-def test_plain_pickles_from_the_original_program_load(sample_data: Path, tmp_path: Path,
+def test_plain_pickles_with_matching_parameters_load(sample_data: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     params = chapter_main.params_from_config()
     label = LABELS[0]

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import entry
-from .errors import ConfigError, CorruptEntry, CredentialsError, JangdokError, StoreUnavailable, UnsupportedEntry
+from .errors import CorruptEntry, CredentialsError, JangdokError, StoreUnavailable, UnsupportedEntry
 from .location import Location, parse_location
 from .settings import Settings
-from .stores import LocalStore, Store, open_store
+from .stores import LocalStore, ObjectInfo, Store, open_store
 
 __all__ = ["Cache", "Entry", "EntryInfo"]
 
@@ -120,7 +120,9 @@ class Cache:
         location = self.location
         try:
             store = open_store(location, settings)
-        except (CredentialsError, StoreUnavailable, ConfigError) as exc:
+        except (CredentialsError, StoreUnavailable) as exc:
+            # Only "no credentials" and "unreachable" fall back: a wrong bucket name or region
+            # is a mistake to fix, and quietly caching elsewhere would hide it.
             if not (location.is_s3 and settings.fallback):
                 raise
             folder = os.path.join(settings.fallback_dir, location.root, *filter(None, location.prefix.split("/")))
@@ -160,64 +162,65 @@ class Cache:
             try:
                 decoded = entry.decode(reader, reader.size)
             except (CorruptEntry, UnsupportedEntry) as exc:
-                self._discard(key, path, exc)
+                self._discard(key, path, exc, reader.info.version)
                 return None
-        info = self._info(key, path, reader.size, decoded.header, fallback_time=None)
+        info = self._info(key, path, reader.size, decoded.header, reader.info.modified)
         log.info("cache loaded (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(reader.size),
                  (time.perf_counter() - started) * 1e3, **_event("loaded", path))
         return Entry(decoded.value, info)
 
-    def _discard(self, key: str, path: str, problem: JangdokError) -> None:
+    def _discard(self, key: str, path: str, problem: JangdokError, version: str) -> None:
         if isinstance(problem, UnsupportedEntry):
             log.warning("cache entry skipped (kept for other readers): %s: %s", path, problem,
                         **_event("skipped", path))
             return
         try:
-            self.store.delete(key)
+            # Only the version that was read: a writer may have replaced it with a good entry.
+            deleted = self.store.delete(key, version=version)
         except JangdokError as exc:
             log.warning("corrupt cache entry could not be deleted: %s: %s (%s)", path, problem, exc)
             return
-        log.warning("corrupt cache entry deleted: %s: %s", path, problem, **_event("corrupt_deleted", path))
+        if deleted:
+            log.warning("corrupt cache entry deleted: %s: %s", path, problem, **_event("corrupt_deleted", path))
+        else:
+            log.warning("corrupt cache entry already replaced: %s: %s", path, problem)
 
-    def _info(self, key: str, path: str, size: int, header: entry.EntryHeader | None,
-              fallback_time: float | None) -> EntryInfo:
-        if header is None:  # a legacy pickle knows nothing about itself
-            if fallback_time is None:
-                stat = self.store.stat(key)
-                fallback_time = stat.modified if stat else time.time()
-            return EntryInfo(key, path, self._store_label, size, fallback_time, None, None)
+    def _info(self, key: str, path: str, size: int, header: entry.EntryHeader | None, modified: float) -> EntryInfo:
+        if header is None:  # a legacy pickle knows nothing about itself; its file time will do
+            return EntryInfo(key, path, self._store_label, size, modified, None, None)
         return EntryInfo(key, path, self._store_label, size, header.created_at, header.metadata, header.version)
 
     def stat(self, key: str) -> EntryInfo | None:
-        """Size, creation time, metadata and store of an entry, reading only its header."""
+        """Size, creation time, metadata and store of an entry, reading only its header
+        (one ranged read; a second only for metadata larger than the first read)."""
         store = self.store
-        found = store.stat(key)
-        if found is None:
-            return None
         path = store.path(key)
+        head = self._read_head(key, entry.HEADER_PROBE_BYTES)
+        if head is None:
+            return None
+        data, found = head
+        needed = entry.header_size(data)
+        if needed is not None and needed > len(data):
+            head = self._read_head(key, needed)
+            if head is None:
+                return None
+            data, found = head  # all from the second read, so from one version of the object
         try:
-            head = self._read_range(key, entry.HEADER_PROBE_BYTES)
-            needed = entry.header_size(head)
-            if needed is not None and needed > len(head):
-                head = self._read_range(key, needed)
-            header = entry.read_header(io.BytesIO(head))
+            header = entry.read_header(io.BytesIO(data))
+            if isinstance(header, entry.EntryHeader) and header.entry_size != found.size:
+                raise CorruptEntry(f"entry is {found.size} bytes but its header declares {header.entry_size}")
         except (CorruptEntry, UnsupportedEntry) as exc:
-            self._discard(key, path, exc)
+            self._discard(key, path, exc, found.version)
             return None
-        if not isinstance(header, entry.EntryHeader):
-            return self._info(key, path, found.size, None, fallback_time=found.modified)
-        if header.entry_size != found.size:
-            self._discard(key, path, CorruptEntry(
-                f"entry is {found.size} bytes but its header declares {header.entry_size}"))
-            return None
-        return self._info(key, path, found.size, header, fallback_time=None)
+        parsed = header if isinstance(header, entry.EntryHeader) else None
+        return self._info(key, path, found.size, parsed, found.modified)
 
-    def _read_range(self, key: str, stop: int) -> bytes:
+    def _read_head(self, key: str, stop: int) -> tuple[bytes, ObjectInfo] | None:
         reader = self.store.read(key, 0, stop)
         if reader is None:
-            return b""
+            return None
         with reader:
-            return reader.read()
+            return reader.read(), reader.info
 
     def exists(self, key: str) -> bool:
         """Whether an entry is stored under ``key`` (not whether it is intact)."""
@@ -238,7 +241,7 @@ class Cache:
         store.write(key, chunks)
         log.info("cache saved (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(header.entry_size),
                  (time.perf_counter() - started) * 1e3, **_event("saved", path))
-        return self._info(key, path, header.entry_size, header, fallback_time=None)
+        return self._info(key, path, header.entry_size, header, header.created_at)
 
     def delete(self, key: str) -> bool:
         """Remove an entry; ``True`` if there was one."""

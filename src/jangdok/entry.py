@@ -7,7 +7,7 @@ Layout of format version 1::
     header_len   u32 BE    length of the JSON header that follows
     header       JSON      serializer, compression, payload_length, checksum, digest,
                            created_at, metadata
-    header_hash  u32 BE    xxh32 of the JSON header bytes
+    header_hash  u32 BE    xxh32 of everything before it (magic to JSON header)
     payload      payload_length bytes
 
 The magic starts with a non-ASCII byte and contains CR LF, so text-mode mangling is caught,
@@ -46,10 +46,14 @@ _CHECKSUM = "xxh3_128"
 _SERIALIZER = "pickle"
 _COMPRESSION = "none"
 
-# Unpickling damaged bytes can fail in many ways; these mean the bytes are bad. ImportError
-# and AttributeError are left out on purpose: they mean the code changed, not the data.
+# Unpickling damaged bytes can fail in many ways. Without a checksum (legacy pickles) these
+# are taken to mean the bytes are bad; ImportError and AttributeError never are: they mean the
+# code changed, not the data. MemoryError and RecursionError are the reader's own limits.
 _DAMAGED = (pickle.UnpicklingError, EOFError, ValueError, IndexError, KeyError, TypeError,
-            OverflowError, UnicodeDecodeError, struct.error, MemoryError, RecursionError)
+            OverflowError, UnicodeDecodeError, struct.error)
+_READER_LIMITS = (MemoryError, RecursionError)
+# Versions are small integers; a value beyond this is a damaged field, not a future format.
+_MAX_PLAUSIBLE_VERSION = 255
 
 
 @dataclass(frozen=True)
@@ -98,11 +102,8 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None,
         raise TypeError(
             f"entry metadata must be JSON-serializable (str, int, float, bool, None, lists, dicts): {exc}"
         ) from exc
-    prefix = (
-        _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json))
-        + header_json
-        + _HEADER_HASH.pack(xxhash.xxh32_intdigest(header_json))
-    )
+    sealed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json)) + header_json
+    prefix = sealed + _HEADER_HASH.pack(xxhash.xxh32_intdigest(sealed))
     header = _header_from(fields, len(prefix))
     return header, [prefix, payload]
 
@@ -121,9 +122,9 @@ def _header_from(fields: Mapping[str, Any], header_size: int) -> EntryHeader:
     )
 
 
-def _read_exactly(reader: BinaryIO, size: int, into: bytearray | None = None) -> bytearray:
+def _read_exactly(reader: BinaryIO, size: int) -> bytearray:
     """Read ``size`` bytes or raise CorruptEntry: the store guarantees a short read is real."""
-    buffer = into if into is not None else bytearray(size)
+    buffer = bytearray(size)
     view = memoryview(buffer)
     done = 0
     while done < size:
@@ -162,16 +163,16 @@ def read_header(reader: BinaryIO) -> EntryHeader | bytes:
             raise CorruptEntry(f"entry is truncated inside its header ({len(start)} bytes)")
         return bytes(start)
     _, version, header_len = _PREFIX.unpack(start)
+    if version < 1 or version > _MAX_PLAUSIBLE_VERSION or header_len > MAX_HEADER_BYTES:
+        raise CorruptEntry(f"entry header is damaged (version {version}, header length {header_len})")
     if version > FORMAT_VERSION:
         raise UnsupportedEntry(
             f"entry uses format version {version}; this jangdok reads up to {FORMAT_VERSION}: upgrade jangdok"
         )
-    if version < 1 or header_len > MAX_HEADER_BYTES:
-        raise CorruptEntry(f"entry header is damaged (version {version}, header length {header_len})")
     rest = _read_exactly(reader, header_len + _HEADER_HASH.size)
     header_json = bytes(rest[:header_len])
     (expected,) = _HEADER_HASH.unpack_from(rest, header_len)
-    if xxhash.xxh32_intdigest(header_json) != expected:
+    if xxhash.xxh32_intdigest(bytes(start) + header_json) != expected:
         raise CorruptEntry("entry header checksum mismatch")
     try:
         fields = json.loads(header_json)
@@ -213,11 +214,15 @@ def decode(reader: BinaryIO, size: int | None = None) -> Decoded:
         raise CorruptEntry("entry payload checksum mismatch (xxh3_128): the bytes were damaged")
     try:
         value = pickle.loads(payload)
-    except _DAMAGED as exc:
-        # The checksum matched, so the bytes are what was written: the writer's pickle is bad.
-        raise CorruptEntry(f"entry payload does not unpickle: {type(exc).__name__}: {exc}") from exc
-    except (ImportError, AttributeError) as exc:
-        raise UnsupportedEntry(f"entry needs code this process lacks: {exc}") from exc
+    except _READER_LIMITS:
+        raise
+    except Exception as exc:
+        # The checksum matched: the bytes are what was written, so the failure lies with this
+        # reader (a missing module, an older library version). Other machines may read it.
+        raise UnsupportedEntry(
+            f"entry could not be unpickled here ({type(exc).__name__}: {exc}); its bytes are intact, "
+            "so this process probably lacks or has another version of the code that wrote it"
+        ) from exc
     return Decoded(value, header)
 
 

@@ -124,7 +124,11 @@ class Location:
         # Belt and braces for platform quirks the segment rules cannot see (drive-relative
         # names like 'C:x' on Windows): the joined path must still be under the root.
         root = os.path.abspath(self.root)
-        if os.path.commonpath([root, os.path.abspath(path)]) != root:
+        try:
+            inside = os.path.commonpath([root, os.path.abspath(path)]) == root
+        except ValueError:  # Windows: the key named another drive
+            inside = False
+        if not inside:
             raise InvalidKey(f"cache key {key!r} would escape the cache folder {self.root!r}")
         return path
 

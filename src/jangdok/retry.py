@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ["RetryPolicy", "RetryExhausted"]
+__all__ = ["RetryPolicy", "RetryBudget", "RetryExhausted"]
 
 log = logging.getLogger("jangdok")
 T = TypeVar("T")
@@ -43,24 +43,50 @@ class RetryPolicy:
         """Full jitter: uniform in [0, min(max_delay, base * 2**retry)], so clients spread out."""
         return random.uniform(0, min(self.max_delay, self.base_delay * 2**retry))
 
+    def budget(self) -> RetryBudget:
+        return RetryBudget(self)
+
+    def call(self, operation: Callable[[], T], is_transient: Callable[[BaseException], bool], what: str) -> T:
+        """Run ``operation`` once with a fresh budget; see :meth:`RetryBudget.call`."""
+        return self.budget().call(operation, is_transient, what)
+
+
+class RetryBudget:
+    """The attempts and time left to one operation, or to one transfer across many reads.
+
+    A transfer calls :meth:`progressed` whenever bytes arrive: the policy bounds how long it may
+    go *without* progress, so a stalled download fails in bounded time while a slow but moving
+    one is never cut off for being large.
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.attempts = 0
+        self.started: float | None = None
+
+    def progressed(self) -> None:
+        self.attempts = 0
+        self.started = None
+
     def call(self, operation: Callable[[], T], is_transient: Callable[[BaseException], bool], what: str) -> T:
         """Run ``operation``, retrying transient failures; other errors propagate at once.
 
         When the attempts or the time run out, raises :class:`RetryExhausted` from the last error.
         """
-        started = time.monotonic()
-        attempt = 0
+        policy = self.policy
         while True:
-            attempt += 1
+            if self.started is None:
+                self.started = time.monotonic()
+            self.attempts += 1
             try:
                 return operation()
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                elapsed = time.monotonic() - started
-                pause = self.delay(attempt - 1)
-                fits = elapsed + pause + self.attempt_timeout <= self.total_timeout
-                if attempt >= self.max_attempts or not fits:
-                    raise RetryExhausted(exc, attempt, elapsed) from exc
-                log.debug("retrying %s in %.2f s after attempt %d failed: %s", what, pause, attempt, exc)
+                elapsed = time.monotonic() - self.started
+                pause = policy.delay(self.attempts - 1)
+                fits = elapsed + pause + policy.attempt_timeout <= policy.total_timeout
+                if self.attempts >= policy.max_attempts or not fits:
+                    raise RetryExhausted(exc, self.attempts, elapsed) from exc
+                log.debug("retrying %s in %.2f s after attempt %d failed: %s", what, pause, self.attempts, exc)
                 time.sleep(pause)

@@ -99,7 +99,7 @@ class Settings:
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
-    access_key_id: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
     connect_timeout: float = 5.0

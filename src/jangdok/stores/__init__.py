@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ..location import Location
 from ..settings import Settings
-from .base import Capabilities, Chunks, ObjectInfo, Store
+from .base import Capabilities, Chunks, ObjectInfo, Reader, Store
 from .local import LocalStore
 
-__all__ = ["Store", "ObjectInfo", "Capabilities", "Chunks", "LocalStore", "open_store"]
+__all__ = ["Store", "Reader", "ObjectInfo", "Capabilities", "Chunks", "LocalStore", "open_store"]
 
 
 def open_store(location: Location, settings: Settings) -> Store:

@@ -32,16 +32,6 @@ def iter_chunks(data: Chunks) -> Iterator[memoryview]:
             yield view
 
 
-class Reader(io.RawIOBase):
-    """A readable stream of one object's bytes that knows how many it will deliver."""
-
-    size: int
-    """Bytes this reader delivers in all (the requested range, clipped to the object)."""
-
-    def readable(self) -> bool:
-        return True
-
-
 @dataclass(frozen=True)
 class ObjectInfo:
     """What a store knows about one stored object, without reading it."""
@@ -50,6 +40,21 @@ class ObjectInfo:
     size: int
     modified: float
     """Last modification time, seconds since the epoch."""
+    version: str
+    """Changes whenever the object is replaced (an ETag, or file identity and time), so a
+    caller can act on exactly the object it read and not on a newer one."""
+
+
+class Reader(io.RawIOBase):
+    """A readable stream of (part of) one object, and what the object was when opened."""
+
+    size: int
+    """Bytes this reader delivers in all (the requested range, clipped to the object)."""
+    info: ObjectInfo
+    """The whole object the bytes come from: its total size, time and version."""
+
+    def readable(self) -> bool:
+        return True
 
 
 @dataclass(frozen=True)
@@ -90,8 +95,9 @@ class Store(ABC):
         """Store an object atomically: readers see the previous object or this one, never a mix."""
 
     @abstractmethod
-    def delete(self, key: str) -> bool:
-        """Remove an object; ``True`` if it existed."""
+    def delete(self, key: str, version: str | None = None) -> bool:
+        """Remove an object; ``True`` if it existed. With ``version``, only if the object is
+        still that version (so deleting a damaged object never removes its replacement)."""
 
     @abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:

@@ -11,20 +11,26 @@ from collections.abc import Iterator
 from stat import S_ISREG
 
 from ..errors import AccessDenied, InvalidKey, StoreUnavailable
-from ..location import TEMP_MARKER, Location
+from ..location import TEMP_MARKER, Location, validate_key
 from .base import Capabilities, Chunks, ObjectInfo, Reader, Store, iter_chunks
 
 __all__ = ["LocalStore"]
 
 
+def _object_info(key: str, result: os.stat_result) -> ObjectInfo:
+    # A replaced file is a new inode (os.replace), so inode, time and size identify a version.
+    version = f"{result.st_ino}-{result.st_mtime_ns}-{result.st_size}"
+    return ObjectInfo(key, result.st_size, result.st_mtime, version)
+
+
 class _FileReader(Reader):
     """A file limited to ``[start, stop)``, so local and S3 range reads behave the same."""
 
-    def __init__(self, file: io.BufferedReader, start: int, stop: int | None) -> None:
+    def __init__(self, key: str, file: io.BufferedReader, start: int, stop: int | None) -> None:
         super().__init__()
         self._file = file
-        file_size = os.fstat(file.fileno()).st_size
-        end = file_size if stop is None else min(stop, file_size)
+        self.info = _object_info(key, os.fstat(file.fileno()))
+        end = self.info.size if stop is None else min(stop, self.info.size)
         self.size = max(0, end - start)
         self._remaining = self.size
         file.seek(start)
@@ -66,7 +72,7 @@ class LocalStore(Store):
             return None
         except OSError as exc:
             raise self._os_error(exc, "loading", path) from exc
-        return _FileReader(file, start, stop)
+        return _FileReader(key, file, start, stop)
 
     def write(self, key: str, data: Chunks) -> None:
         path = self.location.local_path(key)
@@ -88,8 +94,12 @@ class LocalStore(Store):
                 raise self._os_error(exc, "saving", path) from exc
             raise
 
-    def delete(self, key: str) -> bool:
+    def delete(self, key: str, version: str | None = None) -> bool:
         path = self.location.local_path(key)
+        if version is not None:
+            current = self.stat(key)
+            if current is None or current.version != version:
+                return False
         try:
             os.unlink(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -108,11 +118,16 @@ class LocalStore(Store):
             raise self._os_error(exc, "checking", path) from exc
         if not S_ISREG(result.st_mode):
             return None
-        return ObjectInfo(key, result.st_size, result.st_mtime)
+        return _object_info(key, result)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         root = self.location.root
-        for folder, dirs, files in os.walk(root):
+
+        def unreadable(exc: OSError) -> None:
+            if not isinstance(exc, FileNotFoundError):  # a missing root is an empty cache
+                raise self._os_error(exc, "listing", exc.filename or root) from exc
+
+        for folder, dirs, files in os.walk(root, onerror=unreadable):
             dirs.sort()
             relative = os.path.relpath(folder, root)
             base = "" if relative == "." else relative.replace(os.sep, "/") + "/"
@@ -121,10 +136,11 @@ class LocalStore(Store):
                 continue
             for name in sorted(files):
                 key = base + name
-                if name.startswith(TEMP_MARKER) or not key.startswith(prefix):
+                if not key.startswith(prefix):
                     continue
                 try:
+                    validate_key(key)  # temporary files and names S3 could not hold either
                     result = os.stat(os.path.join(folder, name))
-                except FileNotFoundError:
-                    continue  # deleted while we listed
-                yield ObjectInfo(key, result.st_size, result.st_mtime)
+                except (InvalidKey, FileNotFoundError):  # the latter: deleted while we listed
+                    continue
+                yield _object_info(key, result)

@@ -9,9 +9,13 @@ never silently mixes two versions of an object. Every botocore exception is tran
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import logging
+import re
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import boto3
@@ -21,7 +25,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..errors import AccessDenied, ConfigError, CredentialsError, JangdokError, StoreUnavailable
 from ..location import Location, validate_key
-from ..retry import RetryExhausted, RetryPolicy
+from ..retry import RetryBudget, RetryExhausted, RetryPolicy
 from ..settings import Settings, mask_secret
 from .base import Capabilities, Chunks, ObjectInfo, Reader, Store, iter_chunks
 
@@ -46,6 +50,8 @@ _CREDENTIAL_CODES = {
 }
 _DENIED_CODES = {"AccessDenied", "403", "AllAccessDisabled", "AccountProblem"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_WRONG_REGION_CODES = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
 _PERMISSION = {
     "opening": "s3:ListBucket (for HeadBucket)",
     "checking": "s3:GetObject (and s3:ListBucket, without which S3 reports a missing key as 403)",
@@ -83,8 +89,16 @@ def make_client(settings: Settings) -> tuple[Any, str]:
     """A boto3 S3 client for these settings and its masked access key, with credentials
     checked before any request.
 
-    Raises CredentialsError (the seed's "Unable to locate credentials") or ConfigError.
+    Raises CredentialsError (the seed's "Unable to locate credentials") when there are none.
     """
+    if bool(settings.access_key_id) != bool(settings.secret_access_key):
+        present, missing = (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if settings.access_key_id
+                            else ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"))
+        raise CredentialsError(
+            f"S3 client initialization failed: Unable to locate credentials: {present} is set (in "
+            f"{settings.sources.get('credentials', 'the arguments')}) but {missing} is missing there; "
+            "set both in the same place (environment, .env file or arguments)."
+        )
     try:
         session = boto3.session.Session(
             aws_access_key_id=settings.access_key_id,
@@ -95,7 +109,7 @@ def make_client(settings: Settings) -> tuple[Any, str]:
         )
         credentials = session.get_credentials()
     except bce.ProfileNotFound as exc:
-        raise ConfigError(
+        raise CredentialsError(
             f"S3 client initialization failed: AWS profile {settings.profile!r} not found "
             f"({settings.credentials_source}); create it with 'aws configure --profile {settings.profile}' "
             "or unset AWS_PROFILE"
@@ -128,7 +142,8 @@ class _ChunkFile(io.RawIOBase):
     def __init__(self, chunks: list[memoryview]) -> None:
         super().__init__()
         self._chunks = chunks
-        self._size = sum(chunk.nbytes for chunk in chunks)
+        self._starts = list(itertools.accumulate((chunk.nbytes for chunk in chunks), initial=0))
+        self._size = self._starts[-1]
         self._pos = 0
 
     def __len__(self) -> int:
@@ -150,17 +165,14 @@ class _ChunkFile(io.RawIOBase):
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
         target = memoryview(buffer).cast("B")
-        written, skip = 0, self._pos
-        for chunk in self._chunks:
-            if skip >= chunk.nbytes:
-                skip -= chunk.nbytes
-                continue
-            piece = chunk[skip : skip + target.nbytes - written]
+        written = 0
+        index = bisect.bisect_right(self._starts, self._pos) - 1
+        while written < target.nbytes and index < len(self._chunks):
+            chunk = self._chunks[index]
+            piece = chunk[self._pos + written - self._starts[index] :][: target.nbytes - written]
             target[written : written + piece.nbytes] = piece
             written += piece.nbytes
-            skip = 0
-            if written == target.nbytes:
-                break
+            index += 1
         self._pos += written
         return written
 
@@ -183,17 +195,35 @@ def _parts(data: Chunks, part_size: int) -> Iterator[list[memoryview]]:
         yield part
 
 
+def _range_start_and_total(response: dict[str, Any]) -> tuple[int, int]:
+    """Where a (ranged) GET response starts in the object, and the object's total size."""
+    match = _CONTENT_RANGE.match(response.get("ContentRange") or "")
+    if match:
+        return int(match.group(1)), int(match.group(2))
+    return 0, int(response["ContentLength"])
+
+
 class _S3Reader(Reader):
-    """An object's bytes ``[start, end)``, resuming broken transfers where they stopped."""
+    """An object's bytes ``[start, end)``, resuming broken transfers where they stopped.
+
+    Resumed requests are pinned to the first response's ETag and must start exactly where the
+    transfer broke, so the bytes delivered always come from one version of the object.
+    """
 
     def __init__(self, store: S3Store, key: str, response: dict[str, Any], start: int) -> None:
         super().__init__()
         self._store = store
         self._key = key
-        self._etag = response.get("ETag")
         self._body = response["Body"]
+        self._budget = store.policy.budget()
+        if "ContentLength" not in response:
+            self._body.close()
+            raise StoreUnavailable(f"S3 error loading {store.path(key)}: the response has no Content-Length; "
+                                   "is a proxy rewriting responses between here and the endpoint?")
+        self.size = int(response["ContentLength"])
+        _, total = _range_start_and_total(response)
+        self.info = ObjectInfo(key, total, response["LastModified"].timestamp(), response.get("ETag") or "")
         self._pos = start
-        self.size = int(response.get("ContentLength", 0))
         self._end = start + self.size
 
     def _drop_body(self) -> None:
@@ -201,10 +231,22 @@ class _S3Reader(Reader):
             self._body.close()
             self._body = None
 
+    def _resume(self) -> None:
+        path = self._store.path(self._key)
+        if not self.info.version:
+            raise StoreUnavailable(f"S3 error loading {path}: the transfer broke and the server gave no ETag "
+                                   "to resume it safely; load it again")
+        log.debug("resuming %s at byte %d", path, self._pos)
+        response = self._store._get_object(self._key, self._pos, self._end, if_match=self.info.version)
+        if _range_start_and_total(response)[0] != self._pos:
+            response["Body"].close()
+            raise StoreUnavailable(f"S3 error loading {path}: the server ignored the byte range of a resumed "
+                                   "transfer; load it again")
+        self._body = response["Body"]
+
     def _read_some(self, size: int) -> bytes:
         if self._body is None:
-            log.debug("resuming %s at byte %d", self._store.path(self._key), self._pos)
-            self._body = self._store._get_object(self._key, self._pos, self._end, if_match=self._etag)["Body"]
+            self._resume()
         try:
             data = self._body.read(min(size, BODY_READ_SIZE))
         except BaseException:
@@ -219,7 +261,8 @@ class _S3Reader(Reader):
         target = memoryview(buffer).cast("B")[: self._end - self._pos]
         if not target.nbytes:
             return 0
-        data = self._store._call("loading", self._key, lambda: self._read_some(target.nbytes))
+        data = self._store._call("loading", self._key, lambda: self._read_some(target.nbytes), self._budget)
+        self._budget.progressed()
         target[: len(data)] = data
         self._pos += len(data)
         return len(data)
@@ -243,6 +286,7 @@ class S3Store(Store):
         self.location = location
         self.settings = settings
         self.part_size = part_size
+        self.list_page_size = 1000  # S3's maximum keys per listing request
         self.client, self._access_key = make_client(settings)
         self.policy = RetryPolicy(
             max_attempts=settings.max_attempts,
@@ -253,10 +297,10 @@ class S3Store(Store):
 
     # -- error handling -------------------------------------------------------------------
 
-    def _call(self, verb: str, key: str | None, operation: Callable[[], T]) -> T:
+    def _call(self, verb: str, key: str | None, operation: Callable[[], T], budget: RetryBudget | None = None) -> T:
         path = self.path(key) if key is not None else self.location.url
         try:
-            return self.policy.call(operation, _is_transient, f"{verb} {path}")
+            return (budget or self.policy.budget()).call(operation, _is_transient, f"{verb} {path}")
         except RetryExhausted as exc:
             tally = f"{exc.attempts} attempt(s) in {exc.elapsed:.1f} s"
             raise self._translate(exc.last, verb, path, tally) from exc.last
@@ -281,6 +325,12 @@ class S3Store(Store):
                     f"S3 error {verb} {path}: Access Denied ({code}): the credentials were rejected "
                     f"({self.settings.credentials_source}); check the secret key and session token, "
                     f"and that the key is active for endpoint {endpoint}."
+                )
+            if code in _WRONG_REGION_CODES:
+                region = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+                return ConfigError(
+                    f"S3 error {verb} {path}: {code}: bucket {self._bucket!r} is in "
+                    f"{'region ' + repr(region) if region else 'another region'}; set AWS_REGION accordingly."
                 )
             if code == "NoSuchBucket" or (verb == "opening" and code in _MISSING_CODES):
                 return ConfigError(
@@ -334,11 +384,18 @@ class S3Store(Store):
                 code, _ = _error_code(exc)
                 if code in _MISSING_CODES:
                     return None
-                if code == "InvalidRange":  # start at or past the end of the object
-                    return {"Body": io.BytesIO(b""), "ContentLength": 0}
+                if code == "InvalidRange":  # start at or past the end of the object: no bytes to send
+                    return {"InvalidRange": True}
                 raise
 
         response = self._call("loading", key, get)
+        if response is not None and response.get("InvalidRange"):
+            found = self.stat(key)  # a 416 answer says nothing about the object itself
+            if found is None:
+                return None
+            response = {"Body": io.BytesIO(b""), "ContentLength": 0, "ETag": found.version,
+                        "ContentRange": f"bytes {start}-{start}/{found.size}",
+                        "LastModified": datetime.fromtimestamp(found.modified, timezone.utc)}
         return None if response is None else _S3Reader(self, key, response, start)
 
     def write(self, key: str, data: Chunks) -> None:
@@ -376,9 +433,10 @@ class S3Store(Store):
             Bucket=self._bucket, Key=object_key, UploadId=upload_id, PartNumber=number, Body=_ChunkFile(part)))
         return {"PartNumber": number, "ETag": response["ETag"]}
 
-    def delete(self, key: str) -> bool:
+    def delete(self, key: str, version: str | None = None) -> bool:
         # S3 deletes succeed whether or not the key existed; ask first so callers can tell.
-        if self.stat(key) is None:
+        current = self.stat(key)
+        if current is None or (version is not None and current.version != version):
             return False
         object_key = self.location.object_key(key)
         self._call("deleting", key, lambda: self.client.delete_object(Bucket=self._bucket, Key=object_key))
@@ -398,11 +456,12 @@ class S3Store(Store):
         response = self._call("checking", key, head)
         if response is None:
             return None
-        return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp())
+        return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp(),
+                          response.get("ETag") or "")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Paged by hand, not with a boto3 paginator, so a failed page is retried alone.
-        request = {"Bucket": self._bucket, "Prefix": self.location.prefix + prefix}
+        request = {"Bucket": self._bucket, "Prefix": self.location.prefix + prefix, "MaxKeys": self.list_page_size}
         skip = len(self.location.prefix)
         while True:
             page = self._call("listing", None, lambda: self.client.list_objects_v2(**request))
@@ -412,10 +471,11 @@ class S3Store(Store):
                     validate_key(key)
                 except JangdokError:
                     continue  # folder markers and foreign names that are not cache keys
-                yield ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp())
-            if not page.get("IsTruncated"):
+                yield ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp(), item.get("ETag") or "")
+            token = page.get("NextContinuationToken")
+            if not (page.get("IsTruncated") and token):
                 return
-            request["ContinuationToken"] = page["NextContinuationToken"]
+            request["ContinuationToken"] = token
 
     def close(self) -> None:
         self.client.close()

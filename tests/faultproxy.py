@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import socket
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -27,10 +26,11 @@ _RANGE = re.compile(rb"[Rr]ange: (bytes=\d*-\d*)")
 
 
 def _cut(sock: socket.socket) -> None:
-    """Drop a connection now, as a crashed peer would. shutdown() comes first because close()
-    alone is deferred while the request pump is blocked reading the same socket."""
+    """End a connection now, mid-response. A FIN, not an RST: on an RST the client's kernel
+    may discard bytes it already received, which would make the fault's size a matter of
+    timing. shutdown() comes first because close() alone is deferred while the request pump
+    is blocked reading the same socket."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass

@@ -60,6 +60,15 @@ def test_credentials_come_whole_from_the_first_source(isolated_env: Path, monkey
     assert settings.access_key_id == "DOTENVKEY0000001" and ".env file" in settings.credentials_source
 
 
+def test_session_token_travels_with_its_keys(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_env(isolated_env, AWS_SESSION_TOKEN="dotenv-token")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ENVKEY0000000001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    assert Settings.resolve().session_token is None, "a token from another source is not mixed in"
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "env-token")
+    assert Settings.resolve().session_token == "env-token"
+
+
 def test_s3_specific_endpoint_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1111")
     assert Settings.resolve().endpoint_url == "http://127.0.0.1:1111"

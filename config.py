@@ -38,6 +38,6 @@ LABEL_MAX_SAMPLES_PER_CLASS: int | None = None
 MIN_SAMPLES_PER_CLASS = 10
 
 # The "None" class (no sign being made), balanced against the sign classes.
-NONE_CLASS = "None"
+NONE_CLASS_NAME = "None"
 NONE_CLASS_NOISE_LEVEL = 0.01
 NONE_CLASS_AUGMENTATIONS_PER_FRAME = 3

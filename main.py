@@ -21,6 +21,7 @@ if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -98,19 +99,9 @@ class RunTally:
 
 
 def params_from_config() -> PipelineParams:
-    return PipelineParams(
-        target_seq_length=config.TARGET_SEQ_LENGTH,
-        augmentations_per_video=config.AUGMENTATIONS_PER_VIDEO,
-        augmentation_noise_level=config.AUGMENTATION_NOISE_LEVEL,
-        augmentation_scale_range=config.AUGMENTATION_SCALE_RANGE,
-        augmentation_rotation_range=config.AUGMENTATION_ROTATION_RANGE,
-        augmentation_shift_range=config.AUGMENTATION_SHIFT_RANGE,
-        label_max_samples_per_class=config.LABEL_MAX_SAMPLES_PER_CLASS,
-        min_samples_per_class=config.MIN_SAMPLES_PER_CLASS,
-        none_class_name=config.NONE_CLASS,
-        none_class_noise_level=config.NONE_CLASS_NOISE_LEVEL,
-        none_class_augmentations_per_frame=config.NONE_CLASS_AUGMENTATIONS_PER_FRAME,
-    )
+    """PipelineParams from config.py: each field whose upper-case name config defines."""
+    names = (field.name for field in dataclasses.fields(PipelineParams))
+    return PipelineParams(**{name: getattr(config, name.upper()) for name in names if hasattr(config, name.upper())})
 
 
 def cache_identity(label: str, videos: list[Path], params: PipelineParams, data_dir: Path) -> dict[str, Any]:

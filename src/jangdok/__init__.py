@@ -11,18 +11,9 @@ Everything public is exported here. Importing has no side effects: no network, n
 no output; logging goes to ``logging.getLogger("jangdok")``.
 """
 
+from . import errors
 from .cache import Cache, Entry, EntryInfo
-from .errors import (
-    AccessDenied,
-    ConfigError,
-    CorruptEntry,
-    CredentialsError,
-    InvalidKey,
-    InvalidLocation,
-    JangdokError,
-    StoreUnavailable,
-    UnsupportedEntry,
-)
+from .errors import *  # noqa: F403 - the hierarchy is public, as listed in errors.__all__
 from .location import Location, is_s3_path, join, parse_location
 from .paths import exists, load, remove, save, stat
 from .settings import Settings, mask_secret
@@ -44,13 +35,5 @@ __all__ = [
     "remove",
     "stat",
     "mask_secret",
-    "JangdokError",
-    "ConfigError",
-    "InvalidLocation",
-    "InvalidKey",
-    "CredentialsError",
-    "AccessDenied",
-    "StoreUnavailable",
-    "CorruptEntry",
-    "UnsupportedEntry",
+    *errors.__all__,
 ]

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jangdok import Settings
+from jangdok import ConfigError, Settings
 
 PROJECT_DIR = Path(__file__).resolve().parent
 
+
+def _configured_cache_dir() -> str | None:
+    """CACHE_DIR from the environment or .env, else "cache"; None while another setting is
+    malformed, so that the program starts and reports that setting when it opens the cache."""
+    try:
+        return Settings.resolve().cache_dir
+    except ConfigError:
+        return None
+
+
 # Where label caches live: "cache" (local folder) or "s3://waterandfish-s3/cache/".
-CACHE_DIR: str = Settings.resolve().cache_dir
+CACHE_DIR: str | None = _configured_cache_dir()
 
 # Input: one .npz of landmarks per video, labels.csv and chapters.json. Without real data
 # the program generates a deterministic sample dataset here on its first run.

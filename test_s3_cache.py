@@ -101,10 +101,11 @@ def check_s3(report: Report, settings: Settings, url: str) -> None:
     print(f"   S3 location: {location.url}")
     print(f"   region: {settings.region or '(boto3 default)'}; "
           f"endpoint: {settings.endpoint_url or 'AWS S3 (default endpoint)'}")
-    store = report.step(f"S3 client initialization ({settings.credentials_source})",
+    store = report.step(f"S3 client initialization: credentials found ({settings.credentials_source})",
                         lambda: S3Store(location, settings))
     if store is None:
         return
+    print(f"   signing as access key {store.identity}")
     key = f"jangdok-selftest-{secrets.token_hex(4)}.probe"
     path = store.path(key)
     payload = b"jangdok self-test probe"

@@ -10,6 +10,7 @@ import pickle
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,6 @@ from seaweed import READ_ONLY, READ_WRITE, SeaweedServer, credentials_env, free_
 import config
 import main as chapter_main
 from chapter_generator import (
-    PipelineParams,
     cache_file_name,
     generate_sample_dataset,
     label_rng,
@@ -27,6 +27,7 @@ from chapter_generator import (
     params_fingerprint,
     process_label,
 )
+from jangdok import Cache
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = "인사"
@@ -96,65 +97,77 @@ def test_cold_then_warm_on_s3(seaweed: SeaweedServer, s3_url: str, s3_prefix: st
         f"{s3_prefix}{label}_seq30_aug9_maxNone_min10.pkl" for label in LABELS)
 
 
-def run_in_process(sample_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+@pytest.fixture
+def workflow_cache(cache_url: str, backend: str, request: pytest.FixtureRequest,
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[Cache]:
+    """The cache main.py will use on the parametrised backend, configured as a user would
+    (environment variables), for reading and damaging its entries around the program."""
+    if backend == "s3":
+        for name, value in credentials_env(request.getfixturevalue("seaweed")).items():
+            monkeypatch.setenv(name, value)
+    with Cache(cache_url, fallback=False) as cache:
+        yield cache
+
+
+def run_in_process(sample_data: Path, tmp_path: Path, cache: Cache, capsys: pytest.CaptureFixture[str]) -> str:
     assert chapter_main.main(["--chapter", CHAPTER, "--data-dir", str(sample_data), "--output-dir",
-                              str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]) == 0
+                              str(tmp_path / "out"), "--cache-dir", cache.location.url]) == 0
     return capsys.readouterr().out
 
 
-def test_changed_parameters_invalidate_the_entry(sample_data: Path, tmp_path: Path,
+def test_changed_parameters_invalidate_the_entry(sample_data: Path, tmp_path: Path, workflow_cache: Cache,
                                                  capsys: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    run_in_process(sample_data, tmp_path, capsys)
+    run_in_process(sample_data, tmp_path, workflow_cache, capsys)
     # Noise is not in the file name, so the same entry is found and its parameters differ.
     monkeypatch.setattr(config, "AUGMENTATION_NOISE_LEVEL", config.AUGMENTATION_NOISE_LEVEL * 2)
-    output = run_in_process(sample_data, tmp_path, capsys)
+    output = run_in_process(sample_data, tmp_path, workflow_cache, capsys)
     assert lines(output, "⚠️") == [f"⚠️ {label} 캐시 파라미터가 다릅니다. 캐시 무효화." for label in LABELS]
     assert len(lines(output, "💾")) == len(LABELS)
-    again = run_in_process(sample_data, tmp_path, capsys)
+    again = run_in_process(sample_data, tmp_path, workflow_cache, capsys)
     assert len(lines(again, "📂")) == len(LABELS)
 
 
-def test_changed_videos_invalidate_the_entry(sample_data: Path, tmp_path: Path,
+def test_changed_videos_invalidate_the_entry(tmp_path: Path, workflow_cache: Cache,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
     generate_sample_dataset(data)
-    run_in_process(data, tmp_path, capsys)
+    run_in_process(data, tmp_path, workflow_cache, capsys)
     video = load_labels(data)[LABELS[1]][0]
-    video.write_bytes(video.read_bytes() + b"")  # same content: still valid
-    assert len(lines(run_in_process(data, tmp_path, capsys), "📂")) == len(LABELS)
+    video.write_bytes(video.read_bytes())  # rewritten with the same content: still valid
+    assert len(lines(run_in_process(data, tmp_path, workflow_cache, capsys), "📂")) == len(LABELS)
     with open(video, "ab") as handle:  # different size: the source changed
         handle.write(b"\0")
-    output = run_in_process(data, tmp_path, capsys)
+    output = run_in_process(data, tmp_path, workflow_cache, capsys)
     assert lines(output, "⚠️") == [f"⚠️ {LABELS[1]} 캐시 파라미터가 다릅니다. 캐시 무효화."]
 
 
-def test_corrupt_entry_is_deleted_and_recomputed(sample_data: Path, tmp_path: Path,
+def test_corrupt_entry_is_deleted_and_recomputed(sample_data: Path, tmp_path: Path, workflow_cache: Cache,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    run_in_process(sample_data, tmp_path, capsys)
-    damaged = tmp_path / "cache" / f"{LABELS[2]}_seq30_aug9_maxNone_min10.pkl"
-    data = bytearray(damaged.read_bytes())
+    run_in_process(sample_data, tmp_path, workflow_cache, capsys)
+    key = f"{LABELS[2]}_seq30_aug9_maxNone_min10.pkl"
+    with workflow_cache.store.read(key) as reader:
+        data = bytearray(reader.read())
     data[len(data) // 2] ^= 0xFF
-    damaged.write_bytes(bytes(data))
-    output = run_in_process(sample_data, tmp_path, capsys)
-    assert lines(output, "🗑️") == [f"🗑️ 손상된 캐시 파일 삭제: {damaged}"]
+    workflow_cache.store.write(key, bytes(data))
+    output = run_in_process(sample_data, tmp_path, workflow_cache, capsys)
+    assert lines(output, "🗑️") == [f"🗑️ 손상된 캐시 파일 삭제: {workflow_cache.store.path(key)}"]
     assert [line.split()[1] for line in lines(output, "💾")] == [LABELS[2]]
     assert len(lines(output, "📂")) == len(LABELS) - 1
 
 
-def test_plain_pickles_with_matching_parameters_load(sample_data: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_plain_pickles_with_matching_parameters_load(sample_data: Path, tmp_path: Path, workflow_cache: Cache,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     params = chapter_main.params_from_config()
     label = LABELS[0]
     sequences = process_label(load_labels(sample_data)[label], params, label_rng(label, params))
-    cache = tmp_path / "cache"
-    cache.mkdir()
+    key = cache_file_name(label, params)
     legacy = {"data": sequences, "params": params_fingerprint(params)}
-    (cache / cache_file_name(label, params)).write_bytes(pickle.dumps(legacy, pickle.HIGHEST_PROTOCOL))
-    output = run_in_process(sample_data, tmp_path, capsys)
-    assert lines(output, "📂") == [f"📂 {label} 라벨 데이터 캐시 로드 (로컬): "
-                                    f"{cache / cache_file_name(label, params)} (100개 샘플)"]
-    assert isinstance(params, PipelineParams)
+    workflow_cache.store.write(key, pickle.dumps(legacy, pickle.HIGHEST_PROTOCOL))
+    output = run_in_process(sample_data, tmp_path, workflow_cache, capsys)
+    where = "S3" if workflow_cache.location.is_s3 else "로컬"
+    assert lines(output, "📂") == [f"📂 {label} 라벨 데이터 캐시 로드 ({where}): "
+                                    f"{workflow_cache.store.path(key)} (100개 샘플)"]
 
 
 def test_no_cache_flag_reads_and_writes_nothing(sample_data: Path, tmp_path: Path) -> None:
@@ -187,6 +200,16 @@ def test_without_credentials_the_run_falls_back_or_fails_cleanly(sample_data: Pa
     assert "Traceback" not in result.stderr
 
 
+def test_a_malformed_setting_is_reported_without_a_traceback(sample_data: Path, tmp_path: Path) -> None:
+    env = {"JANGDOK_READ_TIMEOUT": "soon"}
+    assert "usage:" in run_script("main.py", "--help", env=env).stdout
+    result = run_script("main.py", "--chapter", CHAPTER, "--data-dir", str(sample_data), "--output-dir",
+                        str(tmp_path / "out"), env=env, check=False)
+    assert result.returncode == 1
+    assert "❌ setting read_timeout (JANGDOK_READ_TIMEOUT) = 'soon'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # -- test_s3_cache.py: the credential and permission self-test -------------------------------
 
 
@@ -201,6 +224,7 @@ def test_self_test_passes_with_good_credentials(seaweed: SeaweedServer, s3_url: 
                  "delete (s3:DeleteObject)"):
         assert f"✅ {step}" in result.stdout
     assert f"access key ****{READ_WRITE[0][-4:]} from environment" in result.stdout
+    assert f"signing as access key ****{READ_WRITE[0][-4:]}" in result.stdout
     assert READ_WRITE[0] not in result.stdout and READ_WRITE[1] not in result.stdout
     assert "❌" not in result.stdout
 
@@ -241,3 +265,12 @@ def test_self_test_with_an_unreachable_endpoint(s3_url: str) -> None:
     result = self_test(env)
     assert result.returncode == 1
     assert re.search(r"S3 error listing s3://\S+: Connection timeout", result.stdout)
+
+
+def test_self_test_names_credentials_from_the_shared_credentials_file(seaweed: SeaweedServer, s3_url: str) -> None:
+    Path(os.environ["AWS_SHARED_CREDENTIALS_FILE"]).write_text(
+        f"[default]\naws_access_key_id = {READ_WRITE[0]}\naws_secret_access_key = {READ_WRITE[1]}\n")
+    result = self_test({"CACHE_DIR": s3_url, "AWS_ENDPOINT_URL": seaweed.endpoint, "AWS_DEFAULT_REGION": "us-east-1"})
+    assert result.returncode == 0, result.stdout
+    assert "boto3's default chain" in result.stdout
+    assert f"signing as access key ****{READ_WRITE[0][-4:]}" in result.stdout

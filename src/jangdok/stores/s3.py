@@ -287,7 +287,8 @@ class S3Store(Store):
         self.settings = settings
         self.part_size = part_size
         self.list_page_size = 1000  # S3's maximum keys per listing request
-        self.client, self._access_key = make_client(settings)
+        # identity: the masked access key the client signs with, e.g. "****ABCD", for messages
+        self.client, self.identity = make_client(settings)
         self.policy = RetryPolicy(
             max_attempts=settings.max_attempts,
             total_timeout=settings.total_timeout,
@@ -316,7 +317,7 @@ class S3Store(Store):
                 # HEAD answers carry no error document, so a bare 403 may also be a bad secret.
                 unsure = " (or the secret key is wrong: HEAD responses do not say which)" if code == "403" else ""
                 return AccessDenied(
-                    f"S3 error {verb} {path}: Access Denied. The identity (access key {self._access_key}) lacks "
+                    f"S3 error {verb} {path}: Access Denied. The identity (access key {self.identity}) lacks "
                     f"{_PERMISSION[verb]}{unsure}; the bucket policy must allow s3:GetObject, s3:PutObject, "
                     "s3:DeleteObject and s3:ListBucket on the cache prefix."
                 )

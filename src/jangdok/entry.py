@@ -193,8 +193,11 @@ def read_header(reader: BinaryIO) -> EntryHeader | bytes:
     return header
 
 
-def decode(reader: BinaryIO, size: int | None = None) -> Decoded:
+def decode(reader: BinaryIO, size: int) -> Decoded:
     """Read, verify and deserialize a whole entry from a stream of ``size`` bytes.
+
+    Knowing the size up front is what lets a damaged length be refused before anything is
+    allocated for it, and it makes bytes after the payload a size mismatch.
 
     Raises CorruptEntry for damage (the caller may delete the entry) and UnsupportedEntry for
     intact entries this process cannot use (the caller must keep them).
@@ -202,14 +205,12 @@ def decode(reader: BinaryIO, size: int | None = None) -> Decoded:
     header = read_header(reader)
     if not isinstance(header, EntryHeader):
         return Decoded(_load_legacy(header + reader.read()), None)
-    if size is not None and size != header.entry_size:
+    if size != header.entry_size:
         raise CorruptEntry(
             f"entry is {size} bytes but its header declares {header.entry_size} "
             f"({header.header_size} header + {header.payload_length} payload)"
         )
     payload = _read_exactly(reader, header.payload_length)
-    if reader.read(1):
-        raise CorruptEntry(f"entry has bytes after its declared {header.payload_length}-byte payload")
     if xxhash.xxh3_128_hexdigest(payload) != header.digest:
         raise CorruptEntry("entry payload checksum mismatch (xxh3_128): the bytes were damaged")
     try:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import jangdok
 from jangdok import JangdokError, Settings, is_s3_path
+from jangdok.perprocess import PerProcess
 
 __all__ = [
     "S3CacheManager",
@@ -46,8 +46,8 @@ def _answer(name: str, path: str, action: Callable[[], Any], failed: Any) -> Any
     """The original's contract: a failure is logged and answered, never raised."""
     try:
         return action()
-    except (JangdokError, pickle.PicklingError, TypeError, AttributeError) as exc:
-        # The last three: a value that cannot be pickled (locks, lambdas, local classes).
+    except (JangdokError, TypeError) as exc:
+        # TypeError: metadata that is not a mapping; unpicklable values are InvalidValue.
         log.warning("%s(%s) failed: %s", name, path, exc)
         return failed
 
@@ -83,15 +83,22 @@ class S3CacheManager:
 
     def __init__(self) -> None:
         self.bucket_name: str | None = None
-        self.s3_client: Any = None
+        self._clients: PerProcess[Any] | None = None
         from jangdok.stores.s3 import make_client
 
         try:
             settings = Settings.resolve()
             self.bucket_name = settings.bucket
-            self.s3_client, _ = make_client(settings)
+            client, _ = make_client(settings)
         except JangdokError as exc:
             log.warning("%s", exc)
+            return
+        self._clients = PerProcess(lambda: make_client(settings)[0], client)
+
+    @property
+    def s3_client(self) -> Any:
+        """This process's client: a forked worker gets its own, never its parent's connections."""
+        return None if self._clients is None else self._clients.get()
 
     def is_s3_path(self, path: str) -> bool:
         return is_s3_path(path)

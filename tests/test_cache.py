@@ -188,8 +188,8 @@ def test_path_level_functions_on_local_paths(tmp_path: Path) -> None:
 
 def test_path_level_functions_on_s3_paths(seaweed, s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = s3_settings(seaweed, s3_url)
-    for name, value in {"AWS_ACCESS_KEY_ID": settings.access_key_id,
-                        "AWS_SECRET_ACCESS_KEY": settings.secret_access_key,
+    for name, value in {"AWS_ACCESS_KEY_ID": settings.access_key_id.reveal(),
+                        "AWS_SECRET_ACCESS_KEY": settings.secret_access_key.reveal(),
                         "AWS_ENDPOINT_URL": seaweed.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
     path = jangdok.join(s3_url, "label_data.pkl")

@@ -11,7 +11,7 @@ import pytest
 from helpers import BUCKET, s3_settings
 from seaweed import READ_ONLY, READ_WRITE, free_ports
 
-from jangdok import AccessDenied, Cache, ConfigError, CredentialsError, Settings, StoreUnavailable
+from jangdok import AccessDenied, Cache, ConfigError, CredentialsError, NoCredentials, Settings, StoreUnavailable
 
 
 def no_credentials(url: str, **overrides) -> Settings:
@@ -43,12 +43,14 @@ def test_no_credentials_without_fallback_raises_with_what_was_tried() -> None:
     assert "AWS_ACCESS_KEY_ID" in message and ".env" in message and "aws configure" in message
 
 
-def test_wrong_secret_raises_credentials_error_naming_the_path(seaweed, s3_url: str) -> None:
-    settings = s3_settings(seaweed, s3_url, identity=(READ_WRITE[0], "not-the-secret-000000000000"))
+def test_wrong_secret_is_detected_when_the_cache_opens(seaweed, s3_url: str) -> None:
+    # Even with fallback on: a rejected secret is a mistake to fix, not a reason to cache elsewhere.
+    settings = s3_settings(seaweed, s3_url, identity=(READ_WRITE[0], "not-the-secret-000000000000"), fallback=True)
     with Cache.from_settings(settings) as cache, pytest.raises(CredentialsError) as caught:
-        cache.get("label_data.pkl")
+        cache.store  # noqa: B018 - opening is what is tested
+    assert not isinstance(caught.value, NoCredentials) and cache.fallback_reason is None
     message = str(caught.value)
-    assert f"S3 error loading {s3_url}label_data.pkl: Access Denied (SignatureDoesNotMatch)" in message
+    assert f"S3 error opening {s3_url}: Access Denied (SignatureDoesNotMatch)" in message
     assert "check the secret key" in message
     assert "not-the-secret" not in message and READ_WRITE[1] not in message
 

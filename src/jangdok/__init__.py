@@ -16,7 +16,7 @@ from .cache import Cache, Entry, EntryInfo
 from .errors import *  # noqa: F403 - the hierarchy is public, as listed in errors.__all__
 from .location import Location, is_s3_path, join, parse_location
 from .paths import exists, load, remove, save, stat
-from .settings import Settings, mask_secret
+from .settings import Secret, Settings, mask_secret
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "Entry",
     "EntryInfo",
     "Settings",
+    "Secret",
     "Location",
     "parse_location",
     "is_s3_path",

@@ -9,21 +9,35 @@ from __future__ import annotations
 import io
 import logging
 import os
+import random
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import entry
-from .errors import CorruptEntry, CredentialsError, JangdokError, StoreUnavailable, UnsupportedEntry
-from .location import Location, parse_location
+from .errors import CorruptEntry, JangdokError, NoCredentials, StoreUnavailable, UnsupportedEntry
+from .location import Location, normalize_key, parse_location
+from .perprocess import PerProcess
 from .settings import Settings
 from .stores import LocalStore, ObjectInfo, Store, open_store
 
 __all__ = ["Cache", "Entry", "EntryInfo"]
 
 log = logging.getLogger("jangdok")
+
+CLEANUP_AGE = 3600.0
+"""Default age (seconds) past which a writer's leftovers are surely orphaned: no write lasts
+an hour, so a temporary file or multipart upload that old belongs to a killed process."""
+CLEANUP_CHANCE = 1 / 64
+"""Chance that a ``put`` also tidies the leftovers next to its key: often enough that crash
+debris cannot pile up, rarely enough to cost nothing noticeable (one folder scan or one
+listing request in 64 writes)."""
+# A read that returns an entry written for another key is a transfer fault: try again this
+# many times before concluding the entry itself is misplaced.
+_FOREIGN_READS = 3
 
 
 def _event(name: str, path: str) -> dict[str, dict[str, str]]:
@@ -78,7 +92,7 @@ class Cache:
         self._settings: Settings | None = None
         self._store: Store | None = None
         self._store_label = ""
-        self._lock = threading.Lock()
+        self._locks = PerProcess(threading.Lock)  # a lock held by a thread at fork() stays held
         self.fallback_reason: str | None = None
         """Why the cache runs on its local fallback folder, or ``None`` if it does not."""
 
@@ -104,7 +118,7 @@ class Cache:
     def store(self) -> Store:
         """The open store, opened (with fallback if needed) on first access."""
         if self._store is None:
-            with self._lock:
+            with self._locks.get():
                 if self._store is None:
                     self._store = self._open()
         return self._store
@@ -120,9 +134,9 @@ class Cache:
         location = self.location
         try:
             store = open_store(location, settings)
-        except (CredentialsError, StoreUnavailable) as exc:
-            # Only "no credentials" and "unreachable" fall back: a wrong bucket name or region
-            # is a mistake to fix, and quietly caching elsewhere would hide it.
+        except (NoCredentials, StoreUnavailable) as exc:
+            # Only "no credentials" and "unreachable" fall back: a wrong bucket name or region,
+            # or a rejected secret, is a mistake to fix, and caching elsewhere would hide it.
             if not (location.is_s3 and settings.fallback):
                 raise
             folder = os.path.join(settings.fallback_dir, location.root, *filter(None, location.prefix.split("/")))
@@ -151,19 +165,30 @@ class Cache:
         newer jangdok (or needing code this process lacks) is kept, logged, and missed. Store
         failures raise: a broken transfer never deletes anything.
         """
+        key = normalize_key(key)
         store = self.store
         path = store.path(key)
         started = time.perf_counter()
-        reader = store.read(key)
-        if reader is None:
-            log.debug("cache miss: %s", path)
-            return None
-        with reader:
-            try:
-                decoded = entry.decode(reader, reader.size)
-            except (CorruptEntry, UnsupportedEntry) as exc:
-                self._discard(key, path, exc, reader.info.version)
+        for _ in range(_FOREIGN_READS):
+            reader = store.read(key)
+            if reader is None:
+                log.debug("cache miss: %s", path)
                 return None
+            with reader:
+                try:
+                    decoded = entry.decode(reader, reader.size, key)
+                    break
+                except entry.ForeignEntry as exc:
+                    foreign = exc
+                    log.debug("read of %s returned another key's entry; reading again: %s", path, exc)
+                except (CorruptEntry, UnsupportedEntry) as exc:
+                    self._discard(key, path, exc, reader.info.version)
+                    return None
+        else:
+            # Consistently so: the object itself holds another key's entry (renamed or copied by
+            # hand). Never returned, never deleted: it may be the only copy of that entry.
+            log.warning("cache entry skipped (kept): %s: %s", path, foreign, **_event("skipped", path))
+            return None
         info = self._info(key, path, reader.size, decoded.header, reader.info.modified)
         log.info("cache loaded (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(reader.size),
                  (time.perf_counter() - started) * 1e3, **_event("loaded", path))
@@ -193,6 +218,7 @@ class Cache:
     def stat(self, key: str) -> EntryInfo | None:
         """Size, creation time, metadata and store of an entry, reading only its header
         (one ranged read; a second only for metadata larger than the first read)."""
+        key = normalize_key(key)
         store = self.store
         path = store.path(key)
         head = self._read_head(key, entry.HEADER_PROBE_BYTES)
@@ -213,6 +239,12 @@ class Cache:
             self._discard(key, path, exc, found.version)
             return None
         parsed = header if isinstance(header, entry.EntryHeader) else None
+        if parsed is not None:
+            try:
+                entry.check_key(parsed, key)
+            except entry.ForeignEntry as exc:
+                log.warning("cache entry skipped (kept): %s: %s", path, exc, **_event("skipped", path))
+                return None
         return self._info(key, path, found.size, parsed, found.modified)
 
     def _read_head(self, key: str, stop: int) -> tuple[bytes, ObjectInfo] | None:
@@ -224,28 +256,51 @@ class Cache:
 
     def exists(self, key: str) -> bool:
         """Whether an entry is stored under ``key`` (not whether it is intact)."""
-        return self.store.exists(key)
+        return self.store.exists(normalize_key(key))
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         """Keys of the stored entries that start with ``prefix``."""
-        return (found.key for found in self.store.list(prefix))
+        return (found.key for found in self.store.list(unicodedata.normalize("NFC", prefix)))
 
     # -- writing --------------------------------------------------------------------------
 
     def put(self, key: str, value: Any, metadata: Mapping[str, Any] | None = None) -> EntryInfo:
         """Store ``value`` under ``key`` atomically, with optional JSON-able ``metadata``."""
+        key = normalize_key(key)
         store = self.store
-        path = store.path(key)  # validates the key before the value is serialized
+        path = store.path(key)
         started = time.perf_counter()
-        header, chunks = entry.encode(value, metadata)
+        header, chunks = entry.encode(value, metadata, key=key)
         store.write(key, chunks)
         log.info("cache saved (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(header.entry_size),
                  (time.perf_counter() - started) * 1e3, **_event("saved", path))
+        if random.random() < CLEANUP_CHANCE:
+            self._tidy(key.rpartition("/")[0] + "/" if "/" in key else "")
         return self._info(key, path, header.entry_size, header, header.created_at)
+
+    def _tidy(self, prefix: str) -> None:
+        """Opportunistic cleanup from ``put``: a failure here must never fail the write."""
+        try:
+            self.store.cleanup(CLEANUP_AGE, prefix)
+        except JangdokError as exc:
+            log.debug("opportunistic cleanup under %r failed: %s", prefix, exc)
 
     def delete(self, key: str) -> bool:
         """Remove an entry; ``True`` if there was one."""
-        return self.store.delete(key)
+        return self.store.delete(normalize_key(key))
+
+    def cleanup(self, older_than: float = CLEANUP_AGE) -> int:
+        """Remove what writers killed mid-write left behind: the store's orphaned temporary
+        files, and on S3 the incomplete multipart uploads under the prefix, if older than
+        ``older_than`` seconds (younger ones may belong to live writers). Returns the count.
+
+        ``put`` also does this now and then, next to the key it wrote; on S3, a bucket
+        lifecycle rule (AbortIncompleteMultipartUpload) does it without any client.
+        """
+        removed = self.store.cleanup(older_than)
+        if removed:
+            log.info("cleanup removed %d leftover(s) under %s", removed, self.store.location.url)
+        return removed
 
     def close(self) -> None:
         if self._store is not None:

@@ -6,7 +6,8 @@ Layout of format version 1::
     version      u16 BE    1
     header_len   u32 BE    length of the JSON header that follows
     header       JSON      serializer, compression, payload_length, checksum, digest,
-                           created_at, metadata
+                           created_at, metadata, and key (the key it was written under;
+                           absent in entries written before it existed)
     header_hash  u32 BE    xxh32 of everything before it (magic to JSON header)
     payload      payload_length bytes
 
@@ -19,6 +20,7 @@ tampering, is a separate layer).
 
 from __future__ import annotations
 
+import datetime
 import json
 import pickle
 import struct
@@ -29,9 +31,10 @@ from typing import Any, BinaryIO
 
 import xxhash
 
-from .errors import CorruptEntry, UnsupportedEntry
+from .errors import CorruptEntry, InvalidValue, UnsupportedEntry
 
-__all__ = ["EntryHeader", "Decoded", "encode", "decode", "read_header", "header_size", "FORMAT_VERSION", "MAGIC"]
+__all__ = ["EntryHeader", "Decoded", "ForeignEntry", "encode", "decode", "read_header", "header_size",
+           "FORMAT_VERSION", "MAGIC", "MAX_HEADER_BYTES"]
 
 MAGIC = b"\x89JDK\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -68,6 +71,8 @@ class EntryHeader:
     metadata: dict[str, Any] | None
     header_size: int
     """Bytes before the payload."""
+    key: str | None = None
+    """The key the entry was written under; ``None`` for entries older than this field."""
 
     @property
     def entry_size(self) -> int:
@@ -81,10 +86,74 @@ class Decoded:
     """``None`` for a legacy plain pickle, which has no header."""
 
 
-def encode(value: Any, metadata: Mapping[str, Any] | None = None,
-           created_at: float | None = None) -> tuple[EntryHeader, list[bytes | memoryview]]:
-    """Serialize a value into entry chunks (header, payload), ready for ``Store.write``."""
-    payload = pickle.dumps(value, protocol=5)
+class ForeignEntry(Exception):
+    """An intact entry written for another key: a response that crossed over from another
+    request, or a file renamed by hand. Never a value to return, never damage to delete."""
+
+
+def keys_match(recorded: str, key: str) -> bool:
+    """Whether an entry recorded under ``recorded`` belongs at ``key``.
+
+    One object is reached under different keys from different roots (``x.pkl`` in
+    ``Cache("s3://b/cache/")``, ``cache/x.pkl`` through ``jangdok.load("s3://b/cache/x.pkl")``),
+    and a cache may be copied under another prefix, so the shorter key must be the longer
+    one's trailing segments.
+    """
+    if recorded == key:
+        return True
+    shorter, longer = sorted((recorded, key), key=len)
+    return longer.endswith("/" + shorter)
+
+
+def _json_default(value: Any) -> Any:
+    """What numpy users put in metadata: numpy scalars become numbers, times ISO strings."""
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) == ():  # a numpy scalar or 0-d array
+        return item()
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+def _pickle(value: Any, key: str | None) -> bytes:
+    where = f" under key {key!r}" if key else ""
+    try:
+        return pickle.dumps(value, protocol=5)
+    except RecursionError as exc:
+        raise InvalidValue(f"value{where} is nested too deeply to pickle ({type(value).__name__}); "
+                           "flatten it or store its parts under separate keys") from exc
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise InvalidValue(f"value{where} of type {type(value).__name__} cannot be pickled: {exc}; "
+                           "store plain data (numbers, strings, lists, dicts, arrays) instead") from exc
+
+
+def _header_json(fields: Mapping[str, Any], key: str | None) -> bytes:
+    where = f" for key {key!r}" if key else ""
+    try:
+        header_json = json.dumps(fields, ensure_ascii=False, sort_keys=True, allow_nan=False,
+                                 separators=(",", ":"), default=_json_default).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise InvalidValue(
+            f"entry metadata{where} must be JSON-serializable (str, int, float, bool, None, lists, dicts, "
+            f"numpy scalars, datetimes): {exc}"
+        ) from exc
+    if len(header_json) > MAX_HEADER_BYTES:
+        raise InvalidValue(f"entry metadata{where} is {len(header_json)} bytes as JSON; the limit is "
+                           f"{MAX_HEADER_BYTES}: store large data in the value, not in its metadata")
+    return header_json
+
+
+def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: float | None = None,
+           key: str | None = None) -> tuple[EntryHeader, list[bytes | memoryview]]:
+    """Serialize a value into entry chunks (header, payload), ready for ``Store.write``.
+
+    ``key`` is recorded so that a reader can tell an entry that reached it by mistake. Raises
+    TypeError for metadata that is not a mapping, and InvalidValue for a value that cannot be
+    pickled or metadata that cannot be stored; nothing is written then.
+    """
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping such as a dict, got {type(metadata).__name__}")
+    payload = _pickle(value, key)
     fields = {
         "serializer": _SERIALIZER,
         "compression": _COMPRESSION,
@@ -94,17 +163,13 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None,
         "created_at": time.time() if created_at is None else created_at,
         "metadata": dict(metadata) if metadata is not None else None,
     }
-    try:
-        header_json = json.dumps(
-            fields, ensure_ascii=False, sort_keys=True, allow_nan=False, separators=(",", ":")
-        ).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"entry metadata must be JSON-serializable (str, int, float, bool, None, lists, dicts): {exc}"
-        ) from exc
+    if key is not None:
+        fields["key"] = key
+    header_json = _header_json(fields, key)
     sealed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json)) + header_json
     prefix = sealed + _HEADER_HASH.pack(xxhash.xxh32_intdigest(sealed))
-    header = _header_from(fields, len(prefix))
+    # Read back from the JSON, so the caller sees metadata as every reader will.
+    header = _header_from(json.loads(header_json), len(prefix))
     return header, [prefix, payload]
 
 
@@ -119,6 +184,7 @@ def _header_from(fields: Mapping[str, Any], header_size: int) -> EntryHeader:
         created_at=float(fields["created_at"]),
         metadata=fields.get("metadata"),
         header_size=header_size,
+        key=fields.get("key"),
     )
 
 
@@ -193,8 +259,17 @@ def read_header(reader: BinaryIO) -> EntryHeader | bytes:
     return header
 
 
-def decode(reader: BinaryIO, size: int) -> Decoded:
+def check_key(header: EntryHeader, key: str | None) -> None:
+    """Raise ForeignEntry if the header names another key than the one being read."""
+    if key is not None and header.key is not None and not keys_match(header.key, key):
+        raise ForeignEntry(f"the entry read for key {key!r} was written for key {header.key!r}")
+
+
+def decode(reader: BinaryIO, size: int, key: str | None = None) -> Decoded:
     """Read, verify and deserialize a whole entry from a stream of ``size`` bytes.
+
+    With ``key``, an entry recorded under another key raises ForeignEntry before its payload
+    is read or unpickled.
 
     Knowing the size up front is what lets a damaged length be refused before anything is
     allocated for it, and it makes bytes after the payload a size mismatch.
@@ -205,6 +280,7 @@ def decode(reader: BinaryIO, size: int) -> Decoded:
     header = read_header(reader)
     if not isinstance(header, EntryHeader):
         return Decoded(_load_legacy(header + reader.read()), None)
+    check_key(header, key)
     if size != header.entry_size:
         raise CorruptEntry(
             f"entry is {size} bytes but its header declares {header.entry_size} "
@@ -237,3 +313,9 @@ def _load_legacy(data: bytes) -> Any:
         raise CorruptEntry(f"legacy pickle is damaged: {type(exc).__name__}: {exc}") from exc
     except (ImportError, AttributeError) as exc:
         raise UnsupportedEntry(f"legacy pickle needs code this process lacks: {exc}") from exc
+    except _READER_LIMITS:
+        raise
+    except Exception as exc:
+        # Raised by the pickled objects' own code (a __setstate__, a constructor): without a
+        # checksum there is no telling damage from a code mismatch, so keep the file.
+        raise UnsupportedEntry(f"legacy pickle could not be loaded here ({type(exc).__name__}: {exc})") from exc

@@ -13,10 +13,13 @@ __all__ = [
     "InvalidLocation",
     "InvalidKey",
     "CredentialsError",
+    "NoCredentials",
     "AccessDenied",
     "StoreUnavailable",
     "CorruptEntry",
     "UnsupportedEntry",
+    "InvalidRange",
+    "InvalidValue",
 ]
 
 
@@ -40,6 +43,14 @@ class CredentialsError(JangdokError):
     """No usable credentials were found, or the store rejected the ones given."""
 
 
+class NoCredentials(CredentialsError):
+    """No credentials were found at all (as opposed to credentials the store rejected).
+
+    Only this one lets an S3 cache fall back to a local folder: a rejected secret is a
+    mistake to fix, and quietly caching elsewhere would hide it.
+    """
+
+
 class AccessDenied(JangdokError):
     """The credentials were accepted but lack a permission needed for the operation."""
 
@@ -57,3 +68,12 @@ class UnsupportedEntry(JangdokError):
 
     Unlike :class:`CorruptEntry` it must not be deleted: a newer reader may need it.
     """
+
+
+class InvalidRange(JangdokError, ValueError):
+    """A byte range asked of a store is malformed (negative, or ending before it starts)."""
+
+
+class InvalidValue(JangdokError, TypeError):
+    """A value or its metadata cannot be stored: not picklable, nested too deeply, metadata
+    that is not JSON or too large. Raised by ``put`` before anything is written."""

@@ -14,17 +14,20 @@ from typing import Any
 
 from .cache import Cache, EntryInfo
 from .location import Location, split_path
+from .perprocess import PerProcess
 
 __all__ = ["load", "save", "exists", "remove", "stat", "cache_for"]
 
 _caches: dict[Location, Cache] = {}
-_lock = threading.Lock()
+# The caches themselves survive fork (their stores make new connections in a child); a lock
+# held by another thread at the moment of fork would not be released in the child.
+_locks = PerProcess(threading.Lock)
 
 
 def cache_for(path: str | os.PathLike[str]) -> tuple[Cache, str]:
     """The shared cache that holds ``path``, and the path's key in it."""
     location, key = split_path(path)
-    with _lock:
+    with _locks.get():
         cache = _caches.get(location)
         if cache is None:
             cache = _caches[location] = Cache(location.url)

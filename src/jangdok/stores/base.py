@@ -14,9 +14,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Union
 
+from ..errors import InvalidRange
 from ..location import Location
 
-__all__ = ["Store", "Reader", "ObjectInfo", "Capabilities", "Chunks", "iter_chunks"]
+__all__ = ["Store", "Reader", "ObjectInfo", "Capabilities", "Chunks", "iter_chunks", "check_range"]
 
 Chunks = Union[bytes, bytearray, memoryview, Iterable[Union[bytes, bytearray, memoryview]]]
 """What a store accepts to write: one bytes-like value, or an iterable of bytes-like chunks."""
@@ -30,6 +31,12 @@ def iter_chunks(data: Chunks) -> Iterator[memoryview]:
         view = memoryview(chunk).cast("B")
         if view.nbytes:
             yield view
+
+
+def check_range(start: int, stop: int | None) -> None:
+    """Refuse a byte range no store can serve, with the same error on every backend."""
+    if start < 0 or (stop is not None and stop < start):
+        raise InvalidRange(f"byte range [{start}, {stop}) is invalid: start must be >= 0 and stop >= start")
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,9 @@ class Capabilities:
     """Other machines see the same entries (S3), or only this machine does (a local folder)."""
     range_reads: bool
     """``read(key, start, stop)`` fetches only the requested bytes."""
+    conditional_delete: bool
+    """``delete(key, version=...)`` is atomic: it can never remove a newer object written
+    meanwhile. Where False, it checks then deletes, and a write in between can be lost."""
 
 
 class Store(ABC):
@@ -83,8 +93,9 @@ class Store(ABC):
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
         """Open bytes ``[start, stop)`` of an object for reading, or ``None`` if it is missing.
 
-        ``stop`` (exclusive, ``None`` for the end) must exceed ``start``; a range past the end
-        of the object reads as empty.
+        ``stop`` (exclusive, ``None`` for the end) must be ``>= start``; an empty range, or a
+        range past the end of the object, reads as empty. A negative or reversed range raises
+        :class:`~jangdok.errors.InvalidRange` (see :func:`check_range`).
 
         The reader raises (never returns short data) if the transfer breaks in a way the
         backend cannot recover from, so a broken transfer is never mistaken for a short object.
@@ -106,6 +117,12 @@ class Store(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, in no particular order."""
+
+    def cleanup(self, older_than: float, prefix: str = "") -> int:
+        """Remove what writers killed mid-write left behind (temporary files, incomplete
+        multipart uploads) under ``prefix`` and older than ``older_than`` seconds, so that no
+        live writer loses its work. Returns how many leftovers were removed."""
+        return 0
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None

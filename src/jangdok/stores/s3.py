@@ -14,6 +14,8 @@ import io
 import itertools
 import logging
 import re
+import secrets
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -23,11 +25,12 @@ import botocore.exceptions as bce
 from botocore.config import Config
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from ..errors import AccessDenied, ConfigError, CredentialsError, JangdokError, StoreUnavailable
-from ..location import Location, validate_key
+from ..errors import AccessDenied, ConfigError, CredentialsError, JangdokError, NoCredentials, StoreUnavailable
+from ..location import TEMP_MARKER, Location, validate_key
+from ..perprocess import PerProcess
 from ..retry import RetryBudget, RetryExhausted, RetryPolicy
-from ..settings import Settings, mask_secret
-from .base import Capabilities, Chunks, ObjectInfo, Reader, Store, iter_chunks
+from ..settings import Settings, mask_secret, reveal
+from .base import Capabilities, Chunks, ObjectInfo, Reader, Store, check_range, iter_chunks
 
 __all__ = ["S3Store", "make_client"]
 
@@ -39,6 +42,8 @@ DEFAULT_PART_SIZE = 16 * 1024 * 1024
 # A body read that breaks loses what it had read, so reads stay small enough that a resumed
 # transfer repeats little, and large enough to cost nothing per byte.
 BODY_READ_SIZE = 256 * 1024
+# User metadata naming the multipart upload that made an object.
+_UPLOAD_TOKEN = "jangdok-upload"
 
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
@@ -53,7 +58,7 @@ _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _WRONG_REGION_CODES = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
 _PERMISSION = {
-    "opening": "s3:ListBucket (for HeadBucket)",
+    "opening": "s3:ListBucket",
     "checking": "s3:GetObject (and s3:ListBucket, without which S3 reports a missing key as 403)",
     "loading": "s3:GetObject",
     "saving": "s3:PutObject",
@@ -94,30 +99,30 @@ def make_client(settings: Settings) -> tuple[Any, str]:
     if bool(settings.access_key_id) != bool(settings.secret_access_key):
         present, missing = (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if settings.access_key_id
                             else ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"))
-        raise CredentialsError(
+        raise NoCredentials(
             f"S3 client initialization failed: Unable to locate credentials: {present} is set (in "
             f"{settings.sources.get('credentials', 'the arguments')}) but {missing} is missing there; "
             "set both in the same place (environment, .env file or arguments)."
         )
     try:
         session = boto3.session.Session(
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key,
-            aws_session_token=settings.session_token,
+            aws_access_key_id=reveal(settings.access_key_id),
+            aws_secret_access_key=reveal(settings.secret_access_key),
+            aws_session_token=reveal(settings.session_token),
             region_name=settings.region,
             profile_name=None if settings.access_key_id else settings.profile,
         )
         credentials = session.get_credentials()
     except bce.ProfileNotFound as exc:
-        raise CredentialsError(
+        raise NoCredentials(
             f"S3 client initialization failed: AWS profile {settings.profile!r} not found "
             f"({settings.credentials_source}); create it with 'aws configure --profile {settings.profile}' "
             "or unset AWS_PROFILE"
         ) from exc
     except bce.BotoCoreError as exc:
-        raise CredentialsError(f"S3 client initialization failed: {exc}; check {settings.credentials_source}") from exc
+        raise NoCredentials(f"S3 client initialization failed: {exc}; check {settings.credentials_source}") from exc
     if credentials is None or not credentials.access_key:
-        raise CredentialsError(
+        raise NoCredentials(
             "S3 client initialization failed: Unable to locate credentials. Tried: explicit arguments, "
             "environment variables (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE), .env files "
             "(project folder, current folder), the AWS shared config and credentials files. Set "
@@ -276,7 +281,6 @@ class S3Store(Store):
     """Objects under ``s3://bucket/prefix/``; a key maps to ``prefix + key``."""
 
     name = "S3"
-    capabilities = Capabilities(shared=True, range_reads=True)
 
     def __init__(self, location: Location, settings: Settings, part_size: int = DEFAULT_PART_SIZE) -> None:
         if not location.is_s3:
@@ -288,13 +292,57 @@ class S3Store(Store):
         self.part_size = part_size
         self.list_page_size = 1000  # S3's maximum keys per listing request
         # identity: the masked access key the client signs with, e.g. "****ABCD", for messages
-        self.client, self.identity = make_client(settings)
+        client, self.identity = make_client(settings)
+        self._clients = PerProcess(lambda: make_client(settings)[0], client)
         self.policy = RetryPolicy(
             max_attempts=settings.max_attempts,
             total_timeout=settings.total_timeout,
             attempt_timeout=settings.connect_timeout + settings.read_timeout,
         )
         self._bucket = location.root
+        self._capabilities: Capabilities | None = None
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """Probed on first use: whether the server honours ``If-Match`` on DeleteObject."""
+        if self._capabilities is None:
+            self._capabilities = Capabilities(shared=True, range_reads=True,
+                                              conditional_delete=self._honours_conditional_delete())
+        return self._capabilities
+
+    def _honours_conditional_delete(self) -> bool:
+        """Write a probe object and delete it under an ETag it cannot have: a server that
+        enforces the condition refuses (412), one that ignores it deletes. Three requests,
+        once per store; the probe's reserved name keeps it out of listings."""
+        probe = self.location.prefix + TEMP_MARKER + "probe-" + secrets.token_hex(8)
+        try:
+            self._call("saving", None, lambda: self.client.put_object(Bucket=self._bucket, Key=probe, Body=b""))
+        except JangdokError as exc:
+            log.debug("cannot probe conditional deletes on %s (%s); assuming they are ignored",
+                      self.location.url, exc)
+            return False
+        try:
+            self.client.delete_object(Bucket=self._bucket, Key=probe, IfMatch='"' + "0" * 32 + '"')
+            honoured = False
+        except bce.ClientError as exc:
+            honoured = _error_code(exc)[1] == 412
+        except (bce.BotoCoreError, Urllib3Error, OSError) as exc:
+            log.debug("conditional delete probe on %s failed (%s); assuming it is ignored", self.location.url, exc)
+            honoured = False
+        try:
+            self.client.delete_object(Bucket=self._bucket, Key=probe)
+        except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:  # cleanup() removes it later
+            log.debug("could not remove the probe object %s: %s", probe, exc)
+        if not honoured:
+            log.warning("S3 endpoint %s ignores If-Match on DeleteObject: a damaged entry is deleted after a "
+                        "check, and a good entry written in that instant could be deleted with it",
+                        self.client.meta.endpoint_url)
+        return honoured
+
+    @property
+    def client(self) -> Any:
+        """This process's boto3 client: a forked child never shares its parent's connections."""
+        return self._clients.get()
 
     # -- error handling -------------------------------------------------------------------
 
@@ -349,7 +397,7 @@ class S3Store(Store):
                 )
             return JangdokError(f"S3 error {verb} {path}: {code} (HTTP {status}): {message}")
         if isinstance(exc, bce.NoCredentialsError):
-            return CredentialsError(f"S3 client initialization failed: Unable to locate credentials ({path})")
+            return NoCredentials(f"S3 client initialization failed: Unable to locate credentials ({path})")
         return StoreUnavailable(
             f"S3 error {verb} {path}: Connection timeout or failure ({type(exc).__name__}: {exc}) after "
             f"{tally}. Check that the endpoint {endpoint} is reachable from this machine (network, "
@@ -367,18 +415,25 @@ class S3Store(Store):
         return self.client.get_object(**request)
 
     def check(self) -> None:
-        """Confirm the bucket is reachable with these credentials (one HeadBucket request).
+        """Confirm the bucket exists and the credentials are accepted: a one-key listing of the
+        prefix. Unlike HEAD, whose 403 has no body, a listing's error document tells a rejected
+        secret (raised now, once) from a missing permission.
 
-        A 403 passes: many policies grant object access on a prefix but not HeadBucket, and a
-        rejected secret is better reported by the first real operation, which names its path.
+        AccessDenied passes: a policy may grant object access on the prefix without
+        s3:ListBucket, and the object operations then name what they lack.
         """
         try:
-            self._call("opening", None, lambda: self.client.head_bucket(Bucket=self._bucket))
-        except (AccessDenied, CredentialsError) as exc:
-            log.debug("HeadBucket refused on %s (%s); the object operations will tell", self.location.url, exc)
+            self._call("opening", None, lambda: self.client.list_objects_v2(
+                Bucket=self._bucket, Prefix=self.location.prefix, MaxKeys=1))
+        except AccessDenied as exc:
+            log.debug("listing refused on %s (%s); the object operations will tell", self.location.url, exc)
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
+        check_range(start, stop)
+
         def get() -> dict[str, Any] | None:
+            if stop == start:  # no Range header can ask for zero bytes
+                return {"InvalidRange": True}
             try:
                 return self._get_object(key, start, stop)
             except bce.ClientError as exc:
@@ -410,8 +465,11 @@ class S3Store(Store):
             return
         # Large values: a multipart upload becomes visible only when completed, so readers
         # still see the previous object or the whole new one.
+        # The token marks the object this upload makes, so a completion whose answer was lost
+        # can be recognised (see _complete).
+        token = secrets.token_hex(16)
         upload = self._call("saving", key, lambda: self.client.create_multipart_upload(
-            Bucket=self._bucket, Key=object_key))
+            Bucket=self._bucket, Key=object_key, Metadata={_UPLOAD_TOKEN: token}))
         upload_id = upload["UploadId"]
         try:
             done = []
@@ -419,14 +477,40 @@ class S3Store(Store):
                 done.append(self._upload_part(key, object_key, upload_id, number, part))
             for number, part in enumerate(parts, start=3):
                 done.append(self._upload_part(key, object_key, upload_id, number, part))
-            self._call("saving", key, lambda: self.client.complete_multipart_upload(
-                Bucket=self._bucket, Key=object_key, UploadId=upload_id, MultipartUpload={"Parts": done}))
+            self._complete(key, object_key, upload_id, done, token)
         except BaseException:
             try:
                 self.client.abort_multipart_upload(Bucket=self._bucket, Key=object_key, UploadId=upload_id)
             except Exception as exc:  # the original error matters more; S3 lifecycle rules clean up
                 log.warning("could not abort multipart upload of %s: %s", self.path(key), exc)
             raise
+
+    def _complete(self, key: str, object_key: str, upload_id: str, parts: list[dict[str, Any]], token: str) -> None:
+        """Complete an upload. If an attempt's answer was lost, the server may have completed
+        it: the retry then finds no such upload, and the object carrying this upload's token
+        proves success, where reporting failure would be false."""
+        attempts = 0
+
+        def complete() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                self.client.complete_multipart_upload(Bucket=self._bucket, Key=object_key, UploadId=upload_id,
+                                                      MultipartUpload={"Parts": parts})
+            except bce.ClientError as exc:
+                if attempts > 1 and _error_code(exc)[0] == "NoSuchUpload" and self._made_by(object_key, token):
+                    log.debug("upload of %s had completed; its answer was lost", self.path(key))
+                    return
+                raise
+
+        self._call("saving", key, complete)
+
+    def _made_by(self, object_key: str, token: str) -> bool:
+        try:
+            response = self.client.head_object(Bucket=self._bucket, Key=object_key)
+        except bce.ClientError:
+            return False
+        return response.get("Metadata", {}).get(_UPLOAD_TOKEN) == token
 
     def _upload_part(self, key: str, object_key: str, upload_id: str, number: int,
                      part: list[memoryview]) -> dict[str, Any]:
@@ -435,13 +519,56 @@ class S3Store(Store):
         return {"PartNumber": number, "ETag": response["ETag"]}
 
     def delete(self, key: str, version: str | None = None) -> bool:
+        object_key = self.location.object_key(key)
+        if version is not None and self.capabilities.conditional_delete:
+            # One atomic request: the server deletes only if the object is still that version.
+            def delete_if_match() -> bool:
+                try:
+                    self.client.delete_object(Bucket=self._bucket, Key=object_key, IfMatch=version)
+                except bce.ClientError as exc:
+                    code, status = _error_code(exc)
+                    if status == 412 or code in _MISSING_CODES:
+                        return False
+                    raise
+                return True
+
+            return self._call("deleting", key, delete_if_match)
         # S3 deletes succeed whether or not the key existed; ask first so callers can tell.
         current = self.stat(key)
         if current is None or (version is not None and current.version != version):
             return False
-        object_key = self.location.object_key(key)
         self._call("deleting", key, lambda: self.client.delete_object(Bucket=self._bucket, Key=object_key))
         return True
+
+    def cleanup(self, older_than: float, prefix: str = "") -> int:
+        """Abort multipart uploads under ``prefix`` started more than ``older_than`` seconds
+        ago: the parts of writers killed mid-upload, which S3 keeps (and bills) forever."""
+        cutoff = time.time() - older_than
+        request = {"Bucket": self._bucket, "Prefix": self.location.prefix + prefix}
+        aborted = 0
+        while True:
+            page = self._call("listing", None, lambda: self.client.list_multipart_uploads(**request))
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"].timestamp() < cutoff and self._abort(upload["Key"], upload["UploadId"]):
+                    aborted += 1
+            if not page.get("IsTruncated"):
+                return aborted
+            request.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
+
+    def _abort(self, object_key: str, upload_id: str) -> bool:
+        def abort() -> bool:
+            try:
+                self.client.abort_multipart_upload(Bucket=self._bucket, Key=object_key, UploadId=upload_id)
+            except bce.ClientError as exc:
+                if _error_code(exc)[0] == "NoSuchUpload":  # completed or aborted meanwhile
+                    return False
+                raise
+            return True
+
+        aborted = self._call("deleting", None, abort)
+        if aborted:
+            log.info("aborted an incomplete multipart upload of s3://%s/%s", self._bucket, object_key)
+        return aborted
 
     def stat(self, key: str) -> ObjectInfo | None:
         object_key = self.location.object_key(key)
@@ -479,4 +606,6 @@ class S3Store(Store):
             request["ContinuationToken"] = token
 
     def close(self) -> None:
-        self.client.close()
+        client = self._clients.mine()
+        if client is not None:
+            client.close()

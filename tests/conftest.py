@@ -19,6 +19,7 @@ import pytest
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent / "data")]
 
 from helpers import BUCKET, s3_settings  # noqa: E402
+from motoserver import start_moto  # noqa: E402
 from seaweed import SeaweedServer, start_seaweed  # noqa: E402
 
 import jangdok.paths  # noqa: E402
@@ -59,6 +60,23 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """moto's S3 server, a second implementation, with the same bucket as ``seaweed``."""
+    server = start_moto(tmp_path_factory.mktemp("moto"))
+    try:
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["seaweed", "moto"])
+def s3_server(request: pytest.FixtureRequest) -> SeaweedServer:
+    """Each S3 implementation in turn."""
+    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture

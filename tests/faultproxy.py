@@ -8,6 +8,10 @@ Each accepted connection takes the next fault from a queue (``pass`` once the qu
 * ``("status", http_status, code)`` answers with an S3 error document and closes;
 * ``("stall",)`` accepts, reads, and never answers.
 
+Independently of the queue, :meth:`lose_answer_to` makes the server receive and carry out the
+next request whose request line matches, while its answer is dropped and the connection cut:
+the client cannot tell whether the request took effect.
+
 The client sees genuine resets, short bodies, 503s and timeouts from its own sockets.
 Request lines and Range headers passing through are recorded for assertions.
 """
@@ -50,6 +54,8 @@ class FaultProxy:
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._lose_answer: re.Pattern[bytes] | None = None
+        self._after_loss: tuple[tuple[Any, ...], ...] = ()
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
     def _accept_loop(self) -> None:
@@ -63,6 +69,22 @@ class FaultProxy:
                 fault = self.faults.popleft() if self.faults else ("pass",)
                 self._open.append(client)
             threading.Thread(target=self._serve, args=(client, fault), daemon=True).start()
+
+    def lose_answer_to(self, request_line: str, *then: tuple[Any, ...]) -> None:
+        """Drop the answer to the next request whose line (``POST /bucket/key?uploadId=...``)
+        matches this regular expression; ``then``: faults queued at that moment, for the
+        connections opened after it."""
+        self._lose_answer = re.compile(request_line.encode())
+        self._after_loss = then
+
+    def _take_lost_answer(self, data: bytes) -> bool:
+        with self._lock:
+            pattern = self._lose_answer
+            if pattern is None or not any(pattern.search(m.group(0)) for m in _REQUEST_LINE.finditer(data)):
+                return False
+            self._lose_answer = None
+            self.faults.extend(self._after_loss)
+            return True
 
     def _record(self, data: bytes) -> None:
         with self._lock:
@@ -92,15 +114,18 @@ class FaultProxy:
                 self._open.append(upstream)
             budget = fault[1] if kind == "cut" else None
             before_cut = fault[2] if kind == "cut" and len(fault) > 2 else None
-            threading.Thread(target=self._pump_requests, args=(client, upstream), daemon=True).start()
-            self._pump_responses(upstream, client, budget, before_cut)
+            lost = threading.Event()
+            threading.Thread(target=self._pump_requests, args=(client, upstream, lost), daemon=True).start()
+            self._pump_responses(upstream, client, budget, before_cut, lost)
         except OSError:
             pass
 
-    def _pump_requests(self, client: socket.socket, upstream: socket.socket) -> None:
+    def _pump_requests(self, client: socket.socket, upstream: socket.socket, lost: threading.Event) -> None:
         try:
             while data := client.recv(65536):
                 self._record(data)
+                if self._take_lost_answer(data):
+                    lost.set()  # before forwarding, so the answer cannot slip through first
                 upstream.sendall(data)
         except OSError:
             pass
@@ -111,11 +136,15 @@ class FaultProxy:
                 pass
 
     def _pump_responses(self, upstream: socket.socket, client: socket.socket, budget: int | None,
-                        before_cut: Callable[[], object] | None) -> None:
+                        before_cut: Callable[[], object] | None, lost: threading.Event) -> None:
         """Forward the response; with a budget, only the headers and ``budget`` body bytes."""
         head = b""
         try:
             while data := upstream.recv(65536):
+                if lost.is_set():
+                    _cut(client)
+                    _cut(upstream)
+                    return
                 if budget is not None:
                     if b"\r\n\r\n" not in head:
                         head += data

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 
 import pytest
 
+import jangdok.location
 from jangdok import InvalidKey, InvalidLocation, is_s3_path, join, parse_location
-from jangdok.location import split_path
+from jangdok.location import normalize_key, split_path, validate_key
+
+KIMCHI_NFC = "김치"
+KIMCHI_NFD = unicodedata.normalize("NFD", KIMCHI_NFC)  # as typed on macOS
 
 
 @pytest.mark.parametrize(
@@ -19,6 +24,15 @@ from jangdok.location import split_path
         ("C:\\cache", "local", "C:\\cache", ""),
         ("C:/cache", "local", "C:/cache", ""),
         ("file:///tmp/x", "local", "/tmp/x", ""),
+        ("file://localhost/tmp/x", "local", "/tmp/x", ""),
+        ("FILE://LocalHost/tmp/x", "local", "/tmp/x", ""),
+        ("file:///tmp/my%20cache", "local", "/tmp/my cache", ""),  # as Path.as_uri() writes it
+        ("file:///C:/cache", "local", "C:/cache", ""),
+        # Names that merely start like 's3' are ordinary folders.
+        ("s3", "local", "s3", ""),
+        ("s3data", "local", "s3data", ""),
+        ("s3/x", "local", "s3/x", ""),
+        ("./s3:x", "local", "./s3:x", ""),
         ("s3://waterandfish-s3/cache/", "s3", "waterandfish-s3", "cache/"),
         ("s3://waterandfish-s3/cache", "s3", "waterandfish-s3", "cache/"),
         ("S3://bucket.with.dots/a/b/", "s3", "bucket.with.dots", "a/b/"),
@@ -58,6 +72,14 @@ def test_keys_keep_their_names() -> None:
         ("http://host/x", "unsupported scheme 'http'"),
         ("", "non-empty"),
         ("cache\x00dir", "control character"),
+        ("S3://", "no bucket"),
+        ("file://otherhost/x", "names the host 'otherhost'"),
+        ("file://tmp/x", "names the host 'tmp'"),  # was silently the relative folder 'tmp/x'
+        ("file://", "names no folder"),
+        ("file://localhost", "names no folder"),
+        ("s3://bucket/nul/", "segment 'nul'"),
+        ("s3://bucket/a:b/", "segment 'a:b'"),
+        ("s3://bucket/dir./x", "segment 'dir.'"),
     ],
 )
 def test_bad_locations_name_the_offending_text(text: str, named: str) -> None:
@@ -128,3 +150,137 @@ def test_split_path_keys_s3_entries_from_the_bucket_root() -> None:
         split_path("s3://b12/cache/../x")
     with pytest.raises(InvalidKey):
         split_path("cache/")
+
+
+def test_normalize_key_is_public() -> None:
+    assert "normalize_key" in jangdok.location.__all__
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        (KIMCHI_NFD, KIMCHI_NFC),
+        (KIMCHI_NFC, KIMCHI_NFC),
+        (f"{KIMCHI_NFD}/seq30.pkl", f"{KIMCHI_NFC}/seq30.pkl"),
+        (unicodedata.normalize("NFD", "café.pkl"), "café.pkl"),
+        ("label_data.pkl", "label_data.pkl"),
+        # The rules judge the stored (NFC) name: '<' + U+0338 composes to '≮', which is allowed.
+        ("a<\u0338b", "a\u226eb"),
+    ],
+)
+def test_normalize_key_returns_nfc(key: str, expected: str) -> None:
+    assert normalize_key(key) == expected
+
+
+def test_keys_typed_on_macos_and_linux_are_one_entry() -> None:
+    s3 = parse_location("s3://bucket/cache/")
+    local = parse_location("cache")
+    for key in (KIMCHI_NFD, KIMCHI_NFC):
+        assert s3.object_key(normalize_key(key)) == f"cache/{KIMCHI_NFC}"
+        assert local.local_path(normalize_key(key)) == os.path.join("cache", KIMCHI_NFC)
+
+
+def test_layers_below_refuse_keys_that_skipped_normalize_key() -> None:
+    # Refused, not normalised: a caller that forgot normalize_key fails loudly everywhere.
+    for check in (validate_key, parse_location("s3://bucket/").object_key, parse_location("cache").local_path):
+        with pytest.raises(InvalidKey, match="not in Unicode NFC") as caught:
+            check(KIMCHI_NFD)
+        assert repr(KIMCHI_NFD) in str(caught.value)
+
+
+def test_s3_prefixes_are_nfc_but_local_folders_are_kept_as_given() -> None:
+    assert parse_location(f"s3://bucket/{KIMCHI_NFD}/").prefix == f"{KIMCHI_NFC}/"
+    assert parse_location(f"s3://bucket/{KIMCHI_NFD}/") == parse_location(f"s3://bucket/{KIMCHI_NFC}")
+    # A folder path names something that already exists on disk, byte for byte.
+    assert parse_location(KIMCHI_NFD).root == KIMCHI_NFD
+
+
+def test_split_path_normalises_keys_not_folders() -> None:
+    location, key = split_path(f"s3://b12/{KIMCHI_NFD}/x.pkl")
+    assert (location.url, key) == ("s3://b12/", f"{KIMCHI_NFC}/x.pkl")
+    location, key = split_path(f"{KIMCHI_NFD}/{KIMCHI_NFD}.pkl")
+    assert (location.root, key) == (KIMCHI_NFD, f"{KIMCHI_NFC}.pkl")
+    location, key = split_path("file://localhost/tmp/x.pkl")
+    assert (location.root, key) == ("/tmp", "x.pkl")
+
+
+WINDOWS_DEVICE = "device name Windows reserves"
+WINDOWS_CHARACTER = "Windows names cannot hold"
+WINDOWS_TRAILING = "ends in a dot or a space"
+
+
+@pytest.mark.parametrize(
+    ("key", "segment", "why"),
+    [
+        ("nul.pkl", "nul.pkl", WINDOWS_DEVICE),
+        ("Com1.txt", "Com1.txt", WINDOWS_DEVICE),
+        ("CON", "CON", WINDOWS_DEVICE),
+        ("aux", "aux", WINDOWS_DEVICE),
+        ("prn.tar.gz", "prn.tar.gz", WINDOWS_DEVICE),
+        ("lpt9.pkl", "lpt9.pkl", WINDOWS_DEVICE),
+        ("com¹.pkl", "com¹.pkl", WINDOWS_DEVICE),
+        ("LPT³", "LPT³", WINDOWS_DEVICE),
+        ("cache/nul/x.pkl", "nul", WINDOWS_DEVICE),
+        ("x:y", "x:y", WINDOWS_CHARACTER),
+        ("C:x.pkl", "C:x.pkl", WINDOWS_CHARACTER),
+        ("a<b", "a<b", WINDOWS_CHARACTER),
+        ("a>b", "a>b", WINDOWS_CHARACTER),
+        ('say"hi"', 'say"hi"', WINDOWS_CHARACTER),
+        ("a|b", "a|b", WINDOWS_CHARACTER),
+        ("why?.pkl", "why?.pkl", WINDOWS_CHARACTER),
+        ("dir/*.pkl", "*.pkl", WINDOWS_CHARACTER),
+        ("name.", "name.", WINDOWS_TRAILING),
+        ("name ", "name ", WINDOWS_TRAILING),
+        ("dir./x.pkl", "dir.", WINDOWS_TRAILING),
+        ("...", "...", WINDOWS_TRAILING),
+    ],
+)
+def test_names_windows_cannot_hold_are_refused_on_every_backend(key: str, segment: str, why: str) -> None:
+    messages = set()
+    for check in (normalize_key, parse_location("cache").path, parse_location("s3://bucket/cache/").path):
+        with pytest.raises(InvalidKey) as caught:
+            check(key)
+        messages.add(str(caught.value))
+    assert len(messages) == 1  # one message, whichever backend the key is meant for
+    (message,) = messages
+    assert repr(key) in message and f"segment {segment!r}" in message and why in message
+
+
+@pytest.mark.parametrize("key", ["console.pkl", "com10.pkl", "nul_data.pkl", "lpt.pkl", "a.b.c", ".hidden", "x .pkl"])
+def test_names_that_only_resemble_windows_devices_are_fine(key: str) -> None:
+    assert normalize_key(key) == key
+    assert parse_location("s3://bucket/").object_key(key) == key
+
+
+@pytest.mark.parametrize(
+    ("text", "meant"),
+    [
+        ("s3:/bucket/x", "s3://bucket/x"),
+        ("s3:bucket/x", "s3://bucket/x"),
+        ("s3//bucket/x", "s3://bucket/x"),
+        ("s3:\\\\bucket", "s3://bucket"),
+        ("s3:\\bucket\\x", "s3://bucket/x"),
+        ("S3:/bucket/x", "s3://bucket/x"),
+        ("S3:bucket", "s3://bucket"),
+        ("s3:", "s3://bucket/prefix/"),
+    ],
+)
+def test_mistyped_s3_urls_are_refused_with_a_hint(text: str, meant: str) -> None:
+    with pytest.raises(InvalidLocation) as caught:
+        parse_location(text)
+    assert str(caught.value) == f"cache location {text!r} looks like a mistyped S3 URL; did you mean {meant!r}?"
+    with pytest.raises(InvalidLocation) as caught:
+        split_path(text + "/x.pkl")
+    assert "looks like a mistyped S3 URL" in str(caught.value)
+
+
+def test_split_path_hint_names_the_whole_path() -> None:
+    with pytest.raises(InvalidLocation, match="did you mean 's3://bucket/cache/x.pkl'"):
+        split_path("s3:/bucket/cache/x.pkl")
+
+
+@pytest.mark.parametrize("root", ["s3://", "S3://", "s3:///x"])
+def test_join_refuses_an_s3_url_without_a_bucket(root: str) -> None:
+    with pytest.raises(InvalidLocation, match="no bucket"):
+        join(root, "x")
+    assert join("s3://bucket", "x") == "s3://bucket/x"

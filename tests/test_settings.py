@@ -13,6 +13,7 @@ import pytest
 from seaweed import READ_WRITE
 
 from jangdok import Cache, ConfigError, CredentialsError, Settings, mask_secret
+from jangdok.settings import Secret, reveal
 
 
 def write_env(folder: Path, **values: str) -> Path:
@@ -46,7 +47,7 @@ def test_credentials_come_whole_from_the_first_source(isolated_env: Path, monkey
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ENVKEY0000000001")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
     settings = Settings.resolve()
-    assert (settings.access_key_id, settings.secret_access_key) == ("ENVKEY0000000001", "env-secret")
+    assert (settings.access_key_id, settings.secret_access_key) == (Secret("ENVKEY0000000001"), Secret("env-secret"))
     assert settings.credentials_source == "access key ****0001 from environment"
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
@@ -57,7 +58,7 @@ def test_credentials_come_whole_from_the_first_source(isolated_env: Path, monkey
 
     monkeypatch.delenv("AWS_PROFILE")
     settings = Settings.resolve()
-    assert settings.access_key_id == "DOTENVKEY0000001" and ".env file" in settings.credentials_source
+    assert reveal(settings.access_key_id) == "DOTENVKEY0000001" and ".env file" in settings.credentials_source
 
 
 def test_session_token_travels_with_its_keys(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,7 +67,7 @@ def test_session_token_travels_with_its_keys(isolated_env: Path, monkeypatch: py
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
     assert Settings.resolve().session_token is None, "a token from another source is not mixed in"
     monkeypatch.setenv("AWS_SESSION_TOKEN", "env-token")
-    assert Settings.resolve().session_token == "env-token"
+    assert reveal(Settings.resolve().session_token) == "env-token"
 
 
 def test_s3_specific_endpoint_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,3 +160,144 @@ def test_key_without_its_secret_names_the_missing_variable(monkeypatch: pytest.M
     with pytest.raises(CredentialsError, match="AWS_SECRET_ACCESS_KEY is missing") as caught:
         Cache("s3://bucket/cache/", fallback=False).get("k")
     assert "AWS_ACCESS_KEY_ID is set (in environment)" in str(caught.value)
+
+
+# -- numbers: finite, and a deadline that leaves room for the retries it promises ----------------
+
+
+@pytest.mark.parametrize(("name", "value"), [("JANGDOK_READ_TIMEOUT", "nan"), ("JANGDOK_CONNECT_TIMEOUT", "inf"),
+                                              ("JANGDOK_TOTAL_TIMEOUT", "NaN"), ("JANGDOK_TOTAL_TIMEOUT", "-inf"),
+                                              ("JANGDOK_MAX_ATTEMPTS", "inf"), ("JANGDOK_MAX_ATTEMPTS", "nan"),
+                                              ("JANGDOK_MAX_ATTEMPTS", "2.5")])
+def test_nan_and_infinity_are_refused_from_the_environment(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                          value: str) -> None:
+    monkeypatch.setenv(name, value)
+    setting = name.removeprefix("JANGDOK_").lower()
+    with pytest.raises(ConfigError, match=rf"setting {setting} \({name}\) = '{value}' \(from environment\)"):
+        Settings.resolve()
+
+
+@pytest.mark.parametrize(("name", "value"), [("read_timeout", float("nan")), ("connect_timeout", float("inf")),
+                                              ("total_timeout", float("nan")), ("max_attempts", float("inf")),
+                                              ("max_attempts", float("nan")), ("max_attempts", 2.5)])
+def test_nan_and_infinity_are_refused_as_arguments(name: str, value: float) -> None:
+    env = f"JANGDOK_{name.upper()}"
+    with pytest.raises(ConfigError, match=rf"setting {name} \({env}\) = {value!r} \(from argument\)"):
+        Settings(**{name: value})
+    with pytest.raises(ConfigError, match=env):
+        Settings.resolve(**{name: value})
+
+
+def test_a_deadline_without_room_for_a_retry_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JANGDOK_TOTAL_TIMEOUT", "30")  # the defaults' attempt is 5 + 15 = 20 s
+    with pytest.raises(ConfigError) as caught:
+        Settings.resolve()
+    message = str(caught.value)
+    assert "max_attempts (JANGDOK_MAX_ATTEMPTS) = 4 would silently mean 1" in message
+    assert "5 + 15 = 20 s" in message
+    assert "raise JANGDOK_TOTAL_TIMEOUT to at least 40" in message
+    assert "lower JANGDOK_CONNECT_TIMEOUT and JANGDOK_READ_TIMEOUT" in message
+
+    monkeypatch.setenv("JANGDOK_TOTAL_TIMEOUT", "40")  # exactly one stalled attempt, then one more
+    assert Settings.resolve().total_timeout == 40.0
+    monkeypatch.setenv("JANGDOK_TOTAL_TIMEOUT", "30")
+    monkeypatch.setenv("JANGDOK_READ_TIMEOUT", "10")  # the other fix: shorter attempts
+    assert Settings.resolve().read_timeout == 10.0
+    monkeypatch.setenv("JANGDOK_TOTAL_TIMEOUT", "1")
+    monkeypatch.setenv("JANGDOK_MAX_ATTEMPTS", "1")  # one attempt on purpose: no retry to protect
+    assert Settings.resolve().max_attempts == 1
+
+
+def test_the_retry_budget_is_checked_on_direct_construction() -> None:
+    with pytest.raises(ConfigError, match="at least 0.6"):
+        Settings(connect_timeout=0.1, read_timeout=0.2, total_timeout=0.5)
+    assert Settings(connect_timeout=0.1, read_timeout=0.2, total_timeout=0.6).total_timeout == 0.6
+    # The values the test helpers use against the S3 test server (tests/helpers.py).
+    assert Settings(connect_timeout=2.0, read_timeout=10.0, total_timeout=30.0, max_attempts=5).max_attempts == 5
+    assert Settings().total_timeout == 60.0
+
+
+# -- durable ---------------------------------------------------------------------------------
+
+
+def test_durable_is_off_by_default_and_switched_like_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.resolve().durable is False and Settings().durable is False
+    monkeypatch.setenv("JANGDOK_DURABLE", "yes")
+    settings = Settings.resolve()
+    assert settings.durable is True and settings.sources["durable"] == "environment"
+    assert Settings.resolve(durable=False).durable is False
+    monkeypatch.setenv("JANGDOK_DURABLE", "sometimes")
+    with pytest.raises(ConfigError, match=r"durable \(JANGDOK_DURABLE\) = 'sometimes'.*yes/no"):
+        Settings.resolve()
+
+
+# -- .env files: literal values, syntax errors -------------------------------------------------
+
+
+def test_dotenv_values_are_literal(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-that-must-stay-put")
+    (isolated_env / ".env").write_text("CACHE_DIR=${AWS_SECRET_ACCESS_KEY}\nS3_BUCKET_NAME='b-${CACHE_DIR}'\n")
+    settings = Settings.resolve()
+    assert settings.cache_dir == "${AWS_SECRET_ACCESS_KEY}"
+    assert settings.bucket == "b-${CACHE_DIR}"
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("CACHE_DIR=ok\n\nthis is not a setting\n", 3),
+    ("# comment\nS3_BUCKET_NAME=bucket\nAWS_SECRET_ACCESS_KEY='unterminated-secret-value\n", 3),
+    ("\n\n\nCACHE_DIR=\"never closed\nAWS_REGION=eu-west-1\n", 4),
+])
+def test_a_dotenv_syntax_error_names_the_file_and_line(isolated_env: Path, text: str, line: int) -> None:
+    path = isolated_env / ".env"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        Settings.resolve()
+    message = str(caught.value)
+    assert f".env file {path}: cannot parse line {line};" in message and "NAME=value" in message
+    assert "unterminated-secret-value" not in message, "a broken line may hold a secret: never quoted"
+
+
+def test_a_valid_dotenv_parses_without_error(isolated_env: Path) -> None:
+    (isolated_env / ".env").write_text(
+        "\ufeff# comment\n\nexport CACHE_DIR=cache # trailing comment\nS3_BUCKET_NAME=\"quoted # not a comment\"\n"
+        "AWS_REGION\n"
+    )
+    settings = Settings.resolve()
+    assert (settings.cache_dir, settings.bucket, settings.region) == ("cache", "quoted # not a comment", None)
+
+
+# -- endpoint URLs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("variable", "value", "advice"), [
+    ("AWS_ENDPOINT_URL", "127.0.0.1:8333", "has no scheme; use http://127.0.0.1:8333"),
+    ("AWS_ENDPOINT_URL_S3", "localhost:9000", "has no scheme; use http://localhost:9000"),
+    ("AWS_ENDPOINT_URL", "ftp://127.0.0.1:8333", "uses the scheme 'ftp'"),
+    ("AWS_ENDPOINT_URL", "http://", "has no host"),
+    ("AWS_ENDPOINT_URL", "http://:8333", "has no host"),
+    ("AWS_ENDPOINT_URL", "http://127.0.0.1:notaport", "is not a valid URL"),
+    ("AWS_ENDPOINT_URL", "http://user:pw@127.0.0.1:8333", "holds a user name or password"),
+])
+def test_a_malformed_endpoint_names_its_variable_and_the_fix(monkeypatch: pytest.MonkeyPatch, variable: str,
+                                                             value: str, advice: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        Settings.resolve()
+    assert f"({variable} in environment)" in str(caught.value) and advice in str(caught.value)
+
+
+def test_a_malformed_endpoint_is_refused_from_every_source(isolated_env: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\(argument endpoint_url\) has no scheme; use http://127.0.0.1:8333"):
+        Settings.resolve(endpoint_url="127.0.0.1:8333")
+    with pytest.raises(ConfigError, match="setting endpoint_url.*has no scheme; use http://127.0.0.1:8333"):
+        Settings(endpoint_url="127.0.0.1:8333")
+    path = write_env(isolated_env, AWS_ENDPOINT_URL="127.0.0.1:8333", AWS_ACCESS_KEY_ID="K", AWS_SECRET_ACCESS_KEY="S")
+    with pytest.raises(ConfigError, match=f"AWS_ENDPOINT_URL in .env file {path}"):
+        Settings.resolve()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8333", "https://s3.example.com", "https://s3.example.com/base/",
+                                 "HTTP://LOCALHOST:9000", "http://[::1]:9000"])
+def test_well_formed_endpoints_are_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    assert Settings.resolve().endpoint_url == url

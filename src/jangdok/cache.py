@@ -147,7 +147,7 @@ class Cache:
                 **_event("fallback", folder),
             )
             self._store_label = "local (fallback)"
-            return LocalStore(Location("local", folder))
+            return LocalStore(Location("local", folder), durable=settings.durable)
         self._store_label = store.name
         return store
 

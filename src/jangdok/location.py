@@ -4,19 +4,30 @@ A *location* is the root of a cache; a *key* is a relative, ``/``-separated name
 Keys keep their names in storage: key ``label_data.pkl`` under ``s3://b/cache/`` is the object
 ``cache/label_data.pkl``, and under folder ``cache`` the file ``cache/label_data.pkl``, so any
 S3 tool or file browser shows the cache as the user named it. The same key rules apply to both
-kinds, so a cache can move between a folder and a bucket unchanged.
+kinds, so a cache can move between a folder and a bucket unchanged: keys are Unicode NFC (one
+name whether typed on macOS or Linux) and avoid names Windows cannot hold, on every backend.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import unquote
 
 from .errors import InvalidKey, InvalidLocation
 
-__all__ = ["Location", "parse_location", "split_path", "join", "is_s3_path", "validate_key"]
+__all__ = [
+    "Location",
+    "parse_location",
+    "split_path",
+    "join",
+    "is_s3_path",
+    "normalize_key",
+    "validate_key",
+]
 
 S3_MAX_KEY_BYTES = 1024
 # Longest file or folder name on common local file systems (ext4, APFS, NTFS).
@@ -28,11 +39,36 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# 's3:/b', 's3:b', 's3//b', 's3:\\b': each is a legal relative folder name on some system, so
+# without this check a typo would silently cache on the local disk instead of in the bucket.
+_S3_TYPO = re.compile(r"^s3(?::|//)", re.IGNORECASE)
+# file:///C:/cache names the Windows folder C:/cache, not '/C:/cache'.
+_URL_DRIVE = re.compile(r"^/[A-Za-z]:")
+_WINDOWS_FORBIDDEN = re.compile(r'[<>:"|?*]')
+# Windows opens these devices whatever the extension ('nul.pkl' is NUL), in any case; it also
+# reserves COM and LPT with the superscript digits ¹²³.
+_WINDOWS_DEVICES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"{port}{digit}" for port in ("COM", "LPT") for digit in "123456789¹²³"]
+)
 
 
 def is_s3_path(path: str | os.PathLike[str]) -> bool:
     """True for ``s3://`` URLs (any case of the scheme), False for everything else."""
     return isinstance(path, str) and path[:5].lower() == "s3://"
+
+
+def _check_windows_name(part: str, text: str, what: str, error: type[InvalidKey] | type[InvalidLocation]) -> None:
+    """Refuse a segment Windows cannot hold, so a cache written anywhere can be copied anywhere."""
+    problem = None
+    forbidden = _WINDOWS_FORBIDDEN.search(part)
+    if part.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
+        problem = "is a device name Windows reserves (CON, PRN, AUX, NUL, COM1-9, LPT1-9, with any extension)"
+    elif forbidden:
+        problem = f"contains {forbidden.group()!r}; Windows names cannot hold any of < > : \" | ? *"
+    elif part.endswith((".", " ")):
+        problem = "ends in a dot or a space, which Windows drops from names"
+    if problem:
+        raise error(f"{what} {text!r} has the segment {part!r}, which {problem}; rename it")
 
 
 def _segments(text: str, what: str, error: type[InvalidKey] | type[InvalidLocation]) -> list[str]:
@@ -53,21 +89,58 @@ def _segments(text: str, what: str, error: type[InvalidKey] | type[InvalidLocati
             raise error(f"{what} {text!r} has a {part!r} segment; keys must stay inside the cache root")
         if part.startswith(TEMP_MARKER):
             raise error(f"{what} {text!r}: names starting with {TEMP_MARKER!r} are reserved for temporary files")
+        _check_windows_name(part, text, what, error)
     return parts
 
 
-def validate_key(key: str) -> list[str]:
-    """Check a cache key and return its segments. Raises :class:`InvalidKey` naming the key."""
+def _check_key_type(key: object) -> None:
     if not isinstance(key, str):
         raise InvalidKey(f"cache key must be a str, got {type(key).__name__}: {key!r}")
     if key == "":
         raise InvalidKey("cache key '' is empty; give the entry a name such as 'label_data.pkl'")
-    return _segments(key, "cache key", InvalidKey)
+
+
+def normalize_key(key: str) -> str:
+    """Check a cache key as given by a user and return it in Unicode NFC.
+
+    This is the one place a key enters jangdok: :class:`~jangdok.cache.Cache` and the
+    path-level functions call it, and the layers below (stores, :class:`Location`) trust the
+    result. NFC makes the same name one key however it was typed: macOS delivers Korean as
+    decomposed jamo (NFD), Linux and Windows as composed syllables. Raises :class:`InvalidKey`
+    naming the key.
+    """
+    _check_key_type(key)
+    # Normalise first so the rules judge the name that is actually stored.
+    normalized = unicodedata.normalize("NFC", key)
+    validate_key(normalized)
+    return normalized
+
+
+def validate_key(key: str) -> list[str]:
+    """Check an already normalised cache key and return its segments.
+
+    For keys that come from below (listings) or were passed through :func:`normalize_key`.
+    A key not in NFC is refused rather than normalised: it means a caller skipped
+    :func:`normalize_key`, and quietly mapping it would let two spellings name one entry in
+    one place and two in another. Raises :class:`InvalidKey` naming the key.
+    """
+    _check_key_type(key)
+    parts = _segments(key, "cache key", InvalidKey)
+    if not unicodedata.is_normalized("NFC", key):
+        raise InvalidKey(
+            f"cache key {key!r} is not in Unicode NFC form; pass it through normalize_key() "
+            "so names typed on macOS and elsewhere are one key"
+        )
+    return parts
+
+
+def _no_bucket(text: str) -> InvalidLocation:
+    return InvalidLocation(f"S3 location {text!r} has no bucket name; use s3://bucket/prefix/")
 
 
 def _check_bucket(bucket: str, text: str) -> None:
     if not bucket:
-        raise InvalidLocation(f"S3 location {text!r} has no bucket name; use s3://bucket/prefix/")
+        raise _no_bucket(text)
     problem = None
     if not _BUCKET.match(bucket):
         problem = ("3-63 characters of lowercase letters, digits, '.' and '-', "
@@ -100,7 +173,10 @@ class Location:
         return f"s3://{self.root}/{self.prefix}" if self.is_s3 else self.root
 
     def object_key(self, key: str) -> str:
-        """The S3 object key of a cache key, checked against S3's 1024-byte limit."""
+        """The S3 object key of a cache key, checked against S3's 1024-byte limit.
+
+        ``key`` must already be normalised (:func:`normalize_key`); a non-NFC key is refused.
+        """
         validate_key(key)
         full = self.prefix + key
         size = len(full.encode("utf-8"))
@@ -112,7 +188,10 @@ class Location:
         return full
 
     def local_path(self, key: str) -> str:
-        """The file path of a cache key, guaranteed to lie inside the root folder."""
+        """The file path of a cache key, guaranteed to lie inside the root folder.
+
+        ``key`` must already be normalised (:func:`normalize_key`); a non-NFC key is refused.
+        """
         parts = validate_key(key)
         for part in parts:
             if len(part.encode("utf-8")) > LOCAL_MAX_NAME_BYTES:
@@ -121,8 +200,8 @@ class Location:
                     "which local file systems cannot store; shorten it"
                 )
         path = os.path.join(self.root, *parts)
-        # Belt and braces for platform quirks the segment rules cannot see (drive-relative
-        # names like 'C:x' on Windows): the joined path must still be under the root.
+        # Belt and braces for platform quirks the segment rules cannot see (':' already keeps
+        # out drive-relative names like 'C:x'): the joined path must still be under the root.
         root = os.path.abspath(self.root)
         try:
             inside = os.path.commonpath([root, os.path.abspath(path)]) == root
@@ -139,21 +218,55 @@ class Location:
         return self.local_path(key)
 
 
+def _refuse_mistyped_s3(text: str, what: str) -> None:
+    """Refuse text that starts like a broken ``s3://`` URL instead of using it as a folder."""
+    if _S3_TYPO.match(text):
+        rest = text[3:].lstrip(":/\\").replace("\\", "/")
+        meant = f"s3://{rest}" if rest else "s3://bucket/prefix/"
+        raise InvalidLocation(f"{what} {text!r} looks like a mistyped S3 URL; did you mean {meant!r}?")
+
+
+def _parse_s3(text: str) -> Location:
+    bucket, _, prefix = text[5:].partition("/")
+    _check_bucket(bucket, text)
+    # The prefix is part of every object key, so it follows the key rules, NFC included.
+    prefix = unicodedata.normalize("NFC", prefix.removesuffix("/"))
+    if prefix:
+        _segments(prefix, f"S3 location {text!r}: prefix", InvalidLocation)
+        prefix += "/"
+    return Location("s3", bucket, prefix)
+
+
+def _file_url_path(text: str) -> str:
+    """The local path of a ``file://`` URL: ``file:///p`` and ``file://localhost/p`` are ``/p``."""
+    host, slash, path = text[len("file://") :].partition("/")
+    if host and host.lower() != "localhost":
+        raise InvalidLocation(
+            f"cache location {text!r} names the host {host!r}; a file:// URL must be on this "
+            "machine (file:///path or file://localhost/path)"
+        )
+    # URLs made by Path.as_uri() percent-encode spaces and non-ASCII names.
+    path = unquote(slash + path)
+    if _URL_DRIVE.match(path):
+        path = path[1:]
+    if not path:
+        raise InvalidLocation(f"cache location {text!r} names no folder")
+    return path
+
+
 def parse_location(text: str | os.PathLike[str]) -> Location:
-    """Parse a cache location: ``s3://bucket[/prefix]`` or a local folder (``file://`` allowed)."""
+    """Parse a cache location: ``s3://bucket[/prefix]`` or a local folder (``file://`` allowed).
+
+    A local folder is kept as given (it names a folder that may already exist on disk); only
+    an S3 prefix is normalised to NFC, like the keys under it.
+    """
     if isinstance(text, os.PathLike):
         text = os.fspath(text)
     if not isinstance(text, str) or not text.strip():
         raise InvalidLocation(f"cache location must be a non-empty folder or s3:// URL, got {text!r}")
     if is_s3_path(text):
-        rest = text[5:]
-        bucket, _, prefix = rest.partition("/")
-        _check_bucket(bucket, text)
-        prefix = prefix.removesuffix("/")
-        if prefix:
-            _segments(prefix, f"S3 location {text!r}: prefix", InvalidLocation)
-            prefix += "/"
-        return Location("s3", bucket, prefix)
+        return _parse_s3(text)
+    _refuse_mistyped_s3(text, "cache location")
     scheme = _SCHEME.match(text)
     if scheme:
         if scheme.group(1).lower() != "file":
@@ -161,36 +274,39 @@ def parse_location(text: str | os.PathLike[str]) -> Location:
                 f"cache location {text!r} uses the unsupported scheme {scheme.group(1)!r}; "
                 "use a local folder or s3://bucket/prefix/"
             )
-        text = text[len("file://") :]
-        if not text:
-            raise InvalidLocation("cache location 'file://' names no folder")
+        text = _file_url_path(text)
     if _CONTROL.search(text):
         raise InvalidLocation(f"cache location {text!r} contains a NUL or control character")
     return Location("local", text)
 
 
 def split_path(path: str | os.PathLike[str]) -> tuple[Location, str]:
-    """Split a full entry path into the location that holds it and its key.
+    """Split a full entry path into the location that holds it and its key (normalised).
 
     ``s3://b/cache/x.pkl`` -> (``s3://b/``, ``cache/x.pkl``): S3 entries are keyed from the
     bucket root, so one client serves every path in a bucket. ``cache/x.pkl`` ->
-    (``cache``, ``x.pkl``).
+    (``cache``, ``x.pkl``). The key is returned by :func:`normalize_key`; the local folder
+    is kept as given.
     """
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if is_s3_path(path):
         bucket, _, key = path[5:].partition("/")
         location = parse_location(f"s3://{bucket}/")
+        key = normalize_key(key)
         location.object_key(key)
         return location, key
     if not isinstance(path, str) or not path:
         raise InvalidLocation(f"cache path must be a non-empty string, got {path!r}")
-    folder, name = os.path.split(path)
+    _refuse_mistyped_s3(path, "cache path")
+    scheme = _SCHEME.match(path)
+    # Decoded whole before splitting: in 'file://localhost/x.pkl' the host is not a folder.
+    local = _file_url_path(path) if scheme and scheme.group(1).lower() == "file" else path
+    folder, name = os.path.split(local)
     if not name:
         raise InvalidKey(f"cache path {path!r} names a folder, not an entry")
     location = parse_location(folder or ".")
-    validate_key(name)
-    return location, name
+    return location, normalize_key(name)
 
 
 def join(root: str | os.PathLike[str], *parts: str) -> str:
@@ -198,6 +314,9 @@ def join(root: str | os.PathLike[str], *parts: str) -> str:
     if isinstance(root, os.PathLike):
         root = os.fspath(root)
     if is_s3_path(root):
+        if not root[5:].partition("/")[0]:
+            # Otherwise 's3://' + 'x' would quietly name the bucket 'x'.
+            raise _no_bucket(root)
         pieces = [root.rstrip("/")] + [part.strip("/") for part in parts if part]
         return "/".join(pieces)
     return os.path.join(root, *parts)

@@ -5,25 +5,44 @@ Every setting is resolved in one order, documented in the README:
 1. explicit arguments (``Cache(..., endpoint_url=...)``, ``Settings.resolve(...)``);
 2. environment variables;
 3. ``.env`` files: the project folder (the running script's folder), then the current folder.
-   They never override variables already set, and are read only when a cache is first used;
+   They never override variables already set, and are read only when a cache is first used.
+   Values are taken literally (``${VAR}`` is not expanded, so a file cannot copy a secret from
+   the environment into another setting), and a line that cannot be parsed is an error naming
+   the file and line rather than a setting silently left out;
 4. for credentials only: the AWS shared config/credentials files and the rest of boto3's chain.
 
-Access key, secret and session token always come from the *same* source, so a key from the
-environment is never paired with a secret from a ``.env`` file.
+Credentials come whole from *one* source: the first of those that holds any of access key,
+secret, session token or profile. An incomplete source is not topped up from the next one, so a
+key from the environment is never paired with a secret from a ``.env`` file or an argument
+(the S3 store then reports what is missing).
+
+The endpoint is trusted only as far as the credentials it receives. An endpoint named in the
+current folder's ``.env`` (when that folder is not the project folder) comes from wherever you
+happen to run a command, such as a cloned repository; it is refused unless that same file also
+holds the access keys, so your own credentials (from the environment, arguments, a profile,
+another file or boto3's chain) are never sent to a server it chose. An endpoint from the
+arguments, the environment or the project ``.env`` is used with any credentials.
 """
 
 from __future__ import annotations
 
+import hmac
+import io
+import logging
+import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "mask_secret"]
+__all__ = ["Settings", "Secret", "mask_secret", "reveal"]
+
+log = logging.getLogger("jangdok")
 
 # Setting name -> environment variables consulted, first match wins.
 _ENV_NAMES: dict[str, tuple[str, ...]] = {
@@ -37,6 +56,7 @@ _ENV_NAMES: dict[str, tuple[str, ...]] = {
     "total_timeout": ("JANGDOK_TOTAL_TIMEOUT",),
     "fallback": ("JANGDOK_FALLBACK",),
     "fallback_dir": ("JANGDOK_FALLBACK_DIR",),
+    "durable": ("JANGDOK_DURABLE",),
 }
 _KEY_NAMES = {
     "access_key_id": "AWS_ACCESS_KEY_ID",
@@ -44,6 +64,9 @@ _KEY_NAMES = {
     "session_token": "AWS_SESSION_TOKEN",
 }
 _CREDENTIAL_NAMES = {**_KEY_NAMES, "profile": "AWS_PROFILE"}
+_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+_TIMEOUTS = ("connect_timeout", "read_timeout", "total_timeout")
+_FLAGS = ("fallback", "durable")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -55,53 +78,231 @@ def mask_secret(secret: str | None) -> str:
     return "****" + secret[-4:] if len(secret) >= 12 else "****"
 
 
+class Secret:
+    """A credential that shows only its last 4 characters in ``repr``, ``str`` and tracebacks.
+
+    The text itself is handed over only by :meth:`reveal`, at the one place that needs it
+    (signing requests), so printing a settings object or a frame's locals never leaks it.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if isinstance(value, Secret):
+            value = value.reveal()
+        if not isinstance(value, str):
+            raise TypeError(f"a secret must be a str, got {type(value).__name__}")
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({mask_secret(self._value)!r})"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def reveal(secret: Secret | None) -> str | None:
+    """The text of an optional secret, for the client library that signs with it."""
+    return None if secret is None else secret.reveal()
+
+
 def _default_fallback_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.environ.get("LOCALAPPDATA") or os.path.join(Path.home(), ".cache")
     return os.path.join(base, "jangdok", "fallback")
 
 
-def _dotenv_paths() -> list[Path]:
-    """The project folder's ``.env`` (the running script's folder), then the current folder's."""
-    candidates = []
+# -- sources -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One source of settings, keyed by environment variable name (arguments included)."""
+
+    origin: str
+    """As recorded in :attr:`Settings.sources`: ``argument``, ``environment``, ``.env file <path>``."""
+    values: Mapping[str, Any]
+    trusted: bool = True
+    """False for a current-folder ``.env``: its endpoint may only receive its own credentials."""
+
+    def find(self, variables: Iterable[str]) -> str | None:
+        """The first of ``variables`` this layer sets (an empty value counts as unset)."""
+        return next((name for name in variables if self.values.get(name) not in (None, "")), None)
+
+    def where(self, variable: str, setting: str) -> str:
+        return f"argument {setting}" if self.origin == "argument" else f"{variable} in {self.origin}"
+
+
+def _dotenv_files() -> tuple[Path | None, Path | None]:
+    """The project folder's ``.env`` (the running script's folder) and the current folder's,
+    each None when absent; one file that is both counts as the project's."""
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    if main_file:
-        candidates.append(Path(main_file).resolve().parent / ".env")
-    candidates.append(Path.cwd() / ".env")
-    unique: list[Path] = []
-    for path in candidates:
-        if path.is_file() and path not in unique:
-            unique.append(path)
-    return unique
+    project = Path(main_file).resolve().parent / ".env" if main_file else None
+    if project is not None and not project.is_file():
+        project = None
+    current: Path | None = Path.cwd() / ".env"
+    if not current.is_file() or (project is not None and current.resolve() == project):
+        current = None
+    return project, current
 
 
-def _read_dotenv(paths: list[Path]) -> tuple[dict[str, str], dict[str, str]]:
-    """Values from the ``.env`` files (earlier files win) and which file each came from."""
-    if not paths:
-        return {}, {}
-    from dotenv import dotenv_values  # only imported when a .env file exists
+def _dotenv_layers() -> list[_Layer]:
+    project, current = _dotenv_files()
+    layers = []
+    if project is not None:
+        layers.append(_Layer(f".env file {project}", _read_dotenv(project)))
+    if current is not None:
+        layers.append(_Layer(f".env file {current}", _read_dotenv(current), trusted=False))
+    return layers
 
-    values: dict[str, str] = {}
-    origin: dict[str, str] = {}
-    for path in paths:
-        for name, value in dotenv_values(path).items():
-            if value is not None and name not in values:
-                values[name] = value
-                origin[name] = f".env file {path}"
-    return values, origin
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    """The values of one ``.env`` file, literally (no ``${VAR}`` expansion)."""
+    try:
+        # utf-8-sig: editors on Windows may start the file with a BOM, which would join the first name.
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f".env file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read .env file {path}: {exc.strerror}; fix its permissions or remove it") from exc
+    # Imported only here, when a .env file exists: importing jangdok stays free of it.
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
+
+    bad_lines = [_error_line(binding) for binding in parse_stream(io.StringIO(text)) if binding.error]
+    if bad_lines:
+        # The lines themselves are not quoted: a broken line may hold a secret.
+        raise ConfigError(
+            f".env file {path}: cannot parse line {', '.join(map(str, bad_lines))}; write each setting as "
+            "NAME=value, quote a value holding spaces or '#' and close every quote, or start the line with '#'"
+        )
+    parsed = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    values = {name: value for name, value in parsed.items() if value is not None}
+    _warn_if_exposed(path, values)
+    return values
+
+
+def _error_line(binding: Any) -> int:
+    """The line a parse error is on: python-dotenv marks it at the blank lines before it."""
+    text = binding.original.string
+    blank = text[: len(text) - len(text.lstrip())]
+    return int(binding.original.line) + blank.count("\n")
+
+
+def _warn_if_exposed(path: Path, values: Mapping[str, str]) -> None:
+    """Warn when a file holding a secret can be read by other users (POSIX permissions only)."""
+    held = [name for name in _SECRET_VARIABLES if values.get(name)]
+    if not held or os.name != "posix":
+        return
+    mode = path.stat().st_mode
+    if mode & 0o044:
+        log.warning(
+            "%s holds %s but can be read by other users of this machine (mode %04o); restrict it with: chmod 600 %s",
+            path, " and ".join(held), mode & 0o777, path,
+        )
+
+
+def _credential_layer(layers: list[_Layer]) -> _Layer | None:
+    """The one source of credentials: the first layer holding any key, secret, token or profile."""
+    return next((layer for layer in layers if layer.find(_CREDENTIAL_NAMES.values())), None)
+
+
+def _credentials_from(layer: _Layer) -> dict[str, Any]:
+    """Keys if the layer has any (even an incomplete set, for the store to report), else its profile."""
+    names = _KEY_NAMES if layer.find(_KEY_NAMES.values()) else {"profile": "AWS_PROFILE"}
+    return {name: layer.values[env] for name, env in names.items() if layer.find([env])}
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+
+def _check_endpoint(url: Any, where: str) -> None:
+    """Accept ``http(s)://host[:port][/path]``; boto3 would fail later with a bare 'Invalid endpoint'."""
+    problem = _endpoint_problem(url)
+    if problem:
+        raise ConfigError(f"endpoint {url!r} ({where}) {problem}")
+
+
+def _endpoint_problem(url: Any) -> str | None:
+    if not isinstance(url, str):
+        return f"must be a URL string, not {type(url).__name__}"
+    if "://" not in url:
+        return f"has no scheme; use http://{url} (or https://{url} if the server uses TLS)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- parsing the port is what raises on a bad one
+    except ValueError as exc:
+        return f"is not a valid URL ({exc}); use http(s)://host[:port]"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"uses the scheme {parts.scheme!r}; S3 endpoints are http:// or https://"
+    if "@" in parts.netloc:
+        # User info would be sent nowhere useful and would show in logs; credentials go elsewhere.
+        return "holds a user name or password; remove it and set the credentials as access keys"
+    if not parts.hostname:
+        return "has no host; use http(s)://host[:port], e.g. http://127.0.0.1:8333"
+    if parts.query or parts.fragment:
+        return "has a query or fragment; use http(s)://host[:port][/path]"
+    return None
+
+
+def _check_endpoint_trust(endpoint: _Layer, variable: str, credentials: _Layer | None) -> None:
+    """Refuse an endpoint from a current-folder .env for credentials it did not bring itself."""
+    if endpoint.trusted or (credentials is endpoint and endpoint.find(_KEY_NAMES.values())):
+        return
+    path = endpoint.origin.removeprefix(".env file ")
+    raise ConfigError(
+        f"{variable} is set in {path}, a .env file in the current folder rather than the running script's "
+        f"project folder, but the credentials come from {_describe_credentials(credentials)}. An endpoint from "
+        "the folder you happen to work in is not trusted with credentials from elsewhere, since they would be "
+        f"sent to whatever server it names. Either set {variable} in the environment (or pass endpoint_url=...), "
+        f"or put AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in {path} as well."
+    )
+
+
+def _describe_credentials(layer: _Layer | None) -> str:
+    if layer is None:
+        return "boto3's default chain (AWS shared credentials/config files, container or instance role)"
+    where = {"argument": "the arguments", "environment": "the environment"}.get(layer.origin, layer.origin)
+    if layer.find(_KEY_NAMES.values()):
+        return f"the access keys in {where}"
+    return f"AWS profile {layer.values['AWS_PROFILE']!r} named in {where} (your own keys from the shared files)"
+
+
+def _seconds(value: float, round_up: bool = False) -> str:
+    """A duration for a message, to the millisecond; rounded up when it is a lower bound to meet."""
+    if round_up:
+        value = math.ceil(value * 1000 - 1e-6) / 1000
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+# -- settings ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved configuration. Build it with :meth:`resolve`; it never reads files itself."""
+    """Resolved configuration. Build it with :meth:`resolve`; it never reads files itself.
+
+    Values are checked on construction too, so settings built directly fail as early.
+    """
 
     cache_dir: str = "cache"
     bucket: str | None = None
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
+    access_key_id: Secret | None = None
+    secret_access_key: Secret | None = None
+    session_token: Secret | None = None
     connect_timeout: float = 5.0
     read_timeout: float = 15.0
     max_attempts: int = 4
@@ -110,8 +311,83 @@ class Settings:
     fallback: bool = True
     """Use a local folder when S3 has no credentials or cannot be reached; False raises instead."""
     fallback_dir: str = field(default_factory=_default_fallback_dir)
+    durable: bool = False
+    """fsync each written file and its folder, so an entry survives power loss; off by default for a
+    cache, where a lost entry is recomputed."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting came from: ``argument``, ``environment``, ``.env file <path>``."""
+
+    def __post_init__(self) -> None:
+        for name in _KEY_NAMES:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Secret):
+                self._set(name, Secret(value))
+        for name in ("cache_dir", "fallback_dir"):
+            self._set(name, os.fspath(getattr(self, name)))
+        for name in _FLAGS:
+            self._set(name, self._flag(name))
+        for name in _TIMEOUTS:
+            self._set(name, self._number(name, float, minimum=0.001))
+        self._set("max_attempts", self._number("max_attempts", int, minimum=1))
+        if self.endpoint_url == "":
+            self._set("endpoint_url", None)
+        if self.endpoint_url is not None:
+            _check_endpoint(self.endpoint_url, self._where("endpoint_url"))
+        self._check_retry_budget()
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # frozen: only normalised here, before anyone sees it
+
+    def _where(self, name: str) -> str:
+        return f"setting {name}, {' or '.join(_ENV_NAMES[name])}, from {self.sources.get(name, 'argument')}"
+
+    def _flag(self, name: str) -> bool:
+        value = getattr(self, name)
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text not in _TRUE | _FALSE:
+            raise ConfigError(
+                f"setting {name} ({_ENV_NAMES[name][0]}) = {value!r} (from {self.sources.get(name, 'argument')}) "
+                "is not a yes/no value; use 1/0, true/false, yes/no or on/off"
+            )
+        return text in _TRUE
+
+    def _number(self, name: str, kind: type, minimum: float) -> Any:
+        value = getattr(self, name)
+        try:
+            # A fractional attempt count would be truncated silently; NaN and inf would disable the checks.
+            number = None if kind is int and isinstance(value, float) and not value.is_integer() else kind(value)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+        if number is None or not math.isfinite(number) or number < minimum:
+            what = "a whole number" if kind is int else "a finite number of seconds"
+            raise ConfigError(
+                f"setting {name} ({_ENV_NAMES[name][0]}) = {value!r} (from {self.sources.get(name, 'argument')}) "
+                f"must be {what} >= {minimum:g}"
+            )
+        return number
+
+    def _check_retry_budget(self) -> None:
+        """Refuse a deadline that leaves no room for the retries ``max_attempts`` promises.
+
+        The retry policy starts a new attempt only if it could still finish (connect + read
+        timeout) before ``total_timeout``, so after one stalled attempt a retry needs twice that.
+        """
+        attempt = self.connect_timeout + self.read_timeout
+        needed = 2 * attempt
+        if self.max_attempts <= 1 or self.total_timeout >= needed - 1e-9:
+            return
+        raise ConfigError(
+            f"total_timeout (JANGDOK_TOTAL_TIMEOUT) = {_seconds(self.total_timeout)} s leaves no time for a retry, "
+            f"so max_attempts (JANGDOK_MAX_ATTEMPTS) = {self.max_attempts} would silently mean 1: after one "
+            "stalled attempt of up to connect_timeout + read_timeout = "
+            f"{_seconds(self.connect_timeout)} + {_seconds(self.read_timeout)} = {_seconds(attempt)} s, another "
+            "would overrun the deadline, so none starts. Either raise JANGDOK_TOTAL_TIMEOUT to at least "
+            f"{_seconds(needed, round_up=True)}, or lower JANGDOK_CONNECT_TIMEOUT and JANGDOK_READ_TIMEOUT so "
+            f"that twice their sum is at most {_seconds(self.total_timeout)} (or set JANGDOK_MAX_ATTEMPTS=1 to "
+            "make a single attempt on purpose)."
+        )
 
     @classmethod
     def resolve(cls, **explicit: Any) -> Settings:
@@ -120,74 +396,41 @@ class Settings:
         unknown = set(explicit) - names
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        explicit = {name: value for name, value in explicit.items() if value is not None}
-        dotenv_values, dotenv_origin = _read_dotenv(_dotenv_paths())
-
-        layers: list[tuple[Mapping[str, str], Mapping[str, str] | str]] = [
-            (os.environ, "environment"),
-            (dotenv_values, dotenv_origin),
-        ]
+        variables = {**{name: env[0] for name, env in _ENV_NAMES.items()}, **_CREDENTIAL_NAMES}
+        arguments = {variables[name]: value for name, value in explicit.items() if value is not None}
+        layers = [_Layer("argument", arguments), _Layer("environment", os.environ), *_dotenv_layers()]
 
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
+        endpoint: tuple[_Layer, str] | None = None
         for name, env_names in _ENV_NAMES.items():
-            if name in explicit:
-                values[name], sources[name] = explicit[name], "argument"
-                continue
-            for layer, origin in layers:
-                found = next((env for env in env_names if layer.get(env)), None)
-                if found:
-                    values[name] = layer[found]
-                    sources[name] = origin if isinstance(origin, str) else origin[found]
+            for layer in layers:
+                variable = layer.find(env_names)
+                if variable:
+                    values[name], sources[name] = layer.values[variable], layer.origin
+                    if name == "endpoint_url":
+                        endpoint = (layer, variable)
                     break
 
-        # Credentials come whole from the first source that has any: keys, or else a profile.
-        explicit_layer = {env: explicit[name] for name, env in _CREDENTIAL_NAMES.items() if name in explicit}
-        for layer, origin in [(explicit_layer, "argument"), *layers]:
-            found = next((env for env in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE") if layer.get(env)), None)
-            if found:
-                names = _KEY_NAMES if found == "AWS_ACCESS_KEY_ID" else {"profile": "AWS_PROFILE"}
-                values.update({name: layer[env] for name, env in names.items() if layer.get(env)})
-                sources["credentials"] = origin if isinstance(origin, str) else origin[found]
-                break
-        return cls(**_coerce(values), sources=sources)
+        credentials = _credential_layer(layers)
+        if credentials is not None:
+            values.update(_credentials_from(credentials))
+            sources["credentials"] = credentials.origin
+        if endpoint is not None:
+            layer, variable = endpoint
+            _check_endpoint(values["endpoint_url"], layer.where(variable, "endpoint_url"))
+            _check_endpoint_trust(layer, variable, credentials)
+        return cls(**values, sources=sources)
 
     @property
     def credentials_source(self) -> str:
         """Human-readable origin of the credentials boto3 will use (keys are masked)."""
+        origin = self.sources.get("credentials", "argument")
         if self.access_key_id:
-            origin = self.sources.get("credentials", "argument")
-            return f"access key {mask_secret(self.access_key_id)} from {origin}"
+            return f"access key {mask_secret(reveal(self.access_key_id))} from {origin}"
+        if self.secret_access_key or self.session_token:
+            held = "secret access key" if self.secret_access_key else "session token"
+            return f"a {held} without an access key id, from {origin}"
         if self.profile:
-            return f"AWS profile {self.profile!r} (from {self.sources.get('credentials', 'argument')})"
+            return f"AWS profile {self.profile!r} (from {origin})"
         return "boto3's default chain (shared credentials/config files, container or instance role)"
-
-
-def _coerce(values: dict[str, Any]) -> dict[str, Any]:
-    """Turn environment strings into typed values, naming the variable on failure."""
-    out = dict(values)
-    for name in ("connect_timeout", "read_timeout", "total_timeout"):
-        if name in out:
-            out[name] = _number(float, name, out[name], minimum=0.001)
-    if "max_attempts" in out:
-        out["max_attempts"] = _number(int, "max_attempts", out["max_attempts"], minimum=1)
-    if "fallback" in out and isinstance(out["fallback"], str):
-        text = out["fallback"].strip().lower()
-        if text not in _TRUE | _FALSE:
-            raise ConfigError(f"JANGDOK_FALLBACK={out['fallback']!r} is not a yes/no value; use 1 or 0")
-        out["fallback"] = text in _TRUE
-    for name in ("cache_dir", "fallback_dir"):
-        if name in out:
-            out[name] = os.fspath(out[name])
-    return out
-
-
-def _number(kind: type, name: str, value: Any, minimum: float) -> Any:
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or number < minimum:
-        env = _ENV_NAMES[name][0]
-        raise ConfigError(f"setting {name} ({env}) = {value!r} must be a number >= {minimum}")
-    return number

@@ -13,7 +13,7 @@ __all__ = ["Store", "Reader", "ObjectInfo", "Capabilities", "Chunks", "LocalStor
 def open_store(location: Location, settings: Settings) -> Store:
     """The backend for a location. S3 stores are checked (credentials, bucket) on opening."""
     if not location.is_s3:
-        return LocalStore(location)
+        return LocalStore(location, durable=settings.durable)
     from .s3 import S3Store  # boto3 costs ~0.3 s to import; local-only users never pay it
 
     store = S3Store(location, settings)

@@ -1,20 +1,41 @@
-"""A store in a local folder. Writes are atomic: a unique temporary file, then ``os.replace``."""
+"""A store in a local folder. Writes are atomic: a unique temporary file, then ``os.replace``.
+
+What the folder may hold besides entries, and how each operation treats it:
+
+- A folder where an entry should be is not an entry: ``read``/``stat`` miss, ``delete`` returns
+  ``False`` (folders are never removed), ``write`` raises ``StoreUnavailable`` saying a folder is
+  in the way.
+- A symbolic link counts as the file it points to. One that points nowhere (dangling, or a loop)
+  is not an entry: ``read``/``stat`` miss, ``list`` skips it (a loop with a WARNING naming it),
+  ``write`` replaces the link itself and ``delete`` removes it. Links to folders are not followed
+  by ``list``.
+- Names starting with :data:`~jangdok.location.TEMP_MARKER` are writes (or deletes) in progress,
+  or what a killed process left; they are never listed and ``cleanup`` removes the old ones.
+
+No ``OSError`` leaves this module: failures become :mod:`jangdok.errors` types naming the path.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
+import logging
 import os
 import secrets
-from collections.abc import Iterator
-from stat import S_ISREG
+import time
+from collections.abc import Callable, Iterator
+from stat import S_ISDIR, S_ISREG
 
 from ..errors import AccessDenied, InvalidKey, StoreUnavailable
 from ..location import TEMP_MARKER, Location, validate_key
-from .base import Capabilities, Chunks, ObjectInfo, Reader, Store, iter_chunks
+from .base import Capabilities, Chunks, ObjectInfo, Reader, Store, check_range, iter_chunks
 
 __all__ = ["LocalStore"]
+
+log = logging.getLogger("jangdok")
+
+# Put a moved-aside symlinked entry back as the link itself, not as its target, where supported.
+_LINK_NAME: dict[str, bool] = {"follow_symlinks": False} if os.link in os.supports_follow_symlinks else {}
 
 
 def _object_info(key: str, result: os.stat_result) -> ObjectInfo:
@@ -23,12 +44,19 @@ def _object_info(key: str, result: os.stat_result) -> ObjectInfo:
     return ObjectInfo(key, result.st_size, result.st_mtime, version)
 
 
+def _is_missing(exc: OSError) -> bool:
+    """Errors meaning "no file there": gone, a file where a folder was expected, a symlink loop."""
+    return isinstance(exc, (FileNotFoundError, NotADirectoryError)) or exc.errno == errno.ELOOP
+
+
 class _FileReader(Reader):
     """A file limited to ``[start, stop)``, so local and S3 range reads behave the same."""
 
-    def __init__(self, key: str, file: io.BufferedReader, start: int, stop: int | None) -> None:
+    def __init__(self, key: str, file: io.BufferedReader, start: int, stop: int | None,
+                 error: Callable[[OSError], Exception]) -> None:
         super().__init__()
         self._file = file
+        self._error = error
         self.info = _object_info(key, os.fstat(file.fileno()))
         end = self.info.size if stop is None else min(stop, self.info.size)
         self.size = max(0, end - start)
@@ -37,7 +65,10 @@ class _FileReader(Reader):
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
         view = memoryview(buffer).cast("B")[: self._remaining]
-        count = self._file.readinto(view)
+        try:
+            count = self._file.readinto(view)
+        except OSError as exc:  # a failing disk: the caller sees a store error, never short data
+            raise self._error(exc) from exc
         self._remaining -= count
         return count
 
@@ -47,15 +78,22 @@ class _FileReader(Reader):
 
 
 class LocalStore(Store):
-    """Objects are files under ``location.root``; keys map to paths one segment per folder."""
+    """Objects are files under ``location.root``; keys map to paths one segment per folder.
+
+    With ``durable=True`` a write returns only once the entry survives a power cut: the data is
+    fsynced before the rename and the folder after it (several milliseconds per write on most
+    disks). Without it, a crash of the *machine* may leave an empty or missing entry (never a
+    torn one under the key's name on journaling file systems); a crash of the process never can.
+    """
 
     name = "local"
-    capabilities = Capabilities(shared=False, range_reads=True)
+    capabilities = Capabilities(shared=False, range_reads=True, conditional_delete=True)
 
-    def __init__(self, location: Location) -> None:
+    def __init__(self, location: Location, durable: bool = False) -> None:
         if location.is_s3:
             raise ValueError(f"LocalStore needs a folder, got {location.url}")
         self.location = location
+        self.durable = durable
 
     def _os_error(self, exc: OSError, verb: str, path: str) -> Exception:
         if isinstance(exc, PermissionError):
@@ -64,83 +102,217 @@ class LocalStore(Store):
             return InvalidKey(f"Local error {verb} {path}: the name is too long for this file system")
         return StoreUnavailable(f"Local error {verb} {path}: {exc.strerror or exc}; check the disk and the folder")
 
+    def _temp_path(self, folder: str) -> str:
+        # A random suffix keeps concurrent writers (and deleters) out of each other's files.
+        return os.path.join(folder, f"{TEMP_MARKER}{secrets.token_hex(8)}")
+
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
+        check_range(start, stop)
         path = self.location.local_path(key)
         try:
             file = open(path, "rb")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        except IsADirectoryError:
             return None
         except OSError as exc:
+            if _is_missing(exc):
+                return None
             raise self._os_error(exc, "loading", path) from exc
-        return _FileReader(key, file, start, stop)
+        try:
+            return _FileReader(key, file, start, stop, lambda exc: self._os_error(exc, "loading", path))
+        except OSError as exc:
+            file.close()
+            raise self._os_error(exc, "loading", path) from exc
 
     def write(self, key: str, data: Chunks) -> None:
         path = self.location.local_path(key)
-        folder = os.path.dirname(path)
+        folder = os.path.dirname(path) or "."
         # Same folder as the target, so os.replace is a rename within one file system and
-        # readers see either the old file or the new one. A random suffix keeps concurrent
-        # writers of the same key out of each other's temporary files.
-        temp = os.path.join(folder, f"{TEMP_MARKER}{secrets.token_hex(8)}")
+        # readers see either the old file or the new one.
+        temp = self._temp_path(folder)
         try:
-            os.makedirs(folder or ".", exist_ok=True)
+            new_folders = not os.path.isdir(folder)
+            if new_folders:
+                os.makedirs(folder, exist_ok=True)
             with open(temp, "xb") as file:
                 for chunk in iter_chunks(data):
                     file.write(chunk)
+                if self.durable:  # the data must be on disk before its name can point at it
+                    file.flush()
+                    os.fsync(file.fileno())
             os.replace(temp, path)
+            if self.durable:
+                self._sync_folders(folder, new_folders)
         except BaseException as exc:
-            with contextlib.suppress(OSError):  # cleanup only: the original error matters
+            try:  # cleanup only: the original error matters
                 os.unlink(temp)
+            except OSError:
+                pass
             if isinstance(exc, OSError):
-                raise self._os_error(exc, "saving", path) from exc
+                raise self._write_error(exc, path, folder) from exc
             raise
+
+    def _write_error(self, exc: OSError, path: str, folder: str) -> Exception:
+        """Say what is in the way when a file or folder occupies a name the key needs."""
+        # EACCES: what Windows says when renaming onto a folder.
+        if exc.errno in (errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.EACCES) and os.path.isdir(path):
+            return StoreUnavailable(f"Local error saving {path}: a folder is in the way at {path}; "
+                                    "remove or rename it (entries are files)")
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.ELOOP):
+            blocker = folder
+            while os.path.dirname(blocker) not in ("", blocker) and not os.path.isdir(os.path.dirname(blocker)):
+                blocker = os.path.dirname(blocker)  # climb to the topmost name that is not a folder
+            return StoreUnavailable(f"Local error saving {path}: {blocker} is in the way (it is not a folder); "
+                                    "remove or rename it, or use another key")
+        return self._os_error(exc, "saving", path)
+
+    def _sync_folders(self, folder: str, new_folders: bool) -> None:
+        """Make the rename durable: it lives in the folder's entries. New folders' own names live
+        in their parents', so those are synced too, up to the root's parent."""
+        if not hasattr(os, "O_DIRECTORY"):  # Windows cannot open folders; NTFS journals renames
+            return
+        stop = os.path.dirname(os.path.abspath(self.location.root))
+        current = os.path.abspath(folder)
+        while True:
+            fd = os.open(current, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if not new_folders or current == stop or os.path.dirname(current) == current:
+                return
+            current = os.path.dirname(current)
 
     def delete(self, key: str, version: str | None = None) -> bool:
         path = self.location.local_path(key)
-        if version is not None:
-            current = self.stat(key)
-            if current is None or current.version != version:
+        if version is None:
+            return self._unlink(path)
+        current = self.stat(key)  # answers the usual miss or mismatch without moving anything
+        if current is None or current.version != version:
+            return False
+        # Stat-then-unlink could remove a good entry written in between. Renaming is atomic:
+        # once the file is aside no writer can replace it, so we judge exactly what we took.
+        aside = self._temp_path(os.path.dirname(path) or ".")
+        try:
+            os.rename(path, aside)
+        except OSError as exc:
+            if _is_missing(exc):  # deleted or replaced by a folder meanwhile
                 return False
+            raise self._os_error(exc, "deleting", path) from exc
+        try:
+            taken = os.stat(aside)  # follows a symlinked entry, as stat() and read() do
+        except OSError:
+            taken = None  # a dangling link or loop raced in: not the version asked for
+        if taken is not None and S_ISREG(taken.st_mode) and _object_info(key, taken).version == version:
+            self._remove_aside(aside, path)
+            return True
+        self._put_back(aside, path)
+        return False
+
+    def _unlink(self, path: str) -> bool:
         try:
             os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
         except OSError as exc:
+            if _is_missing(exc) or os.path.isdir(path):  # a folder is not an entry: never removed
+                return False
             raise self._os_error(exc, "deleting", path) from exc
         return True
+
+    def _remove_aside(self, aside: str, path: str) -> None:
+        try:
+            os.unlink(aside)
+        except OSError as exc:
+            raise StoreUnavailable(f"Local error deleting {path}: the entry was moved to {aside} but could not be "
+                                   f"removed there ({exc.strerror or exc}); cleanup() removes it later") from exc
+
+    def _put_back(self, aside: str, path: str) -> None:
+        """Return a newer entry a versioned delete took by mistake, unless a newer one still
+        arrived meanwhile: link() never replaces, so the newest entry always wins."""
+        try:
+            if S_ISDIR(os.lstat(aside).st_mode):  # a folder raced in; link() cannot take folders
+                os.rename(aside, path)
+                return
+            try:
+                os.link(aside, path, **_LINK_NAME)
+            except FileExistsError:
+                pass
+            os.unlink(aside)
+        except OSError as exc:
+            raise StoreUnavailable(f"Local error deleting {path}: a newer entry was moved aside to {aside} and could "
+                                   f"not be put back ({exc.strerror or exc}); rename it to {path}") from exc
 
     def stat(self, key: str) -> ObjectInfo | None:
         path = self.location.local_path(key)
         try:
             result = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
         except OSError as exc:
+            if _is_missing(exc):
+                return None
             raise self._os_error(exc, "checking", path) from exc
         if not S_ISREG(result.st_mode):
             return None
         return _object_info(key, result)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        root = self.location.root
+    def _walk(self, prefix: str, verb: str) -> Iterator[tuple[str, str, list[str]]]:
+        """``(folder, key prefix of its entries, file names)`` for every folder that can hold
+        keys starting with ``prefix``. The walk starts in the deepest folder the prefix names,
+        so ``list("chapters/")`` never reads the rest of the cache."""
+        top = prefix.rpartition("/")[0]
+        try:
+            start = self.location.local_path(top) if top else self.location.root
+        except InvalidKey:
+            return  # no key lies in a folder with a malformed name
 
         def unreadable(exc: OSError) -> None:
-            if not isinstance(exc, FileNotFoundError):  # a missing root is an empty cache
-                raise self._os_error(exc, "listing", exc.filename or root) from exc
+            if not _is_missing(exc):  # a missing folder is an empty one
+                raise self._os_error(exc, verb, exc.filename or start) from exc
 
-        for folder, dirs, files in os.walk(root, onerror=unreadable):
-            dirs.sort()
-            relative = os.path.relpath(folder, root)
+        for folder, dirs, files in os.walk(start, onerror=unreadable):
+            relative = os.path.relpath(folder, self.location.root)
             base = "" if relative == "." else relative.replace(os.sep, "/") + "/"
-            if not (base.startswith(prefix) or prefix.startswith(base)):
-                dirs.clear()
-                continue
-            for name in sorted(files):
+            # Prune before descending, so folders outside the prefix are never read. Below the
+            # start folder the rest of the prefix has no "/", so this test is enough.
+            dirs[:] = sorted(d for d in dirs if (base + d + "/").startswith(prefix))
+            yield folder, base, sorted(files)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        for folder, base, names in self._walk(prefix, "listing"):
+            for name in names:
                 key = base + name
                 if not key.startswith(prefix):
                     continue
+                path = os.path.join(folder, name)
                 try:
                     validate_key(key)  # temporary files and names S3 could not hold either
-                    result = os.stat(os.path.join(folder, name))
-                except (InvalidKey, FileNotFoundError):  # the latter: deleted while we listed
+                    result = os.stat(path)
+                except InvalidKey:
                     continue
-                yield _object_info(key, result)
+                except FileNotFoundError:  # deleted while we listed, or a dangling link
+                    continue
+                except OSError as exc:  # one bad name (a symlink loop) must not hide the rest
+                    log.warning("Skipped %s while listing the cache: %s; remove or fix it", path,
+                                exc.strerror or exc, extra={"jangdok_event": "list_skipped", "jangdok_path": path})
+                    continue
+                if S_ISREG(result.st_mode):
+                    yield _object_info(key, result)
+
+    def cleanup(self, older_than: float, prefix: str = "") -> int:
+        """Remove temporary files last modified more than ``older_than`` seconds ago, in the
+        folders ``list(prefix)`` would read. A live writer's file is modified with every chunk,
+        so ``older_than`` only has to exceed the longest pause inside one write."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for folder, _base, names in self._walk(prefix, "cleaning up"):
+            for name in names:
+                if not name.startswith(TEMP_MARKER):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    if os.lstat(path).st_mtime >= cutoff:
+                        continue
+                    os.unlink(path)
+                except FileNotFoundError:  # its writer finished, or another cleanup was faster
+                    continue
+                except OSError as exc:
+                    raise self._os_error(exc, "cleaning up", path) from exc
+                removed += 1
+        return removed

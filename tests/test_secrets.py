@@ -1,0 +1,263 @@
+"""Credentials: one source each, an endpoint trusted only as far as its credentials, .env files
+that hold secrets kept private, and secrets that never show in a repr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+
+from jangdok import Cache, ConfigError, CredentialsError, Settings
+from jangdok.settings import Secret, reveal
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY"
+TOKEN = "FwoGZXIvYXdzEJr//////////wEaDSESSIONTOKENTEXT"
+
+
+def write_env(folder: Path, mode: int = 0o600, **values: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".env"
+    path.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder distinct from the current one: the running script lives there."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(folder / "app.py"), raising=False)
+    return folder
+
+
+def set_env_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ENVKEY0000000001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+
+
+# -- one source for all the credentials ---------------------------------------------------------
+
+
+def test_an_explicit_secret_is_not_replaced_by_the_environments(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env_keys(monkeypatch)
+    settings = Settings.resolve(secret_access_key="explicit-secret")
+    assert settings.secret_access_key == Secret("explicit-secret") and settings.access_key_id is None
+    assert settings.sources["credentials"] == "argument"
+    assert settings.credentials_source == "a secret access key without an access key id, from argument"
+    # The store then says what is missing instead of signing with the environment's pair.
+    with pytest.raises(CredentialsError, match="AWS_ACCESS_KEY_ID is missing"):
+        Cache("s3://bucket/cache/", secret_access_key="explicit-secret", fallback=False).get("k")
+
+
+def test_an_explicit_session_token_is_not_paired_with_the_environments_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env_keys(monkeypatch)
+    settings = Settings.resolve(session_token=TOKEN)
+    assert reveal(settings.session_token) == TOKEN
+    assert settings.access_key_id is None and settings.secret_access_key is None
+    assert settings.sources["credentials"] == "argument"
+
+
+def test_an_explicit_key_without_secret_stays_incomplete(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env_keys(monkeypatch)
+    settings = Settings.resolve(access_key_id="ARGKEY0000000001")
+    assert reveal(settings.access_key_id) == "ARGKEY0000000001" and settings.secret_access_key is None
+    with pytest.raises(CredentialsError, match=r"AWS_ACCESS_KEY_ID is set \(in argument\)"):
+        Cache("s3://bucket/cache/", access_key_id="ARGKEY0000000001", fallback=False).get("k")
+
+
+def test_a_secret_alone_in_the_environment_is_not_topped_up_from_dotenv(isolated_env: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    write_env(isolated_env, AWS_ACCESS_KEY_ID="DOTENVKEY0000001", AWS_SECRET_ACCESS_KEY="dotenv-secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    settings = Settings.resolve()
+    assert settings.access_key_id is None and reveal(settings.secret_access_key) == "env-secret"
+    assert settings.sources["credentials"] == "environment"
+
+
+def test_two_dotenv_files_are_two_sources(project: Path, isolated_env: Path) -> None:
+    project_env = write_env(project, AWS_ACCESS_KEY_ID="PROJECTKEY000001")
+    write_env(isolated_env, AWS_ACCESS_KEY_ID="CWDKEY0000000001", AWS_SECRET_ACCESS_KEY="cwd-secret")
+    settings = Settings.resolve()
+    assert reveal(settings.access_key_id) == "PROJECTKEY000001" and settings.secret_access_key is None
+    assert settings.sources["credentials"] == f".env file {project_env}"
+
+
+# -- the endpoint is trusted as far as the credentials it receives -------------------------------
+
+
+def refused(match: str = "") -> AbstractContextManager[pytest.ExceptionInfo[ConfigError]]:
+    return pytest.raises(ConfigError, match=match or "not trusted with credentials from elsewhere")
+
+
+def test_a_current_folder_endpoint_gets_no_credentials_from_the_environment(
+        project: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_env(isolated_env, AWS_ENDPOINT_URL="http://attacker.example:8333")
+    set_env_keys(monkeypatch)
+    with refused() as caught:
+        Settings.resolve()
+    message = str(caught.value)
+    assert f"AWS_ENDPOINT_URL is set in {path}" in message
+    assert "the credentials come from the access keys in the environment" in message
+    assert "set AWS_ENDPOINT_URL in the environment" in message
+    assert f"put AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in {path} as well" in message
+    assert "env-secret" not in message
+
+
+def test_a_current_folder_endpoint_gets_no_credentials_from_arguments(project: Path, isolated_env: Path) -> None:
+    write_env(isolated_env, AWS_ENDPOINT_URL_S3="http://attacker.example:8333")
+    with refused("AWS_ENDPOINT_URL_S3 is set in .*the access keys in the arguments"):
+        Settings.resolve(access_key_id="ARGKEY0000000001", secret_access_key="arg-secret")
+
+
+def test_a_current_folder_endpoint_gets_no_profile(project: Path, isolated_env: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    write_env(isolated_env, AWS_ENDPOINT_URL="http://attacker.example:8333")
+    monkeypatch.setenv("AWS_PROFILE", "team")
+    with refused("AWS profile 'team' named in the environment"):
+        Settings.resolve()
+    # Naming the profile in the same file does not make the keys it points to that file's.
+    write_env(isolated_env, AWS_ENDPOINT_URL="http://attacker.example:8333", AWS_PROFILE="default")
+    monkeypatch.delenv("AWS_PROFILE")
+    with refused("AWS profile 'default' named in .env file"):
+        Settings.resolve()
+
+
+def test_a_current_folder_endpoint_gets_nothing_from_the_default_chain(project: Path, isolated_env: Path) -> None:
+    write_env(isolated_env, AWS_ENDPOINT_URL="http://attacker.example:8333")
+    with refused("credentials come from boto3's default chain"):
+        Settings.resolve()
+    with refused():
+        Cache("s3://bucket/cache/").get("k")  # fallback does not hide it: it is a configuration error
+
+
+def test_a_current_folder_endpoint_gets_no_keys_from_the_project_dotenv(project: Path, isolated_env: Path) -> None:
+    project_env = write_env(project, AWS_ACCESS_KEY_ID="PROJECTKEY000001", AWS_SECRET_ACCESS_KEY="project-secret")
+    write_env(isolated_env, AWS_ENDPOINT_URL="http://attacker.example:8333")
+    with refused(f"the access keys in .env file {project_env}"):
+        Settings.resolve()
+
+
+def test_a_current_folder_endpoint_with_its_own_keys_is_used(project: Path, isolated_env: Path) -> None:
+    path = write_env(isolated_env, AWS_ENDPOINT_URL="http://127.0.0.1:8333",
+                     AWS_ACCESS_KEY_ID="CWDKEY0000000001", AWS_SECRET_ACCESS_KEY="cwd-secret")
+    settings = Settings.resolve()
+    assert settings.endpoint_url == "http://127.0.0.1:8333"
+    assert settings.sources["endpoint_url"] == settings.sources["credentials"] == f".env file {path}"
+
+
+@pytest.mark.parametrize("endpoint_from", ["environment", "argument", "project .env"])
+def test_a_trusted_endpoint_is_used_with_any_credentials(project: Path, isolated_env: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, endpoint_from: str) -> None:
+    # The current folder's .env names another endpoint and holds the keys; the trusted endpoint outranks it.
+    write_env(isolated_env, AWS_ENDPOINT_URL="http://elsewhere.example:1",
+              AWS_ACCESS_KEY_ID="CWDKEY0000000001", AWS_SECRET_ACCESS_KEY="cwd-secret")
+    trusted = "http://127.0.0.1:8333"
+    if endpoint_from == "environment":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", trusted)
+    elif endpoint_from == "project .env":
+        write_env(project, AWS_ENDPOINT_URL=trusted)
+    settings = Settings.resolve(endpoint_url=trusted if endpoint_from == "argument" else None)
+    assert settings.endpoint_url == trusted and reveal(settings.access_key_id) == "CWDKEY0000000001"
+    monkeypatch.setenv("AWS_PROFILE", "team")
+    assert Settings.resolve(endpoint_url=trusted if endpoint_from == "argument" else None).profile == "team"
+
+
+def test_the_current_folder_is_trusted_when_it_is_the_project_folder(isolated_env: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    write_env(isolated_env, AWS_ENDPOINT_URL="http://127.0.0.1:8333")
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(isolated_env / "app.py"), raising=False)
+    set_env_keys(monkeypatch)
+    assert Settings.resolve().endpoint_url == "http://127.0.0.1:8333"
+
+
+def test_the_trust_rule_in_a_real_script(tmp_path: Path) -> None:
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    script = project / "app.py"
+    write_env(project, S3_BUCKET_NAME="project-bucket")
+    write_env(elsewhere, AWS_ENDPOINT_URL="http://attacker.example:8333")
+    script.write_text(
+        "import json\nfrom jangdok import ConfigError, Settings\n"
+        "try:\n    s = Settings.resolve()\n    print(json.dumps([s.bucket, s.endpoint_url]))\n"
+        "except ConfigError as exc:\n    print(json.dumps(['refused', str(exc)]))\n"
+    )
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "ENVKEY0000000001", "AWS_SECRET_ACCESS_KEY": "env-secret"}
+
+    def run(cwd: Path) -> list[str]:
+        result = subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True,
+                                timeout=60, check=True)
+        return json.loads(result.stdout)
+
+    verdict, message = run(elsewhere)
+    assert verdict == "refused" and str(elsewhere / ".env") in message
+    (project / ".env").write_text("AWS_ENDPOINT_URL=http://127.0.0.1:8333\n")
+    assert run(elsewhere) == [None, "http://127.0.0.1:8333"], "the project's endpoint outranks the folder's"
+
+
+# -- .env files holding secrets stay private -------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("variable", ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_readable_dotenv_with_a_secret_is_warned_about(isolated_env: Path, caplog: pytest.LogCaptureFixture,
+                                                         capsys: pytest.CaptureFixture[str], variable: str,
+                                                         mode: int) -> None:
+    path = write_env(isolated_env, mode=mode, AWS_ACCESS_KEY_ID="DOTENVKEY0000001", **{variable: SECRET})
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        Settings.resolve()
+    warnings = [r for r in caplog.records if r.name == "jangdok" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert str(path) in message and variable in message and f"chmod 600 {path}" in message
+    assert SECRET not in message
+    assert capsys.readouterr() == ("", ""), "the library never prints"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_private_or_secretless_dotenv_files_are_not_warned_about(isolated_env: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    write_env(isolated_env, mode=0o600, AWS_ACCESS_KEY_ID="DOTENVKEY0000001", AWS_SECRET_ACCESS_KEY=SECRET)
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        Settings.resolve()
+        write_env(isolated_env, mode=0o644, CACHE_DIR="cache", AWS_ACCESS_KEY_ID="DOTENVKEY0000001")
+        Settings.resolve()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- secrets never in plain text -------------------------------------------------------------
+
+
+def assert_hidden(settings: Settings, *secrets: str) -> None:
+    shown = [repr(settings), str(settings), repr(settings.sources), str(dict(settings.sources)),
+             settings.credentials_source]
+    for secret in secrets:
+        for text in shown:
+            assert secret not in text and secret[:8] not in text
+
+
+def test_secrets_are_not_in_reprs_when_built_directly() -> None:
+    settings = Settings(access_key_id="AKIAIOSFODNN7EXAMPLE", secret_access_key=SECRET, session_token=TOKEN)
+    assert_hidden(settings, "AKIAIOSFODNN7EXAMPLE", SECRET, TOKEN)
+    assert reveal(settings.secret_access_key) == SECRET and reveal(settings.session_token) == TOKEN
+    short = Settings(access_key_id="AKIA", secret_access_key="tiny")
+    assert "tiny" not in repr(short) and "AKIA" not in repr(short)
+
+
+def test_secrets_are_not_in_reprs_when_resolved(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", TOKEN)
+    assert_hidden(Settings.resolve(), "AKIAIOSFODNN7EXAMPLE", SECRET, TOKEN)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name)
+    write_env(isolated_env, AWS_ACCESS_KEY_ID="AKIAIOSFODNN7EXAMPLE", AWS_SECRET_ACCESS_KEY=SECRET,
+              AWS_SESSION_TOKEN=TOKEN)
+    assert_hidden(Settings.resolve(), "AKIAIOSFODNN7EXAMPLE", SECRET, TOKEN)
+    assert_hidden(Settings.resolve(secret_access_key=SECRET, access_key_id="AKIAIOSFODNN7EXAMPLE"), SECRET)

@@ -20,7 +20,7 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent / "data")]
 
 from helpers import BUCKET, s3_settings  # noqa: E402
 from motoserver import start_moto  # noqa: E402
-from seaweed import SeaweedServer, start_seaweed  # noqa: E402
+from seaweed import SeaweedServer, credentials_env, start_seaweed  # noqa: E402
 
 import jangdok.paths  # noqa: E402
 from jangdok import Cache, Settings, parse_location  # noqa: E402
@@ -102,6 +102,15 @@ def cache_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
         return str(tmp_path / "cache")
     request.getfixturevalue("seaweed")
     return request.getfixturevalue("s3_url")
+
+
+@pytest.fixture
+def backend_env(backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Environment under which the path-level functions reach the parametrised backend."""
+    monkeypatch.setenv("JANGDOK_FALLBACK", "0")
+    if backend == "s3":
+        for name, value in credentials_env(request.getfixturevalue("seaweed")).items():
+            monkeypatch.setenv(name, value)
 
 
 @pytest.fixture

@@ -197,3 +197,65 @@ def test_path_level_functions_on_s3_paths(seaweed, s3_url: str, monkeypatch: pyt
     assert jangdok.stat(path).store == "S3"
     assert len(jangdok.load(path)) == 2
     assert jangdok.remove(path) and jangdok.load(path, "gone") == "gone"
+
+
+def test_an_entry_written_for_another_key_is_never_returned_nor_deleted(cache: Cache,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    cache.put("a.pkl", "the value of a")
+    cache.put("b.pkl", "the value of b")
+    with cache.store.read("a.pkl") as reader:
+        cache.store.write("b.pkl", reader.read())  # a's entry copied by hand over b
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get("b.pkl", "miss") == "miss"
+        assert cache.stat("b.pkl") is None
+    assert "was written for key 'a.pkl'" in caplog.text and "skipped (kept)" in caplog.text
+    assert cache.exists("b.pkl"), "it may be the only copy of a's entry"
+    assert cache.get("a.pkl") == "the value of a"
+
+
+def test_one_entry_is_found_under_the_keys_of_every_root(cache: Cache, cache_url: str, backend: str,
+                                                         backend_env: None) -> None:
+    cache.put("chapters/x.pkl", [1, 2, 3])
+    path = jangdok.join(cache_url, "chapters", "x.pkl")
+    assert jangdok.load(path) == [1, 2, 3]  # keyed from the bucket root or the folder
+    jangdok.save(path, [4])
+    assert cache.get("chapters/x.pkl") == [4]
+
+
+def test_unicode_forms_of_a_key_are_one_entry(cache: Cache) -> None:
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "김치.pkl")
+    assert nfd != "김치.pkl"
+    cache.put(nfd, "kimchi")
+    assert cache.get("김치.pkl") == "kimchi" and list(cache.keys()) == ["김치.pkl"]
+    assert cache.stat(nfd).key == "김치.pkl" and cache.delete(nfd) is True
+
+
+def test_an_unpicklable_value_is_refused_naming_key_and_type_and_nothing_is_written(cache: Cache) -> None:
+    import threading
+
+    with pytest.raises(jangdok.InvalidValue, match=r"key 'lock.pkl' of type dict cannot be pickled"):
+        cache.put("lock.pkl", {"lock": threading.Lock()})
+    with pytest.raises(TypeError, match="metadata must be a mapping"):
+        cache.put("m.pkl", 1, metadata=[("seq", 30)])
+    assert list(cache.keys()) == []
+
+
+def test_put_now_and_then_removes_stale_temp_files_next_to_its_key(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import jangdok.cache
+    from jangdok.location import TEMP_MARKER
+
+    folder = tmp_path / "cache" / "chapters"
+    folder.mkdir(parents=True)
+    stale, young = folder / f"{TEMP_MARKER}killed-writer", folder / f"{TEMP_MARKER}live-writer"
+    stale.write_bytes(b"half an entry")
+    young.write_bytes(b"a write in progress")
+    os.utime(stale, (time.time() - 2 * 3600,) * 2)
+    monkeypatch.setattr(jangdok.cache, "CLEANUP_CHANCE", 1.0)
+    with Cache(tmp_path / "cache", fallback=False) as cache:
+        cache.put("chapters/x.pkl", 1)
+    assert not stale.exists() and young.exists()

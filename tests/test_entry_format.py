@@ -6,10 +6,11 @@ import io
 import pickle
 from pathlib import Path
 
+import make_golden
 import pytest
 from make_golden import CREATED_AT, METADATA, VALUE
 
-from jangdok import CorruptEntry, UnsupportedEntry, entry
+from jangdok import CorruptEntry, InvalidValue, UnsupportedEntry, entry
 
 DATA = Path(__file__).parent / "data"
 
@@ -84,7 +85,7 @@ def test_header_size_reads_only_the_prefix() -> None:
 
 
 def test_metadata_must_be_json() -> None:
-    with pytest.raises(TypeError, match="JSON-serializable"):
+    with pytest.raises(InvalidValue, match="JSON-serializable"):
         entry.encode(1, {"when": object()})
 
 
@@ -126,4 +127,91 @@ def test_reader_limits_are_not_mistaken_for_damage(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(entry.pickle, "loads", out_of_memory)
     with pytest.raises(MemoryError):
+        entry.decode(io.BytesIO(data), len(data))
+
+
+def test_entries_record_their_key_and_format_1_readers_ignore_unknown_fields() -> None:
+    header, chunks = entry.encode(VALUE, METADATA, created_at=CREATED_AT, key="chapters/김치.pkl")
+    data = b"".join(bytes(c) for c in chunks)
+    assert header.version == 1 and header.key == "chapters/김치.pkl"
+    assert entry.decode(io.BytesIO(data), len(data), "chapters/김치.pkl").value == VALUE
+    # The key is a field a format-1 reader does not know; the golden file of such a reader's era
+    # decodes, and so does an entry carrying a field from the future.
+    future = make_golden.with_header(data, some_future_field={"x": 1})
+    assert entry.decode(io.BytesIO(future), len(future)).value == VALUE
+
+
+@pytest.mark.parametrize(("recorded", "reading", "belongs"), [
+    ("x.pkl", "x.pkl", True),
+    ("x.pkl", "cache/x.pkl", True),       # written through Cache("s3://b/cache/"), read by path
+    ("cache/x.pkl", "x.pkl", True),       # and the other way round
+    ("x.pkl", "y.pkl", False),
+    ("x.pkl", "cache/ax.pkl", False),     # a suffix, but not whole segments
+    ("a/x.pkl", "b/x.pkl", False),
+])
+def test_an_entry_for_another_key_is_refused_before_its_payload(recorded: str, reading: str, belongs: bool) -> None:
+    _, chunks = entry.encode(["payload"], key=recorded)
+    data = b"".join(bytes(c) for c in chunks)
+    if belongs:
+        assert entry.decode(io.BytesIO(data), len(data), reading).value == ["payload"]
+    else:
+        with pytest.raises(entry.ForeignEntry, match=f"written for key {recorded!r}"):
+            entry.decode(io.BytesIO(data), len(data), reading)
+
+
+def test_metadata_takes_numpy_scalars_and_datetimes_as_json() -> None:
+    import datetime
+
+    import numpy as np
+
+    when = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.timezone.utc)
+    metadata = {"seq": np.int64(30), "noise": np.float32(0.5), "ok": np.bool_(True), "when": when,
+                "day": when.date(), "nested": [np.int32(1), {"x": np.float64(2.5)}]}
+    header, chunks = entry.encode(1, metadata)
+    expected = {"seq": 30, "noise": 0.5, "ok": True, "when": "2026-11-26T12:00:00+00:00", "day": "2026-11-26",
+                "nested": [1, {"x": 2.5}]}
+    assert header.metadata == expected
+    data = b"".join(bytes(c) for c in chunks)
+    assert entry.read_header(io.BytesIO(data)).metadata == expected
+
+
+@pytest.mark.parametrize("metadata", [["seq", 30], "seq=30", 30])
+def test_metadata_that_is_not_a_mapping_is_a_type_error(metadata: object) -> None:
+    with pytest.raises(TypeError, match=f"metadata must be a mapping such as a dict, got {type(metadata).__name__}"):
+        entry.encode(1, metadata)
+
+
+def test_metadata_beyond_the_header_limit_is_refused_at_put() -> None:
+    with pytest.raises(InvalidValue, match=r"metadata for key 'big.pkl' is \d+ bytes as JSON; the limit is"):
+        entry.encode(1, {"blob": "x" * entry.MAX_HEADER_BYTES}, key="big.pkl")
+
+
+def test_unpicklable_values_are_refused_naming_key_and_type() -> None:
+    import threading
+
+    with pytest.raises(InvalidValue, match=r"value under key 'lock.pkl' of type lock cannot be pickled"):
+        entry.encode(threading.Lock(), key="lock.pkl")
+    with pytest.raises(InvalidValue, match=r"value under key 'f.pkl' of type function cannot be pickled"):
+        entry.encode(lambda: 1, key="f.pkl")
+
+
+def test_values_nested_too_deeply_are_refused_not_a_recursion_error() -> None:
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(InvalidValue, match=r"value under key 'deep.pkl' is nested too deeply to pickle \(list\)"):
+        entry.encode(deep, key="deep.pkl")
+
+
+class _BrokenOnLoad:
+    def __init__(self) -> None:
+        self.state = 1
+
+    def __setstate__(self, state: object) -> None:
+        raise RuntimeError("the object's own code failed")
+
+
+def test_a_legacy_pickle_whose_loading_raises_anything_is_kept_as_unsupported() -> None:
+    data = pickle.dumps(_BrokenOnLoad(), protocol=4)
+    with pytest.raises(UnsupportedEntry, match="RuntimeError: the object's own code failed"):
         entry.decode(io.BytesIO(data), len(data))

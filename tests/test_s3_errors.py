@@ -142,3 +142,14 @@ def test_stalled_server_fails_within_the_total_timeout() -> None:
     elapsed = time.monotonic() - started
     assert 0.9 < elapsed < 2.5 + 1.0, elapsed
     assert proxy.connections < 10, "the deadline, not the attempt count, ended the retries"
+
+
+def test_a_session_token_without_its_keys_is_named(seaweed, s3_url: str) -> None:
+    settings = Settings(cache_dir=s3_url, endpoint_url=seaweed.endpoint, session_token="token-0000000000001",
+                        fallback=False)
+    with Cache.from_settings(settings) as cache, pytest.raises(NoCredentials) as caught:
+        cache.store  # noqa: B018 - opening is what is tested
+    message = str(caught.value)
+    assert "AWS_SESSION_TOKEN is set" in message
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are missing there" in message
+    assert "token-0000000000001" not in message

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from jangdok import InvalidRange
 from jangdok.stores import Store
 
 
@@ -64,6 +65,23 @@ def test_range_reads(store: Store) -> None:
     assert read_all(store, "r", 100) == b""
 
 
+@pytest.mark.parametrize(("start", "stop"), [(0, 0), (50, 50), (100, 100), (300, 300)])
+def test_empty_ranges_read_as_empty_on_every_backend(store: Store, start: int, stop: int) -> None:
+    store.write("r", bytes(range(100)))
+    reader = store.read("r", start, stop)
+    assert reader is not None and reader.size == 0 and reader.info.size == 100
+    with reader:
+        assert reader.read() == b""
+    assert store.read("missing", start, stop) is None
+
+
+@pytest.mark.parametrize(("start", "stop"), [(-1, None), (-5, 10), (10, 5)])
+def test_negative_or_reversed_ranges_are_refused_alike(store: Store, start: int, stop: int | None) -> None:
+    store.write("r", bytes(range(100)))
+    with pytest.raises(InvalidRange, match=r"byte range \[.*\) is invalid"):
+        store.read("r", start, stop)
+
+
 def test_nested_and_non_ascii_keys_list_as_written(store: Store) -> None:
     keys = ["김치_seq30_aug9_maxNone_min10.pkl", "chapters/음식/버거.pkl", "a b.pkl", "x/y/z.bin"]
     for number, key in enumerate(keys):
@@ -84,6 +102,7 @@ def test_large_value_round_trips(store: Store) -> None:
 def test_capabilities_describe_the_backend(store: Store, backend: str) -> None:
     assert store.capabilities.shared is (backend == "s3")
     assert store.capabilities.range_reads is True
+    assert store.capabilities.conditional_delete is True  # SeaweedFS enforces If-Match on DELETE
     assert store.name == {"local": "local", "s3": "S3"}[backend]
 
 

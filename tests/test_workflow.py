@@ -210,6 +210,30 @@ def test_a_malformed_setting_is_reported_without_a_traceback(sample_data: Path, 
     assert "Traceback" not in result.stderr
 
 
+def test_a_rejected_secret_is_said_once_and_the_run_fails(seaweed: SeaweedServer, s3_url: str, sample_data: Path,
+                                                          tmp_path: Path) -> None:
+    env = {**credentials_env(seaweed, (READ_WRITE[0], "wrong-secret-0000000000")), "CACHE_DIR": s3_url}
+    result = run_script("main.py", "--chapter", CHAPTER, "--data-dir", str(sample_data), "--output-dir",
+                        str(tmp_path / "out"), env=env, check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("Access Denied (SignatureDoesNotMatch)") == 1, result.stderr
+    assert "⚠️" not in result.stdout and not lines(result.stdout, "💾"), "nothing computed against a bad secret"
+    assert "wrong-secret" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("script", ["main.py", "test_s3_cache.py"])
+def test_an_endpoint_without_a_scheme_is_named_with_its_fix(script: str, s3_url: str, sample_data: Path,
+                                                            tmp_path: Path) -> None:
+    env = {"CACHE_DIR": s3_url, "AWS_ENDPOINT_URL": "127.0.0.1:8333", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY00001",
+           "AWS_SECRET_ACCESS_KEY": "example-secret-key"}
+    args = ["--chapter", CHAPTER, "--data-dir", str(sample_data), "--output-dir", str(tmp_path / "out")]
+    result = run_script(script, *(args if script == "main.py" else []), env=env, check=False)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "AWS_ENDPOINT_URL" in output and "http://127.0.0.1:8333" in output
+    assert "Traceback" not in output and len(output.splitlines()) < 15
+
+
 # -- test_s3_cache.py: the credential and permission self-test -------------------------------
 
 

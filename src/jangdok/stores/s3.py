@@ -96,13 +96,16 @@ def make_client(settings: Settings) -> tuple[Any, str]:
 
     Raises CredentialsError (the seed's "Unable to locate credentials") when there are none.
     """
-    if bool(settings.access_key_id) != bool(settings.secret_access_key):
-        present, missing = (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if settings.access_key_id
-                            else ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"))
+    given = {"AWS_ACCESS_KEY_ID": settings.access_key_id, "AWS_SECRET_ACCESS_KEY": settings.secret_access_key,
+             "AWS_SESSION_TOKEN": settings.session_token}
+    present = [name for name, value in given.items() if value]
+    missing = [name for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not given[name]]
+    if present and missing:
         raise NoCredentials(
-            f"S3 client initialization failed: Unable to locate credentials: {present} is set (in "
-            f"{settings.sources.get('credentials', 'the arguments')}) but {missing} is missing there; "
-            "set both in the same place (environment, .env file or arguments)."
+            f"S3 client initialization failed: Unable to locate credentials: {' and '.join(present)} "
+            f"{'is' if len(present) == 1 else 'are'} set (in {settings.sources.get('credentials', 'the arguments')}) "
+            f"but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing there; credentials "
+            "come whole from one place (arguments, environment or a .env file): set them together."
         )
     try:
         session = boto3.session.Session(

@@ -6,7 +6,9 @@ Each accepted connection takes the next fault from a queue (``pass`` once the qu
 * ``("cut", n[, before])`` forwards the request, the response headers and ``n`` body bytes,
   then calls ``before()`` if given (to change the world mid-transfer) and drops;
 * ``("status", http_status, code)`` answers with an S3 error document and closes;
-* ``("stall",)`` accepts, reads, and never answers.
+* ``("stall",)`` accepts, reads, and never answers;
+* ``("flip", n)`` forwards both ways but flips one bit of the ``n``-th byte the server sends
+  on that connection (headers included): a body garbled in transit, with no error at all.
 
 Independently of the queue, :meth:`lose_answer_to` makes the server receive and carry out the
 next request whose request line matches, while its answer is dropped and the connection cut:
@@ -114,9 +116,10 @@ class FaultProxy:
                 self._open.append(upstream)
             budget = fault[1] if kind == "cut" else None
             before_cut = fault[2] if kind == "cut" and len(fault) > 2 else None
+            flip_at = fault[1] if kind == "flip" else None
             lost = threading.Event()
             threading.Thread(target=self._pump_requests, args=(client, upstream, lost), daemon=True).start()
-            self._pump_responses(upstream, client, budget, before_cut, lost)
+            self._pump_responses(upstream, client, budget, before_cut, lost, flip_at)
         except OSError:
             pass
 
@@ -136,15 +139,22 @@ class FaultProxy:
                 pass
 
     def _pump_responses(self, upstream: socket.socket, client: socket.socket, budget: int | None,
-                        before_cut: Callable[[], object] | None, lost: threading.Event) -> None:
+                        before_cut: Callable[[], object] | None, lost: threading.Event,
+                        flip_at: int | None = None) -> None:
         """Forward the response; with a budget, only the headers and ``budget`` body bytes."""
         head = b""
+        sent = 0
         try:
             while data := upstream.recv(65536):
                 if lost.is_set():
                     _cut(client)
                     _cut(upstream)
                     return
+                if flip_at is not None and sent <= flip_at < sent + len(data):
+                    garbled = bytearray(data)
+                    garbled[flip_at - sent] ^= 0x01
+                    data = bytes(garbled)
+                sent += len(data)
                 if budget is not None:
                     if b"\r\n\r\n" not in head:
                         head += data

@@ -3,6 +3,7 @@ SlowDown, 500s, resets and bodies cut mid-transfer; and the retry policy's bound
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -167,3 +168,15 @@ def test_resumed_download_never_mixes_two_versions(seaweed, s3_url: str, proxy: 
                 reader.read()
         assert np.array_equal(direct.get("big.pkl"), BIG * 2), "nothing was deleted or damaged"
         store.close()
+
+
+def test_a_body_garbled_in_transit_is_read_again_and_never_deleted(cache_via_proxy: Cache, proxy: FaultProxy,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    # The checksum cannot tell damage in storage from damage on the wire; a second read can.
+    proxy.faults.append(("flip", 2_000_000))
+    with caplog.at_level(logging.DEBUG, logger="jangdok"):
+        assert np.array_equal(cache_via_proxy.get("big.pkl"), BIG)
+    gets = [line for line in proxy.requests if line.startswith("GET")]
+    assert not proxy.faults and len(gets) == 2, "the garbled response was read, then a clean one"
+    assert "checksum mismatch" in caplog.text and "deleted" not in caplog.text
+    assert cache_via_proxy.exists("big.pkl")

@@ -13,9 +13,9 @@ import random
 import threading
 import time
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from . import entry
 from .errors import CorruptEntry, JangdokError, NoCredentials, StoreUnavailable, UnsupportedEntry
@@ -35,9 +35,19 @@ CLEANUP_CHANCE = 1 / 64
 """Chance that a ``put`` also tidies the leftovers next to its key: often enough that crash
 debris cannot pile up, rarely enough to cost nothing noticeable (one folder scan or one
 listing request in 64 writes)."""
-# A read that returns an entry written for another key is a transfer fault: try again this
-# many times before concluding the entry itself is misplaced.
-_FOREIGN_READS = 3
+# Reads of one entry before concluding that what they found (another key's entry, damage) is
+# in storage and not in transit.
+_VERIFYING_READS = 3
+T = TypeVar("T")
+
+
+class _Rejected(Exception):
+    """A read whose entry could not be used, and the version of the object it came from."""
+
+    def __init__(self, problem: JangdokError | entry.ForeignEntry, version: str) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+        self.version = version
 
 
 def _event(name: str, path: str) -> dict[str, dict[str, str]]:
@@ -166,33 +176,53 @@ class Cache:
         failures raise: a broken transfer never deletes anything.
         """
         key = normalize_key(key)
-        store = self.store
-        path = store.path(key)
+        path = self.store.path(key)
         started = time.perf_counter()
-        for _ in range(_FOREIGN_READS):
-            reader = store.read(key)
+
+        def read_once() -> tuple[entry.Decoded, ObjectInfo, int] | None:
+            reader = self.store.read(key)
             if reader is None:
-                log.debug("cache miss: %s", path)
                 return None
             with reader:
                 try:
-                    decoded = entry.decode(reader, reader.size, key)
-                    break
-                except entry.ForeignEntry as exc:
-                    foreign = exc
-                    log.debug("read of %s returned another key's entry; reading again: %s", path, exc)
-                except (CorruptEntry, UnsupportedEntry) as exc:
-                    self._discard(key, path, exc, reader.info.version)
-                    return None
-        else:
-            # Consistently so: the object itself holds another key's entry (renamed or copied by
-            # hand). Never returned, never deleted: it may be the only copy of that entry.
-            log.warning("cache entry skipped (kept): %s: %s", path, foreign, **_event("skipped", path))
+                    return entry.decode(reader, reader.size, key), reader.info, reader.size
+                except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
+                    raise _Rejected(exc, reader.info.version) from exc
+
+        found = self._verified(key, path, read_once)
+        if found is None:
+            log.debug("cache miss: %s", path)
             return None
-        info = self._info(key, path, reader.size, decoded.header, reader.info.modified)
-        log.info("cache loaded (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(reader.size),
+        decoded, object_info, size = found
+        info = self._info(key, path, size, decoded.header, object_info.modified)
+        log.info("cache loaded (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(size),
                  (time.perf_counter() - started) * 1e3, **_event("loaded", path))
         return Entry(decoded.value, info)
+
+    def _verified(self, key: str, path: str, read_once: Callable[[], T | None]) -> T | None:
+        """Run ``read_once`` until it returns something it could verify, or a miss.
+
+        A read that finds another key's entry or damage is not believed at once: a response
+        that crossed over, or was garbled in transit, looks exactly like that. So it is read
+        again, and damage is acted on (its version deleted) only once seen twice in the same
+        version. An entry that stays another key's is kept, logged and missed: it may be the
+        only copy of that key's entry (a file renamed or copied by hand).
+        """
+        seen: dict[type, str] = {}
+        for _ in range(_VERIFYING_READS):
+            try:
+                return read_once()
+            except _Rejected as rejected:
+                problem, version = rejected.problem, rejected.version
+            if isinstance(problem, UnsupportedEntry) or seen.get(type(problem)) == version:
+                break
+            seen[type(problem)] = version
+            log.debug("reading %s again: %s", path, problem)
+        if isinstance(problem, entry.ForeignEntry):
+            log.warning("cache entry skipped (kept): %s: %s", path, problem, **_event("skipped", path))
+        else:
+            self._discard(key, path, problem, version)
+        return None
 
     def _discard(self, key: str, path: str, problem: JangdokError, version: str) -> None:
         if isinstance(problem, UnsupportedEntry):
@@ -219,33 +249,31 @@ class Cache:
         """Size, creation time, metadata and store of an entry, reading only its header
         (one ranged read; a second only for metadata larger than the first read)."""
         key = normalize_key(key)
-        store = self.store
-        path = store.path(key)
-        head = self._read_head(key, entry.HEADER_PROBE_BYTES)
-        if head is None:
-            return None
-        data, found = head
-        needed = entry.header_size(data)
-        if needed is not None and needed > len(data):
-            head = self._read_head(key, needed)
+        path = self.store.path(key)
+
+        def read_once() -> EntryInfo | None:
+            head = self._read_head(key, entry.HEADER_PROBE_BYTES)
             if head is None:
                 return None
-            data, found = head  # all from the second read, so from one version of the object
-        try:
-            header = entry.read_header(io.BytesIO(data))
-            if isinstance(header, entry.EntryHeader) and header.entry_size != found.size:
-                raise CorruptEntry(f"entry is {found.size} bytes but its header declares {header.entry_size}")
-        except (CorruptEntry, UnsupportedEntry) as exc:
-            self._discard(key, path, exc, found.version)
-            return None
-        parsed = header if isinstance(header, entry.EntryHeader) else None
-        if parsed is not None:
+            data, found = head
+            needed = entry.header_size(data)
+            if needed is not None and needed > len(data):
+                head = self._read_head(key, needed)
+                if head is None:
+                    return None
+                data, found = head  # all from the second read, so from one version of the object
             try:
-                entry.check_key(parsed, key)
-            except entry.ForeignEntry as exc:
-                log.warning("cache entry skipped (kept): %s: %s", path, exc, **_event("skipped", path))
-                return None
-        return self._info(key, path, found.size, parsed, found.modified)
+                header = entry.read_header(io.BytesIO(data))
+                if isinstance(header, entry.EntryHeader):
+                    if header.entry_size != found.size:
+                        raise CorruptEntry(f"entry is {found.size} bytes but its header declares {header.entry_size}")
+                    entry.check_key(header, key)
+            except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
+                raise _Rejected(exc, found.version) from exc
+            parsed = header if isinstance(header, entry.EntryHeader) else None
+            return self._info(key, path, found.size, parsed, found.modified)
+
+        return self._verified(key, path, read_once)
 
     def _read_head(self, key: str, stop: int) -> tuple[bytes, ObjectInfo] | None:
         reader = self.store.read(key, 0, stop)

@@ -61,7 +61,7 @@ def main() -> None:
         tallies = [results.get(timeout=300) for _ in children]
         for child in children:
             child.join(timeout=60)
-        wrong, errors = (sum(column) for column in zip(*tallies))
+        wrong, errors = (sum(column) for column in zip(*tallies, strict=True))
         print(f"{args.method}: {wrong} wrong values and {errors} errors in {CHILDREN * args.loads} loads")
     finally:
         server.stop()

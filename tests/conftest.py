@@ -52,31 +52,23 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return work
 
 
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    server = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+def _serving_the_bucket(server: SeaweedServer) -> Iterator[SeaweedServer]:
     try:
         server.client().create_bucket(Bucket=BUCKET)
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    yield from _serving_the_bucket(start_seaweed(tmp_path_factory.mktemp("seaweed")))
 
 
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
     """moto's S3 server, a second implementation, with the same bucket as ``seaweed``."""
-    server = start_moto(tmp_path_factory.mktemp("moto"))
-    try:
-        server.client().create_bucket(Bucket=BUCKET)
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(params=["seaweed", "moto"])
-def s3_server(request: pytest.FixtureRequest) -> SeaweedServer:
-    """Each S3 implementation in turn."""
-    return request.getfixturevalue(request.param)
+    yield from _serving_the_bucket(start_moto(tmp_path_factory.mktemp("moto")))
 
 
 @pytest.fixture

@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("jangdok")
-cache_join = jangdok.join
 
 
 def _answer(name: str, path: str, action: Callable[[], Any], failed: Any) -> Any:
@@ -56,10 +55,23 @@ def cache_exists(path: str) -> bool:
     return _answer("cache_exists", path, lambda: jangdok.exists(path), False)
 
 
+def cache_join(root: str, *parts: str) -> str:
+    """Join path parts (``/`` for S3 URLs). A malformed root is logged, not raised: the
+    functions given the result then answer None or False, as the original would."""
+    try:
+        return jangdok.join(root, *parts)
+    except JangdokError as exc:
+        log.warning("cache_join(%s) failed: %s", root, exc)
+        return "/".join([str(root).rstrip("/"), *parts])
+
+
 def cache_makedirs(path: str) -> None:
     """Create a local cache folder; S3 has no folders, so nothing to do there."""
     if not is_s3_path(path):
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:  # the saves that follow will fail and say why, one by one
+            log.warning("cache_makedirs(%s) failed: %s", path, exc.strerror or exc)
 
 
 def cache_save_pickle(path: str, data: Any) -> bool:

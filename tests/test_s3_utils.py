@@ -134,3 +134,16 @@ def test_cache_manager_survives_a_malformed_setting(monkeypatch: pytest.MonkeyPa
     with caplog.at_level(logging.WARNING, logger="jangdok"):
         assert s3_utils.get_cache_manager().s3_client is None
     assert "JANGDOK_MAX_ATTEMPTS" in caplog.text
+
+
+def test_malformed_paths_are_answered_and_logged_never_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        s3_utils.cache_makedirs(str(blocker / "cache"))
+        path = s3_utils.cache_join("s3://", "x.pkl")
+        assert s3_utils.cache_load_pickle(path) is None
+        assert s3_utils.cache_save_pickle(path, [1]) is False
+        assert s3_utils.cache_exists("s3:/bucket/x.pkl") is False
+    assert "cache_makedirs" in caplog.text and "cache_join(s3://) failed" in caplog.text
+    assert "did you mean 's3://bucket/x.pkl'" in caplog.text

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import s3_settings
-from make_golden import VALUE
+from make_golden import KEY, VALUE
 
 import jangdok
 from jangdok import Cache, InvalidKey
@@ -59,7 +59,7 @@ def test_stat_reports_size_time_metadata_and_store(cache: Cache, backend: str) -
     assert info.metadata == {"seq": 30, "labels": ["김치"], "max": None}
     assert before - 1 <= info.created_at <= time.time() + 1
     assert info.store == {"local": "local", "s3": "S3"}[backend]
-    assert info.format_version == 1
+    assert info.format_version == 2
     assert info.size == cache.store.stat("entry.pkl").size
     assert info.path.endswith("entry.pkl")
     assert cache.get_entry("entry.pkl").info == info
@@ -104,14 +104,14 @@ def test_seed_style_numpy_pickle_written_without_jangdok_loads(cache: Cache) -> 
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("corrupt_*")))
 def test_corrupt_entries_are_deleted_missed_and_logged(cache: Cache, name: str,
                                                        caplog: pytest.LogCaptureFixture) -> None:
-    cache.store.write("damaged.pkl", (DATA / name).read_bytes())
+    cache.store.write(KEY, (DATA / name).read_bytes())
     with caplog.at_level(logging.WARNING, logger="jangdok"):
-        assert cache.get("damaged.pkl", "miss") == "miss"
-    assert not cache.exists("damaged.pkl")
+        assert cache.get(KEY, "miss") == "miss"
+    assert not cache.exists(KEY)
     warning = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warning) == 1
     assert "corrupt cache entry deleted" in warning[0].getMessage()
-    assert cache.store.path("damaged.pkl") in warning[0].getMessage()
+    assert cache.store.path(KEY) in warning[0].getMessage()
 
 
 @pytest.mark.parametrize("how", ["truncate", "bitflip"])
@@ -148,10 +148,10 @@ def test_intact_entry_this_process_cannot_unpickle_is_kept(cache: Cache) -> None
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("unsupported_*")))
 def test_entries_from_newer_versions_are_missed_but_kept(cache: Cache, name: str,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    cache.store.write("future.pkl", (DATA / name).read_bytes())
+    cache.store.write(KEY, (DATA / name).read_bytes())
     with caplog.at_level(logging.WARNING, logger="jangdok"):
-        assert cache.get("future.pkl") is None
-    assert cache.exists("future.pkl")
+        assert cache.get(KEY) is None
+    assert cache.exists(KEY)
     assert "kept for other readers" in caplog.text
 
 
@@ -259,3 +259,42 @@ def test_put_now_and_then_removes_stale_temp_files_next_to_its_key(tmp_path: Pat
     with Cache(tmp_path / "cache", fallback=False) as cache:
         cache.put("chapters/x.pkl", 1)
     assert not stale.exists() and young.exists()
+
+
+def test_large_multi_array_values_round_trip_out_of_band(cache: Cache) -> None:
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((60, 675))
+    value = {
+        "float64": [rng.standard_normal((30, 675)) for _ in range(20)],
+        "float32": [rng.standard_normal((30, 675)).astype(np.float32) for _ in range(20)],
+        "fortran": np.asfortranarray(base),
+        "strided": base[::2, ::3],                       # not contiguous: pickled in the stream
+        "objects": np.array([{"a": 1}, "김치", None], dtype=object),
+        "nested": {"deep": [(base[:5], {"x": np.arange(10_000)})]},
+        "small": np.arange(3),
+    }
+    info = cache.put("big.pkl", value)
+    loaded = cache.get("big.pkl")
+    for name in ("float64", "float32"):
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(loaded[name], value[name], strict=True))
+    assert np.array_equal(loaded["fortran"], base) and loaded["fortran"].flags.f_contiguous
+    assert np.array_equal(loaded["strided"], value["strided"])
+    assert list(loaded["objects"]) == list(value["objects"])
+    assert np.array_equal(loaded["nested"]["deep"][0][1]["x"], np.arange(10_000))
+    assert loaded["float64"][0].flags.writeable, "loaded arrays are the caller's to modify"
+    loaded["float64"][0][0, 0] = 42.0
+    assert cache.get("big.pkl")["float64"][0][0, 0] == value["float64"][0][0, 0]
+    assert info.size > sum(a.nbytes for a in value["float64"] + value["float32"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compressed_entries_round_trip_and_say_so(cache_url: str, make_settings, dtype) -> None:
+    steps = np.random.default_rng(5).standard_normal((40, 30, 675)).astype(dtype) * 0.01
+    value = list(np.cumsum(steps, axis=2))  # smooth trajectories: they compress
+    with Cache.from_settings(make_settings(cache_url, compression="zstd")) as writer:
+        writer.put("label.pkl", value)
+        raw = writer.store.stat("label.pkl").size
+    with Cache.from_settings(make_settings(cache_url)) as reader:  # reading needs no setting
+        entry = reader.get_entry("label.pkl")
+    assert all(np.array_equal(a, b) for a, b in zip(entry.value, value, strict=True))
+    assert reader.stat("label.pkl").size == raw < sum(a.nbytes for a in value) / 1.1

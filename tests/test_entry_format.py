@@ -8,7 +8,7 @@ from pathlib import Path
 
 import make_golden
 import pytest
-from make_golden import CREATED_AT, METADATA, VALUE
+from make_golden import CREATED_AT, METADATA, V2_VALUE, VALUE
 
 from jangdok import CorruptEntry, InvalidValue, UnsupportedEntry, entry
 
@@ -40,11 +40,24 @@ def test_legacy_plain_pickles_decode_without_a_header(name: str) -> None:
     assert decoded.value == VALUE and decoded.header is None
 
 
+def test_golden_v2_entry_decodes_with_its_buffer_out_of_band() -> None:
+    decoded = decode_file("v2_entry.jdk")
+    assert decoded.value == V2_VALUE
+    header = decoded.header
+    assert (header.version, header.serializer, header.compression) == (2, "pickle", "none")
+    assert (header.key, header.created_at, header.metadata) == ("golden/김치.pkl", CREATED_AT, METADATA)
+    (samples,) = header.buffers
+    assert samples.stored_length == 5120 and samples.compression is None
+    assert header.header_size % entry.ALIGNMENT == 0 and samples.offset % entry.ALIGNMENT == 0
+    data = (DATA / "v2_entry.jdk").read_bytes()
+    assert data[header.header_size + samples.offset :][:5120] == bytes(range(256)) * 20  # raw, not pickled
+
+
 def test_a_fresh_encoding_matches_the_golden_file_byte_for_byte() -> None:
     # If this fails the on-disk format changed: bump FORMAT_VERSION and add new golden files
     # instead of editing the old ones.
-    _, chunks = entry.encode(VALUE, METADATA, created_at=CREATED_AT)
-    assert b"".join(bytes(c) for c in chunks) == (DATA / "v1_entry.jdk").read_bytes()
+    _, chunks = entry.encode(V2_VALUE, METADATA, created_at=CREATED_AT, key=make_golden.KEY)
+    assert b"".join(bytes(c) for c in chunks) == (DATA / "v2_entry.jdk").read_bytes()
 
 
 @pytest.mark.parametrize("name", CORRUPT)
@@ -55,7 +68,7 @@ def test_every_corrupt_variant_is_detected(name: str) -> None:
 
 @pytest.mark.parametrize("name", UNSUPPORTED)
 def test_entries_from_newer_versions_are_unsupported_not_corrupt(name: str) -> None:
-    with pytest.raises(UnsupportedEntry, match="upgrade jangdok"):
+    with pytest.raises(UnsupportedEntry, match="upgrade jangdok|a newer version may"):
         decode_file(name)
 
 
@@ -76,10 +89,11 @@ def test_every_single_bit_flip_in_the_payload_is_caught() -> None:
                 entry.decode(io.BytesIO(bytes(damaged)), len(damaged))
 
 
-def test_header_size_reads_only_the_prefix() -> None:
+def test_header_size_asks_for_the_header_and_little_more() -> None:
     header, chunks = entry.encode("v", {"k": "v" * 100})
     data = b"".join(bytes(c) for c in chunks)
-    assert entry.header_size(data[:14]) == header.header_size
+    assert header.header_size <= entry.header_size(data[:14]) <= header.header_size + 192
+    assert entry.read_header(io.BytesIO(data[: entry.header_size(data[:14])])) == header
     assert entry.header_size(data[:5]) is None
     assert entry.header_size(pickle.dumps("legacy")) is None
 
@@ -122,7 +136,7 @@ def test_reader_limits_are_not_mistaken_for_damage(monkeypatch: pytest.MonkeyPat
     _, chunks = entry.encode([1, 2, 3])
     data = b"".join(bytes(c) for c in chunks)
 
-    def out_of_memory(payload):
+    def out_of_memory(*args, **kwargs):
         raise MemoryError
 
     monkeypatch.setattr(entry.pickle, "loads", out_of_memory)
@@ -130,13 +144,12 @@ def test_reader_limits_are_not_mistaken_for_damage(monkeypatch: pytest.MonkeyPat
         entry.decode(io.BytesIO(data), len(data))
 
 
-def test_entries_record_their_key_and_format_1_readers_ignore_unknown_fields() -> None:
+def test_entries_record_their_key_and_readers_ignore_unknown_fields() -> None:
     header, chunks = entry.encode(VALUE, METADATA, created_at=CREATED_AT, key="chapters/김치.pkl")
     data = b"".join(bytes(c) for c in chunks)
-    assert header.version == 1 and header.key == "chapters/김치.pkl"
+    assert header.version == 2 and header.key == "chapters/김치.pkl"
     assert entry.decode(io.BytesIO(data), len(data), "chapters/김치.pkl").value == VALUE
-    # The key is a field a format-1 reader does not know; the golden file of such a reader's era
-    # decodes, and so does an entry carrying a field from the future.
+    # Readers ignore fields they do not know, so a later writer may add some.
     future = make_golden.with_header(data, some_future_field={"x": 1})
     assert entry.decode(io.BytesIO(future), len(future)).value == VALUE
 
@@ -183,7 +196,7 @@ def test_metadata_that_is_not_a_mapping_is_a_type_error(metadata: object) -> Non
 
 def test_metadata_beyond_the_header_limit_is_refused_at_put() -> None:
     with pytest.raises(InvalidValue, match=r"metadata for key 'big.pkl' is \d+ bytes as JSON; the limit is"):
-        entry.encode(1, {"blob": "x" * entry.MAX_HEADER_BYTES}, key="big.pkl")
+        entry.encode(1, {"blob": "x" * entry.MAX_METADATA_BYTES}, key="big.pkl")
 
 
 def test_unpicklable_values_are_refused_naming_key_and_type() -> None:

@@ -163,29 +163,41 @@ class Cache:
 
     # -- reading --------------------------------------------------------------------------
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, default: Any = None, progress: entry.Progress | None = None) -> Any:
         """The value stored under ``key``, or ``default`` if it is missing or was corrupt."""
-        found = self.get_entry(key)
+        found = self.get_entry(key, progress)
         return default if found is None else found.value
 
-    def get_entry(self, key: str) -> Entry | None:
+    def get_entry(self, key: str, progress: entry.Progress | None = None) -> Entry | None:
         """The value and its :class:`EntryInfo`, or ``None`` on a miss.
 
         A damaged entry is deleted and logged at WARNING, and counts as a miss. An entry from a
         newer jangdok (or needing code this process lacks) is kept, logged, and missed. Store
-        failures raise: a broken transfer never deletes anything.
+        failures raise: a broken transfer never deletes anything. ``progress(done, total)`` is
+        called as the bytes arrive. With the ``mmap`` setting, local entries are mapped rather
+        than read: their arrays then share pages with the file.
         """
         key = normalize_key(key)
         path = self.store.path(key)
         started = time.perf_counter()
+        mapping = self.settings.mmap and self.store.capabilities.mapping
 
         def read_once() -> tuple[entry.Decoded, ObjectInfo, int] | None:
+            if mapping:
+                mapped = self.store.map(key)
+                if mapped is None:
+                    return None
+                view, info = mapped
+                try:
+                    return entry.decode_mapped(view, key), info, view.nbytes
+                except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
+                    raise _Rejected(exc, info.version) from exc
             reader = self.store.read(key)
             if reader is None:
                 return None
             with reader:
                 try:
-                    return entry.decode(reader, reader.size, key), reader.info, reader.size
+                    return entry.decode(reader, reader.size, key, progress), reader.info, reader.size
                 except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
                     raise _Rejected(exc, reader.info.version) from exc
 
@@ -298,7 +310,7 @@ class Cache:
         store = self.store
         path = store.path(key)
         started = time.perf_counter()
-        header, chunks = entry.encode(value, metadata, key=key)
+        header, chunks = entry.encode(value, metadata, key=key, compression=self.settings.compression)
         store.write(key, chunks)
         log.info("cache saved (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(header.entry_size),
                  (time.perf_counter() - started) * 1e3, **_event("saved", path))

@@ -1,53 +1,81 @@
 """The entry format: a short self-describing header, then the serialized payload.
 
-Layout of format version 1::
+Format version 2, written by this version::
 
     magic        8 bytes   b"\\x89JDK\\r\\n\\x1a\\n"
-    version      u16 BE    1
+    version      u16 BE    2
     header_len   u32 BE    length of the JSON header that follows
-    header       JSON      serializer, compression, payload_length, checksum, digest,
-                           created_at, metadata, and key (the key it was written under;
-                           absent in entries written before it existed)
+    header       JSON      serializer, checksum, digest, payload_length, stream_length, buffers,
+                           compressed, mac_length, created_at, metadata, key
     header_hash  u32 BE    xxh32 of everything before it (magic to JSON header)
-    payload      payload_length bytes
+    mac          mac_length bytes: reserved for signed entries (0 bytes when unsigned)
+    padding      zeros up to a multiple of 64 bytes from the start of the entry
+    payload      the pickle-5 stream (stream_length bytes), then each out-of-band buffer at a
+                 64-byte aligned offset; ``buffers`` lists their stored lengths in order, and
+                 ``compressed`` says how each compressed one was stored
+
+Numpy arrays (and anything else that offers pickle-5 buffers) travel out of band: their bytes
+are written from the arrays themselves and read back into one buffer that the loaded arrays
+then share, so a save makes no copy of the payload and a load exactly one (none with a memory
+map). The digest covers the whole payload, padding included. Buffers under 4 KB stay in the
+stream, where a table entry and padding would cost more than they save.
+
+Format version 1, still read: the same prefix, a JSON header (serializer, compression,
+payload_length, checksum, digest, created_at, metadata, key), its hash, and a plain pickle.
 
 The magic starts with a non-ASCII byte and contains CR LF, so text-mode mangling is caught,
 and it cannot start a pickle (protocol 2+ pickles start with ``\\x80``, older ones with ASCII).
 Anything without the magic is read as the seed's plain pickle. The payload digest is xxh3-128:
 non-cryptographic but it detects truncation and bit flips at memory speed (signing, against
-tampering, is a separate layer).
+tampering, is a separate layer). Readers ignore header fields they do not know.
 """
 
 from __future__ import annotations
 
 import datetime
+import io
 import json
+import mmap
 import pickle
 import struct
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import xxhash
 
 from .errors import CorruptEntry, InvalidValue, UnsupportedEntry
 
-__all__ = ["EntryHeader", "Decoded", "ForeignEntry", "encode", "decode", "read_header", "header_size",
-           "FORMAT_VERSION", "MAGIC", "MAX_HEADER_BYTES"]
+__all__ = ["EntryHeader", "Decoded", "ForeignEntry", "Progress", "encode", "decode", "decode_mapped",
+           "read_header", "header_size", "check_key", "keys_match", "FORMAT_VERSION", "MAGIC",
+           "MAX_METADATA_BYTES", "HEADER_PROBE_BYTES"]
 
 MAGIC = b"\x89JDK\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _PREFIX = struct.Struct(">8sHI")
 _HEADER_HASH = struct.Struct(">I")
-# A header is a few hundred bytes; anything near this limit is damage, not metadata.
-MAX_HEADER_BYTES = 1 << 20
+MAX_METADATA_BYTES = 1 << 20
+"""Metadata is for parameters and provenance; large data belongs in the value."""
+# A header holds metadata and one small number per out-of-band buffer; a length beyond this
+# is damage, not a header.
+_MAX_HEADER_BYTES = 16 << 20
+_MAX_MAC_BYTES = 64
 HEADER_PROBE_BYTES = 64 * 1024
 """How much to fetch to read a header in one request; enough for any normal metadata."""
+ALIGNMENT = 64
+"""Payload and buffers start at multiples of this, so arrays on a memory map are aligned."""
+_SMALLEST_OUT_OF_BAND = 4096
 _READ_CHUNK = 1 << 20
+# Below this a plain bytearray; above it an anonymous map, which the kernel hands out as zero
+# pages without the user-space memset a bytearray costs (~19 ms for 50 MB).
+_MAPPED_ALLOCATION = 1 << 20
 _CHECKSUM = "xxh3_128"
 _SERIALIZER = "pickle"
-_COMPRESSION = "none"
+_ZEROS = bytes(ALIGNMENT)
+
+Progress = Callable[[int, int], None]
+"""Called with (bytes done, bytes in all) as a large entry is read."""
 
 # Unpickling damaged bytes can fail in many ways. Without a checksum (legacy pickles) these
 # are taken to mean the bytes are bad; ImportError and AttributeError never are: they mean the
@@ -60,10 +88,21 @@ _MAX_PLAUSIBLE_VERSION = 255
 
 
 @dataclass(frozen=True)
+class StoredBuffer:
+    """Where one out-of-band buffer lies in the payload, and how it was stored."""
+
+    offset: int
+    stored_length: int
+    compression: Any = None
+    """A :class:`jangdok.codec.Compression`, or ``None`` for bytes stored as they are."""
+
+
+@dataclass(frozen=True)
 class EntryHeader:
     version: int
     serializer: str
     compression: str
+    """``none``, or the codec of any compressed buffer (``zstd``)."""
     payload_length: int
     checksum: str
     digest: str
@@ -73,6 +112,11 @@ class EntryHeader:
     """Bytes before the payload."""
     key: str | None = None
     """The key the entry was written under; ``None`` for entries older than this field."""
+    stream_length: int | None = None
+    """Bytes of the pickle stream at the start of the payload; ``None`` in format 1, whose
+    payload is all stream."""
+    buffers: tuple[StoredBuffer, ...] = ()
+    mac: bytes = field(default=b"", repr=False)
 
     @property
     def entry_size(self) -> int:
@@ -105,6 +149,10 @@ def keys_match(recorded: str, key: str) -> bool:
     return longer.endswith("/" + shorter)
 
 
+def _align(position: int) -> int:
+    return -(-position // ALIGNMENT) * ALIGNMENT
+
+
 def _json_default(value: Any) -> Any:
     """What numpy users put in metadata: numpy scalars become numbers, times ISO strings."""
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
@@ -115,10 +163,45 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serializable")
 
 
-def _pickle(value: Any, key: str | None) -> bytes:
-    where = f" under key {key!r}" if key else ""
+def _to_json(fields: Mapping[str, Any]) -> bytes:
+    return json.dumps(fields, ensure_ascii=False, sort_keys=True, allow_nan=False, separators=(",", ":"),
+                      default=_json_default).encode("utf-8")
+
+
+def _metadata(metadata: Mapping[str, Any] | None, key: str | None) -> Any:
+    """Metadata as every reader will see it (JSON types), checked for type and size."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping such as a dict, got {type(metadata).__name__}")
+    where = f" for key {key!r}" if key else ""
     try:
-        return pickle.dumps(value, protocol=5)
+        text = _to_json(dict(metadata))
+    except (TypeError, ValueError) as exc:
+        raise InvalidValue(
+            f"entry metadata{where} must be JSON-serializable (str, int, float, bool, None, lists, dicts, "
+            f"numpy scalars, datetimes): {exc}"
+        ) from exc
+    if len(text) > MAX_METADATA_BYTES:
+        raise InvalidValue(f"entry metadata{where} is {len(text)} bytes as JSON; the limit is "
+                           f"{MAX_METADATA_BYTES}: store large data in the value, not in its metadata")
+    return json.loads(text)
+
+
+def _pickle(value: Any, key: str | None) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """The pickle-5 stream and the buffers it left out of band (contiguous, >= 4 KB)."""
+    where = f" under key {key!r}" if key else ""
+    buffers: list[pickle.PickleBuffer] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        with buffer.raw() as raw:
+            if raw.nbytes < _SMALLEST_OUT_OF_BAND:
+                return True  # true means: keep it in the stream
+        buffers.append(buffer)
+        return False
+
+    try:
+        return pickle.dumps(value, protocol=5, buffer_callback=out_of_band), buffers
     except RecursionError as exc:
         raise InvalidValue(f"value{where} is nested too deeply to pickle ({type(value).__name__}); "
                            "flatten it or store its parts under separate keys") from exc
@@ -127,91 +210,155 @@ def _pickle(value: Any, key: str | None) -> bytes:
                            "store plain data (numbers, strings, lists, dicts, arrays) instead") from exc
 
 
-def _header_json(fields: Mapping[str, Any], key: str | None) -> bytes:
-    where = f" for key {key!r}" if key else ""
-    try:
-        header_json = json.dumps(fields, ensure_ascii=False, sort_keys=True, allow_nan=False,
-                                 separators=(",", ":"), default=_json_default).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        raise InvalidValue(
-            f"entry metadata{where} must be JSON-serializable (str, int, float, bool, None, lists, dicts, "
-            f"numpy scalars, datetimes): {exc}"
-        ) from exc
-    if len(header_json) > MAX_HEADER_BYTES:
-        raise InvalidValue(f"entry metadata{where} is {len(header_json)} bytes as JSON; the limit is "
-                           f"{MAX_HEADER_BYTES}: store large data in the value, not in its metadata")
-    return header_json
+def _compressor(compression: str) -> Callable[[memoryview, int], Any] | None:
+    if compression == "none":
+        return None
+    from . import codec  # only entries written with compression need it
+
+    return codec.compress
 
 
 def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: float | None = None,
-           key: str | None = None) -> tuple[EntryHeader, list[bytes | memoryview]]:
-    """Serialize a value into entry chunks (header, payload), ready for ``Store.write``.
+           key: str | None = None, compression: str = "none") -> tuple[EntryHeader, list[bytes | memoryview]]:
+    """Serialize a value into entry chunks, ready for ``Store.write``.
 
-    ``key`` is recorded so that a reader can tell an entry that reached it by mistake. Raises
-    TypeError for metadata that is not a mapping, and InvalidValue for a value that cannot be
-    pickled or metadata that cannot be stored; nothing is written then.
+    The chunks are views of the value's own arrays, not copies: keep the value unchanged until
+    they are written. ``key`` is recorded so that a reader can tell an entry that reached it by
+    mistake. ``compression`` is ``none`` or ``zstd``. Raises TypeError for metadata that is not
+    a mapping, and InvalidValue for a value that cannot be pickled or metadata that cannot be
+    stored; nothing is written then.
     """
-    if metadata is not None and not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a mapping such as a dict, got {type(metadata).__name__}")
-    payload = _pickle(value, key)
-    fields = {
+    stored_metadata = _metadata(metadata, key)
+    stream, buffers = _pickle(value, key)
+    compress = _compressor(compression)
+    payload: list[bytes | memoryview] = [stream]
+    lengths: list[int] = []
+    compressed: dict[str, Any] = {}
+    position = len(stream)
+    for index, buffer in enumerate(buffers):
+        padding = _align(position) - position
+        if padding:
+            payload.append(_ZEROS[:padding])
+            position += padding
+        stored: bytes | memoryview = buffer.raw()
+        if compress is not None:
+            done = compress(stored, memoryview(buffer).itemsize)
+            if done is not None:
+                stored, how = done
+                compressed[str(index)] = how.to_json()
+        payload.append(stored)
+        lengths.append(len(stored) if isinstance(stored, bytes) else stored.nbytes)
+        position += lengths[-1]
+    digest = xxhash.xxh3_128()
+    for chunk in payload:
+        digest.update(chunk)
+    fields: dict[str, Any] = {
         "serializer": _SERIALIZER,
-        "compression": _COMPRESSION,
-        "payload_length": len(payload),
         "checksum": _CHECKSUM,
-        "digest": xxhash.xxh3_128_hexdigest(payload),
+        "digest": digest.hexdigest(),
+        "payload_length": position,
+        "stream_length": len(stream),
+        "buffers": lengths,
+        "compressed": compressed,
+        "mac_length": 0,
         "created_at": time.time() if created_at is None else created_at,
-        "metadata": dict(metadata) if metadata is not None else None,
+        "metadata": stored_metadata,
     }
     if key is not None:
         fields["key"] = key
-    header_json = _header_json(fields, key)
+    header_json = _to_json(fields)
     sealed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json)) + header_json
-    prefix = sealed + _HEADER_HASH.pack(xxhash.xxh32_intdigest(sealed))
-    # Read back from the JSON, so the caller sees metadata as every reader will.
-    header = _header_from(json.loads(header_json), len(prefix))
-    return header, [prefix, payload]
+    lead = sealed + _HEADER_HASH.pack(xxhash.xxh32_intdigest(sealed))
+    lead += _ZEROS[: _align(len(lead)) - len(lead)]
+    header = _header_from(FORMAT_VERSION, fields, len(lead), b"")
+    return header, [lead, *payload]
 
 
-def _header_from(fields: Mapping[str, Any], header_size: int) -> EntryHeader:
+def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: bytes) -> EntryHeader:
+    """Build a header from its JSON fields; raises KeyError, TypeError or ValueError if they
+    do not describe a well-formed entry (the caller calls that damage)."""
+    payload_length = int(fields["payload_length"])
+    stream_length = None
+    buffers: tuple[StoredBuffer, ...] = ()
+    compression = "none"
+    if version >= 2:
+        stream_length = int(fields["stream_length"])
+        buffers = _buffer_table(stream_length, fields["buffers"], fields.get("compressed") or {})
+        end = buffers[-1].offset + buffers[-1].stored_length if buffers else stream_length
+        if not 0 <= stream_length <= end == payload_length:
+            raise ValueError(f"its buffers end at byte {end} of a {payload_length}-byte payload")
+        compression = next((b.compression.codec for b in buffers if b.compression is not None), "none")
+    else:
+        compression = fields["compression"]
     return EntryHeader(
-        version=FORMAT_VERSION,
+        version=version,
         serializer=fields["serializer"],
-        compression=fields["compression"],
-        payload_length=int(fields["payload_length"]),
+        compression=compression,
+        payload_length=payload_length,
         checksum=fields["checksum"],
         digest=fields["digest"],
         created_at=float(fields["created_at"]),
         metadata=fields.get("metadata"),
         header_size=header_size,
         key=fields.get("key"),
+        stream_length=stream_length,
+        buffers=buffers,
+        mac=mac,
     )
 
 
-def _read_exactly(reader: BinaryIO, size: int) -> bytearray:
-    """Read ``size`` bytes or raise CorruptEntry: the store guarantees a short read is real."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
+def _buffer_table(stream_length: int, lengths: list[int], compressed: Mapping[str, Any]) -> tuple[StoredBuffer, ...]:
+    table = []
+    position = stream_length
+    for index, length in enumerate(lengths):
+        if not isinstance(length, int) or length < 0:
+            raise ValueError(f"buffer {index} has length {length!r}")
+        position = _align(position)
+        how = compressed.get(str(index))
+        if how is not None:
+            from .codec import Compression
+
+            how = Compression.from_json(how)
+        table.append(StoredBuffer(position, length, how))
+        position += length
+    return tuple(table)
+
+
+def _allocate(size: int) -> bytearray | mmap.mmap:
+    """A writable buffer of ``size`` bytes whose contents are about to be overwritten."""
+    return mmap.mmap(-1, size) if size >= _MAPPED_ALLOCATION else bytearray(size)
+
+
+def _read_into(reader: BinaryIO, target: memoryview, progress: Progress | None = None) -> None:
+    """Fill ``target`` or raise CorruptEntry: the store guarantees a short read is real."""
+    size = target.nbytes
     done = 0
     while done < size:
-        count = reader.readinto(view[done : done + min(_READ_CHUNK, size - done)])
+        count = reader.readinto(target[done : done + min(_READ_CHUNK, size - done)])
         if not count:
             raise CorruptEntry(f"entry is truncated: expected {size} bytes, found {done}")
         done += count
+        if progress is not None:
+            progress(done, size)
+
+
+def _read_exactly(reader: BinaryIO, size: int) -> bytearray:
+    buffer = bytearray(size)
+    _read_into(reader, memoryview(buffer))
     return buffer
 
 
 def header_size(start: bytes) -> int | None:
-    """Bytes before the payload, from an entry's first bytes; ``None`` if they hold no
-    complete prefix or no magic. Lets a reader fetch exactly the header and no more."""
+    """Bytes enough to parse a header, from an entry's first bytes; ``None`` if they hold no
+    complete prefix or no magic. Lets a reader fetch the header and little more."""
     if len(start) < _PREFIX.size or not start.startswith(MAGIC):
         return None
     _, _, header_len = _PREFIX.unpack_from(start)
-    return _PREFIX.size + min(header_len, MAX_HEADER_BYTES) + _HEADER_HASH.size
+    return _PREFIX.size + min(header_len, _MAX_HEADER_BYTES) + _HEADER_HASH.size + _MAX_MAC_BYTES + ALIGNMENT
 
 
 def read_header(reader: BinaryIO) -> EntryHeader | bytes:
-    """Parse a header from the start of a stream.
+    """Parse a header from the start of a stream, leaving the stream at the payload.
 
     Returns the header, or the bytes already consumed if the stream holds no magic (a legacy
     plain pickle), so the caller can go on reading it. Raises CorruptEntry or UnsupportedEntry.
@@ -229,7 +376,7 @@ def read_header(reader: BinaryIO) -> EntryHeader | bytes:
             raise CorruptEntry(f"entry is truncated inside its header ({len(start)} bytes)")
         return bytes(start)
     _, version, header_len = _PREFIX.unpack(start)
-    if version < 1 or version > _MAX_PLAUSIBLE_VERSION or header_len > MAX_HEADER_BYTES:
+    if version < 1 or version > _MAX_PLAUSIBLE_VERSION or header_len > _MAX_HEADER_BYTES:
         raise CorruptEntry(f"entry header is damaged (version {version}, header length {header_len})")
     if version > FORMAT_VERSION:
         raise UnsupportedEntry(
@@ -240,19 +387,25 @@ def read_header(reader: BinaryIO) -> EntryHeader | bytes:
     (expected,) = _HEADER_HASH.unpack_from(rest, header_len)
     if xxhash.xxh32_intdigest(bytes(start) + header_json) != expected:
         raise CorruptEntry("entry header checksum mismatch")
+    parsed = _PREFIX.size + header_len + _HEADER_HASH.size
     try:
         fields = json.loads(header_json)
-        header = _header_from(fields, _PREFIX.size + header_len + _HEADER_HASH.size)
-    except (ValueError, KeyError, TypeError) as exc:
+        mac_length = int(fields.get("mac_length", 0)) if version >= 2 else 0
+        if not 0 <= mac_length <= _MAX_MAC_BYTES:
+            raise ValueError(f"mac_length {mac_length}")
+        size = _align(parsed + mac_length) if version >= 2 else parsed
+        mac = bytes(_read_exactly(reader, size - parsed)[:mac_length]) if size > parsed else b""
+        header = _header_from(version, fields, size, mac)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptEntry(f"entry header is unreadable: {exc}") from exc
     unknown = [
         f"{name} {value!r}"
         for name, value, known in (
-            ("serializer", header.serializer, _SERIALIZER),
-            ("compression", header.compression, _COMPRESSION),
-            ("checksum", header.checksum, _CHECKSUM),
+            ("serializer", header.serializer, {_SERIALIZER}),
+            ("compression", header.compression, {"none", "zstd"}),
+            ("checksum", header.checksum, {_CHECKSUM}),
         )
-        if value != known
+        if value not in known
     ]
     if unknown:
         raise UnsupportedEntry(f"entry uses {', '.join(unknown)}, unknown to this jangdok: upgrade jangdok")
@@ -265,14 +418,21 @@ def check_key(header: EntryHeader, key: str | None) -> None:
         raise ForeignEntry(f"the entry read for key {key!r} was written for key {header.key!r}")
 
 
-def decode(reader: BinaryIO, size: int, key: str | None = None) -> Decoded:
+def _check_size(header: EntryHeader, size: int) -> None:
+    if size != header.entry_size:
+        raise CorruptEntry(
+            f"entry is {size} bytes but its header declares {header.entry_size} "
+            f"({header.header_size} header + {header.payload_length} payload)"
+        )
+
+
+def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progress | None = None) -> Decoded:
     """Read, verify and deserialize a whole entry from a stream of ``size`` bytes.
 
-    With ``key``, an entry recorded under another key raises ForeignEntry before its payload
-    is read or unpickled.
-
-    Knowing the size up front is what lets a damaged length be refused before anything is
-    allocated for it, and it makes bytes after the payload a size mismatch.
+    The payload is read once, into one buffer that the loaded arrays then share. With
+    ``key``, an entry recorded under another key raises ForeignEntry before its payload is
+    read. Knowing the size up front is what lets a damaged length be refused before anything
+    is allocated for it, and it makes bytes after the payload a size mismatch.
 
     Raises CorruptEntry for damage (the caller may delete the entry) and UnsupportedEntry for
     intact entries this process cannot use (the caller must keep them).
@@ -281,16 +441,31 @@ def decode(reader: BinaryIO, size: int, key: str | None = None) -> Decoded:
     if not isinstance(header, EntryHeader):
         return Decoded(_load_legacy(header + reader.read()), None)
     check_key(header, key)
-    if size != header.entry_size:
-        raise CorruptEntry(
-            f"entry is {size} bytes but its header declares {header.entry_size} "
-            f"({header.header_size} header + {header.payload_length} payload)"
-        )
-    payload = _read_exactly(reader, header.payload_length)
+    _check_size(header, size)
+    payload = memoryview(_allocate(header.payload_length))
+    _read_into(reader, payload, progress)
+    return Decoded(_materialize(header, payload), header)
+
+
+def decode_mapped(view: memoryview, key: str | None = None) -> Decoded:
+    """Verify and deserialize an entry held whole in memory (a memory-mapped file): the loaded
+    arrays are views of it, so nothing is copied."""
+    header = read_header(_ViewReader(view))
+    if not isinstance(header, EntryHeader):
+        return Decoded(_load_legacy(view), None)
+    check_key(header, key)
+    _check_size(header, view.nbytes)
+    return Decoded(_materialize(header, view[header.header_size :]), header)
+
+
+def _materialize(header: EntryHeader, payload: memoryview) -> Any:
+    """The value of a payload whose header has been checked: verify, then unpickle."""
     if xxhash.xxh3_128_hexdigest(payload) != header.digest:
         raise CorruptEntry("entry payload checksum mismatch (xxh3_128): the bytes were damaged")
+    stream = payload if header.stream_length is None else payload[: header.stream_length]
+    buffers = [_buffer(payload, stored) for stored in header.buffers]
     try:
-        value = pickle.loads(payload)
+        return pickle.loads(stream, buffers=buffers)
     except _READER_LIMITS:
         raise
     except Exception as exc:
@@ -300,12 +475,41 @@ def decode(reader: BinaryIO, size: int, key: str | None = None) -> Decoded:
             f"entry could not be unpickled here ({type(exc).__name__}: {exc}); its bytes are intact, "
             "so this process probably lacks or has another version of the code that wrote it"
         ) from exc
-    return Decoded(value, header)
 
 
-def _load_legacy(data: bytes) -> Any:
+def _buffer(payload: memoryview, stored: StoredBuffer) -> memoryview:
+    view = payload[stored.offset : stored.offset + stored.stored_length]
+    if stored.compression is None:
+        return view
+    from .codec import decompress_into
+
+    target = memoryview(_allocate(stored.compression.length))
+    decompress_into(view, stored.compression, target)
+    return target
+
+
+class _ViewReader(io.RawIOBase):
+    """A stream over a memoryview, for parsing a header in place."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        piece = self._view[self._position : self._position + target.nbytes]
+        target[: piece.nbytes] = piece
+        self._position += piece.nbytes
+        return piece.nbytes
+
+
+def _load_legacy(data: bytes | memoryview) -> Any:
     """A plain pickle as the seed wrote it: no header, no checksum."""
-    if not data:
+    if not len(data):
         raise CorruptEntry("entry is empty")
     try:
         return pickle.loads(data)

@@ -57,6 +57,8 @@ _ENV_NAMES: dict[str, tuple[str, ...]] = {
     "fallback": ("JANGDOK_FALLBACK",),
     "fallback_dir": ("JANGDOK_FALLBACK_DIR",),
     "durable": ("JANGDOK_DURABLE",),
+    "mmap": ("JANGDOK_MMAP",),
+    "compression": ("JANGDOK_COMPRESSION",),
 }
 _KEY_NAMES = {
     "access_key_id": "AWS_ACCESS_KEY_ID",
@@ -66,7 +68,8 @@ _KEY_NAMES = {
 _CREDENTIAL_NAMES = {**_KEY_NAMES, "profile": "AWS_PROFILE"}
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _TIMEOUTS = ("connect_timeout", "read_timeout", "total_timeout")
-_FLAGS = ("fallback", "durable")
+_FLAGS = ("fallback", "durable", "mmap")
+COMPRESSIONS = ("none", "zstd")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -314,6 +317,15 @@ class Settings:
     durable: bool = False
     """fsync each written file and its folder, so an entry survives power loss; off by default for a
     cache, where a lost entry is recomputed."""
+    mmap: bool = False
+    """Load local entries by mapping their files instead of reading them: several times faster
+    for large arrays, which then share pages with the file (copy-on-write). Opt-in, because a
+    program that truncates the file in place (not jangdok, which replaces files) makes later
+    access to those arrays crash the process with SIGBUS."""
+    compression: str = "none"
+    """``zstd`` compresses entries as they are written (numeric arrays byte-shuffled first),
+    skipping a buffer when a sample of it shrinks by less than 10%; ``none`` stores them as is.
+    Readers follow what each entry's header says, whatever this setting."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting came from: ``argument``, ``environment``, ``.env file <path>``."""
 
@@ -329,6 +341,12 @@ class Settings:
         for name in _TIMEOUTS:
             self._set(name, self._number(name, float, minimum=0.001))
         self._set("max_attempts", self._number("max_attempts", int, minimum=1))
+        compression = str(self.compression).strip().lower()
+        if compression not in COMPRESSIONS:
+            raise ConfigError(f"setting compression ({_ENV_NAMES['compression'][0]}) = {self.compression!r} "
+                              f"(from {self.sources.get('compression', 'argument')}) must be one of "
+                              f"{', '.join(COMPRESSIONS)}")
+        self._set("compression", compression)
         if self.endpoint_url == "":
             self._set("endpoint_url", None)
         if self.endpoint_url is not None:

@@ -41,38 +41,71 @@ def with_header(data: bytes, **changes: object) -> bytes:
     fields.update(changes)
     blob = json.dumps(fields, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
     sealed = prefix.pack(entry.MAGIC, version, len(blob)) + blob
-    return sealed + struct.pack(">I", xxhash.xxh32_intdigest(sealed)) + data[header.header_size :]
+    lead = sealed + struct.pack(">I", xxhash.xxh32_intdigest(sealed))
+    if version >= 2:  # the payload starts at the next multiple of 64 bytes
+        lead += bytes(-len(lead) % entry.ALIGNMENT)
+    return lead + data[header.header_size :]
+
+
+class Samples:
+    """Bytes that travel out of band as numpy arrays do, without tying the golden files to
+    one numpy version's module names."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.data = bytearray(data)
+
+    def __reduce_ex__(self, protocol: int) -> tuple[object, tuple[object, ...]]:
+        return _rebuild_samples, (pickle.PickleBuffer(self.data),)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Samples) and self.data == other.data
+
+
+def _rebuild_samples(buffer: memoryview) -> Samples:
+    return Samples(buffer)
+
+
+KEY = "golden/김치.pkl"
+"""The key format-2 golden entries were written under (a reader elsewhere sees another key's entry)."""
+V2_VALUE = {**VALUE, "samples": Samples(bytes(range(256)) * 20)}
+"""Format 2's value: 5 KB of samples travel out of band, after the pickle stream."""
 
 
 def main() -> None:
-    _, chunks = entry.encode(VALUE, METADATA, created_at=CREATED_AT)
-    v1 = b"".join(bytes(chunk) for chunk in chunks)
-    header = entry.read_header(io.BytesIO(v1))
+    """Write the golden files of the current format. Files of earlier formats (v1_*,
+    corrupt_v1_*, unsupported_v1_*) were written by earlier versions of this script and stay
+    as they are."""
+    _, chunks = entry.encode(V2_VALUE, METADATA, created_at=CREATED_AT, key=KEY)
+    v2 = b"".join(bytes(chunk) for chunk in chunks)
+    header = entry.read_header(io.BytesIO(v2))
     payload_start = header.header_size
+    (blob,) = header.buffers
     files = {
-        "v1_entry.jdk": v1,
-        "legacy_protocol4.pkl": pickle.dumps(VALUE, protocol=4),
-        "legacy_protocol5.pkl": pickle.dumps(VALUE, protocol=5),
+        "v2_entry.jdk": v2,
         # corrupt variants: each must be detected, deleted and counted as a miss
-        "corrupt_v1_truncated_payload.jdk": v1[:-7],
-        "corrupt_v1_truncated_header.jdk": v1[: payload_start - 20],
-        "corrupt_v1_payload_bitflip.jdk": flip(v1, payload_start + header.payload_length // 2),
-        "corrupt_v1_header_bitflip.jdk": flip(v1, 20),
-        "corrupt_v1_version_bitflip.jdk": flip(v1, 8),  # version 1 reads as 257
-        "corrupt_v1_impossible_length.jdk": with_header(v1, payload_length=10**15),
-        "corrupt_v1_trailing_bytes.jdk": v1 + b"\x00",
-        "corrupt_legacy_truncated.pkl": pickle.dumps(VALUE, protocol=5)[:-9],
-        "corrupt_legacy_garbage.pkl": b"this was never a pickle",
+        "corrupt_v2_truncated_payload.jdk": v2[:-7],
+        "corrupt_v2_truncated_header.jdk": v2[: payload_start - 40],
+        "corrupt_v2_stream_bitflip.jdk": flip(v2, payload_start + header.stream_length // 2),
+        "corrupt_v2_buffer_bitflip.jdk": flip(v2, payload_start + blob.offset + 1000),
+        "corrupt_v2_padding_bitflip.jdk": flip(v2, payload_start + blob.offset - 1),
+        "corrupt_v2_header_bitflip.jdk": flip(v2, 30),
+        "corrupt_v2_impossible_length.jdk": with_header(v2, payload_length=10**15),
+        "corrupt_v2_buffer_table.jdk": with_header(v2, buffers=[blob.stored_length + 64]),
+        "corrupt_v2_mac_length.jdk": with_header(v2, mac_length=10**6),
+        "corrupt_v2_trailing_bytes.jdk": v2 + b"\x00",
         # intact but unreadable by this version: must be skipped and kept
-        "unsupported_v1_serializer.jdk": with_header(v1, serializer="pickle-oob-v9"),
+        "unsupported_v2_compression.jdk": with_header(v2, compressed={"0": {"codec": "brotli-9"}}),
     }
-    future = bytearray(v1)
+    future = bytearray(v2)
     struct.pack_into(">H", future, 8, entry.FORMAT_VERSION + 1)
-    files["unsupported_v2_future_version.jdk"] = bytes(future)
+    files["unsupported_v3_future_version.jdk"] = bytes(future)
     for name, data in files.items():
         (HERE / name).write_bytes(data)
         print(f"{name}: {len(data)} bytes")
 
 
 if __name__ == "__main__":
-    main()
+    # Through the module, so the golden files name make_golden.Samples, not __main__.Samples.
+    import make_golden
+
+    make_golden.main()

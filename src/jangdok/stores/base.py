@@ -75,6 +75,8 @@ class Capabilities:
     conditional_delete: bool
     """``delete(key, version=...)`` is atomic: it can never remove a newer object written
     meanwhile. Where False, it checks then deletes, and a write in between can be lost."""
+    mapping: bool = False
+    """``map(key)`` gives an object's bytes as a memory map instead of reading them."""
 
 
 class Store(ABC):
@@ -117,6 +119,14 @@ class Store(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, in no particular order."""
+
+    def map(self, key: str) -> tuple[memoryview, ObjectInfo] | None:
+        """The whole object as a private (copy-on-write) memory map, or ``None`` if missing.
+
+        Only for stores whose capabilities say ``mapping``. Writing to the view never reaches
+        the stored object; the map lives as long as any view of it.
+        """
+        raise NotImplementedError(f"{self.name} stores cannot map objects; check capabilities.mapping")
 
     def cleanup(self, older_than: float, prefix: str = "") -> int:
         """Remove what writers killed mid-write left behind (temporary files, incomplete

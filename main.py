@@ -69,6 +69,32 @@ def warn(message: str) -> None:
     tqdm.write(message, file=sys.stdout)
 
 
+class TransferBar:
+    """A progress bar for one cache transfer, shown only for entries of 32 MB or more (smaller
+    ones finish before a bar would be read)."""
+
+    THRESHOLD = 32 * 1024 * 1024
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar: tqdm | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if QUIET or total < self.THRESHOLD:
+                return
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc=self.description, leave=False,
+                            file=sys.stdout)
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> TransferBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class CacheEventPrinter(logging.Handler):
     """Shows jangdok's warnings as the program's own lines, in the seed's wording."""
 
@@ -136,7 +162,8 @@ def load_or_build(label: str, videos: list[Path], params: PipelineParams, data_d
     if cache is not None:
         started = time.perf_counter()
         try:
-            found = cache.get_entry(key)
+            with TransferBar(f"📥 {label}") as bar:
+                found = cache.get_entry(key, progress=bar)
         except JangdokError as exc:
             warn(f"⚠️ {label} 캐시를 읽지 못했습니다 (다시 계산합니다): {exc}")
             found = None
@@ -166,7 +193,8 @@ def load_or_build(label: str, videos: list[Path], params: PipelineParams, data_d
     if cache is not None:
         started = time.perf_counter()
         try:
-            info = cache.put(key, sequences, metadata=expected)
+            with TransferBar(f"📤 {label}") as bar:
+                info = cache.put(key, sequences, metadata=expected, progress=bar)
         except JangdokError as exc:
             warn(f"⚠️ {label} 캐시를 저장하지 못했습니다: {exc}")
         else:

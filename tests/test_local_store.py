@@ -426,3 +426,426 @@ def test_a_file_in_place_of_the_root_folder(tmp_path: Path) -> None:
     assert store.read("k") is None and store.stat("k") is None and store.delete("k") is False
     with pytest.raises(JangdokError, match=re.escape(str(root))):
         store.write("k", b"value")
+
+
+# --- 5. large values: exchange renames, vectored writes, memory maps ----------------------------
+
+
+class HookedOs:
+    """Stands in for ``os`` inside ``jangdok.stores.local``: runs ``act`` once, right before or
+    right after the store's first call of ``name``. Calls made while ``act`` runs pass through."""
+
+    def __init__(self, name: str, when: str, act: Callable[[], None]) -> None:
+        self._name, self._when, self._act = name, when, act
+        self.fired = False
+        setattr(self, name, self._wrap(getattr(os, name)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def _wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.fired:
+                return real(*args, **kwargs)
+            if self._when == "before":
+                self.fired = True
+                self._act()
+                return real(*args, **kwargs)
+            result = real(*args, **kwargs)
+            self.fired = True
+            self._act()
+            return result
+
+        return call
+
+
+EXCHANGE_WRITER = r"""
+import sys
+from jangdok.location import parse_location
+from jangdok.stores.local import LocalStore
+store = LocalStore(parse_location(sys.argv[1]), durable=sys.argv[2] == "on")
+store.write("sub/entry.pkl", b"old value")
+store.write("sub/entry.pkl", b"new value")
+"""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None or not sys.platform.startswith("linux"), reason="needs strace")
+@pytest.mark.parametrize("durable", ["on", "off"])
+def test_writing_over_an_entry_exchanges_the_names_then_unlinks_the_old_file(tmp_path: Path, durable: str) -> None:
+    root = tmp_path / "cache"
+    trace = tmp_path / "trace"
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    completed = subprocess.run(
+        ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=fsync,rename,renameat,renameat2,unlink,unlinkat",
+         sys.executable, "-c", EXCHANGE_WRITER, str(root), durable],
+        env=env, capture_output=True, text=True,
+    )
+    if completed.returncode != 0 and "ptrace" in completed.stderr:
+        pytest.skip(f"strace cannot trace here: {completed.stderr.strip()}")
+    assert completed.returncode == 0, completed.stderr
+    lines = [line for line in trace.read_text().splitlines() if str(root) in line or "fsync(" in line]
+    entry = str(root / "sub" / "entry.pkl")
+    exchanges = [i for i, line in enumerate(lines) if "RENAME_EXCHANGE" in line]
+    if not exchanges and any("RENAME_EXCHANGE" in line and "= -1" in line for line in trace.read_text().splitlines()):
+        pytest.skip("this kernel or file system cannot exchange names")
+    [exchange] = exchanges  # only the second write replaces an entry; the first makes a new one
+    assert re.search(r'renameat2\(AT_FDCWD, "([^"]+)", AT_FDCWD, "' + re.escape(entry) + r'", RENAME_EXCHANGE\) = 0',
+                     lines[exchange]), lines
+    temp = re.search(r'renameat2\(AT_FDCWD, "([^"]+)"', lines[exchange]).group(1)
+    assert os.path.basename(temp).startswith(TEMP_MARKER)
+    unlinks = [i for i, line in enumerate(lines) if re.search(r'unlink(at)?\(.*"' + re.escape(temp) + '"', line)]
+    assert unlinks and unlinks[0] > exchange and " = 0" in lines[unlinks[0]], lines
+    if durable == "on":  # data synced before the exchange, the folder after the unlink
+        assert "fsync(" in lines[exchange - 1], lines
+        assert any("fsync(" in line for line in lines[unlinks[0] + 1:]), lines
+    assert read_all(open_local(root), "sub/entry.pkl") == b"new value"
+    assert temp_files(root) == []
+
+
+def test_replaced_entry_is_unlinked_and_readers_never_miss_the_name(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    store = open_local(root)
+    values = [bytes([65 + n]) * (3 << 20) + b"value %d" % n for n in range(2)]
+    store.write("label.pkl", values[0])
+    with open(store.path("label.pkl"), "rb") as old:
+        store.write("label.pkl", values[1])
+        assert os.fstat(old.fileno()).st_nlink == 0, "the replaced file is still linked somewhere"
+        assert old.read() == values[0], "an open reader keeps the old value"
+    assert temp_files(root) == []
+
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                with open(store.path("label.pkl"), "rb") as file:
+                    data = file.read()
+            except FileNotFoundError:
+                seen.append("missing")
+                continue
+            seen.append("ok" if data in values else "torn")
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for number in range(60):
+            store.write("label.pkl", values[number % 2])
+    finally:
+        stop.set()
+        thread.join()
+    assert seen and set(seen) == {"ok"}, {outcome: seen.count(outcome) for outcome in set(seen)}
+    assert temp_files(root) == []
+
+
+def _versioned_delete_of_current(store: LocalStore, outcome: dict[str, Any]) -> Callable[[], None]:
+    def act() -> None:
+        current = store.stat("label.pkl")
+        outcome["deleted_value"] = read_all(store, "label.pkl")
+        outcome["deleted"] = store.delete("label.pkl", version=current.version)
+
+    return act
+
+
+@pytest.mark.parametrize("race", ["delete-after-check", "delete-after-exchange", "write-after-check",
+                                  "write-after-exchange"])
+def test_exchange_races_with_a_versioned_delete_or_another_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, race: str
+) -> None:
+    """"check" is the writer's lstat of the key, "exchange" the swap (the next call unlinks the
+    old file): a versioned delete or a second writer runs exactly there."""
+    root = tmp_path / "cache"
+    store, other = open_local(root), open_local(root)
+    store.write("label.pkl", b"old value")
+    outcome: dict[str, Any] = {}
+    if race.startswith("delete"):
+        act = _versioned_delete_of_current(other, outcome)
+    else:
+        def act() -> None:
+            other.write("label.pkl", b"the other writer's value")
+    hooked = HookedOs("lstat", "after", act) if race.endswith("check") else HookedOs("unlink", "before", act)
+    with open(store.path("label.pkl"), "rb") as old:
+        with monkeypatch.context() as patch:
+            patch.setattr(local_module, "os", hooked)
+            store.write("label.pkl", b"new value")
+        assert hooked.fired
+        assert os.fstat(old.fileno()).st_nlink == 0, "the old entry was left behind"
+    expected = {
+        "delete-after-check": b"new value",  # the delete took the old entry; the write lands after
+        "delete-after-exchange": None,  # the delete read the new entry and removed exactly it
+        "write-after-check": b"new value",  # the last exchange wins
+        "write-after-exchange": b"the other writer's value",
+    }[race]
+    assert read_all(store, "label.pkl") == expected
+    if race.startswith("delete"):
+        assert outcome["deleted"] is True
+        assert outcome["deleted_value"] == (b"old value" if race.endswith("check") else b"new value")
+    assert temp_files(root) == []
+
+
+def test_a_folder_taking_the_name_before_the_exchange_stays_and_the_write_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "cache"
+    store, other = open_local(root), open_local(root)
+    store.write("chapter", b"an entry")
+
+    def folder_replaces_entry() -> None:  # deleted, then a key below it written
+        other.delete("chapter")
+        other.write("chapter/label.pkl", b"below")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(local_module, "os", HookedOs("lstat", "after", folder_replaces_entry))
+        with pytest.raises(StoreUnavailable, match=f"a folder is in the way at {re.escape(str(root / 'chapter'))}"):
+            store.write("chapter", b"new value")
+    assert read_all(store, "chapter/label.pkl") == b"below"
+    assert temp_files(root) == [] and sorted(os.listdir(root)) == ["chapter"]
+
+
+@pytest.fixture
+def fake_renameat2(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], list[bytes]]:
+    """Makes the kernel answer renameat2 with an error: the C function is replaced, and the store's
+    process-wide memory of what is unsupported starts empty and is thrown away afterwards."""
+    import ctypes
+
+    def install(code: int) -> list[bytes]:
+        calls: list[bytes] = []
+
+        def renameat2(_old_dir: int, old: bytes, _new_dir: int, new: bytes, flags: int) -> int:
+            calls.append(new)
+            ctypes.set_errno(code)
+            return -1
+
+        exchange = local_module._Exchange()
+        monkeypatch.setattr(exchange, "_resolved", True)
+        monkeypatch.setattr(exchange, "_function", renameat2)
+        monkeypatch.setattr(exchange, "_get_errno", ctypes.get_errno)
+        monkeypatch.setattr(local_module, "_exchange", exchange)
+        return calls
+
+    return install
+
+
+def test_no_exchange_in_the_kernel_falls_back_to_replace_and_is_asked_once(
+    tmp_path: Path, fake_renameat2: Callable[[int], list[bytes]]
+) -> None:
+    import errno
+
+    calls = fake_renameat2(errno.ENOSYS)
+    store = open_local(tmp_path / "cache")
+    for number in range(3):
+        store.write("a.pkl", b"value %d" % number)
+        store.write("b.pkl", b"value %d" % number)
+    assert read_all(store, "a.pkl") == b"value 2" and read_all(store, "b.pkl") == b"value 2"
+    assert len(calls) == 1, "the process should remember that the kernel cannot exchange"
+    assert temp_files(tmp_path / "cache") == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK), reason="needs /dev/shm")
+def test_a_file_system_that_cannot_exchange_is_remembered_for_its_device_only(
+    tmp_path: Path, fake_renameat2: Callable[[int], list[bytes]]
+) -> None:
+    import errno
+    import tempfile
+
+    calls = fake_renameat2(errno.EINVAL)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as elsewhere:
+        if os.stat(elsewhere).st_dev == os.stat(tmp_path).st_dev:
+            pytest.skip("/dev/shm is on the same device as the test folder")
+        here, there = open_local(tmp_path / "cache"), open_local(Path(elsewhere) / "cache")
+        for store in (here, there):
+            for number in range(3):
+                store.write("k.pkl", b"value %d" % number)
+            assert read_all(store, "k.pkl") == b"value 2"
+        assert len(calls) == 2, "each device is asked once"
+        assert temp_files(tmp_path / "cache") == [] and temp_files(Path(elsewhere)) == []
+
+
+def test_many_chunks_of_every_size_are_written_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import array
+
+    iov_max = local_module._IOV_MAX
+    chunks: list[Any] = []
+    for number in range(3 * iov_max + 17):  # several full writev batches and a partial one
+        chunks.append(bytes([number % 251]) * (number % 5))  # includes empty chunks
+        if number % 400 == 0:
+            chunks.append(bytearray(os.urandom(3 << 20)))
+        if number % 700 == 0:
+            chunks.append(memoryview(array.array("d", range(1000)))[3:900])  # a float array, sliced
+    expected = b"".join(bytes(memoryview(chunk).cast("B")) for chunk in chunks)
+    batches: list[int] = []
+    real_writev = os.writev
+
+    def counting_writev(fd: int, buffers: list[Any]) -> int:
+        batches.append(len(buffers))
+        return real_writev(fd, buffers)
+
+    store = open_local(tmp_path / "cache")
+    monkeypatch.setattr(os, "writev", counting_writev)
+    store.write("many.pkl", chunks)
+    store.write("one.pkl", expected)
+    monkeypatch.undo()
+    assert read_all(store, "many.pkl") == expected
+    assert read_all(store, "one.pkl") == expected
+    assert max(batches) <= iov_max
+    non_empty = sum(1 for chunk in chunks if memoryview(chunk).nbytes)
+    assert len(batches) - 1 == -(-non_empty // iov_max), "one writev per batch when nothing is written short"
+
+
+@pytest.mark.parametrize("limits", [(1,), (7, 4096 + 3, 1), ((1 << 20) + 5, 2, 999)], ids=str)
+def test_short_writes_resume_exactly_where_the_kernel_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: tuple[int, ...]
+) -> None:
+    """A kernel may accept fewer bytes than asked (a signal, a 2 GiB cap, a pipe-like device):
+    the stand-in writev writes at most the next limit's bytes, for real, and says how many."""
+    chunks = [os.urandom(n) for n in (1, 0, 2, 5000, 1, 3 << 20, 3, 0, 64 << 10)] * 40
+    expected = b"".join(chunks)
+    sizes = itertools.cycle(limits)
+    real_writev = os.writev
+    calls: list[int] = []
+
+    def short_writev(fd: int, buffers: list[Any]) -> int:
+        budget, taken = next(sizes), []
+        for buffer in buffers:
+            view = memoryview(buffer)[:budget]
+            taken.append(view)
+            budget -= view.nbytes
+            if budget == 0:
+                break
+        calls.append(len(taken))
+        return real_writev(fd, taken)
+
+    store = open_local(tmp_path / "cache")
+    monkeypatch.setattr(os, "writev", short_writev)
+    if limits == (1,):  # a byte at a time is slow: fewer, still tricky, chunks
+        chunks = [b"ab", b"", b"c", b"defgh", os.urandom(3000)] * 3
+        expected = b"".join(chunks)
+    store.write("k.pkl", chunks)
+    monkeypatch.undo()
+    assert read_all(store, "k.pkl") == expected
+    assert len(calls) > len([c for c in chunks if c]) // local_module._IOV_MAX + 1, "no short write happened"
+
+
+RLIMITED_WRITER = r"""
+import resource, signal, sys
+from jangdok import StoreUnavailable
+from jangdok.location import parse_location
+from jangdok.stores.local import LocalStore
+store = LocalStore(parse_location(sys.argv[1]))
+store.write("k.pkl", b"old value")
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_003, resource.RLIM_INFINITY))
+try:
+    store.write("k.pkl", [b"x" * 999_999, b"y" * 3, b"z" * 500_000, b"w" * 10])
+except StoreUnavailable as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE short writes are Linux behaviour")
+def test_a_real_short_write_then_a_failure_keeps_the_old_entry(tmp_path: Path) -> None:
+    """The kernel writes up to the file size limit (a short writev), then refuses: the store
+    resumes after the short write, reports the refusal and removes its temporary file."""
+    root = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    completed = subprocess.run([sys.executable, "-c", RLIMITED_WRITER, str(root)], env=env,
+                               capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert "File too large" in completed.stdout and str(root / "k.pkl") in completed.stdout, completed.stdout
+    assert read_all(open_local(root), "k.pkl") == b"old value"
+    assert temp_files(root) == []
+
+
+def test_a_generator_chunk_reaches_the_file_before_the_next_is_asked_for(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    store = open_local(root)
+    sizes_seen: list[int] = []
+    buffer = bytearray(100_000)
+
+    def produce() -> Any:  # reuses one buffer, as a streaming producer may
+        for number in range(5):
+            buffer[:] = bytes([48 + number]) * len(buffer)
+            yield buffer
+            [temp] = temp_files(root)
+            sizes_seen.append(temp.stat().st_size)
+
+    store.write("streamed.pkl", produce())
+    assert sizes_seen == [100_000 * n for n in range(1, 6)]
+    assert read_all(store, "streamed.pkl") == b"".join(bytes([48 + n]) * 100_000 for n in range(5))
+
+
+def test_map_gives_the_file_privately_and_outlives_replacement_and_delete(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    root = tmp_path / "cache"
+    store = open_local(root)
+    assert store.capabilities.mapping is True
+    arrays = np.arange(1_000_000, dtype=np.float64)
+    store.write("labels.pkl", [b"header--", arrays.data])
+    on_disk = (root / "labels.pkl").read_bytes()
+    mapped = store.map("labels.pkl")
+    assert mapped is not None
+    view, info = mapped
+    assert info == store.stat("labels.pkl")
+    assert view.nbytes == info.size == len(on_disk) and view.tobytes() == on_disk
+
+    values = np.frombuffer(view, dtype=np.float64, offset=8)  # arrays built on the map are writable
+    assert values.flags.writeable and values[123] == 123.0
+    values[:10] = -1.0
+    view[0:8] = b"CHANGED!"
+    assert (root / "labels.pkl").read_bytes() == on_disk, "writing to the map reached the file"
+    other_view, _ = store.map("labels.pkl")
+    assert other_view.tobytes() == on_disk, "one map's private changes leaked into another"
+
+    store.write("labels.pkl", b"a new, short value")  # the old file lives on while mapped
+    assert values[123] == 123.0 and values[5] == -1.0 and bytes(view[:8]) == b"CHANGED!"
+    assert bytes(other_view[8:16]) == on_disk[8:16] and other_view[-8:].tobytes() == on_disk[-8:]
+    assert store.delete("labels.pkl") is True
+    assert other_view.tobytes() == on_disk
+    assert store.map("labels.pkl") is None
+    del values, view, other_view
+    assert temp_files(root) == []
+
+
+def test_map_of_empty_missing_and_non_entries(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    store = open_local(root)
+    store.write("empty.pkl", b"")
+    view, info = store.map("empty.pkl")
+    assert view.nbytes == 0 and info.size == 0 and info == store.stat("empty.pkl")
+    assert store.map("missing.pkl") is None and store.map("no/such/folder.pkl") is None
+    (root / "folder").mkdir()
+    os.symlink("loop", root / "loop")
+    os.symlink(tmp_path / "nowhere", root / "dangling")
+    assert store.map("folder") is None and store.map("loop") is None and store.map("dangling") is None
+    assert store.map("empty.pkl/below") is None  # a file where a folder would be
+    (tmp_path / "target.bin").write_bytes(b"through a link")
+    os.symlink(tmp_path / "target.bin", root / "linked")
+    view, info = store.map("linked")
+    assert view.tobytes() == b"through a link" and info == store.stat("linked")
+
+
+SYSFS_FILES = ["/sys/kernel/mm/transparent_hugepage/enabled", "/sys/power/state", "/sys/kernel/profiling"]
+
+
+@pytest.mark.skipif(not any(os.path.isfile(path) for path in SYSFS_FILES), reason="needs Linux sysfs")
+def test_map_failure_is_a_store_error_naming_the_path(tmp_path: Path) -> None:
+    """sysfs files are regular files that cannot be mapped: mmap fails for real (ENODEV)."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    os.symlink(next(path for path in SYSFS_FILES if os.path.isfile(path)), root / "unmappable")
+    store = open_local(root)
+    with pytest.raises(StoreUnavailable, match=re.escape(str(root / "unmappable"))):
+        store.map("unmappable")
+
+
+def test_progress_counts_bytes_as_they_reach_the_file(tmp_path: Path) -> None:
+    store = open_local(tmp_path / "cache")
+    big = os.urandom(1 << 20) * 20  # one 20 MiB chunk still reports more than once
+    for data in ([b"header", big, b"", b"tail"], (chunk for chunk in [b"header", big, b"tail"])):
+        calls: list[int] = []
+        store.write("k.pkl", data, calls.append)
+        assert len(calls) >= 3 and calls == sorted(calls) and calls[-1] == len(big) + 10, calls
+        assert read_all(store, "k.pkl") == b"header" + big + b"tail"
+    calls = []
+    store.write("empty.pkl", b"", calls.append)
+    assert calls == [] and read_all(store, "empty.pkl") == b""

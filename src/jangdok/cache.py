@@ -304,14 +304,21 @@ class Cache:
 
     # -- writing --------------------------------------------------------------------------
 
-    def put(self, key: str, value: Any, metadata: Mapping[str, Any] | None = None) -> EntryInfo:
-        """Store ``value`` under ``key`` atomically, with optional JSON-able ``metadata``."""
+    def put(self, key: str, value: Any, metadata: Mapping[str, Any] | None = None,
+            progress: entry.Progress | None = None) -> EntryInfo:
+        """Store ``value`` under ``key`` atomically, with optional JSON-able ``metadata``.
+
+        Numpy arrays are written from their own memory, without a copy: do not change them
+        from another thread until ``put`` returns. ``progress(done, total)`` is called as the
+        bytes go out.
+        """
         key = normalize_key(key)
         store = self.store
         path = store.path(key)
         started = time.perf_counter()
         header, chunks = entry.encode(value, metadata, key=key, compression=self.settings.compression)
-        store.write(key, chunks)
+        total = header.entry_size
+        store.write(key, chunks, None if progress is None else lambda done: progress(done, total))
         log.info("cache saved (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(header.entry_size),
                  (time.perf_counter() - started) * 1e3, **_event("saved", path))
         if random.random() < CLEANUP_CHANCE:

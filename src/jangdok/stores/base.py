@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Union
 
@@ -104,8 +104,10 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def write(self, key: str, data: Chunks) -> None:
-        """Store an object atomically: readers see the previous object or this one, never a mix."""
+    def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> None:
+        """Store an object atomically: readers see the previous object or this one, never a mix.
+
+        ``progress(bytes_written)`` is called as the bytes go out, never going backwards."""
 
     @abstractmethod
     def delete(self, key: str, version: str | None = None) -> bool:

@@ -1,4 +1,12 @@
-"""A store in a local folder. Writes are atomic: a unique temporary file, then ``os.replace``.
+"""A store in a local folder. Writes are atomic: a unique temporary file, then a rename.
+
+Over an existing entry the rename is Linux's ``renameat2(RENAME_EXCHANGE)``: the new file takes
+the key's name and the old one the temporary name in one atomic step, and is then unlinked. A
+rename that *replaces* a file makes ext4 (``auto_da_alloc``) start writeback of the new file's data
+inside the call, and the old file is freed there too: together about 30 ms for a 48 MB entry. An
+exchange does neither; the unlink frees the old file, and the data is written back later. Where
+there is no entry yet, and where the kernel, the C library or the file system lacks the call, it is
+``os.replace``. Either way readers see the old file or the new one, never neither.
 
 What the folder may hold besides entries, and how each operation treats it:
 
@@ -10,7 +18,9 @@ What the folder may hold besides entries, and how each operation treats it:
   ``write`` replaces the link itself and ``delete`` removes it. Links to folders are not followed
   by ``list``.
 - Names starting with :data:`~jangdok.location.TEMP_MARKER` are writes (or deletes) in progress,
-  or what a killed process left; they are never listed and ``cleanup`` removes the old ones.
+  or what a killed process left; they are never listed and ``cleanup`` removes the old ones. A
+  process killed between an exchange and its unlink leaves the *replaced* entry under such a
+  name: it keeps that entry's old modification time, so the next ``cleanup`` removes it.
 
 No ``OSError`` leaves this module: failures become :mod:`jangdok.errors` types naming the path.
 """
@@ -20,10 +30,12 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import mmap
 import os
 import secrets
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from stat import S_ISDIR, S_ISREG
 
 from ..errors import AccessDenied, InvalidKey, StoreUnavailable
@@ -36,6 +48,140 @@ log = logging.getLogger("jangdok")
 
 # Put a moved-aside symlinked entry back as the link itself, not as its target, where supported.
 _LINK_NAME: dict[str, bool] = {"follow_symlinks": False} if os.link in os.supports_follow_symlinks else {}
+
+# Python 3.13+ can map without keeping a duplicate descriptor open for each map's lifetime.
+_MAP_OPTIONS: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+
+
+def _iov_max() -> int:
+    try:
+        limit = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):  # Windows has no sysconf; some systems no name
+        return 1024
+    return limit if limit > 0 else 1024
+
+
+_IOV_MAX = _iov_max()
+
+
+_PROGRESS_STEP = 8 << 20
+"""With a progress callback, no system call writes more than this, so large chunks report too."""
+
+
+def _batches(views: Iterable[memoryview], max_bytes: int) -> Iterator[list[memoryview]]:
+    """Views grouped for writev: at most IOV_MAX views and ``max_bytes`` bytes (a view larger
+    than that is sliced, which copies nothing)."""
+    batch: list[memoryview] = []
+    size = 0
+    for view in views:
+        while view.nbytes:
+            part = view[:max_bytes - size]
+            batch.append(part)
+            size += part.nbytes
+            view = view[part.nbytes:]
+            if len(batch) == _IOV_MAX or size == max_bytes:
+                yield batch
+                batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _write_batch(fd: int, batch: list[memoryview], wrote: Callable[[int], None]) -> None:
+    """Write non-empty views in order, resuming after partial writes; the caller's buffers go
+    to the kernel as they are, never copied here."""
+    if not hasattr(os, "writev"):  # Windows
+        for view in batch:
+            while view.nbytes:
+                count = os.write(fd, view)
+                wrote(count)
+                view = view[count:]
+        return
+    while batch:
+        written = os.writev(fd, batch)
+        if written <= 0:  # regular files never do this; never loop forever if one does
+            raise OSError(errno.EIO, "the file accepted no bytes")
+        wrote(written)
+        done = 0
+        while done < len(batch) and written >= batch[done].nbytes:
+            written -= batch[done].nbytes
+            done += 1
+        batch = batch[done:]
+        if written:  # partly written view: resume inside it
+            batch[0] = batch[0][written:]
+
+
+def _write_chunks(fd: int, data: Chunks, progress: Callable[[int], None] | None) -> None:
+    total = 0
+
+    def wrote(count: int) -> None:
+        nonlocal total
+        total += count
+        if progress is not None:
+            progress(total)
+
+    max_bytes = sys.maxsize if progress is None else _PROGRESS_STEP
+    if isinstance(data, (list, tuple)):  # all chunks at hand: one writev per IOV_MAX views
+        groups: Iterable[list[memoryview]] = [list(iter_chunks(data))]
+    else:
+        # A generator may reuse its buffer or take its time: each chunk reaches the file before
+        # the next is asked for (a live writer's file stays young for cleanup(); memory stays flat).
+        groups = ([view] for view in iter_chunks(data))
+    for views in groups:
+        for batch in _batches(views, max_bytes):
+            _write_batch(fd, batch, wrote)
+
+
+class _Exchange:
+    """``renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE)`` through the C library: resolved on
+    first use (no ctypes at import), switched off for the process when the C library or the kernel
+    lacks it, and for one device when its file system does."""
+
+    RENAME_EXCHANGE = 2
+    AT_FDCWD = -100
+
+    def __init__(self) -> None:
+        self._resolved = False
+        self._function: Callable[..., int] | None = None
+        self._get_errno: Callable[[], int] = lambda: 0
+        self.unsupported_devices: set[int] = set()
+
+    def _resolve(self) -> Callable[..., int] | None:
+        if not self._resolved:
+            self._function = None
+            if sys.platform.startswith("linux"):
+                try:
+                    import ctypes
+
+                    function = ctypes.CDLL(None, use_errno=True).renameat2
+                    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                    function.restype = ctypes.c_int
+                    self._function, self._get_errno = function, ctypes.get_errno
+                except (OSError, AttributeError, ImportError):  # no symbol (glibc < 2.28, some musl)
+                    pass
+            self._resolved = True
+        return self._function
+
+    def __call__(self, source: str, target: str, device: int) -> bool:
+        """Swap two existing names atomically. ``False`` if nothing was swapped: the target is
+        gone, the call is unavailable, or it failed; the caller then uses ``os.replace``, which
+        does the job or reports the failure exactly as before."""
+        if device in self.unsupported_devices:
+            return False
+        function = self._resolve()
+        if function is None:
+            return False
+        if function(self.AT_FDCWD, os.fsencode(source), self.AT_FDCWD, os.fsencode(target),
+                    self.RENAME_EXCHANGE) == 0:
+            return True
+        code = self._get_errno()
+        if code == errno.ENOSYS:  # the kernel (or a seccomp filter) lacks it: off for the process
+            self._function = None
+        elif code in (errno.EINVAL, errno.EOPNOTSUPP):  # this file system cannot exchange
+            self.unsupported_devices.add(device)
+        return False
+
+
+_exchange = _Exchange()
 
 
 def _object_info(key: str, result: os.stat_result) -> ObjectInfo:
@@ -84,10 +230,12 @@ class LocalStore(Store):
     fsynced before the rename and the folder after it (several milliseconds per write on most
     disks). Without it, a crash of the *machine* may leave an empty or missing entry (never a
     torn one under the key's name on journaling file systems); a crash of the process never can.
+    (Replacing by exchange opts out of ext4's flush-on-replace heuristic, so without ``durable``
+    a replaced entry, too, may be empty after a power cut within the writeback delay.)
     """
 
     name = "local"
-    capabilities = Capabilities(shared=False, range_reads=True, conditional_delete=True)
+    capabilities = Capabilities(shared=False, range_reads=True, conditional_delete=True, mapping=True)
 
     def __init__(self, location: Location, durable: bool = False) -> None:
         if location.is_s3:
@@ -123,23 +271,51 @@ class LocalStore(Store):
             file.close()
             raise self._os_error(exc, "loading", path) from exc
 
-    def write(self, key: str, data: Chunks) -> None:
+    def map(self, key: str) -> tuple[memoryview, ObjectInfo] | None:
+        """The entry as a private copy-on-write map: pages are read on first touch, and writes to
+        the view stay in this process. The map keeps the file it was made from, so it stays valid
+        after the entry is replaced or deleted (this store never changes a file in place; a file
+        truncated by hand under a map would make touching the lost pages fail with SIGBUS)."""
+        path = self.location.local_path(key)
+        try:
+            file = open(path, "rb", buffering=0)
+        except IsADirectoryError:
+            return None
+        except OSError as exc:
+            if _is_missing(exc):
+                return None
+            raise self._os_error(exc, "loading", path) from exc
+        with file:
+            try:
+                result = os.fstat(file.fileno())
+                if not S_ISREG(result.st_mode):
+                    return None
+                info = _object_info(key, result)
+                if result.st_size == 0:  # mmap cannot map 0 bytes
+                    return memoryview(bytearray()), info
+                mapped = mmap.mmap(file.fileno(), result.st_size, access=mmap.ACCESS_COPY, **_MAP_OPTIONS)
+            except OSError as exc:
+                raise self._os_error(exc, "loading", path) from exc
+            except ValueError as exc:  # truncated by hand between fstat and mmap
+                raise StoreUnavailable(f"Local error loading {path}: the file shrank while being mapped ({exc}); "
+                                       "something outside the cache is writing to it") from exc
+        return memoryview(mapped), info
+
+    def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> None:
         path = self.location.local_path(key)
         folder = os.path.dirname(path) or "."
-        # Same folder as the target, so os.replace is a rename within one file system and
-        # readers see either the old file or the new one.
+        # Same folder as the target, so the rename stays within one file system and readers see
+        # either the old file or the new one.
         temp = self._temp_path(folder)
         try:
             new_folders = not os.path.isdir(folder)
             if new_folders:
                 os.makedirs(folder, exist_ok=True)
-            with open(temp, "xb") as file:
-                for chunk in iter_chunks(data):
-                    file.write(chunk)
+            with open(temp, "xb", buffering=0) as file:
+                _write_chunks(file.fileno(), data, progress)
                 if self.durable:  # the data must be on disk before its name can point at it
-                    file.flush()
                     os.fsync(file.fileno())
-            os.replace(temp, path)
+            self._swap_in(temp, path)
             if self.durable:
                 self._sync_folders(folder, new_folders)
         except BaseException as exc:
@@ -150,6 +326,42 @@ class LocalStore(Store):
             if isinstance(exc, OSError):
                 raise self._write_error(exc, path, folder) from exc
             raise
+
+    def _swap_in(self, temp: str, path: str) -> None:
+        """Give the finished temporary file the key's name, atomically for readers.
+
+        Over an existing entry the names are exchanged, then the old file (now under ``temp``)
+        is unlinked. Concurrent writers each unlink whatever they swapped out, so the last
+        exchange wins and no old file stays behind; a versioned delete that moved the entry aside
+        makes the exchange fail with ENOENT, and ``os.replace`` then writes as it always did.
+        """
+        try:
+            current = os.lstat(path)
+        except OSError:
+            current = None  # missing, or unreachable: os.replace says which
+        if current is None or S_ISDIR(current.st_mode) or not _exchange(temp, path, current.st_dev):
+            os.replace(temp, path)  # a folder in the way fails here, with the usual message
+            return
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:  # a cleanup() found the old entry's old time and took it
+            return
+        except OSError as exc:
+            if os.path.isdir(temp):
+                self._give_back_folder(temp, path)
+            log.warning("Saved %s, but the entry it replaced stays at %s: %s; cleanup() removes it", path, temp,
+                        exc.strerror or exc, extra={"jangdok_event": "replaced_entry_kept", "jangdok_path": temp})
+
+    def _give_back_folder(self, temp: str, path: str) -> None:
+        """A folder took the entry's name between the check and the exchange (it was deleted and
+        a key below it written): as with os.replace, the folder stays and the write fails."""
+        if not _exchange(temp, path, os.lstat(temp).st_dev):
+            raise StoreUnavailable(f"Local error saving {path}: a folder that appeared there meanwhile was moved to "
+                                   f"{temp} and could not be put back; rename it to {path}")
+        # What comes back is this write's file, or (had another writer exchanged in between) its
+        # file, which the folder displaced just as it would have made that writer fail.
+        os.unlink(temp)
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
 
     def _write_error(self, exc: OSError, path: str, folder: str) -> Exception:
         """Say what is in the way when a file or folder occupies a name the key needs."""
@@ -298,7 +510,8 @@ class LocalStore(Store):
     def cleanup(self, older_than: float, prefix: str = "") -> int:
         """Remove temporary files last modified more than ``older_than`` seconds ago, in the
         folders ``list(prefix)`` would read. A live writer's file is modified with every chunk,
-        so ``older_than`` only has to exceed the longest pause inside one write."""
+        so ``older_than`` only has to exceed the longest pause inside one write. An entry a
+        killed writer had just swapped out keeps its old time, so it goes at the first cleanup."""
         cutoff = time.time() - older_than
         removed = 0
         for folder, _base, names in self._walk(prefix, "cleaning up"):

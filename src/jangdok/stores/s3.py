@@ -38,7 +38,10 @@ log = logging.getLogger("jangdok")
 T = TypeVar("T")
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every multipart part but the last
-DEFAULT_PART_SIZE = 16 * 1024 * 1024
+# Up to this size a value goes up in one PutObject: measured on 2 cores, one 48 MB PUT beat
+# 3-6 sequential parts (each part is a request, and parallel parts compete with the server
+# for the same cores). Above it, parts of this size: a retried part resends at most this much.
+DEFAULT_PART_SIZE = 64 * 1024 * 1024
 # A body read that breaks loses what it had read, so reads stay small enough that a resumed
 # transfer repeats little, and large enough to cost nothing per byte.
 BODY_READ_SIZE = 256 * 1024
@@ -136,7 +139,12 @@ def make_client(settings: Settings) -> tuple[Any, str]:
         read_timeout=settings.read_timeout,
         retries={"total_max_attempts": 1, "mode": "standard"},  # retries are ours: see module doc
         # Path-style addressing is what self-hosted S3 servers support; AWS picks its own.
-        s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+        # Integrity is end to end (every entry carries its own digest), so botocore's CRC32 of
+        # each body, and over http its SHA-256 payload signature, would only read the bytes
+        # again: ~24 ms per 50 MB GET, and a PUT's body read three times instead of once.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path" if settings.endpoint_url else "auto", "payload_signing_enabled": False},
         max_pool_connections=32,
     )
     client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
@@ -147,12 +155,13 @@ class _ChunkFile(io.RawIOBase):
     """A seekable read-only file over byte chunks, so botocore can send (and re-send or
     checksum) a body that was never joined into one copy."""
 
-    def __init__(self, chunks: list[memoryview]) -> None:
+    def __init__(self, chunks: list[memoryview], sent: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self._chunks = chunks
         self._starts = list(itertools.accumulate((chunk.nbytes for chunk in chunks), initial=0))
         self._size = self._starts[-1]
         self._pos = 0
+        self._sent = sent
 
     def __len__(self) -> int:
         return self._size
@@ -182,7 +191,30 @@ class _ChunkFile(io.RawIOBase):
             written += piece.nbytes
             index += 1
         self._pos += written
+        if self._sent is not None:
+            self._sent(self._pos)
         return written
+
+
+class _Sent:
+    """Bytes handed to the connection so far, for a progress callback. A retried request
+    reads its body again from the start; the count only ever goes up."""
+
+    def __init__(self, progress: Callable[[int], None] | None) -> None:
+        self._progress = progress
+        self._most = 0
+
+    def at(self, offset: int) -> Callable[[int], None] | None:
+        """The callback for a body that starts at ``offset`` in the whole object."""
+        if self._progress is None:
+            return None
+
+        def sent(position: int) -> None:
+            if offset + position > self._most:
+                self._most = offset + position
+                self._progress(self._most)
+
+        return sent
 
 
 def _parts(data: Chunks, part_size: int) -> Iterator[list[memoryview]]:
@@ -252,28 +284,27 @@ class _S3Reader(Reader):
                                    "transfer; load it again")
         self._body = response["Body"]
 
-    def _read_some(self, size: int) -> bytes:
+    def _read_some(self, target: memoryview) -> int:
         if self._body is None:
             self._resume()
         try:
-            data = self._body.read(min(size, BODY_READ_SIZE))
+            count = self._body.readinto(target[:BODY_READ_SIZE])  # straight from the socket, no copy
         except BaseException:
             self._drop_body()
             raise
-        if not data:
+        if not count:
             self._drop_body()
             raise _ShortBody(f"connection closed at byte {self._pos} of {self._end}")
-        return data
+        return count
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
         target = memoryview(buffer).cast("B")[: self._end - self._pos]
         if not target.nbytes:
             return 0
-        data = self._store._call("loading", self._key, lambda: self._read_some(target.nbytes), self._budget)
+        count = self._store._call("loading", self._key, lambda: self._read_some(target), self._budget)
         self._budget.progressed()
-        target[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        self._pos += count
+        return count
 
     def close(self) -> None:
         self._drop_body()
@@ -457,14 +488,15 @@ class S3Store(Store):
                         "LastModified": datetime.fromtimestamp(found.modified, timezone.utc)}
         return None if response is None else _S3Reader(self, key, response, start)
 
-    def write(self, key: str, data: Chunks) -> None:
+    def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> None:
         object_key = self.location.object_key(key)
         parts = _parts(data, self.part_size)
         first = next(parts)
         second = next(parts, None)
+        sent = _Sent(progress)
         if second is None:
             self._call("saving", key, lambda: self.client.put_object(
-                Bucket=self._bucket, Key=object_key, Body=_ChunkFile(first)))
+                Bucket=self._bucket, Key=object_key, Body=_ChunkFile(first, sent.at(0))))
             return
         # Large values: a multipart upload becomes visible only when completed, so readers
         # still see the previous object or the whole new one.
@@ -476,10 +508,9 @@ class S3Store(Store):
         upload_id = upload["UploadId"]
         try:
             done = []
-            for number, part in enumerate([first, second], start=1):
-                done.append(self._upload_part(key, object_key, upload_id, number, part))
-            for number, part in enumerate(parts, start=3):
-                done.append(self._upload_part(key, object_key, upload_id, number, part))
+            for number, part in enumerate(itertools.chain([first, second], parts), start=1):
+                done.append(self._upload_part(key, object_key, upload_id, number, part,
+                                              sent.at((number - 1) * self.part_size)))
             self._complete(key, object_key, upload_id, done, token)
         except BaseException:
             try:
@@ -516,9 +547,10 @@ class S3Store(Store):
         return response.get("Metadata", {}).get(_UPLOAD_TOKEN) == token
 
     def _upload_part(self, key: str, object_key: str, upload_id: str, number: int,
-                     part: list[memoryview]) -> dict[str, Any]:
+                     part: list[memoryview], sent: Callable[[int], None] | None) -> dict[str, Any]:
         response = self._call("saving", key, lambda: self.client.upload_part(
-            Bucket=self._bucket, Key=object_key, UploadId=upload_id, PartNumber=number, Body=_ChunkFile(part)))
+            Bucket=self._bucket, Key=object_key, UploadId=upload_id, PartNumber=number,
+            Body=_ChunkFile(part, sent)))
         return {"PartNumber": number, "ETag": response["ETag"]}
 
     def delete(self, key: str, version: str | None = None) -> bool:

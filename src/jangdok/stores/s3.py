@@ -44,7 +44,7 @@ MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every multipart part but the l
 DEFAULT_PART_SIZE = 64 * 1024 * 1024
 # A body read that breaks loses what it had read, so reads stay small enough that a resumed
 # transfer repeats little, and large enough to cost nothing per byte.
-BODY_READ_SIZE = 256 * 1024
+BODY_READ_SIZE = 1024 * 1024
 # User metadata naming the multipart upload that made an object.
 _UPLOAD_TOKEN = "jangdok-upload"
 

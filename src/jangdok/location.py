@@ -10,6 +10,7 @@ name whether typed on macOS or Linux) and avoid names Windows cannot hold, on ev
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import unicodedata
@@ -110,6 +111,11 @@ def normalize_key(key: str) -> str:
     naming the key.
     """
     _check_key_type(key)
+    return _normalized(key)
+
+
+@functools.lru_cache(maxsize=4096)  # a pure function of the key, called on every operation
+def _normalized(key: str) -> str:
     # Normalise first so the rules judge the name that is actually stored.
     normalized = unicodedata.normalize("NFC", key)
     validate_key(normalized)
@@ -172,6 +178,7 @@ class Location:
         """The location as a user would write it: ``cache`` or ``s3://bucket/cache/``."""
         return f"s3://{self.root}/{self.prefix}" if self.is_s3 else self.root
 
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - see local_path
     def object_key(self, key: str) -> str:
         """The S3 object key of a cache key, checked against S3's 1024-byte limit.
 
@@ -187,6 +194,9 @@ class Location:
             )
         return full
 
+    # Every operation checks its key's path (the store, and the cache for its logs); a hot key
+    # is checked once. Locations are immutable, and refusals are raised again, never cached.
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - locations live as long as their caches
     def local_path(self, key: str) -> str:
         """The file path of a cache key, guaranteed to lie inside the root folder.
 

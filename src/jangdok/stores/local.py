@@ -37,6 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from stat import S_ISDIR, S_ISREG
+from typing import IO
 
 from ..errors import AccessDenied, InvalidKey, StoreUnavailable
 from ..location import TEMP_MARKER, Location, validate_key
@@ -254,17 +255,24 @@ class LocalStore(Store):
         # A random suffix keeps concurrent writers (and deleters) out of each other's files.
         return os.path.join(folder, f"{TEMP_MARKER}{secrets.token_hex(8)}")
 
-    def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
-        check_range(start, stop)
-        path = self.location.local_path(key)
+    def _open_entry(self, path: str, buffering: int = -1) -> IO[bytes] | None:
+        """The entry's file opened for reading, or ``None`` where there is no entry (missing, a
+        folder, a dangling link or a link loop)."""
         try:
-            file = open(path, "rb")
+            return open(path, "rb", buffering=buffering)
         except IsADirectoryError:
             return None
         except OSError as exc:
             if _is_missing(exc):
                 return None
             raise self._os_error(exc, "loading", path) from exc
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
+        check_range(start, stop)
+        path = self.location.local_path(key)
+        file = self._open_entry(path)
+        if file is None:
+            return None
         try:
             return _FileReader(key, file, start, stop, lambda exc: self._os_error(exc, "loading", path))
         except OSError as exc:
@@ -277,14 +285,9 @@ class LocalStore(Store):
         after the entry is replaced or deleted (this store never changes a file in place; a file
         truncated by hand under a map would make touching the lost pages fail with SIGBUS)."""
         path = self.location.local_path(key)
-        try:
-            file = open(path, "rb", buffering=0)
-        except IsADirectoryError:
+        file = self._open_entry(path, buffering=0)
+        if file is None:
             return None
-        except OSError as exc:
-            if _is_missing(exc):
-                return None
-            raise self._os_error(exc, "loading", path) from exc
         with file:
             try:
                 result = os.fstat(file.fileno())

@@ -189,7 +189,7 @@ class Cache:
                     return None
                 view, info = mapped
                 try:
-                    return entry.decode_mapped(view, key), info, view.nbytes
+                    return entry.decode_buffer(view, key), info, view.nbytes
                 except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
                     raise _Rejected(exc, info.version) from exc
             reader = self.store.read(key)

@@ -47,7 +47,7 @@ import xxhash
 
 from .errors import CorruptEntry, InvalidValue, UnsupportedEntry
 
-__all__ = ["EntryHeader", "Decoded", "ForeignEntry", "Progress", "encode", "decode", "decode_mapped",
+__all__ = ["EntryHeader", "Decoded", "ForeignEntry", "Progress", "encode", "decode", "decode_buffer",
            "read_header", "header_size", "check_key", "keys_match", "FORMAT_VERSION", "MAGIC",
            "MAX_METADATA_BYTES", "HEADER_PROBE_BYTES"]
 
@@ -72,6 +72,8 @@ _READ_CHUNK = 1 << 20
 # a bytearray's memset, or faulting pages in one by one as the read touches them, each cost
 # ~15 ms more for 50 MB (measured on a VM, where page faults are dear).
 _MAPPED_ALLOCATION = 1 << 20
+# Entries up to this size are read whole in one call, rather than header and payload apart.
+_WHOLE_READ = 256 * 1024
 _POPULATED = (mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE) if hasattr(mmap, "MAP_POPULATE") else None
 _CHECKSUM = "xxh3_128"
 _SERIALIZER = "pickle"
@@ -449,6 +451,10 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
     Raises CorruptEntry for damage (the caller may delete the entry) and UnsupportedEntry for
     intact entries this process cannot use (the caller must keep them).
     """
+    if size <= _WHOLE_READ:  # one read call, then parsed in memory: small entries are latency
+        whole = memoryview(bytearray(size))
+        _read_into(reader, whole, progress)
+        return decode_buffer(whole, key)
     header = read_header(reader)
     if not isinstance(header, EntryHeader):
         return Decoded(_load_legacy(header + reader.read()), None)
@@ -460,9 +466,9 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
     return Decoded(_materialize(header, payload, digest.hexdigest()), header)
 
 
-def decode_mapped(view: memoryview, key: str | None = None) -> Decoded:
-    """Verify and deserialize an entry held whole in memory (a memory-mapped file): the loaded
-    arrays are views of it, so nothing is copied."""
+def decode_buffer(view: memoryview, key: str | None = None) -> Decoded:
+    """Verify and deserialize an entry held whole in memory (read whole, or a memory-mapped
+    file): the loaded arrays are views of it, so nothing is copied."""
     header = read_header(_ViewReader(view))
     if not isinstance(header, EntryHeader):
         return Decoded(_load_legacy(view), None)

@@ -469,9 +469,12 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
 def decode_buffer(view: memoryview, key: str | None = None) -> Decoded:
     """Verify and deserialize an entry held whole in memory (read whole, or a memory-mapped
     file): the loaded arrays are views of it, so nothing is copied."""
-    header = read_header(_ViewReader(view))
-    if not isinstance(header, EntryHeader):
+    needed = header_size(bytes(view[: _PREFIX.size]))
+    if needed is None:
         return Decoded(_load_legacy(view), None)
+    header = read_header(io.BytesIO(view[:needed]))  # a copy of the header only
+    if not isinstance(header, EntryHeader):  # cannot happen: the magic was checked above
+        raise CorruptEntry("entry header is unreadable")
     check_key(header, key)
     _check_size(header, view.nbytes)
     return Decoded(_materialize(header, view[header.header_size :]), header)
@@ -506,25 +509,6 @@ def _buffer(payload: memoryview, stored: StoredBuffer) -> memoryview:
     target = memoryview(_allocate(stored.compression.length))
     decompress_into(view, stored.compression, target)
     return target
-
-
-class _ViewReader(io.RawIOBase):
-    """A stream over a memoryview, for parsing a header in place."""
-
-    def __init__(self, view: memoryview) -> None:
-        super().__init__()
-        self._view = view
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        target = memoryview(buffer).cast("B")
-        piece = self._view[self._position : self._position + target.nbytes]
-        target[: piece.nbytes] = piece
-        self._position += piece.nbytes
-        return piece.nbytes
 
 
 def _load_legacy(data: bytes | memoryview) -> Any:

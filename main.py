@@ -26,7 +26,6 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections import defaultdict  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -50,7 +49,7 @@ from chapter_generator import (  # noqa: E402
     save_model_info,
     train_chapter,
 )
-from jangdok import Cache, JangdokError  # noqa: E402
+from jangdok import Cache, JangdokError, TierStats  # noqa: E402
 
 STORE_NAMES = {"S3": "S3", "local": "로컬", "local (fallback)": "로컬 대체"}
 
@@ -109,19 +108,12 @@ class CacheEventPrinter(logging.Handler):
 
 
 @dataclass
-class StoreTally:
-    hits: int = 0
-    misses: int = 0
-    bytes_read: int = 0
-    bytes_written: int = 0
-    seconds_reading: float = 0.0
-    seconds_writing: float = 0.0
-
-
-@dataclass
 class RunTally:
-    stores: dict[str, StoreTally] = field(default_factory=lambda: defaultdict(StoreTally))
+    """What the cache's own statistics cannot know: entries whose parameters no longer match."""
+
+    invalidated: int = 0
     seconds_computing: float = 0.0
+    cache_stats: dict[str, TierStats] = field(default_factory=dict)
 
 
 def params_from_config() -> PipelineParams:
@@ -160,7 +152,6 @@ def load_or_build(label: str, videos: list[Path], params: PipelineParams, data_d
     expected = cache_identity(label, videos, params, data_dir)
     key = cache_file_name(label, params)
     if cache is not None:
-        started = time.perf_counter()
         try:
             with TransferBar(f"📥 {label}") as bar:
                 found = cache.get_entry(key, progress=bar)
@@ -172,35 +163,27 @@ def load_or_build(label: str, videos: list[Path], params: PipelineParams, data_d
             value = found.value
             if matches(stored_identity(info.metadata, value), expected):
                 sequences = value["data"] if isinstance(value, dict) else value
-                store = tally.stores[info.store]
-                store.hits += 1
-                store.bytes_read += info.size
-                store.seconds_reading += time.perf_counter() - started
                 say(f"📂 {label} 라벨 데이터 캐시 로드 ({STORE_NAMES[info.store]}): {info.path} "
                     f"({len(sequences)}개 샘플)")
                 return sequences
             warn(f"⚠️ {label} 캐시 파라미터가 다릅니다. 캐시 무효화.")
+            tally.invalidated += 1
             try:
                 cache.delete(key)
             except JangdokError as exc:
                 warn(f"⚠️ {label} 캐시를 삭제하지 못했습니다: {exc}")
-        tally.stores[cache.store_label].misses += 1
 
     started = time.perf_counter()
     sequences = process_label(videos, params, label_rng(label, params))
     tally.seconds_computing += time.perf_counter() - started
 
     if cache is not None:
-        started = time.perf_counter()
         try:
             with TransferBar(f"📤 {label}") as bar:
                 info = cache.put(key, sequences, metadata=expected, progress=bar)
         except JangdokError as exc:
             warn(f"⚠️ {label} 캐시를 저장하지 못했습니다: {exc}")
         else:
-            store = tally.stores[info.store]
-            store.bytes_written += info.size
-            store.seconds_writing += time.perf_counter() - started
             say(f"💾 {label} 라벨 데이터 캐시 저장 ({STORE_NAMES[info.store]}): {info.path} "
                 f"({len(sequences)}개 샘플)")
     return sequences
@@ -251,8 +234,10 @@ def print_summary(tally: RunTally, results: list[dict[str, Any]], elapsed: float
         shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
         print(f"📊 {result['chapter']}: {len(result['classes'])} classes, {result['samples']} samples, "
               f"held-out accuracy {shown}")
-    for name, store in tally.stores.items():
-        print(f"🗄️ cache ({name}): {store.hits} hits, {store.misses} misses, "
+    for name, store in tally.cache_stats.items():
+        # An entry found with other parameters is a hit for the cache, a miss for this program.
+        hits = store.hits - tally.invalidated
+        print(f"🗄️ cache ({name}): {hits} hits, {store.misses + tally.invalidated} misses, "
               f"read {store.bytes_read / 1e6:.1f} MB in {store.seconds_reading:.2f} s, "
               f"wrote {store.bytes_written / 1e6:.1f} MB in {store.seconds_writing:.2f} s")
     print(f"⚙️ computing label data: {tally.seconds_computing:.2f} s")
@@ -301,6 +286,7 @@ def run(args: argparse.Namespace, started: float) -> int:
             sequences[label] = load_or_build(label, label_videos[label], params, data_dir, cache, tally)
     finally:
         if cache is not None:
+            tally.cache_stats = cache.stats()
             cache.close()
 
     results = []

@@ -298,3 +298,37 @@ def test_compressed_entries_round_trip_and_say_so(cache_url: str, make_settings,
         entry = reader.get_entry("label.pkl")
     assert all(np.array_equal(a, b) for a, b in zip(entry.value, value, strict=True))
     assert reader.stat("label.pkl").size == raw < sum(a.nbytes for a in value) / 1.1
+
+
+def test_stats_count_what_this_process_did_per_store(cache: Cache, backend: str) -> None:
+    label = {"local": "local", "s3": "S3"}[backend]
+    assert cache.stats() == {}
+    info = cache.put("a.pkl", label_data(videos=2))
+    assert cache.get("a.pkl") is not None and cache.get("missing.pkl") is None
+    cache.store.write("b.pkl", b"\x89JDK\r\n\x1a\n damaged")
+    assert cache.get("b.pkl") is None
+    stats = cache.stats()[label]
+    assert (stats.hits, stats.misses, stats.puts, stats.corrupt_deleted) == (1, 2, 1, 1)
+    assert stats.bytes_written == info.size == stats.bytes_read
+    assert stats.seconds_reading > 0 and stats.seconds_writing > 0
+    stats.hits = 99  # a copy: the cache's own counters are untouched
+    assert cache.stats()[label].hits == 1
+
+
+def test_a_forked_child_counts_its_own_stats(cache: Cache) -> None:
+    import os
+
+    cache.put("a.pkl", 1)
+    cache.get("a.pkl")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only what it does itself
+        try:
+            cache.get("a.pkl")
+            os.write(write, str(sum(tier.hits for tier in cache.stats().values())).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 16) == b"1"
+    os.waitpid(pid, 0)
+    assert sum(tier.hits for tier in cache.stats().values()) == 1

@@ -12,7 +12,7 @@ no output; logging goes to ``logging.getLogger("jangdok")``.
 """
 
 from . import errors
-from .cache import Cache, Entry, EntryInfo
+from .cache import Cache, Entry, EntryInfo, TierStats
 from .errors import *  # noqa: F403 - the hierarchy is public, as listed in errors.__all__
 from .location import Location, is_s3_path, join, parse_location
 from .paths import exists, load, remove, save, stat
@@ -24,6 +24,7 @@ __all__ = [
     "Cache",
     "Entry",
     "EntryInfo",
+    "TierStats",
     "Settings",
     "Secret",
     "Location",

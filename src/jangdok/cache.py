@@ -6,6 +6,7 @@ so creating one (or importing jangdok) touches neither the network nor ``.env`` 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -24,7 +25,7 @@ from .perprocess import PerProcess
 from .settings import Settings
 from .stores import LocalStore, ObjectInfo, Store, open_store
 
-__all__ = ["Cache", "Entry", "EntryInfo"]
+__all__ = ["Cache", "Entry", "EntryInfo", "TierStats"]
 
 log = logging.getLogger("jangdok")
 
@@ -74,6 +75,37 @@ class EntryInfo:
     """Entry format version; ``None`` for a legacy plain pickle."""
 
 
+@dataclass
+class TierStats:
+    """What one store did for this process's cache: counts, bytes and seconds."""
+
+    hits: int = 0
+    misses: int = 0
+    """Absent entries, and entries that could not be used (damaged, unreadable here, another key's)."""
+    bytes_read: int = 0
+    seconds_reading: float = 0.0
+    puts: int = 0
+    bytes_written: int = 0
+    seconds_writing: float = 0.0
+    corrupt_deleted: int = 0
+    skipped: int = 0
+    """Intact entries kept but not used: a newer format, missing code, another key's entry."""
+
+
+class _Counters:
+    """This process's statistics, per store label; made anew after fork (a child counts its own)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tiers: dict[str, TierStats] = {}
+
+    def add(self, label: str, **amounts: float) -> None:
+        with self.lock:
+            tier = self.tiers.setdefault(label, TierStats())
+            for name, amount in amounts.items():
+                setattr(tier, name, getattr(tier, name) + amount)
+
+
 @dataclass(frozen=True)
 class Entry:
     """A loaded value together with its :class:`EntryInfo`."""
@@ -103,6 +135,7 @@ class Cache:
         self._store: Store | None = None
         self._store_label = ""
         self._locks = PerProcess(threading.Lock)  # a lock held by a thread at fork() stays held
+        self._counters = PerProcess(_Counters)
         self.fallback_reason: str | None = None
         """Why the cache runs on its local fallback folder, or ``None`` if it does not."""
 
@@ -204,12 +237,25 @@ class Cache:
         found = self._verified(key, path, read_once)
         if found is None:
             log.debug("cache miss: %s", path)
+            self._count(misses=1)
             return None
         decoded, object_info, size = found
         info = self._info(key, path, size, decoded.header, object_info.modified)
+        seconds = time.perf_counter() - started
+        self._count(hits=1, bytes_read=size, seconds_reading=seconds)
         log.info("cache loaded (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(size),
-                 (time.perf_counter() - started) * 1e3, **_event("loaded", path))
+                 seconds * 1e3, **_event("loaded", path))
         return Entry(decoded.value, info)
+
+    def _count(self, **amounts: float) -> None:
+        self._counters.get().add(self._store_label, **amounts)
+
+    def stats(self) -> dict[str, TierStats]:
+        """Hits, misses, bytes and seconds read and written by this process, per store
+        (``"S3"``, ``"local"``, ``"local (fallback)"``). A forked child starts from zero."""
+        counters = self._counters.get()
+        with counters.lock:
+            return {label: dataclasses.replace(tier) for label, tier in counters.tiers.items()}
 
     def _verified(self, key: str, path: str, read_once: Callable[[], T | None]) -> T | None:
         """Run ``read_once`` until it returns something it could verify, or a miss.
@@ -231,6 +277,7 @@ class Cache:
             seen[type(problem)] = version
             log.debug("reading %s again: %s", path, problem)
         if isinstance(problem, entry.ForeignEntry):
+            self._count(skipped=1)
             log.warning("cache entry skipped (kept): %s: %s", path, problem, **_event("skipped", path))
         else:
             self._discard(key, path, problem, version)
@@ -238,6 +285,7 @@ class Cache:
 
     def _discard(self, key: str, path: str, problem: JangdokError, version: str) -> None:
         if isinstance(problem, UnsupportedEntry):
+            self._count(skipped=1)
             log.warning("cache entry skipped (kept for other readers): %s: %s", path, problem,
                         **_event("skipped", path))
             return
@@ -248,6 +296,7 @@ class Cache:
             log.warning("corrupt cache entry could not be deleted: %s: %s (%s)", path, problem, exc)
             return
         if deleted:
+            self._count(corrupt_deleted=1)
             log.warning("corrupt cache entry deleted: %s: %s", path, problem, **_event("corrupt_deleted", path))
         else:
             log.warning("corrupt cache entry already replaced: %s: %s", path, problem)
@@ -319,8 +368,10 @@ class Cache:
         header, chunks = entry.encode(value, metadata, key=key, compression=self.settings.compression)
         total = header.entry_size
         store.write(key, chunks, None if progress is None else lambda done: progress(done, total))
-        log.info("cache saved (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(header.entry_size),
-                 (time.perf_counter() - started) * 1e3, **_event("saved", path))
+        seconds = time.perf_counter() - started
+        self._count(puts=1, bytes_written=total, seconds_writing=seconds)
+        log.info("cache saved (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(total),
+                 seconds * 1e3, **_event("saved", path))
         if random.random() < CLEANUP_CHANCE:
             self._tidy(key.rpartition("/")[0] + "/" if "/" in key else "")
         return self._info(key, path, header.entry_size, header, header.created_at)

@@ -12,7 +12,7 @@ no output; logging goes to ``logging.getLogger("jangdok")``.
 """
 
 from . import errors
-from .cache import Cache, Entry, EntryInfo, TierStats
+from .cache import Cache, Entry, EntryInfo, PruneReport, TierStats
 from .errors import *  # noqa: F403 - the hierarchy is public, as listed in errors.__all__
 from .location import Location, is_s3_path, join, parse_location
 from .paths import exists, load, remove, save, stat
@@ -25,6 +25,7 @@ __all__ = [
     "Entry",
     "EntryInfo",
     "TierStats",
+    "PruneReport",
     "Settings",
     "Secret",
     "Location",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 import os
 import random
 import threading
@@ -19,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import entry
-from .errors import CorruptEntry, JangdokError, NoCredentials, StoreUnavailable, UnsupportedEntry
+from .errors import CorruptEntry, InvalidValue, JangdokError, NoCredentials, StoreUnavailable, UnsupportedEntry
 from .location import Location, normalize_key, parse_location
 from .perprocess import PerProcess
 from .settings import Settings
 from .stores import LocalStore, ObjectInfo, Store, open_store
 
-__all__ = ["Cache", "Entry", "EntryInfo", "TierStats"]
+__all__ = ["Cache", "Entry", "EntryInfo", "TierStats", "PruneReport"]
 
 log = logging.getLogger("jangdok")
 
@@ -73,6 +74,8 @@ class EntryInfo:
     metadata: dict[str, Any] | None
     format_version: int | None
     """Entry format version; ``None`` for a legacy plain pickle."""
+    expires_at: float | None = None
+    """When the entry stops being a hit (seconds since the epoch); ``None``: never."""
 
 
 @dataclass
@@ -104,6 +107,18 @@ class _Counters:
             tier = self.tiers.setdefault(label, TierStats())
             for name, amount in amounts.items():
                 setattr(tier, name, getattr(tier, name) + amount)
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :meth:`Cache.prune` removed, or would remove with ``dry_run``."""
+
+    removed: tuple[str, ...]
+    """Keys of the entries removed (or to be removed)."""
+    bytes_freed: int
+    leftovers: int
+    """Crash leftovers removed (temporary files, incomplete uploads); 0 in a dry run."""
+    dry_run: bool
 
 
 @dataclass(frozen=True)
@@ -223,6 +238,8 @@ class Cache:
                 view, info = mapped
                 try:
                     return entry.decode_buffer(view, key), info, view.nbytes
+                except entry.ExpiredEntry:
+                    return None
                 except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
                     raise _Rejected(exc, info.version) from exc
             reader = self.store.read(key)
@@ -231,6 +248,8 @@ class Cache:
             with reader:
                 try:
                     return entry.decode(reader, reader.size, key, progress), reader.info, reader.size
+                except entry.ExpiredEntry:
+                    return None
                 except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
                     raise _Rejected(exc, reader.info.version) from exc
 
@@ -304,7 +323,8 @@ class Cache:
     def _info(self, key: str, path: str, size: int, header: entry.EntryHeader | None, modified: float) -> EntryInfo:
         if header is None:  # a legacy pickle knows nothing about itself; its file time will do
             return EntryInfo(key, path, self._store_label, size, modified, None, None)
-        return EntryInfo(key, path, self._store_label, size, header.created_at, header.metadata, header.version)
+        return EntryInfo(key, path, self._store_label, size, header.created_at, header.metadata, header.version,
+                         header.expires_at)
 
     def stat(self, key: str) -> EntryInfo | None:
         """Size, creation time, metadata and store of an entry, reading only its header
@@ -354,18 +374,24 @@ class Cache:
     # -- writing --------------------------------------------------------------------------
 
     def put(self, key: str, value: Any, metadata: Mapping[str, Any] | None = None,
-            progress: entry.Progress | None = None) -> EntryInfo:
+            progress: entry.Progress | None = None, ttl: float | None = None) -> EntryInfo:
         """Store ``value`` under ``key`` atomically, with optional JSON-able ``metadata``.
 
         Numpy arrays are written from their own memory, without a copy: do not change them
         from another thread until ``put`` returns. ``progress(done, total)`` is called as the
-        bytes go out.
+        bytes go out. After ``ttl`` seconds (default: the ``ttl`` setting) the entry is a miss.
         """
         key = normalize_key(key)
+        ttl = self.settings.ttl if ttl is None else ttl
+        if ttl is not None and not (ttl > 0 and math.isfinite(ttl)):
+            raise InvalidValue(f"ttl for key {key!r} must be a positive number of seconds, got {ttl!r}")
         store = self.store
         path = store.path(key)
         started = time.perf_counter()
-        header, chunks = entry.encode(value, metadata, key=key, compression=self.settings.compression)
+        created = time.time()
+        header, chunks = entry.encode(value, metadata, created_at=created, key=key,
+                                      compression=self.settings.compression,
+                                      expires_at=None if ttl is None else created + ttl)
         total = header.entry_size
         store.write(key, chunks, None if progress is None else lambda done: progress(done, total))
         seconds = time.perf_counter() - started
@@ -386,6 +412,50 @@ class Cache:
     def delete(self, key: str) -> bool:
         """Remove an entry; ``True`` if there was one."""
         return self.store.delete(normalize_key(key))
+
+    def prune(self, older_than: float | None = None, max_bytes: int | None = None,
+              dry_run: bool = False) -> PruneReport:
+        """Remove expired entries, entries written more than ``older_than`` seconds ago, then
+        the oldest entries until the rest fit in ``max_bytes``; and crash leftovers as
+        :meth:`cleanup` does. ``dry_run`` reports without removing anything.
+
+        Each entry is removed only in the version that was listed, so one rewritten meanwhile
+        by another process stays. Finding expired entries reads each entry's header (one
+        ranged read per entry on S3); on a bucket, a lifecycle rule expiring objects by age
+        does the ``older_than`` part without any client.
+        """
+        now = time.time()
+        doomed: list[ObjectInfo] = []
+        kept: list[ObjectInfo] = []
+        for found in self.store.list():
+            old = older_than is not None and now - found.modified > older_than
+            (doomed if old or self._expired(found.key, now) else kept).append(found)
+        if max_bytes is not None:
+            kept.sort(key=lambda found: found.modified)  # the least recently written go first
+            total = sum(found.size for found in kept)
+            while kept and total > max_bytes:
+                total -= kept[0].size
+                doomed.append(kept.pop(0))
+        if dry_run:
+            return PruneReport(tuple(found.key for found in doomed), sum(found.size for found in doomed), 0, True)
+        removed = [found for found in doomed if self.store.delete(found.key, version=found.version)]
+        freed = sum(found.size for found in removed)
+        leftovers = self.store.cleanup(CLEANUP_AGE)
+        log.info("prune removed %d entries (%s) and %d leftover(s) under %s", len(removed), _megabytes(freed),
+                 leftovers, self.store.location.url)
+        return PruneReport(tuple(found.key for found in removed), freed, leftovers, False)
+
+    def _expired(self, key: str, now: float) -> bool:
+        """Whether an entry's header says it has expired; unreadable headers are not prune's
+        business (a read deletes damage, and keeps what it cannot judge)."""
+        head = self._read_head(key, entry.HEADER_PROBE_BYTES)
+        if head is None:
+            return False
+        try:
+            header = entry.read_header(io.BytesIO(head[0]))
+        except JangdokError:
+            return False
+        return isinstance(header, entry.EntryHeader) and header.expires_at is not None and header.expires_at <= now
 
     def cleanup(self, older_than: float = CLEANUP_AGE) -> int:
         """Remove what writers killed mid-write left behind: the store's orphaned temporary

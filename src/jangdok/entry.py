@@ -47,7 +47,7 @@ import xxhash
 
 from .errors import CorruptEntry, InvalidValue, UnsupportedEntry
 
-__all__ = ["EntryHeader", "Decoded", "ForeignEntry", "Progress", "encode", "decode", "decode_buffer",
+__all__ = ["EntryHeader", "Decoded", "ForeignEntry", "ExpiredEntry", "Progress", "encode", "decode", "decode_buffer",
            "read_header", "header_size", "check_key", "keys_match", "FORMAT_VERSION", "MAGIC",
            "MAX_METADATA_BYTES", "HEADER_PROBE_BYTES"]
 
@@ -117,6 +117,8 @@ class EntryHeader:
     """Bytes before the payload."""
     key: str | None = None
     """The key the entry was written under; ``None`` for entries older than this field."""
+    expires_at: float | None = None
+    """When the entry stops being a hit (seconds since the epoch); ``None``: never."""
     stream_length: int | None = None
     """Bytes of the pickle stream at the start of the payload; ``None`` in format 1, whose
     payload is all stream."""
@@ -224,7 +226,8 @@ def _compressor(compression: str) -> Callable[[memoryview, int], Any] | None:
 
 
 def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: float | None = None,
-           key: str | None = None, compression: str = "none") -> tuple[EntryHeader, list[bytes | memoryview]]:
+           key: str | None = None, compression: str = "none",
+           expires_at: float | None = None) -> tuple[EntryHeader, list[bytes | memoryview]]:
     """Serialize a value into entry chunks, ready for ``Store.write``.
 
     The chunks are views of the value's own arrays, not copies: keep the value unchanged until
@@ -271,6 +274,8 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     }
     if key is not None:
         fields["key"] = key
+    if expires_at is not None:
+        fields["expires_at"] = expires_at
     header_json = _to_json(fields)
     sealed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json)) + header_json
     lead = sealed + _HEADER_HASH.pack(xxhash.xxh32_intdigest(sealed))
@@ -306,6 +311,7 @@ def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac:
         metadata=fields.get("metadata"),
         header_size=header_size,
         key=fields.get("key"),
+        expires_at=None if fields.get("expires_at") is None else float(fields["expires_at"]),
         stream_length=stream_length,
         buffers=buffers,
         mac=mac,
@@ -426,10 +432,21 @@ def read_header(reader: BinaryIO) -> EntryHeader | bytes:
     return header
 
 
+class ExpiredEntry(Exception):
+    """An intact entry past its expiry time: a miss, left for prune (or the next put) to replace."""
+
+
 def check_key(header: EntryHeader, key: str | None) -> None:
     """Raise ForeignEntry if the header names another key than the one being read."""
     if key is not None and header.key is not None and not keys_match(header.key, key):
         raise ForeignEntry(f"the entry read for key {key!r} was written for key {header.key!r}")
+
+
+def _check_usable(header: EntryHeader, key: str | None) -> None:
+    """Before any payload is read: the entry is this key's, and has not expired."""
+    check_key(header, key)
+    if header.expires_at is not None and header.expires_at <= time.time():
+        raise ExpiredEntry(f"the entry expired at {header.expires_at:.0f} (seconds since the epoch)")
 
 
 def _check_size(header: EntryHeader, size: int) -> None:
@@ -458,7 +475,7 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
     header = read_header(reader)
     if not isinstance(header, EntryHeader):
         return Decoded(_load_legacy(header + reader.read()), None)
-    check_key(header, key)
+    _check_usable(header, key)
     _check_size(header, size)
     payload = memoryview(_allocate(header.payload_length))
     digest = xxhash.xxh3_128()
@@ -475,7 +492,7 @@ def decode_buffer(view: memoryview, key: str | None = None) -> Decoded:
     header = read_header(io.BytesIO(view[:needed]))  # a copy of the header only
     if not isinstance(header, EntryHeader):  # cannot happen: the magic was checked above
         raise CorruptEntry("entry header is unreadable")
-    check_key(header, key)
+    _check_usable(header, key)
     _check_size(header, view.nbytes)
     return Decoded(_materialize(header, view[header.header_size :]), header)
 

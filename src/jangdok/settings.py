@@ -59,6 +59,7 @@ _ENV_NAMES: dict[str, tuple[str, ...]] = {
     "durable": ("JANGDOK_DURABLE",),
     "mmap": ("JANGDOK_MMAP",),
     "compression": ("JANGDOK_COMPRESSION",),
+    "ttl": ("JANGDOK_TTL",),
 }
 _KEY_NAMES = {
     "access_key_id": "AWS_ACCESS_KEY_ID",
@@ -326,6 +327,9 @@ class Settings:
     """``zstd`` compresses entries as they are written (numeric arrays byte-shuffled first),
     skipping a buffer when a sample of it shrinks by less than 10%; ``none`` stores them as is.
     Readers follow what each entry's header says, whatever this setting."""
+    ttl: float | None = None
+    """Seconds an entry stays a hit after it is written, unless ``put`` says otherwise;
+    ``None``: entries never expire."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting came from: ``argument``, ``environment``, ``.env file <path>``."""
 
@@ -341,6 +345,8 @@ class Settings:
         for name in _TIMEOUTS:
             self._set(name, self._number(name, float, minimum=0.001))
         self._set("max_attempts", self._number("max_attempts", int, minimum=1))
+        if self.ttl is not None:
+            self._set("ttl", self._number("ttl", float, minimum=0.001))
         compression = str(self.compression).strip().lower()
         if compression not in COMPRESSIONS:
             raise ConfigError(f"setting compression ({_ENV_NAMES['compression'][0]}) = {self.compression!r} "

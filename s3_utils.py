@@ -109,8 +109,15 @@ class S3CacheManager:
 
     @property
     def s3_client(self) -> Any:
-        """This process's client: a forked worker gets its own, never its parent's connections."""
-        return None if self._clients is None else self._clients.get()
+        """This process's client: a forked worker gets its own, never its parent's connections
+        (``None`` if it cannot be made there)."""
+        if self._clients is None:
+            return None
+        try:
+            return self._clients.get()
+        except JangdokError as exc:
+            log.warning("%s", exc)
+            return None
 
     def is_s3_path(self, path: str) -> bool:
         return is_s3_path(path)

@@ -228,3 +228,32 @@ def test_a_legacy_pickle_whose_loading_raises_anything_is_kept_as_unsupported() 
     data = pickle.dumps(_BrokenOnLoad(), protocol=4)
     with pytest.raises(UnsupportedEntry, match="RuntimeError: the object's own code failed"):
         entry.decode(io.BytesIO(data), len(data))
+
+
+@pytest.mark.parametrize("changes", [
+    {"payload_length": float("inf")},
+    {"payload_length": -1},
+    {"payload_length": True},
+    {"stream_length": "12"},
+    {"key": 5},
+    {"key": ["a"]},
+    {"buffers": [1.5]},
+])
+def test_header_fields_of_the_wrong_type_are_damage(changes: dict) -> None:
+    data = (DATA / "v2_entry.jdk").read_bytes()
+    damaged = make_golden.with_header(data, **changes)
+    with pytest.raises(CorruptEntry, match="header is unreadable"):
+        entry.decode(io.BytesIO(damaged), len(damaged))
+
+
+def test_a_compressed_length_its_frame_cannot_hold_is_refused_before_allocating() -> None:
+    import numpy as np
+
+    _, chunks = entry.encode(np.arange(200_000, dtype=np.float64), compression="zstd")
+    data = b"".join(bytes(c) for c in chunks)
+    header = entry.read_header(io.BytesIO(data))
+    assert header.buffers[0].compression is not None
+    described = header.buffers[0].compression.to_json()
+    damaged = make_golden.with_header(data, compressed={"0": {**described, "length": 10**13}})
+    with pytest.raises(CorruptEntry, match="cannot hold|declares"):
+        entry.decode(io.BytesIO(damaged), len(damaged))

@@ -358,3 +358,25 @@ def test_stress_mixed_operations_forked_and_spawned(backend: str, cache_url: str
     # Deletes are rare and puts frequent: most reads must have found a value, not only misses.
     assert counts["hits"] >= counts["gets"] // 3, counts
     assert counts["stat_hits"] >= counts["stats"] // 3, counts
+
+
+def test_threads_first_using_a_per_process_value_share_one() -> None:
+    from jangdok.perprocess import PerProcess
+
+    made: list[object] = []
+    start = threading.Barrier(8)
+
+    def make() -> object:
+        time.sleep(0.05)  # long enough for every thread to arrive while the first is making it
+        made.append(object())
+        return made[-1]
+
+    shared = PerProcess(make)
+
+    def use(_: int) -> object:
+        start.wait()
+        return shared.get()
+
+    with ThreadPoolExecutor(8) as pool:
+        values = list(pool.map(use, range(8)))
+    assert len(made) == 1 and all(value is made[0] for value in values)

@@ -155,3 +155,16 @@ def test_a_completed_upload_whose_answer_was_lost_reports_success(server_name: s
         store.close()
     finally:
         proxy.close()
+
+
+def test_cleanup_spares_an_old_upload_that_is_still_adding_parts(seaweed, s3_url: str, s3_prefix: str) -> None:
+    client = seaweed.client()
+    upload = client.create_multipart_upload(Bucket=BUCKET, Key=s3_prefix + "slow.pkl")
+    time.sleep(2.5)
+    client.upload_part(Bucket=BUCKET, Key=s3_prefix + "slow.pkl", UploadId=upload["UploadId"], PartNumber=1,
+                       Body=b"x" * MIN_PART_SIZE)
+    with Cache.from_settings(s3_settings(seaweed, s3_url)) as cache:
+        assert cache.cleanup(older_than=1.5) == 0, "its last part is younger than the threshold"
+        assert len(_list_uploads(seaweed, s3_prefix)) == 1
+        time.sleep(2)
+        assert cache.cleanup(older_than=1.5) == 1

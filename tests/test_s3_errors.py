@@ -153,3 +153,9 @@ def test_a_session_token_without_its_keys_is_named(seaweed, s3_url: str) -> None
     assert "AWS_SESSION_TOKEN is set" in message
     assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are missing there" in message
     assert "token-0000000000001" not in message
+
+
+def test_a_malformed_region_is_a_config_error_not_a_botocore_one(seaweed, s3_url: str) -> None:
+    with Cache.from_settings(s3_settings(seaweed, s3_url, region="eu west 1!")) as cache:
+        with pytest.raises(ConfigError, match="check AWS_REGION"):
+            cache.get("x.pkl")

@@ -286,16 +286,21 @@ class Cache:
         only copy of that key's entry (a file renamed or copied by hand).
         """
         seen: dict[type, str] = {}
+        confirmed = False
         for _ in range(_VERIFYING_READS):
             try:
                 return read_once()
             except _Rejected as rejected:
                 problem, version = rejected.problem, rejected.version
-            if isinstance(problem, UnsupportedEntry) or seen.get(type(problem)) == version:
+            confirmed = isinstance(problem, UnsupportedEntry) or seen.get(type(problem)) == version
+            if confirmed:
                 break
             seen[type(problem)] = version
             log.debug("reading %s again: %s", path, problem)
-        if isinstance(problem, entry.ForeignEntry):
+        if not confirmed:  # a different version each time: writers are busy; judge nothing
+            log.warning("cache entry unreadable while being rewritten, treated as a miss: %s: %s", path, problem)
+            self._count(skipped=1)
+        elif isinstance(problem, entry.ForeignEntry):
             self._count(skipped=1)
             log.warning("cache entry skipped (kept): %s: %s", path, problem, **_event("skipped", path))
         else:

@@ -39,7 +39,7 @@ from typing import Any
 
 from .errors import ConfigError, CorruptEntry, UnsupportedEntry
 
-__all__ = ["Compression", "compress", "decompress_into", "CODECS", "MIN_SIZE"]
+__all__ = ["Compression", "compress", "check_frame", "decompress_into", "CODECS", "MIN_SIZE"]
 
 CODECS = ("zstd",)
 """Codec names this version can read and write."""
@@ -192,6 +192,16 @@ def decompress_into(data: memoryview, compression: Compression, target: memoryvi
     _unshuffle(memoryview(tmp), out, shuffle, np)
 
 
+def check_frame(data: memoryview, compression: Compression) -> None:
+    """Check, without decompressing, that ``data`` is one complete zstd frame of the length
+    its description says, so a reader can allocate that length safely. Raises as
+    :func:`decompress_into` does."""
+    zstd = _zstandard()
+    if zstd is None:
+        raise UnsupportedEntry(f"this entry is zstd-compressed; install jangdok[zstd] to read it ({_INSTALL_HINT})")
+    _check_frame(zstd, _raw(data, "compressed data"), compression.length)
+
+
 def _check_frame(zstd: Any, src: memoryview, length: int) -> None:
     """Check that ``src`` is exactly one complete zstd frame declaring ``length`` bytes.
 
@@ -210,7 +220,9 @@ def _check_frame(zstd: Any, src: memoryview, length: int) -> None:
         shown = "no length" if declared == zstd.CONTENTSIZE_UNKNOWN else f"{declared} bytes"
         raise CorruptEntry(f"compressed buffer declares {shown}, but its description says {length} bytes")
     end = len(src)
+    blocks = 0
     while True:
+        blocks += 1
         if pos + 3 > end:
             raise CorruptEntry(f"compressed buffer is truncated: {end} bytes end inside its frame")
         block = int.from_bytes(src[pos:pos + 3], "little")
@@ -220,11 +232,16 @@ def _check_frame(zstd: Any, src: memoryview, length: int) -> None:
         pos += 3 + (1 if kind == 1 else size)  # an RLE block stores its one repeated byte
         if last:
             break
+    if length > blocks * _MAX_BLOCK:  # a block holds at most 128 KiB of content
+        raise CorruptEntry(f"compressed buffer of {blocks} block(s) cannot hold the {length} bytes it declares")
     pos += 4 if params.has_checksum else 0
     if pos > end:
         raise CorruptEntry(f"compressed buffer is truncated: its frame needs {pos} bytes, it has {end}")
     if pos < end:
         raise CorruptEntry(f"compressed buffer has {end - pos} bytes after its frame")
+
+
+_MAX_BLOCK = 128 * 1024
 
 
 def _decompress_exactly(zstd: Any, src: memoryview, out: memoryview) -> None:

@@ -180,7 +180,7 @@ def _metadata(metadata: Mapping[str, Any] | None, key: str | None) -> Any:
     if metadata is None:
         return None
     if not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a mapping such as a dict, got {type(metadata).__name__}")
+        raise InvalidValue(f"metadata must be a mapping such as a dict, got {type(metadata).__name__}")
     where = f" for key {key!r}" if key else ""
     try:
         text = _to_json(dict(metadata))
@@ -287,12 +287,12 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
 def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: bytes) -> EntryHeader:
     """Build a header from its JSON fields; raises KeyError, TypeError or ValueError if they
     do not describe a well-formed entry (the caller calls that damage)."""
-    payload_length = int(fields["payload_length"])
+    payload_length = _count(fields["payload_length"], "payload_length")
     stream_length = None
     buffers: tuple[StoredBuffer, ...] = ()
     compression = "none"
     if version >= 2:
-        stream_length = int(fields["stream_length"])
+        stream_length = _count(fields["stream_length"], "stream_length")
         buffers = _buffer_table(stream_length, fields["buffers"], fields.get("compressed") or {})
         end = buffers[-1].offset + buffers[-1].stored_length if buffers else stream_length
         if not 0 <= stream_length <= end == payload_length:
@@ -300,6 +300,9 @@ def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac:
         compression = next((b.compression.codec for b in buffers if b.compression is not None), "none")
     else:
         compression = fields["compression"]
+    key = fields.get("key")
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"key {key!r} is not a string")
     return EntryHeader(
         version=version,
         serializer=fields["serializer"],
@@ -310,7 +313,7 @@ def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac:
         created_at=float(fields["created_at"]),
         metadata=fields.get("metadata"),
         header_size=header_size,
-        key=fields.get("key"),
+        key=key,
         expires_at=None if fields.get("expires_at") is None else float(fields["expires_at"]),
         stream_length=stream_length,
         buffers=buffers,
@@ -318,12 +321,18 @@ def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac:
     )
 
 
+def _count(value: Any, name: str) -> int:
+    """A byte count from a header: a non-negative JSON integer, nothing else."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} {value!r} is not a byte count")
+    return value
+
+
 def _buffer_table(stream_length: int, lengths: list[int], compressed: Mapping[str, Any]) -> tuple[StoredBuffer, ...]:
     table = []
     position = stream_length
     for index, length in enumerate(lengths):
-        if not isinstance(length, int) or length < 0:
-            raise ValueError(f"buffer {index} has length {length!r}")
+        _count(length, f"buffer {index}'s length")
         position = _align(position)
         how = compressed.get(str(index))
         if how is not None:
@@ -416,13 +425,14 @@ def read_header(reader: BinaryIO) -> EntryHeader | bytes:
         size = _align(parsed + mac_length) if version >= 2 else parsed
         mac = bytes(_read_exactly(reader, size - parsed)[:mac_length]) if size > parsed else b""
         header = _header_from(version, fields, size, mac)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         raise CorruptEntry(f"entry header is unreadable: {exc}") from exc
     unknown = [
         f"{name} {value!r}"
         for name, value, known in (
             ("serializer", header.serializer, {_SERIALIZER}),
-            ("compression", header.compression, {"none", "zstd"}),
+            # Format 1 never compressed; a v1 header that says so is not one this code wrote.
+            ("compression", header.compression, {"none", "zstd"} if header.version >= 2 else {"none"}),
             ("checksum", header.checksum, {_CHECKSUM}),
         )
         if value not in known
@@ -521,8 +531,9 @@ def _buffer(payload: memoryview, stored: StoredBuffer) -> memoryview:
     view = payload[stored.offset : stored.offset + stored.stored_length]
     if stored.compression is None:
         return view
-    from .codec import decompress_into
+    from .codec import check_frame, decompress_into
 
+    check_frame(view, stored.compression)  # before allocating what the description claims
     target = memoryview(_allocate(stored.compression.length))
     decompress_into(view, stored.compression, target)
     return target

@@ -11,6 +11,7 @@ process id, not ``os.register_at_fork``, so it also holds for forks made outside
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -18,14 +19,19 @@ __all__ = ["PerProcess"]
 
 T = TypeVar("T")
 
+# Reentrant: a factory may use another PerProcess. Made anew in a forked child, where another
+# thread of the parent may have held it at the fork.
+_guard = [threading.RLock()]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _guard.__setitem__(0, threading.RLock()))
+
 
 class PerProcess(Generic[T]):
     """A lazily made value, made again in each process that uses it.
 
     The parent's value is left untouched in the child (not closed: closing a socket the
-    parent still uses could end the parent's connection). Two threads of a child that reach
-    :meth:`get` at once may both make a value; one is kept, the other dropped, which is
-    harmless for the clients and locks this holds.
+    parent still uses could end the parent's connection). Values are made under one guard, so
+    threads that reach :meth:`get` together share one value (for a lock, that is the point).
     """
 
     def __init__(self, factory: Callable[[], T], current: T | None = None) -> None:
@@ -37,8 +43,11 @@ class PerProcess(Generic[T]):
         state = self._state
         pid = os.getpid()
         if state is None or state[1] != pid:
-            state = (self._factory(), pid)
-            self._state = state
+            with _guard[0]:
+                state = self._state
+                if state is None or state[1] != pid:
+                    state = (self._factory(), pid)
+                    self._state = state
         return state[0]
 
     def mine(self) -> T | None:

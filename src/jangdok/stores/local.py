@@ -45,6 +45,9 @@ from .base import Capabilities, Chunks, ObjectInfo, Reader, Store, check_range, 
 
 __all__ = ["LocalStore"]
 
+# link() answers for file systems that have no hard links.
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
+
 log = logging.getLogger("jangdok")
 
 # Put a moved-aside symlinked entry back as the link itself, not as its target, where supported.
@@ -450,6 +453,14 @@ class LocalStore(Store):
                 os.link(aside, path, **_LINK_NAME)
             except FileExistsError:
                 pass
+            except OSError as exc:
+                if exc.errno not in _NO_LINKS:
+                    raise
+                # A file system without hard links (FAT, some network mounts): a rename, which
+                # could replace an entry written in this instant, beats stranding this one.
+                if not os.path.lexists(path):
+                    os.rename(aside, path)
+                    return
             os.unlink(aside)
         except OSError as exc:
             raise StoreUnavailable(f"Local error deleting {path}: a newer entry was moved aside to {aside} and could "

@@ -147,7 +147,11 @@ def make_client(settings: Settings) -> tuple[Any, str]:
         s3={"addressing_style": "path" if settings.endpoint_url else "auto", "payload_signing_enabled": False},
         max_pool_connections=32,
     )
-    client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+    try:
+        client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+    except (bce.BotoCoreError, ValueError) as exc:
+        raise ConfigError(f"S3 client initialization failed: {exc}; check AWS_REGION "
+                          f"({settings.region!r}) and AWS_ENDPOINT_URL ({settings.endpoint_url!r})") from exc
     return client, mask_secret(credentials.access_key)
 
 
@@ -365,7 +369,7 @@ class S3Store(Store):
             honoured = False
         try:
             self.client.delete_object(Bucket=self._bucket, Key=probe)
-        except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:  # cleanup() removes it later
+        except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:  # cleanup() removes it once stale
             log.debug("could not remove the probe object %s: %s", probe, exc)
         if not honoured:
             log.warning("S3 endpoint %s ignores If-Match on DeleteObject: a damaged entry is deleted after a "
@@ -576,19 +580,47 @@ class S3Store(Store):
         return True
 
     def cleanup(self, older_than: float, prefix: str = "") -> int:
-        """Abort multipart uploads under ``prefix`` started more than ``older_than`` seconds
-        ago: the parts of writers killed mid-upload, which S3 keeps (and bills) forever."""
+        """Abort multipart uploads under ``prefix`` that made no progress for ``older_than``
+        seconds (the parts of writers killed mid-upload, which S3 keeps and bills forever; a
+        slow live upload keeps adding parts), and remove stale probe objects."""
         cutoff = time.time() - older_than
         request = {"Bucket": self._bucket, "Prefix": self.location.prefix + prefix}
-        aborted = 0
+        removed = 0
         while True:
             page = self._call("listing", None, lambda: self.client.list_multipart_uploads(**request))
             for upload in page.get("Uploads", []):
-                if upload["Initiated"].timestamp() < cutoff and self._abort(upload["Key"], upload["UploadId"]):
-                    aborted += 1
-            if not page.get("IsTruncated"):
-                return aborted
-            request.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
+                if self._last_progress(upload) < cutoff and self._abort(upload["Key"], upload["UploadId"]):
+                    removed += 1
+            markers = {"KeyMarker": page.get("NextKeyMarker"), "UploadIdMarker": page.get("NextUploadIdMarker")}
+            if not page.get("IsTruncated") or not all(markers.values()):
+                break
+            request.update(markers)
+        return removed + self._remove_stale_probes(cutoff)
+
+    def _last_progress(self, upload: dict[str, Any]) -> float:
+        """When an upload last received a part (one listing of up to 1000 parts); now, if it
+        completed or was aborted meanwhile."""
+        def parts() -> list[dict[str, Any]] | None:
+            try:
+                return self.client.list_parts(Bucket=self._bucket, Key=upload["Key"],
+                                              UploadId=upload["UploadId"]).get("Parts", [])
+            except bce.ClientError as exc:
+                if _error_code(exc)[0] == "NoSuchUpload":
+                    return None
+                raise
+
+        found = self._call("listing", None, parts)
+        if found is None:
+            return time.time()
+        return max([upload["Initiated"].timestamp(), *(part["LastModified"].timestamp() for part in found)])
+
+    def _remove_stale_probes(self, cutoff: float) -> int:
+        prefix = self.location.prefix + TEMP_MARKER
+        page = self._call("listing", None, lambda: self.client.list_objects_v2(Bucket=self._bucket, Prefix=prefix))
+        stale = [item["Key"] for item in page.get("Contents", []) if item["LastModified"].timestamp() < cutoff]
+        for object_key in stale:
+            self._call("deleting", None, lambda key=object_key: self.client.delete_object(Bucket=self._bucket, Key=key))
+        return len(stale)
 
     def _abort(self, object_key: str, upload_id: str) -> bool:
         def abort() -> bool:

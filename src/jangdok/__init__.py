@@ -13,6 +13,7 @@ no output; logging goes to ``logging.getLogger("jangdok")``.
 
 from . import errors
 from .cache import Cache, Entry, EntryInfo, PruneReport, TierStats
+from .entry import Progress
 from .errors import *  # noqa: F403 - the hierarchy is public, as listed in errors.__all__
 from .location import Location, is_s3_path, join, parse_location
 from .paths import exists, load, remove, save, stat
@@ -26,6 +27,7 @@ __all__ = [
     "EntryInfo",
     "TierStats",
     "PruneReport",
+    "Progress",
     "Settings",
     "Secret",
     "Location",

@@ -131,10 +131,25 @@ def cache_identity(label: str, videos: list[Path], params: PipelineParams, data_
     }
 
 
-def stored_identity(metadata: dict[str, Any] | None, value: Any) -> dict[str, Any] | None:
-    """The identity recorded with an entry; the seed's plain pickles kept it in the value."""
+# What the original chapter generator recorded with each label cache, in its own names.
+ORIGINAL_PARAMETERS = ("TARGET_SEQ_LENGTH", "AUGMENTATIONS_PER_VIDEO", "AUGMENTATION_NOISE_LEVEL",
+                       "AUGMENTATION_SCALE_RANGE", "AUGMENTATION_ROTATION_RANGE", "NONE_CLASS_NOISE_LEVEL",
+                       "NONE_CLASS_AUGMENTATIONS_PER_FRAME", "LABEL_MAX_SAMPLES_PER_CLASS", "MIN_SAMPLES_PER_CLASS")
+
+
+def original_parameters(params: PipelineParams) -> dict[str, Any]:
+    return {name: getattr(params, name.lower()) for name in ORIGINAL_PARAMETERS}
+
+
+def stored_identity(metadata: dict[str, Any] | None, value: Any, params: PipelineParams) -> dict[str, Any] | None:
+    """The identity recorded with an entry. Plain pickles kept it in the value: the original
+    program as ``{"data": [...], "parameters": {TARGET_SEQ_LENGTH: ..., ...}}``, which counts
+    as ours when every one of its parameters matches."""
     if metadata is not None:
         return metadata
+    if isinstance(value, dict) and isinstance(value.get("parameters"), dict):
+        same = value["parameters"] == original_parameters(params)
+        return {"params": params_fingerprint(params) if same else value["parameters"]}
     if isinstance(value, dict) and "params" in value:
         return {"params": value["params"]}
     return None
@@ -161,7 +176,11 @@ def load_or_build(label: str, videos: list[Path], params: PipelineParams, data_d
         if found is not None:
             info = found.info
             value = found.value
-            if matches(stored_identity(info.metadata, value), expected):
+            if isinstance(value, list) and info.metadata is None:
+                # The original program's oldest layout recorded nothing to check it against.
+                warn(f"⚠️ {label} 캐시는 파라미터 기록이 없는 옛 형식입니다. 검증 없이 사용합니다: {info.path}")
+                return value
+            if matches(stored_identity(info.metadata, value, params), expected):
                 sequences = value["data"] if isinstance(value, dict) else value
                 say(f"📂 {label} 라벨 데이터 캐시 로드 ({STORE_NAMES[info.store]}): {info.path} "
                     f"({len(sequences)}개 샘플)")

@@ -298,3 +298,22 @@ def test_self_test_names_credentials_from_the_shared_credentials_file(seaweed: S
     assert result.returncode == 0, result.stdout
     assert "boto3's default chain" in result.stdout
     assert f"signing as access key ****{READ_WRITE[0][-4:]}" in result.stdout
+
+
+def test_the_original_programs_label_caches_are_reused_when_their_parameters_match(
+        sample_data: Path, tmp_path: Path, workflow_cache: Cache, capsys: pytest.CaptureFixture[str]) -> None:
+    params = chapter_main.params_from_config()
+    matching, different, bare = LABELS[0], LABELS[1], LABELS[2]
+    for label in (matching, different, bare):
+        sequences = process_label(load_labels(sample_data)[label], params, label_rng(label, params))
+        original = chapter_main.original_parameters(params)
+        if label == different:
+            original["AUGMENTATION_NOISE_LEVEL"] = 0.5
+        layout = sequences if label == bare else {"data": sequences, "parameters": original}
+        workflow_cache.store.write(cache_file_name(label, params), pickle.dumps(layout, pickle.HIGHEST_PROTOCOL))
+    output = run_in_process(sample_data, tmp_path, workflow_cache, capsys)
+    loaded = " ".join(lines(output, "📂"))
+    saved = " ".join(lines(output, "💾"))
+    assert matching in loaded and matching not in saved
+    assert different in saved and f"⚠️ {different} 캐시 파라미터가 다릅니다" in output
+    assert f"⚠️ {bare} 캐시는 파라미터 기록이 없는 옛 형식입니다" in output and bare not in saved

@@ -351,8 +351,7 @@ class Cache:
             try:
                 header = entry.read_header(io.BytesIO(data))
                 if isinstance(header, entry.EntryHeader):
-                    if header.entry_size != found.size:
-                        raise CorruptEntry(f"entry is {found.size} bytes but its header declares {header.entry_size}")
+                    entry.check_size(header, found.size)
                     entry.check_key(header, key)
             except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
                 raise _Rejected(exc, found.version) from exc

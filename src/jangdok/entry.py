@@ -48,7 +48,7 @@ import xxhash
 from .errors import CorruptEntry, InvalidValue, UnsupportedEntry
 
 __all__ = ["EntryHeader", "Decoded", "ForeignEntry", "ExpiredEntry", "Progress", "encode", "decode", "decode_buffer",
-           "read_header", "header_size", "check_key", "keys_match", "FORMAT_VERSION", "MAGIC",
+           "read_header", "header_size", "check_key", "check_size", "keys_match", "FORMAT_VERSION", "MAGIC",
            "MAX_METADATA_BYTES", "HEADER_PROBE_BYTES"]
 
 MAGIC = b"\x89JDK\r\n\x1a\n"
@@ -459,7 +459,8 @@ def _check_usable(header: EntryHeader, key: str | None) -> None:
         raise ExpiredEntry(f"the entry expired at {header.expires_at:.0f} (seconds since the epoch)")
 
 
-def _check_size(header: EntryHeader, size: int) -> None:
+def check_size(header: EntryHeader, size: int) -> None:
+    """Raise CorruptEntry unless the stored entry is exactly as long as its header declares."""
     if size != header.entry_size:
         raise CorruptEntry(
             f"entry is {size} bytes but its header declares {header.entry_size} "
@@ -486,7 +487,7 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
     if not isinstance(header, EntryHeader):
         return Decoded(_load_legacy(header + reader.read()), None)
     _check_usable(header, key)
-    _check_size(header, size)
+    check_size(header, size)
     payload = memoryview(_allocate(header.payload_length))
     digest = xxhash.xxh3_128()
     _read_into(reader, payload, progress, digest)
@@ -503,7 +504,7 @@ def decode_buffer(view: memoryview, key: str | None = None) -> Decoded:
     if not isinstance(header, EntryHeader):  # cannot happen: the magic was checked above
         raise CorruptEntry("entry header is unreadable")
     _check_usable(header, key)
-    _check_size(header, view.nbytes)
+    check_size(header, view.nbytes)
     return Decoded(_materialize(header, view[header.header_size :]), header)
 
 

@@ -602,12 +602,20 @@ COMPARISONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
+def make_tool(name: str, ctx: Context) -> Tool | None:
+    """The tool, or ``None`` (with a note) when it is a peer whose library is not installed:
+    the test extra runs the quick benchmark without the peers; ``jangdok[bench]`` brings them."""
+    try:
+        return TOOLS[name](ctx)
+    except ImportError as exc:
+        print(f"note: {name} skipped: {exc.name} is not installed (pip install \"jangdok[bench]\")",
+              file=sys.stderr, flush=True)
+        return None
+
+
 def build_ops(ctx: Context, only: str | None = None) -> list[Op]:
-    ops: list[Op] = []
-    for name, make in TOOLS.items():
-        if only is None or only == name:
-            ops.extend(make(ctx).ops())
-    return ops
+    tools = [make_tool(name, ctx) for name in TOOLS if only is None or only == name]
+    return [op for tool in tools if tool is not None for op in tool.ops()]
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -705,8 +713,9 @@ def count_through_proxy(ctx: Context, cases: list[Case], results: dict[tuple[str
     proxy = CountingProxy(ctx.endpoint)
     try:
         proxied = Context(ctx.workdir, proxy.endpoint, ctx.access_key, ctx.secret_key)
-        for tool in PROXY_COUNTED:
-            for op in TOOLS[tool](proxied).ops():
+        for name in PROXY_COUNTED:
+            tool = make_tool(name, proxied)
+            for op in tool.ops() if tool is not None else []:
                 for case in cases:
                     for _ in range(2):
                         before = proxy.count

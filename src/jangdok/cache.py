@@ -406,6 +406,16 @@ class Cache:
             self._tidy(key.rpartition("/")[0] + "/" if "/" in key else "")
         return self._info(key, path, header.entry_size, header, header.created_at)
 
+    def get_or_compute(self, key: str, compute: Callable[[], T], metadata: Mapping[str, Any] | None = None,
+                       ttl: float | None = None) -> T:
+        """The value under ``key``; on a miss, ``compute()`` it, store it and return it."""
+        found = self.get_entry(key)
+        if found is not None:
+            return found.value
+        value = compute()
+        self.put(key, value, metadata, ttl=ttl)
+        return value
+
     def _tidy(self, prefix: str) -> None:
         """Opportunistic cleanup from ``put``: a failure here must never fail the write."""
         try:

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import entry
-from .errors import CorruptEntry, InvalidValue, JangdokError, NoCredentials, StoreUnavailable, UnsupportedEntry
-from .location import Location, normalize_key, parse_location
+from .errors import CorruptEntry, InvalidValue, JangdokError, UnsupportedEntry
+from .location import Location, is_reserved, normalize_key, parse_location
 from .perprocess import PerProcess
 from .settings import Settings
-from .stores import LocalStore, ObjectInfo, Store, open_store
+from .stores import ObjectInfo, Store, open_store
 
 __all__ = ["Cache", "Entry", "EntryInfo", "TierStats", "PruneReport"]
 
@@ -148,11 +148,8 @@ class Cache:
         self._overrides = settings
         self._settings: Settings | None = None
         self._store: Store | None = None
-        self._store_label = ""
         self._locks = PerProcess(threading.Lock)  # a lock held by a thread at fork() stays held
         self._counters = PerProcess(_Counters)
-        self.fallback_reason: str | None = None
-        """Why the cache runs on its local fallback folder, or ``None`` if it does not."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Cache:
@@ -183,31 +180,18 @@ class Cache:
 
     @property
     def store_label(self) -> str:
-        """``"S3"``, ``"local"`` or ``"local (fallback)"``: what logs call the serving store."""
-        self.store  # noqa: B018 - opening decides the label
-        return self._store_label
+        """``"S3"``, ``"local"`` or ``"local (fallback)"``: what logs call the store written to.
+        (Reads served by a local tier say ``"local tier"``.)"""
+        return self.store.name
+
+    @property
+    def fallback_reason(self) -> str | None:
+        """Why the cache runs on its local fallback folder, or ``None`` if it does not (or has
+        not been used yet: the store is opened on first use)."""
+        return None if self._store is None else self._store.fallback_reason
 
     def _open(self) -> Store:
-        settings = self.settings
-        location = self.location
-        try:
-            store = open_store(location, settings)
-        except (NoCredentials, StoreUnavailable) as exc:
-            # Only "no credentials" and "unreachable" fall back: a wrong bucket name or region,
-            # or a rejected secret, is a mistake to fix, and caching elsewhere would hide it.
-            if not (location.is_s3 and settings.fallback):
-                raise
-            folder = os.path.join(settings.fallback_dir, location.root, *filter(None, location.prefix.split("/")))
-            self.fallback_reason = str(exc)
-            log.warning(
-                "S3 cache %s is unavailable, using the local fallback folder %s. Reason: %s "
-                "(set JANGDOK_FALLBACK=0 to raise instead)", location.url, folder, exc,
-                **_event("fallback", folder),
-            )
-            self._store_label = "local (fallback)"
-            return LocalStore(Location("local", folder), durable=settings.durable)
-        self._store_label = store.name
-        return store
+        return open_store(self.location, self.settings)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -230,14 +214,14 @@ class Cache:
         started = time.perf_counter()
         mapping = self.settings.mmap and self.store.capabilities.mapping
 
-        def read_once() -> tuple[entry.Decoded, ObjectInfo, int] | None:
+        def read_once() -> tuple[entry.Decoded, ObjectInfo, int, str] | None:
             if mapping:
                 mapped = self.store.map(key)
                 if mapped is None:
                     return None
                 view, info = mapped
                 try:
-                    return entry.decode_buffer(view, key), info, view.nbytes
+                    return entry.decode_buffer(view, key), info, view.nbytes, self.store.name
                 except entry.ExpiredEntry:
                     return None
                 except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
@@ -247,7 +231,8 @@ class Cache:
                 return None
             with reader:
                 try:
-                    return entry.decode(reader, reader.size, key, progress), reader.info, reader.size
+                    decoded = entry.decode(reader, reader.size, key, progress)
+                    return decoded, reader.info, reader.size, reader.source or self.store.name
                 except entry.ExpiredEntry:
                     return None
                 except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
@@ -258,16 +243,16 @@ class Cache:
             log.debug("cache miss: %s", path)
             self._count(misses=1)
             return None
-        decoded, object_info, size = found
-        info = self._info(key, path, size, decoded.header, object_info.modified)
+        decoded, object_info, size, label = found
+        info = self._info(key, path, size, decoded.header, object_info.modified, label)
         seconds = time.perf_counter() - started
-        self._count(hits=1, bytes_read=size, seconds_reading=seconds)
-        log.info("cache loaded (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(size),
+        self._count(hits=1, bytes_read=size, seconds_reading=seconds, label=label)
+        log.info("cache loaded (%s): %s, %s in %.1f ms", label, path, _megabytes(size),
                  seconds * 1e3, **_event("loaded", path))
         return Entry(decoded.value, info)
 
-    def _count(self, **amounts: float) -> None:
-        self._counters.get().add(self._store_label, **amounts)
+    def _count(self, label: str | None = None, **amounts: float) -> None:
+        self._counters.get().add(label or self.store.name, **amounts)
 
     def stats(self) -> dict[str, TierStats]:
         """Hits, misses, bytes and seconds read and written by this process, per store
@@ -276,14 +261,17 @@ class Cache:
         with counters.lock:
             return {label: dataclasses.replace(tier) for label, tier in counters.tiers.items()}
 
-    def _verified(self, key: str, path: str, read_once: Callable[[], T | None]) -> T | None:
+    def _verified(self, key: str, path: str, read_once: Callable[[], T | None],
+                  after_discard: bool = False) -> T | None:
         """Run ``read_once`` until it returns something it could verify, or a miss.
 
         A read that finds another key's entry or damage is not believed at once: a response
         that crossed over, or was garbled in transit, looks exactly like that. So it is read
         again, and damage is acted on (its version deleted) only once seen twice in the same
         version. An entry that stays another key's is kept, logged and missed: it may be the
-        only copy of that key's entry (a file renamed or copied by hand).
+        only copy of that key's entry (a file renamed or copied by hand). After deleting
+        damage it reads once more: a composed store may hold another copy (a damaged local
+        copy of an intact remote entry).
         """
         seen: dict[type, str] = {}
         confirmed = False
@@ -303,32 +291,36 @@ class Cache:
         elif isinstance(problem, entry.ForeignEntry):
             self._count(skipped=1)
             log.warning("cache entry skipped (kept): %s: %s", path, problem, **_event("skipped", path))
-        else:
-            self._discard(key, path, problem, version)
+        elif self._discard(key, path, problem, version) and not after_discard:
+            return self._verified(key, path, read_once, after_discard=True)
         return None
 
-    def _discard(self, key: str, path: str, problem: JangdokError, version: str) -> None:
+    def _discard(self, key: str, path: str, problem: JangdokError, version: str) -> bool:
+        """Delete the damaged version that was read; ``True`` if it was deleted."""
         if isinstance(problem, UnsupportedEntry):
             self._count(skipped=1)
             log.warning("cache entry skipped (kept for other readers): %s: %s", path, problem,
                         **_event("skipped", path))
-            return
+            return False
         try:
             # Only the version that was read: a writer may have replaced it with a good entry.
             deleted = self.store.delete(key, version=version)
         except JangdokError as exc:
             log.warning("corrupt cache entry could not be deleted: %s: %s (%s)", path, problem, exc)
-            return
+            return False
         if deleted:
             self._count(corrupt_deleted=1)
             log.warning("corrupt cache entry deleted: %s: %s", path, problem, **_event("corrupt_deleted", path))
         else:
             log.warning("corrupt cache entry already replaced: %s: %s", path, problem)
+        return deleted
 
-    def _info(self, key: str, path: str, size: int, header: entry.EntryHeader | None, modified: float) -> EntryInfo:
+    def _info(self, key: str, path: str, size: int, header: entry.EntryHeader | None, modified: float,
+              label: str | None = None) -> EntryInfo:
+        label = label or self.store.name
         if header is None:  # a legacy pickle knows nothing about itself; its file time will do
-            return EntryInfo(key, path, self._store_label, size, modified, None, None)
-        return EntryInfo(key, path, self._store_label, size, header.created_at, header.metadata, header.version,
+            return EntryInfo(key, path, label, size, modified, None, None)
+        return EntryInfo(key, path, label, size, header.created_at, header.metadata, header.version,
                          header.expires_at)
 
     def stat(self, key: str) -> EntryInfo | None:
@@ -373,7 +365,8 @@ class Cache:
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         """Keys of the stored entries that start with ``prefix``."""
-        return (found.key for found in self.store.list(unicodedata.normalize("NFC", prefix)))
+        return (found.key for found in self.store.list(unicodedata.normalize("NFC", prefix))
+                if not is_reserved(found.key))
 
     # -- writing --------------------------------------------------------------------------
 
@@ -400,7 +393,7 @@ class Cache:
         store.write(key, chunks, None if progress is None else lambda done: progress(done, total))
         seconds = time.perf_counter() - started
         self._count(puts=1, bytes_written=total, seconds_writing=seconds)
-        log.info("cache saved (%s): %s, %s in %.1f ms", self._store_label, path, _megabytes(total),
+        log.info("cache saved (%s): %s, %s in %.1f ms", store.name, path, _megabytes(total),
                  seconds * 1e3, **_event("saved", path))
         if random.random() < CLEANUP_CHANCE:
             self._tidy(key.rpartition("/")[0] + "/" if "/" in key else "")
@@ -442,6 +435,8 @@ class Cache:
         doomed: list[ObjectInfo] = []
         kept: list[ObjectInfo] = []
         for found in self.store.list():
+            if is_reserved(found.key):
+                continue
             old = older_than is not None and now - found.modified > older_than
             (doomed if old or self._expired(found.key, now) else kept).append(found)
         if max_bytes is not None:

@@ -28,6 +28,8 @@ __all__ = [
     "is_s3_path",
     "normalize_key",
     "validate_key",
+    "is_reserved",
+    "RESERVED_FOLDER",
 ]
 
 S3_MAX_KEY_BYTES = 1024
@@ -35,6 +37,9 @@ S3_MAX_KEY_BYTES = 1024
 LOCAL_MAX_NAME_BYTES = 255
 # Local writes stage data under this name before renaming; keys may not collide with it.
 TEMP_MARKER = ".jangdok-tmp-"
+# jangdok's own objects (compute leases, lock files, the local tier's validators) live under
+# this top-level folder of a cache; user keys may not start with it, and listings skip it.
+RESERVED_FOLDER = ".jangdok"
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -111,7 +116,16 @@ def normalize_key(key: str) -> str:
     naming the key.
     """
     _check_key_type(key)
-    return _normalized(key)
+    normalized = _normalized(key)
+    if is_reserved(normalized):
+        raise InvalidKey(f"cache key {key!r}: the folder {RESERVED_FOLDER!r} is reserved for jangdok's own "
+                         "objects (leases, locks); choose another name")
+    return normalized
+
+
+def is_reserved(key: str) -> bool:
+    """Whether a stored key is one of jangdok's own objects rather than a cache entry."""
+    return key == RESERVED_FOLDER or key.startswith(RESERVED_FOLDER + "/")
 
 
 @functools.lru_cache(maxsize=4096)  # a pure function of the key, called on every operation

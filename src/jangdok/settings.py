@@ -31,6 +31,7 @@ import io
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -60,6 +61,12 @@ _ENV_NAMES: dict[str, tuple[str, ...]] = {
     "mmap": ("JANGDOK_MMAP",),
     "compression": ("JANGDOK_COMPRESSION",),
     "ttl": ("JANGDOK_TTL",),
+    "local_dir": ("CACHE_LOCAL_DIR",),
+    "local_max_bytes": ("CACHE_LOCAL_MAX_BYTES",),
+    "local_max_entry_bytes": ("CACHE_LOCAL_MAX_ENTRY_BYTES",),
+    "local_trust_seconds": ("CACHE_LOCAL_TRUST_SECONDS",),
+    "lease_seconds": ("JANGDOK_LEASE_SECONDS",),
+    "wait_timeout": ("JANGDOK_WAIT_TIMEOUT",),
 }
 _KEY_NAMES = {
     "access_key_id": "AWS_ACCESS_KEY_ID",
@@ -71,6 +78,9 @@ _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _TIMEOUTS = ("connect_timeout", "read_timeout", "total_timeout")
 _FLAGS = ("fallback", "durable", "mmap")
 COMPRESSIONS = ("none", "zstd")
+_BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+               "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+_BYTE_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([a-z]*)\s*$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -330,6 +340,24 @@ class Settings:
     ttl: float | None = None
     """Seconds an entry stays a hit after it is written, unless ``put`` says otherwise;
     ``None``: entries never expire."""
+    local_dir: str | None = None
+    """A folder for a read-through local tier in front of an S3 cache (copies of the entries
+    read or written, revalidated by ETag); ``None``: every read goes to S3."""
+    local_max_bytes: int = 10 * 10**9
+    """The local tier's size bound; the least recently used copies are evicted past it.
+    Accepts a count of bytes or a size such as ``500MB`` or ``10GiB``."""
+    local_max_entry_bytes: int | None = None
+    """Entries larger than this are not copied to the local tier and are read from S3 each
+    time ("small caches local, large caches on S3"). ``None``: an eighth of ``local_max_bytes``,
+    so one entry cannot evict much of the tier."""
+    local_trust_seconds: float = 5.0
+    """How long a local copy is served without asking S3 whether it changed; 0 revalidates on
+    every read (one request without a body when nothing changed)."""
+    lease_seconds: float = 30.0
+    """How long a compute lease lives without renewal; its owner renews it every third of
+    that, and a lease not renewed for this long is taken over (its owner died)."""
+    wait_timeout: float = 3600.0
+    """How long ``get_or_compute`` waits for another process's computation before raising."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting came from: ``argument``, ``environment``, ``.env file <path>``."""
 
@@ -340,6 +368,16 @@ class Settings:
                 self._set(name, Secret(value))
         for name in ("cache_dir", "fallback_dir"):
             self._set(name, os.fspath(getattr(self, name)))
+        if self.local_dir is not None:
+            self._set("local_dir", os.fspath(self.local_dir) or None)
+        self._set("local_max_bytes", self._byte_size("local_max_bytes"))
+        if self.local_max_entry_bytes is None:
+            self._set("local_max_entry_bytes", self.local_max_bytes // 8)
+        else:
+            self._set("local_max_entry_bytes", self._byte_size("local_max_entry_bytes"))
+        self._set("local_trust_seconds", self._number("local_trust_seconds", float, minimum=0))
+        self._set("lease_seconds", self._number("lease_seconds", float, minimum=0.1))
+        self._set("wait_timeout", self._number("wait_timeout", float, minimum=0))
         for name in _FLAGS:
             self._set(name, self._flag(name))
         for name in _TIMEOUTS:
@@ -391,6 +429,22 @@ class Settings:
                 f"must be {what} >= {minimum:g}"
             )
         return number
+
+    def _byte_size(self, name: str) -> int:
+        value = getattr(self, name)
+        number: float | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str):
+            match = _BYTE_SIZE.match(value.lower())
+            if match and match.group(2) in _BYTE_UNITS:
+                number = float(match.group(1)) * _BYTE_UNITS[match.group(2)]
+        if number is None or number < 0:
+            raise ConfigError(
+                f"setting {name} ({_ENV_NAMES[name][0]}) = {value!r} (from {self.sources.get(name, 'argument')}) "
+                "must be a number of bytes, or a size such as 500MB, 10GB or 2GiB"
+            )
+        return int(number)
 
     def _check_retry_budget(self) -> None:
         """Refuse a deadline that leaves no room for the retries ``max_attempts`` promises.

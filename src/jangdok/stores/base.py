@@ -8,6 +8,7 @@ stream without a whole copy in memory.
 
 from __future__ import annotations
 
+import enum
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +18,8 @@ from typing import Union
 from ..errors import InvalidRange
 from ..location import Location
 
-__all__ = ["Store", "Reader", "ObjectInfo", "Capabilities", "Chunks", "iter_chunks", "check_range"]
+__all__ = ["Store", "Reader", "ObjectInfo", "Capabilities", "Chunks", "UNCHANGED", "Unchanged", "iter_chunks",
+           "check_range"]
 
 Chunks = Union[bytes, bytearray, memoryview, Iterable[Union[bytes, bytearray, memoryview]]]
 """What a store accepts to write: one bytes-like value, or an iterable of bytes-like chunks."""
@@ -52,6 +54,15 @@ class ObjectInfo:
     caller can act on exactly the object it read and not on a newer one."""
 
 
+class Unchanged(enum.Enum):
+    """The answer of :meth:`Store.read_if_changed` when the object is still the given version."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
+
+
 class Reader(io.RawIOBase):
     """A readable stream of (part of) one object, and what the object was when opened."""
 
@@ -59,6 +70,9 @@ class Reader(io.RawIOBase):
     """Bytes this reader delivers in all (the requested range, clipped to the object)."""
     info: ObjectInfo
     """The whole object the bytes come from: its total size, time and version."""
+    source: str = ""
+    """Which store served the bytes, for logs and statistics (a composed store's tier); empty
+    means the store that was asked."""
 
     def readable(self) -> bool:
         return True
@@ -77,6 +91,10 @@ class Capabilities:
     meanwhile. Where False, it checks then deletes, and a write in between can be lost."""
     mapping: bool = False
     """``map(key)`` gives an object's bytes as a memory map instead of reading them."""
+    conditional_write: bool = False
+    """``write_if`` is atomic: create-if-absent and replace-if-version are decided by the
+    server, so two writers can never both succeed. Where False, ``write_if`` is unsupported
+    or (where a server ignores the conditions) only best effort."""
 
 
 class Store(ABC):
@@ -89,7 +107,9 @@ class Store(ABC):
     location: Location
     capabilities: Capabilities
     name: str
-    """Short label for logs and statistics: ``"local"`` or ``"S3"``."""
+    """Short label for logs and statistics: ``"local"``, ``"S3"`` or ``"local (fallback)"``."""
+    fallback_reason: str | None = None
+    """Why this store serves a local fallback folder instead of its location, if it does."""
 
     @abstractmethod
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
@@ -104,10 +124,30 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> None:
+    def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> str:
         """Store an object atomically: readers see the previous object or this one, never a mix.
+        Returns the new object's version.
 
         ``progress(bytes_written)`` is called as the bytes go out, never going backwards."""
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> str | None:
+        """Store a small object only if the key is still ``version`` (``None``: only if it is
+        absent), and return its new version; ``None`` if the condition did not hold.
+
+        For coordination objects (leases), where two writers must never both succeed; see
+        ``capabilities.conditional_write``."""
+        raise NotImplementedError(f"{self.name} stores cannot write conditionally; check capabilities")
+
+    def read_if_changed(self, key: str, version: str) -> Reader | Unchanged | None:
+        """:data:`UNCHANGED` if the object is still ``version``, else a reader of the whole
+        object as it is now (``None`` if it is gone). A backend with conditional reads answers
+        this in one request that transfers no body when nothing changed."""
+        found = self.stat(key)
+        if found is None:
+            return None
+        if found.version == version:
+            return UNCHANGED
+        return self.read(key)
 
     @abstractmethod
     def delete(self, key: str, version: str | None = None) -> bool:

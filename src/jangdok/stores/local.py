@@ -307,7 +307,7 @@ class LocalStore(Store):
                                        "something outside the cache is writing to it") from exc
         return memoryview(mapped), info
 
-    def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> None:
+    def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> str:
         path = self.location.local_path(key)
         folder = os.path.dirname(path) or "."
         # Same folder as the target, so the rename stays within one file system and readers see
@@ -321,9 +321,12 @@ class LocalStore(Store):
                 _write_chunks(file.fileno(), data, progress)
                 if self.durable:  # the data must be on disk before its name can point at it
                     os.fsync(file.fileno())
+                # A rename keeps inode, time and size: this is the version under the key's name.
+                written = _object_info(key, os.fstat(file.fileno()))
             self._swap_in(temp, path)
             if self.durable:
                 self._sync_folders(folder, new_folders)
+            return written.version
         except BaseException as exc:
             try:  # cleanup only: the original error matters
                 os.unlink(temp)

@@ -30,7 +30,7 @@ from ..location import TEMP_MARKER, Location, validate_key
 from ..perprocess import PerProcess
 from ..retry import RetryBudget, RetryExhausted, RetryPolicy
 from ..settings import Settings, mask_secret, reveal
-from .base import Capabilities, Chunks, ObjectInfo, Reader, Store, check_range, iter_chunks
+from .base import UNCHANGED, Capabilities, Chunks, ObjectInfo, Reader, Store, Unchanged, check_range, iter_chunks
 
 __all__ = ["S3Store", "make_client"]
 
@@ -345,8 +345,36 @@ class S3Store(Store):
         """Probed on first use: whether the server honours ``If-Match`` on DeleteObject."""
         if self._capabilities is None:
             self._capabilities = Capabilities(shared=True, range_reads=True,
-                                              conditional_delete=self._honours_conditional_delete())
+                                              conditional_delete=self._honours_conditional_delete(),
+                                              conditional_write=self._honours_conditional_write())
         return self._capabilities
+
+    def _honours_conditional_write(self) -> bool:
+        """Create a probe object twice with ``If-None-Match: *``: a server that enforces the
+        condition refuses the second (412, or 409 for a concurrent one). Three requests, once
+        per store."""
+        probe = self.location.prefix + TEMP_MARKER + "probe-" + secrets.token_hex(8)
+        honoured = False
+        try:
+            for attempt in range(2):
+                try:
+                    self.client.put_object(Bucket=self._bucket, Key=probe, Body=b"", IfNoneMatch="*")
+                except bce.ClientError as exc:
+                    honoured = attempt == 1 and _error_code(exc)[1] in (409, 412)
+                    if not honoured:
+                        raise
+        except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:
+            log.debug("conditional write probe on %s failed (%s); assuming conditions are ignored",
+                      self.location.url, exc)
+        try:
+            self.client.delete_object(Bucket=self._bucket, Key=probe)
+        except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:  # cleanup() removes it once stale
+            log.debug("could not remove the probe object %s: %s", probe, exc)
+        if not honoured:
+            log.warning("S3 endpoint %s ignores If-None-Match on PutObject: leases (compute once) are best "
+                        "effort, and two processes may compute the same entry at the same time",
+                        self.client.meta.endpoint_url)
+        return honoured
 
     def _honours_conditional_delete(self) -> bool:
         """Write a probe object and delete it under an ETag it cannot have: a server that
@@ -492,16 +520,16 @@ class S3Store(Store):
                         "LastModified": datetime.fromtimestamp(found.modified, timezone.utc)}
         return None if response is None else _S3Reader(self, key, response, start)
 
-    def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> None:
+    def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> str:
         object_key = self.location.object_key(key)
         parts = _parts(data, self.part_size)
         first = next(parts)
         second = next(parts, None)
         sent = _Sent(progress)
         if second is None:
-            self._call("saving", key, lambda: self.client.put_object(
+            response = self._call("saving", key, lambda: self.client.put_object(
                 Bucket=self._bucket, Key=object_key, Body=_ChunkFile(first, sent.at(0))))
-            return
+            return str(response.get("ETag", ""))
         # Large values: a multipart upload becomes visible only when completed, so readers
         # still see the previous object or the whole new one.
         # The token marks the object this upload makes, so a completion whose answer was lost
@@ -515,7 +543,7 @@ class S3Store(Store):
             for number, part in enumerate(itertools.chain([first, second], parts), start=1):
                 done.append(self._upload_part(key, object_key, upload_id, number, part,
                                               sent.at((number - 1) * self.part_size)))
-            self._complete(key, object_key, upload_id, done, token)
+            return self._complete(key, object_key, upload_id, done, token)
         except BaseException:
             try:
                 self.client.abort_multipart_upload(Bucket=self._bucket, Key=object_key, UploadId=upload_id)
@@ -523,32 +551,35 @@ class S3Store(Store):
                 log.warning("could not abort multipart upload of %s: %s", self.path(key), exc)
             raise
 
-    def _complete(self, key: str, object_key: str, upload_id: str, parts: list[dict[str, Any]], token: str) -> None:
-        """Complete an upload. If an attempt's answer was lost, the server may have completed
-        it: the retry then finds no such upload, and the object carrying this upload's token
-        proves success, where reporting failure would be false."""
+    def _complete(self, key: str, object_key: str, upload_id: str, parts: list[dict[str, Any]], token: str) -> str:
+        """Complete an upload and return the object's ETag. If an attempt's answer was lost,
+        the server may have completed it: the retry then finds no such upload, and the object
+        carrying this upload's token proves success, where reporting failure would be false."""
         attempts = 0
 
-        def complete() -> None:
+        def complete() -> str:
             nonlocal attempts
             attempts += 1
             try:
-                self.client.complete_multipart_upload(Bucket=self._bucket, Key=object_key, UploadId=upload_id,
-                                                      MultipartUpload={"Parts": parts})
+                response = self.client.complete_multipart_upload(
+                    Bucket=self._bucket, Key=object_key, UploadId=upload_id, MultipartUpload={"Parts": parts})
             except bce.ClientError as exc:
-                if attempts > 1 and _error_code(exc)[0] == "NoSuchUpload" and self._made_by(object_key, token):
+                made = attempts > 1 and _error_code(exc)[0] == "NoSuchUpload" and self._made_by(object_key, token)
+                if made:
                     log.debug("upload of %s had completed; its answer was lost", self.path(key))
-                    return
+                    return made
                 raise
+            return str(response.get("ETag", ""))
 
-        self._call("saving", key, complete)
+        return self._call("saving", key, complete)
 
-    def _made_by(self, object_key: str, token: str) -> bool:
+    def _made_by(self, object_key: str, token: str) -> str:
+        """The ETag of the object if this upload (its token) made it, else ``""``."""
         try:
             response = self.client.head_object(Bucket=self._bucket, Key=object_key)
         except bce.ClientError:
-            return False
-        return response.get("Metadata", {}).get(_UPLOAD_TOKEN) == token
+            return ""
+        return str(response["ETag"]) if response.get("Metadata", {}).get(_UPLOAD_TOKEN) == token else ""
 
     def _upload_part(self, key: str, object_key: str, upload_id: str, number: int,
                      part: list[memoryview], sent: Callable[[int], None] | None) -> dict[str, Any]:
@@ -556,6 +587,46 @@ class S3Store(Store):
             Bucket=self._bucket, Key=object_key, UploadId=upload_id, PartNumber=number,
             Body=_ChunkFile(part, sent)))
         return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> str | None:
+        """One conditional PutObject (``If-None-Match: *`` or ``If-Match``). A retry after a
+        lost answer may find its own write and report a failed condition; callers treat that
+        as losing, which is safe for leases (the lease then expires unrenewed)."""
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+
+        def put() -> str | None:
+            try:
+                response = self.client.put_object(Bucket=self._bucket, Key=self.location.object_key(key),
+                                                  Body=bytes(data), **condition)
+            except bce.ClientError as exc:
+                code, status = _error_code(exc)
+                # 409: a concurrent conditional write to the same key is in progress (AWS).
+                if status in (409, 412) or (version is not None and code in _MISSING_CODES):
+                    return None
+                raise
+            return str(response.get("ETag", ""))
+
+        return self._call("saving", key, put)
+
+    def read_if_changed(self, key: str, version: str) -> Reader | Unchanged | None:
+        """One GetObject with ``If-None-Match``: 304 (no body) when the object is unchanged."""
+
+        def get() -> dict[str, Any] | Unchanged | None:
+            try:
+                return self.client.get_object(Bucket=self._bucket, Key=self.location.object_key(key),
+                                              IfNoneMatch=version)
+            except bce.ClientError as exc:
+                code, status = _error_code(exc)
+                if status == 304 or code == "304":
+                    return UNCHANGED
+                if code in _MISSING_CODES:
+                    return None
+                raise
+
+        response = self._call("loading", key, get)
+        if response is None or response is UNCHANGED:
+            return response
+        return _S3Reader(self, key, response, 0)
 
     def delete(self, key: str, version: str | None = None) -> bool:
         object_key = self.location.object_key(key)

@@ -1,0 +1,72 @@
+"""An exclusive lock on a file, held through ``flock``: the OS releases it when its holder
+dies, however it dies, so a crash can never leave a lock that nobody can take.
+
+Each acquisition opens the file anew, so threads of one process exclude each other as
+processes do. A holder that removes the file on release makes it disappear from the folder;
+a process that opened it just before then locks a file nobody else can see, so ``acquire``
+checks that the file it locked is still the one under the name, and tries again if not.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+__all__ = ["FileLock"]
+
+
+class FileLock:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock; without ``blocking``, ``False`` at once if another holder has it.
+        Raises ``OSError`` if the folder cannot hold a lock file."""
+        if self._fd is not None:
+            raise RuntimeError(f"lock {self.path} is already held by this object")
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                self._fd = fd
+                return True
+            os.close(fd)  # released and removed by its last holder: lock the new file instead
+
+    def release(self, remove: bool = False) -> None:
+        """Let go; with ``remove``, delete the lock file first (while still holding it, so no
+        other process can be holding the file that disappears)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if remove:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()

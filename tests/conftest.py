@@ -26,7 +26,7 @@ import jangdok.paths  # noqa: E402
 from jangdok import Cache, Settings, parse_location  # noqa: E402
 from jangdok.stores import Store, open_store  # noqa: E402
 
-_ISOLATED_PREFIXES = ("AWS_", "JANGDOK_")
+_ISOLATED_PREFIXES = ("AWS_", "JANGDOK_", "CACHE_LOCAL_")
 _ISOLATED_NAMES = ("CACHE_DIR", "S3_BUCKET_NAME")
 
 

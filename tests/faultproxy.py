@@ -29,6 +29,7 @@ from typing import Any
 
 _REQUEST_LINE = re.compile(rb"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/1\.1")
 _RANGE = re.compile(rb"[Rr]ange: (bytes=\d*-\d*)")
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
 
 
 def _cut(sock: socket.socket) -> None:
@@ -49,6 +50,8 @@ class FaultProxy:
         self.faults: deque[tuple[Any, ...]] = deque()
         self.requests: list[str] = []
         self.ranges: list[str] = []
+        self.statuses: list[int] = []
+        """Status codes of the responses forwarded (found by their status lines)."""
         self.connections = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -155,6 +158,8 @@ class FaultProxy:
                     garbled[flip_at - sent] ^= 0x01
                     data = bytes(garbled)
                 sent += len(data)
+                with self._lock:
+                    self.statuses += [int(m.group(1)) for m in _STATUS_LINE.finditer(data)]
                 if budget is not None:
                     if b"\r\n\r\n" not in head:
                         head += data

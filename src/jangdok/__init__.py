@@ -16,6 +16,7 @@ from .cache import Cache, Entry, EntryInfo, PruneReport, TierStats
 from .entry import Progress
 from .errors import *  # noqa: F403 - the hierarchy is public, as listed in errors.__all__
 from .location import Location, is_s3_path, join, parse_location
+from .memoize import Memoized, stable_hash
 from .paths import exists, load, remove, save, stat
 from .settings import Secret, Settings, mask_secret
 
@@ -28,6 +29,8 @@ __all__ = [
     "TierStats",
     "PruneReport",
     "Progress",
+    "Memoized",
+    "stable_hash",
     "Settings",
     "Secret",
     "Location",

@@ -15,13 +15,16 @@ import random
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 from . import entry
-from .errors import CorruptEntry, InvalidValue, JangdokError, UnsupportedEntry
+from .errors import CorruptEntry, InvalidValue, JangdokError, UnsupportedEntry, WaitTimeout
+from .leases import lease_for
 from .location import Location, is_reserved, normalize_key, parse_location
+from .memoize import Memoized
+from .memoize import memoize as _memoize
 from .perprocess import PerProcess
 from .settings import Settings
 from .stores import ObjectInfo, Store, open_store
@@ -37,19 +40,27 @@ CLEANUP_CHANCE = 1 / 64
 """Chance that a ``put`` also tidies the leftovers next to its key: often enough that crash
 debris cannot pile up, rarely enough to cost nothing noticeable (one folder scan or one
 listing request in 64 writes)."""
+# Pauses between a waiter's looks at a key being computed elsewhere: short at first (most
+# computations are short), growing to a couple of seconds.
+_FIRST_PAUSE = 0.05
+_LAST_PAUSE = 2.0
 # Reads of one entry before concluding that what they found (another key's entry, damage) is
 # in storage and not in transit.
 _VERIFYING_READS = 3
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class _Rejected(Exception):
     """A read whose entry could not be used, and the version of the object it came from."""
 
-    def __init__(self, problem: JangdokError | entry.ForeignEntry, version: str) -> None:
+    def __init__(self, problem: JangdokError | entry.ForeignEntry, version: str, source: str = "") -> None:
         super().__init__(str(problem))
         self.problem = problem
         self.version = version
+        self.source = source
+        """The tier that served the read, if the store says (``Reader.source``)."""
 
 
 def _event(name: str, path: str) -> dict[str, dict[str, str]]:
@@ -93,6 +104,12 @@ class TierStats:
     corrupt_deleted: int = 0
     skipped: int = 0
     """Intact entries kept but not used: a newer format, missing code, another key's entry."""
+    computed: int = 0
+    """Values ``get_or_compute`` computed in this process."""
+    seconds_waiting: float = 0.0
+    """Time ``get_or_compute`` spent waiting for other processes' computations (or leases)."""
+    lease_takeovers: int = 0
+    """Leases taken over from owners that stopped renewing them."""
 
 
 class _Counters:
@@ -236,7 +253,7 @@ class Cache:
                 except entry.ExpiredEntry:
                     return None
                 except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
-                    raise _Rejected(exc, reader.info.version) from exc
+                    raise _Rejected(exc, reader.info.version, reader.source) from exc
 
         found = self._verified(key, path, read_once)
         if found is None:
@@ -279,7 +296,7 @@ class Cache:
             try:
                 return read_once()
             except _Rejected as rejected:
-                problem, version = rejected.problem, rejected.version
+                problem, version, source = rejected.problem, rejected.version, rejected.source
             confirmed = isinstance(problem, UnsupportedEntry) or seen.get(type(problem)) == version
             if confirmed:
                 break
@@ -291,11 +308,11 @@ class Cache:
         elif isinstance(problem, entry.ForeignEntry):
             self._count(skipped=1)
             log.warning("cache entry skipped (kept): %s: %s", path, problem, **_event("skipped", path))
-        elif self._discard(key, path, problem, version) and not after_discard:
+        elif self._discard(key, path, problem, version, source) and not after_discard:
             return self._verified(key, path, read_once, after_discard=True)
         return None
 
-    def _discard(self, key: str, path: str, problem: JangdokError, version: str) -> bool:
+    def _discard(self, key: str, path: str, problem: JangdokError, version: str, source: str = "") -> bool:
         """Delete the damaged version that was read; ``True`` if it was deleted."""
         if isinstance(problem, UnsupportedEntry):
             self._count(skipped=1)
@@ -309,8 +326,10 @@ class Cache:
             log.warning("corrupt cache entry could not be deleted: %s: %s (%s)", path, problem, exc)
             return False
         if deleted:
-            self._count(corrupt_deleted=1)
-            log.warning("corrupt cache entry deleted: %s: %s", path, problem, **_event("corrupt_deleted", path))
+            self._count(corrupt_deleted=1, label=source)
+            where = f" ({source})" if source else ""
+            log.warning("corrupt cache entry deleted%s: %s: %s", where, path, problem,
+                        **_event("corrupt_deleted", path))
         else:
             log.warning("corrupt cache entry already replaced: %s: %s", path, problem)
         return deleted
@@ -400,14 +419,75 @@ class Cache:
         return self._info(key, path, header.entry_size, header, header.created_at)
 
     def get_or_compute(self, key: str, compute: Callable[[], T], metadata: Mapping[str, Any] | None = None,
-                       ttl: float | None = None) -> T:
-        """The value under ``key``; on a miss, ``compute()`` it, store it and return it."""
+                       ttl: float | None = None, timeout: float | None = None) -> T:
+        """The value under ``key``; on a miss, ``compute()`` it once, store it and return it.
+
+        When several threads, processes or machines miss the same key at once, one computes
+        and the others wait for its entry (see :mod:`jangdok.leases`): a lock file on a local
+        folder, a lease object on S3 that a waiter takes over if its owner dies. Waiting is
+        bounded by ``timeout`` (default: the ``wait_timeout`` setting), then
+        :class:`~jangdok.errors.WaitTimeout` names the key and who holds it. If ``compute``
+        raises, the lease is released for a waiter to try, and the error propagates. If the
+        value cannot be saved, a WARNING says why and the value is returned all the same.
+        """
+        key = normalize_key(key)
         found = self.get_entry(key)
         if found is not None:
             return found.value
-        value = compute()
-        self.put(key, value, metadata, ttl=ttl)
-        return value
+        store = self.store
+        lease = lease_for(store, key, self.settings.lease_seconds)
+        started = time.monotonic()
+        deadline = started + (self.settings.wait_timeout if timeout is None else timeout)
+        pause = _FIRST_PAUSE
+        while not lease.try_acquire():
+            # exists() first: a poll is one cheap request, and not a miss in the statistics
+            found = self.get_entry(key) if store.exists(key) else None
+            if found is not None:
+                self._count(seconds_waiting=time.monotonic() - started, lease_takeovers=lease.takeovers)
+                return found.value
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    f"waited {time.monotonic() - started:.1f} s for {store.path(key)}, which {lease.holder} is "
+                    f"computing (lease {lease.path}); wait longer (timeout=, JANGDOK_WAIT_TIMEOUT) or check "
+                    "that process"
+                )
+            time.sleep(random.uniform(pause / 2, pause))  # jitter: waiters must not poll in step
+            pause = min(pause * 1.5, max(_FIRST_PAUSE, min(_LAST_PAUSE, self.settings.lease_seconds / 3)))
+        try:
+            self._count(seconds_waiting=time.monotonic() - started, lease_takeovers=lease.takeovers)
+            found = self.get_entry(key)  # written while this process waited for the lease
+            if found is not None:
+                return found.value
+            value = compute()
+            self._count(computed=1)
+            try:
+                self.put(key, value, metadata, ttl=ttl)
+            except JangdokError as exc:
+                log.warning("computed %s but could not save it: %s", store.path(key), exc,
+                            **_event("save_failed", store.path(key)))
+            return value
+        finally:
+            lease.release()
+
+    @overload
+    def memoize(self, fn: Callable[P, R], /, *, version: str | int | None = None, source: bool = False,
+                ignore: str | Iterable[str] = (), ttl: float | None = None,
+                name: str | None = None) -> Memoized[P, R]: ...
+
+    @overload
+    def memoize(self, fn: None = None, /, *, version: str | int | None = None, source: bool = False,
+                ignore: str | Iterable[str] = (), ttl: float | None = None,
+                name: str | None = None) -> Callable[[Callable[P, R]], Memoized[P, R]]: ...
+
+    def memoize(self, fn: Callable[P, R] | None = None, /, *, version: str | int | None = None,
+                source: bool = False, ignore: str | Iterable[str] = (), ttl: float | None = None,
+                name: str | None = None) -> Memoized[P, R] | Callable[[Callable[P, R]], Memoized[P, R]]:
+        """Cache a function's results here, keyed by its name and arguments: ``@cache.memoize`` or
+        ``@cache.memoize(version="2", source=True, ignore=("verbose",), ttl=3600)``. Calls go
+        through :meth:`get_or_compute`, so concurrent callers compute once.
+        See :func:`jangdok.memoize.memoize`."""
+        options: dict[str, Any] = dict(version=version, source=source, ignore=ignore, ttl=ttl, name=name)
+        return _memoize(self, **options) if fn is None else _memoize(self, fn, **options)
 
     def _tidy(self, prefix: str) -> None:
         """Opportunistic cleanup from ``put``: a failure here must never fail the write."""

@@ -20,6 +20,7 @@ __all__ = [
     "UnsupportedEntry",
     "InvalidRange",
     "InvalidValue",
+    "WaitTimeout",
 ]
 
 
@@ -77,3 +78,7 @@ class InvalidRange(JangdokError, ValueError):
 class InvalidValue(JangdokError, TypeError):
     """A value or its metadata cannot be stored: not picklable, nested too deeply, metadata
     that is not JSON or too large. Raised by ``put`` before anything is written."""
+
+
+class WaitTimeout(JangdokError, TimeoutError):
+    """``get_or_compute`` waited longer than allowed for another process to compute an entry."""

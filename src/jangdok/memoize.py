@@ -64,7 +64,6 @@ _UNSAFE_IN_NAME = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
 _COPY_LIMIT = 1 << 26
 
 _INT = struct.Struct(">q")
-_EMPTY_CELL = object()
 
 
 class Memoized(Protocol[P, R_co]):
@@ -389,7 +388,6 @@ class _Memo(Generic[P, R]):
                  ignore: str | Iterable[str], ttl: float | None, name: str | None) -> None:
         self.cache = cache
         self.fn = fn
-        self.wrapper: Callable[..., Any] | None = None
         self.identity = self._identity(fn, name)
         self.folder = _checked_name(name) if name is not None else _folder(self.identity)
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
@@ -401,17 +399,8 @@ class _Memo(Generic[P, R]):
             self.signature = inspect.signature(fn)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"memoize: the signature of {self.identity} cannot be read ({exc})") from None
-        code = getattr(fn, "__code__", None)
-        cells = getattr(fn, "__closure__", None) or ()
-        freevars = code.co_freevars if code is not None and cells else ()
-        # A nested function's results depend on the variables it reads from its enclosing
-        # function as much as on its arguments: make(2).f(1) and make(3).f(1) must not share
-        # an entry. (__class__ is the cell behind super(), already named by the qualname.)
-        self.closure = [(variable, cell) for variable, cell in zip(freevars, cells, strict=True)
-                        if variable != "__class__"]
         ignored = (ignore,) if isinstance(ignore, str) else tuple(ignore)
-        known = set(self.signature.parameters) | {variable for variable, _ in self.closure}
-        unknown = [item for item in ignored if item not in known]
+        unknown = [item for item in ignored if item not in self.signature.parameters]
         if unknown:
             raise ConfigError(
                 f"memoize: ignore= names {', '.join(map(repr, unknown))}, which "
@@ -461,29 +450,6 @@ class _Memo(Generic[P, R]):
             except RecursionError:
                 raise InvalidValue(f"memoize: argument {name!r} of {self.identity} is nested too deeply "
                                    f"to hash; pass ignore=({name!r},) or flatten it") from None
-        for variable, cell in self.closure:
-            if variable in self.ignored:
-                continue
-            try:
-                value = cell.cell_contents
-            except ValueError:  # not assigned yet (a function that refers to itself, say)
-                value = _EMPTY_CELL
-            if value is self.fn or value is self.wrapper or value is _EMPTY_CELL:
-                encoder.encode(("closure", variable, None), "closure")
-                continue
-            encoder.encode(("closure", variable), "closure")
-            try:
-                encoder.encode(value, variable)
-            except _Unhashable as problem:
-                raise InvalidValue(
-                    f"memoize: {self.identity} reads the variable {variable!r} of its enclosing function, and "
-                    f"{variable} {_where(problem, variable)} cannot be hashed stably{_reason(problem)}, so its "
-                    "entries could not tell that variable's values apart; pass it as an argument instead, or "
-                    f"ignore=({variable!r},) if it does not change the results"
-                ) from None
-            except RecursionError:
-                raise InvalidValue(f"memoize: the variable {variable!r} that {self.identity} reads from its "
-                                   f"enclosing function is nested too deeply to hash") from None
         digest = encoder.hasher.hexdigest()
         return normalize_key(f"{self.folder}/{digest}.pkl")
 
@@ -552,8 +518,12 @@ def memoize(cache: Cache, fn: Callable[P, R] | None = None, /, *, version: str |
     - ``name``: the key folder instead of ``<module>.<qualname>``: keeps entries across a
       rename or a move, and tells apart functions of different ``__main__`` scripts.
 
-    Arguments are hashed by value (see :func:`stable_hash`); a path is hashed by its name,
-    not by the file's contents. An argument of an unsupported type raises
+    The key is the function's name and its arguments, nothing else: arguments are hashed by
+    value (see :func:`stable_hash`), a path by its name (not the file's contents); globals,
+    and the variables a nested function reads from its enclosing function, are not part of it
+    (they may be mutable, and would change the key as they change). So ``make(2).f(1)`` and
+    ``make(3).f(1)``, closures of one nested ``f``, share an entry: pass such values as
+    arguments. An argument of an unsupported type raises
     :class:`~jangdok.errors.InvalidValue` naming it. The cache never breaks the function:
     a save that fails, or a store that cannot be reached, is logged at WARNING and the
     function's own result returned; the function's own exceptions propagate unchanged and
@@ -574,7 +544,6 @@ def memoize(cache: Cache, fn: Callable[P, R] | None = None, /, *, version: str |
 
         wrapper.key = key  # type: ignore[attr-defined]
         wrapper.cache = cache  # type: ignore[attr-defined]
-        memo.wrapper = wrapper
         return wrapper  # type: ignore[return-value]
 
     return decorate if fn is None else decorate(fn)

@@ -109,6 +109,8 @@ class TieredStore(Store):
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
         if self.remote is None:
             return self.local.read(key, start, stop)
+        if is_reserved(key):  # coordination objects (leases) are read where they live, never copied
+            return self.remote.read(key, start, stop)
         whole = start == 0 and stop is None
         copy = self._copy(key, start, stop)
         if copy is not None:

@@ -1,0 +1,193 @@
+"""Leases: who computes an entry when several processes or machines miss it at once.
+
+Two kinds, chosen by what the store is:
+
+- :class:`FileLease` for a folder only this machine sees: a lock file under the cache's
+  reserved folder, held with ``flock``, so the OS releases it the instant its holder dies.
+- :class:`ObjectLease` for a shared store (S3): a small object created with a conditional
+  write (``If-None-Match: *``), so exactly one of the processes racing for it succeeds. It
+  holds its owner, host and expiry; the owner renews it (a write conditional on its ETag)
+  every third of its lifetime. A waiter that sees the *same* version of a lease for a whole
+  lifetime knows the owner stopped renewing, and takes it over with a write conditional on
+  that version, so two waiters can never both take it. Expiry is judged on the waiter's own
+  monotonic clock from when it first saw that version, never by comparing clocks between
+  machines. A server that ignores the conditions (probed once by the store, with a WARNING)
+  gets a check-then-write: best effort, as that WARNING says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from .errors import AccessDenied, JangdokError, StoreUnavailable
+from .filelock import FileLock
+from .location import RESERVED_FOLDER
+from .stores import Store
+
+__all__ = ["Lease", "FileLease", "ObjectLease", "lease_for"]
+
+log = logging.getLogger("jangdok")
+
+_LEASES = RESERVED_FOLDER + "/leases/"
+_LOCKS = RESERVED_FOLDER + "/locks/"
+
+
+def _owner() -> dict[str, Any]:
+    return {"owner": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            "host": socket.gethostname(), "pid": os.getpid()}
+
+
+class Lease:
+    """The right to compute one key. ``try_acquire`` never blocks; ``holder`` describes who
+    had it at the last failed attempt, for waiting messages."""
+
+    path: str
+    holder: str = "an unknown process"
+    takeovers: int = 0
+    """Leases taken over from owners that stopped renewing them (died, or hung)."""
+
+    def try_acquire(self) -> bool:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+
+class FileLease(Lease):
+    """A per-key lock file in a local cache folder."""
+
+    def __init__(self, store: Store, key: str) -> None:
+        self.path = store.location.local_path(_LOCKS + key + ".lock")
+        self._lock = FileLock(self.path)
+
+    def try_acquire(self) -> bool:
+        try:
+            acquired = self._lock.acquire(blocking=False)
+        except PermissionError as exc:
+            raise AccessDenied(f"Local error locking {self.path}: permission denied; check the cache "
+                               "folder's owner and mode") from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"Local error locking {self.path}: {exc.strerror or exc}; check the "
+                                   "disk and the cache folder") from exc
+        if acquired:
+            try:
+                with open(self.path, "w") as file:  # the lock is on the inode; the text is for waiters
+                    json.dump(_owner(), file)
+            except OSError:
+                pass
+            return True
+        try:
+            with open(self.path) as file:
+                self.holder = json.load(file)["owner"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return False
+
+    def release(self) -> None:
+        self._lock.release(remove=True)
+
+
+class ObjectLease(Lease):
+    """A lease object at ``.jangdok/leases/<key>`` in a shared store."""
+
+    def __init__(self, store: Store, key: str, seconds: float) -> None:
+        self.store = store
+        self.key = _LEASES + key
+        self.path = store.path(self.key)
+        self.seconds = seconds
+        self._me = _owner()
+        self._version: str | None = None  # ours, while held
+        self._seen: tuple[str, float] | None = None  # another's version and when we first saw it
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps({**self._me, "expires_at": time.time() + self.seconds,
+                           "lease_seconds": self.seconds}).encode()
+
+    def _write_if(self, version: str | None) -> str | None:
+        if self.store.capabilities.conditional_write:
+            return self.store.write_if(self.key, self._body(), version)
+        current = self.store.stat(self.key)  # best effort: the store warned it ignores conditions
+        if (current.version if current else None) != version:
+            return None
+        return self.store.write(self.key, self._body())
+
+    def try_acquire(self) -> bool:
+        reader = self.store.read(self.key)
+        if reader is None:
+            version = self._write_if(None)
+        else:
+            with reader:
+                seen, body = reader.info.version, reader.read()
+            try:
+                fields = json.loads(body)
+                self.holder = str(fields["owner"])
+                lifetime = float(fields.get("lease_seconds", self.seconds))
+            except (ValueError, KeyError, TypeError):
+                lifetime = self.seconds  # torn or foreign: it expires like any other
+            now = time.monotonic()
+            if self._seen is None or self._seen[0] != seen:
+                self._seen = (seen, now)
+                return False
+            if now - self._seen[1] < lifetime:
+                return False
+            version = self._write_if(seen)
+            if version is not None:
+                self.takeovers += 1
+                log.warning("lease %s of %s was not renewed for %.0f s; taken over", self.path, self.holder,
+                            now - self._seen[1])
+        if version is None:
+            return False
+        self._version = version
+        self._stop.clear()
+        self._renewer = threading.Thread(target=self._renew, name=f"jangdok lease {self.key}", daemon=True)
+        self._renewer.start()
+        return True
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            with self._guard:
+                if self._version is None:
+                    return
+                try:
+                    renewed = self._write_if(self._version)
+                except JangdokError as exc:  # the next tick tries again, well within the lifetime
+                    log.debug("renewing lease %s failed: %s", self.path, exc)
+                    continue
+                if renewed is None:
+                    log.warning("lease %s was taken over by another process while this one computed "
+                                "(it could not renew in time); both may compute the entry", self.path)
+                    self._version = None
+                    return
+                self._version = renewed
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+            self._renewer = None
+        with self._guard:
+            version, self._version = self._version, None
+        if version is None:
+            return
+        try:
+            self.store.delete(self.key, version=version)
+        except JangdokError as exc:  # it expires unrenewed; a waiter then takes it over
+            log.warning("could not remove lease %s: %s", self.path, exc)
+
+
+def lease_for(store: Store, key: str, seconds: float) -> Lease:
+    """The lease kind this store needs: an object lease if other machines share it, else a
+    lock file in its folder."""
+    if store.capabilities.shared:
+        return ObjectLease(store, key, seconds)
+    return FileLease(store, key)

@@ -1,0 +1,369 @@
+"""Shared across machines: the local tier in front of S3, and computing each entry once.
+
+Machines are played by processes with their own local tiers; S3 is a real SeaweedFS, reached
+through a counting proxy where the number of requests is the point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from faultproxy import FaultProxy
+from helpers import s3_settings
+from seaweed import SeaweedServer, credentials_env
+
+from jangdok import Cache, Settings, WaitTimeout
+from jangdok.stores import LOCAL_TIER, TieredStore
+
+WORKER = str(Path(__file__).parent / "compute_worker.py")
+VALUE = {"arrays": [np.arange(50_000, dtype=np.float32) * i for i in range(3)], "label": "김치"}
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["label"] == b["label"] and all(np.array_equal(x, y) for x, y in zip(a["arrays"], b["arrays"], strict=True))
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and ".jangdok" not in path.parts)
+
+
+@pytest.fixture
+def proxy(seaweed: SeaweedServer) -> Iterator[FaultProxy]:
+    running = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def tiered(seaweed: SeaweedServer, proxy: FaultProxy, s3_url: str, tmp_path: Path) -> Iterator[Cache]:
+    """A cache with a local tier whose S3 requests all pass through ``proxy``."""
+    settings = s3_settings(seaweed, s3_url, endpoint_url=proxy.endpoint, local_dir=str(tmp_path / "tier"),
+                           local_trust_seconds=60, max_attempts=1)
+    with Cache.from_settings(settings) as cache:
+        cache.store  # noqa: B018 - opened (and its capabilities probed) before the test counts
+        cache.store.capabilities  # noqa: B018
+        yield cache
+
+
+@pytest.fixture
+def writer(seaweed: SeaweedServer, s3_url: str) -> Iterator[Cache]:
+    """Another machine: writes straight to S3, with no local tier."""
+    with Cache.from_settings(s3_settings(seaweed, s3_url)) as cache:
+        yield cache
+
+
+def _tiered_with(seaweed: SeaweedServer, s3_url: str, tmp_path: Path, **settings: Any) -> Cache:
+    return Cache.from_settings(s3_settings(seaweed, s3_url, local_dir=str(tmp_path / "tier"), **settings))
+
+
+# -- the local tier -------------------------------------------------------------------------
+
+
+def test_a_read_is_kept_locally_and_the_next_read_makes_no_request(tiered: Cache, writer: Cache,
+                                                                   proxy: FaultProxy) -> None:
+    writer.put("labels/hello.pkl", VALUE)
+    proxy.requests.clear()
+    assert _same(tiered.get("labels/hello.pkl"), VALUE)
+    assert [line.split()[0] for line in proxy.requests] == ["GET"]
+    proxy.requests.clear()
+    found = tiered.get_entry("labels/hello.pkl")
+    assert found is not None and _same(found.value, VALUE)
+    assert proxy.requests == []  # within the trust window: served locally, nothing asked
+    assert found.info.store == LOCAL_TIER
+    stats = tiered.stats()
+    assert stats[LOCAL_TIER].hits == 2 and stats[LOCAL_TIER].bytes_read > 0
+    assert "S3" not in stats or stats["S3"].hits == 0
+
+
+def test_after_the_trust_window_a_read_revalidates_without_a_body(seaweed: SeaweedServer, proxy: FaultProxy,
+                                                                  writer: Cache, s3_url: str, tmp_path: Path) -> None:
+    writer.put("x.pkl", VALUE)
+    cache = _tiered_with(seaweed, s3_url, tmp_path, endpoint_url=proxy.endpoint, local_trust_seconds=0)
+    assert _same(cache.get("x.pkl"), VALUE)
+    proxy.requests.clear()
+    proxy.statuses.clear()
+    assert _same(cache.get("x.pkl"), VALUE)
+    assert len(proxy.requests) == 1 and proxy.requests[0].startswith("GET")
+    assert proxy.statuses == [304]
+    assert cache.stats()[LOCAL_TIER].hits == 2
+
+
+def test_a_remote_change_is_served_only_within_the_trust_window(seaweed: SeaweedServer, writer: Cache,
+                                                                s3_url: str, tmp_path: Path) -> None:
+    writer.put("x.pkl", "first")
+    cache = _tiered_with(seaweed, s3_url, tmp_path, local_trust_seconds=0.5)
+    assert cache.get("x.pkl") == "first"
+    writer.put("x.pkl", "second")
+    assert cache.get("x.pkl") == "first"  # trusted: no request, as configured
+    time.sleep(0.6)
+    assert cache.get("x.pkl") == "second"
+    writer.delete("x.pkl")
+    time.sleep(0.6)
+    assert cache.get("x.pkl") is None
+    assert _folder_bytes(tmp_path / "tier") == 0  # the copy of a deleted entry is dropped
+
+
+def test_with_s3_unreachable_the_local_copy_is_served_and_the_log_says_so(
+        seaweed: SeaweedServer, proxy: FaultProxy, writer: Cache, s3_url: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    writer.put("x.pkl", VALUE)
+    cache = _tiered_with(seaweed, s3_url, tmp_path, endpoint_url=proxy.endpoint, local_trust_seconds=0,
+                         max_attempts=1, connect_timeout=1, read_timeout=1, total_timeout=4)
+    assert _same(cache.get("x.pkl"), VALUE)
+    proxy.close()  # the endpoint now refuses connections
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert _same(cache.get("x.pkl"), VALUE)
+    assert "unreachable; serving the local copy" in caplog.text
+
+
+def test_writes_go_to_both_tiers_and_large_entries_stay_remote(seaweed: SeaweedServer, proxy: FaultProxy,
+                                                               s3_url: str, tmp_path: Path) -> None:
+    cache = _tiered_with(seaweed, s3_url, tmp_path, endpoint_url=proxy.endpoint, local_trust_seconds=60,
+                         local_max_entry_bytes=100_000)
+    cache.put("small.pkl", "tiny")
+    cache.put("large.pkl", np.zeros(200_000, dtype=np.uint8))
+    tier = tmp_path / "tier"
+    assert [path.name for path in tier.rglob("*.pkl") if ".jangdok" not in path.parts] == ["small.pkl"]
+    proxy.requests.clear()
+    assert cache.get("small.pkl") == "tiny"
+    assert proxy.requests == []
+    assert cache.get("large.pkl").nbytes == 200_000
+    assert len(proxy.requests) == 1  # read from S3, every time
+    assert cache.get_entry("large.pkl").info.store == "S3"
+
+
+def test_the_tier_evicts_the_least_recently_used_copies(seaweed: SeaweedServer, s3_url: str, tmp_path: Path) -> None:
+    cache = _tiered_with(seaweed, s3_url, tmp_path, local_max_bytes=250_000,
+                         local_max_entry_bytes=200_000, local_trust_seconds=60)
+    block = np.zeros(100_000, dtype=np.uint8)
+    cache.put("a.pkl", block)
+    time.sleep(0.05)
+    cache.put("b.pkl", block)
+    time.sleep(0.05)
+    cache.get("a.pkl")  # a is now more recently used than b
+    time.sleep(0.05)
+    cache.put("c.pkl", block)
+    tier = tmp_path / "tier"
+    kept = sorted(path.name for path in tier.rglob("*.pkl") if ".jangdok" not in path.parts)
+    assert kept == ["a.pkl", "c.pkl"]
+    assert _folder_bytes(tier) <= 250_000
+    assert cache.get("b.pkl").nbytes == 100_000  # evicted locally, still on S3
+
+
+def test_the_tier_bound_holds_with_concurrent_writers(seaweed: SeaweedServer, s3_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, **credentials_env(seaweed), "CACHE_DIR": s3_url, "CACHE_LOCAL_DIR": str(tmp_path / "tier"),
+           "CACHE_LOCAL_MAX_BYTES": "400000",
+           "CACHE_LOCAL_MAX_ENTRY_BYTES": "100KB", "JANGDOK_FALLBACK": "0"}
+    script = ("import sys, numpy as np\nfrom jangdok import Cache\nc = Cache()\n"
+              "for i in range(12):\n    c.put(f'w{sys.argv[1]}/{i}.pkl', np.full(50_000, i, dtype=np.uint8))\n")
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(n)], env=env) for n in range(4)]
+    assert [worker.wait(timeout=120) for worker in workers] == [0, 0, 0, 0]
+    assert 0 < _folder_bytes(tmp_path / "tier") <= 400_000
+
+
+def test_a_damaged_local_copy_is_replaced_from_s3_which_keeps_its_entry(
+        seaweed: SeaweedServer, writer: Cache, s3_url: str, tmp_path: Path) -> None:
+    writer.put("x.pkl", VALUE)
+    cache = _tiered_with(seaweed, s3_url, tmp_path, local_trust_seconds=60)
+    assert _same(cache.get("x.pkl"), VALUE)
+    [copy] = [path for path in (tmp_path / "tier").rglob("x.pkl") if ".jangdok" not in path.parts]
+    before = copy.stat()
+    with open(copy, "r+b") as file:  # damaged in place (a failing disk), same inode, size and time,
+        file.seek(before.st_size - 100)  # so its validator still vouches for it
+        file.write(b"\xff" * 8)
+    os.utime(copy, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert _same(cache.get("x.pkl"), VALUE)  # the copy was dropped, and S3 read again
+    assert cache.stats()[LOCAL_TIER].corrupt_deleted == 1
+    assert _same(writer.get("x.pkl"), VALUE)  # the remote entry was never deleted
+    assert _same(cache.get("x.pkl"), VALUE)
+
+
+def test_a_tier_store_is_the_composition_and_fallback_is_the_same_one(seaweed: SeaweedServer, s3_url: str,
+                                                                      tmp_path: Path) -> None:
+    cache = _tiered_with(seaweed, s3_url, tmp_path)
+    assert isinstance(cache.store, TieredStore) and cache.store.remote is not None
+    offline = Cache.from_settings(Settings(cache_dir=s3_url, fallback_dir=str(tmp_path / "fallback")))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        assert isinstance(offline.store, TieredStore) and offline.store.remote is None
+    assert offline.fallback_reason and offline.store_label == "local (fallback)"
+
+
+# -- compute once -----------------------------------------------------------------------------
+
+
+def _fleet_env(seaweed: SeaweedServer | None, cache_dir: str, **extra: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(("AWS_", "JANGDOK_", "CACHE_"))}
+    env.update({"CACHE_DIR": cache_dir, "JANGDOK_FALLBACK": "0", "AWS_EC2_METADATA_DISABLED": "true",
+                "PYTHONPATH": os.pathsep.join(sys.path)})
+    if seaweed is not None:
+        env.update(credentials_env(seaweed))
+    env.update(extra)
+    return env
+
+
+def _start(env: dict[str, str], key: str, log: Path, seconds: float, *mode: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, WORKER, key, str(log), str(seconds), *mode], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _results(workers: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    results = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+        results.append(json.loads(out))
+    return results
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_three_processes_missing_one_key_compute_it_once(backend: str, request: pytest.FixtureRequest,
+                                                         tmp_path: Path) -> None:
+    log = tmp_path / "computed.log"
+    workers = []
+    for machine in range(3):
+        if backend == "s3":
+            seaweed = request.getfixturevalue("seaweed")
+            env = _fleet_env(seaweed, request.getfixturevalue("s3_url"),
+                             CACHE_LOCAL_DIR=str(tmp_path / f"machine{machine}"))
+        else:
+            env = _fleet_env(None, str(tmp_path / "cache"))
+        workers.append(_start(env, "labels/hello.pkl", log, 1.0))
+    results = _results(workers)
+    assert len(log.read_text().split()) == 1
+    assert len({json.dumps(result["value"]) for result in results}) == 1
+    assert sum(tier["computed"] for result in results for tier in result["stats"].values()) == 1
+
+
+def _wait_for(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text().strip()):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_a_lease_owner_killed_with_sigkill_is_taken_over(backend: str, request: pytest.FixtureRequest,
+                                                         tmp_path: Path) -> None:
+    if backend == "s3":
+        env = _fleet_env(request.getfixturevalue("seaweed"), request.getfixturevalue("s3_url"),
+                         JANGDOK_LEASE_SECONDS="1.5")
+    else:
+        env = _fleet_env(None, str(tmp_path / "cache"))
+    log = tmp_path / "computed.log"
+    owner = _start(env, "k.pkl", log, 0, "hang")
+    _wait_for(log)
+    waiter = _start(env, "k.pkl", log, 0)
+    time.sleep(0.5)
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait()
+    [result] = _results([waiter])
+    assert result["value"]["by"] == waiter.pid
+    assert len(log.read_text().split()) == 2  # the dead owner's try, and the waiter's
+    if backend == "s3":
+        assert result["stats"]["S3"]["lease_takeovers"] == 1
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_waiting_is_bounded_and_the_error_names_the_key_and_the_owner(backend: str, request: pytest.FixtureRequest,
+                                                                      tmp_path: Path) -> None:
+    if backend == "s3":
+        url = request.getfixturevalue("s3_url")
+        env = _fleet_env(request.getfixturevalue("seaweed"), url)
+        cache = Cache.from_settings(s3_settings(request.getfixturevalue("seaweed"), url))
+    else:
+        url = str(tmp_path / "cache")
+        env = _fleet_env(None, url)
+        cache = Cache(url)
+    log = tmp_path / "computed.log"
+    owner = _start(env, "slow/one.pkl", log, 0, "hang")
+    try:
+        _wait_for(log)
+        with pytest.raises(WaitTimeout) as raised:
+            cache.get_or_compute("slow/one.pkl", lambda: "never", timeout=0.5)
+        message = str(raised.value)
+        assert "slow/one.pkl" in message and f":{owner.pid}:" in message
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_a_failed_computation_releases_the_lease_and_a_waiter_computes(cache: Cache) -> None:
+    started = threading.Event()
+    results: list[Any] = []
+
+    def failing() -> str:
+        started.set()
+        time.sleep(0.3)
+        raise RuntimeError("the model crashed")
+
+    def first() -> None:
+        with pytest.raises(RuntimeError, match="model crashed"):
+            cache.get_or_compute("k.pkl", failing)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    started.wait(10)
+    results.append(cache.get_or_compute("k.pkl", lambda: "second try"))
+    thread.join()
+    assert results == ["second try"] and cache.get("k.pkl") == "second try"
+    assert cache.stats()[cache.store_label].computed == 1
+
+
+def test_threads_of_one_process_compute_once(cache: Cache) -> None:
+    calls: list[int] = []
+
+    def compute() -> int:
+        calls.append(1)
+        time.sleep(0.3)
+        return 42
+
+    threads = [threading.Thread(target=lambda: calls.append(cache.get_or_compute("t.pkl", compute) * 0))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls.count(1) == 1 and calls.count(0) == 4
+
+
+def test_a_failed_save_is_a_warning_and_the_value_is_returned(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "sub").write_text("a file where the entry's folder should be")
+    cache = Cache(str(tmp_path / "cache"))
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get_or_compute("sub/k.pkl", lambda: "value") == "value"
+    assert "could not save it" in caplog.text
+
+
+def test_a_server_ignoring_conditional_writes_is_detected_once(seaweed: SeaweedServer, s3_url: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    cache = Cache.from_settings(s3_settings(seaweed, s3_url))
+    client = cache.store.client
+
+    def drop_conditions(request: Any, **_: Any) -> None:  # stands for a server without them
+        for header in ("If-None-Match", "If-Match"):
+            if header in request.headers:
+                del request.headers[header]
+
+    client.meta.events.register("before-sign.s3.PutObject", drop_conditions)
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get_or_compute("k.pkl", lambda: "value") == "value"
+        assert cache.get_or_compute("k2.pkl", lambda: "other") == "other"
+    assert caplog.text.count("ignores If-None-Match on PutObject") == 1
+    assert cache.get("k.pkl") == "value"
+    assert sorted(cache.keys()) == ["k.pkl", "k2.pkl"]  # leases are not entries

@@ -49,9 +49,9 @@ from chapter_generator import (  # noqa: E402
     save_model_info,
     train_chapter,
 )
-from jangdok import Cache, JangdokError, TierStats  # noqa: E402
+from jangdok import Cache, Entry, JangdokError, TierStats  # noqa: E402
 
-STORE_NAMES = {"S3": "S3", "local": "로컬", "local (fallback)": "로컬 대체"}
+STORE_NAMES = {"S3": "S3", "local": "로컬", "local (fallback)": "로컬 대체", "local tier": "로컬 사본"}
 
 
 QUIET = False
@@ -166,45 +166,67 @@ def load_or_build(label: str, videos: list[Path], params: PipelineParams, data_d
                   cache: Cache | None, tally: RunTally) -> list[np.ndarray]:
     expected = cache_identity(label, videos, params, data_dir)
     key = cache_file_name(label, params)
-    if cache is not None:
-        try:
-            with TransferBar(f"📥 {label}") as bar:
-                found = cache.get_entry(key, progress=bar)
-        except JangdokError as exc:
-            warn(f"⚠️ {label} 캐시를 읽지 못했습니다 (다시 계산합니다): {exc}")
-            found = None
-        if found is not None:
-            info = found.info
-            value = found.value
-            if isinstance(value, list) and info.metadata is None:
-                # The original program's oldest layout recorded nothing to check it against.
-                warn(f"⚠️ {label} 캐시는 파라미터 기록이 없는 옛 형식입니다. 검증 없이 사용합니다: {info.path}")
-                return value
-            if matches(stored_identity(info.metadata, value, params), expected):
-                sequences = value["data"] if isinstance(value, dict) else value
-                say(f"📂 {label} 라벨 데이터 캐시 로드 ({STORE_NAMES[info.store]}): {info.path} "
-                    f"({len(sequences)}개 샘플)")
-                return sequences
-            warn(f"⚠️ {label} 캐시 파라미터가 다릅니다. 캐시 무효화.")
-            tally.invalidated += 1
-            try:
-                cache.delete(key)
-            except JangdokError as exc:
-                warn(f"⚠️ {label} 캐시를 삭제하지 못했습니다: {exc}")
+    built: list[list[np.ndarray]] = []
 
-    started = time.perf_counter()
-    sequences = process_label(videos, params, label_rng(label, params))
-    tally.seconds_computing += time.perf_counter() - started
+    def build() -> list[np.ndarray]:
+        started = time.perf_counter()
+        sequences = process_label(videos, params, label_rng(label, params))
+        tally.seconds_computing += time.perf_counter() - started
+        built.append(sequences)
+        return sequences
 
-    if cache is not None:
+    if cache is None:
+        return build()
+    try:
+        with TransferBar(f"📥 {label}") as bar:
+            found = cache.get_entry(key, progress=bar)
+    except JangdokError as exc:
+        warn(f"⚠️ {label} 캐시를 읽지 못했습니다 (다시 계산합니다): {exc}")
+        return build()
+    if found is not None:
+        reused = reuse(label, found, expected, params)
+        if reused is not None:
+            return reused
+        warn(f"⚠️ {label} 캐시 파라미터가 다릅니다. 캐시 무효화.")
+        tally.invalidated += 1
         try:
-            with TransferBar(f"📤 {label}") as bar:
-                info = cache.put(key, sequences, metadata=expected, progress=bar)
+            cache.delete(key)
         except JangdokError as exc:
-            warn(f"⚠️ {label} 캐시를 저장하지 못했습니다: {exc}")
-        else:
-            say(f"💾 {label} 라벨 데이터 캐시 저장 ({STORE_NAMES[info.store]}): {info.path} "
+            warn(f"⚠️ {label} 캐시를 삭제하지 못했습니다: {exc}")
+    # Several machines running the pipeline on one CACHE_DIR: one computes each label and the
+    # others wait for its entry instead of computing it too.
+    try:
+        with TransferBar(f"📤 {label}") as bar:
+            sequences = cache.get_or_compute(key, build, metadata=expected, progress=bar)
+    except JangdokError as exc:
+        warn(f"⚠️ {label} 캐시를 함께 쓰지 못했습니다 (다시 계산합니다): {exc}")
+        return built[0] if built else build()
+    if built:
+        if cache.exists(key):
+            say(f"💾 {label} 라벨 데이터 캐시 저장 ({STORE_NAMES[cache.store_label]}): {cache.store.path(key)} "
                 f"({len(sequences)}개 샘플)")
+        return sequences
+    # Computed by another process meanwhile: check what it was computed from, as for any entry.
+    info = cache.stat(key)
+    if info is not None and matches(stored_identity(info.metadata, sequences, params), expected):
+        say(f"📂 {label} 라벨 데이터 캐시 로드 (다른 작업이 계산, {STORE_NAMES[info.store]}): {info.path} "
+            f"({len(sequences)}개 샘플)")
+        return sequences
+    warn(f"⚠️ {label}: 다른 작업이 다른 입력으로 계산한 캐시입니다. 여기서 다시 계산합니다.")
+    return build()
+
+
+def reuse(label: str, found: Entry, expected: dict[str, Any], params: PipelineParams) -> list[np.ndarray] | None:
+    """The label's sequences from an entry computed from the same inputs, else ``None``."""
+    info, value = found.info, found.value
+    if isinstance(value, list) and info.metadata is None:
+        # The original program's oldest layout recorded nothing to check it against.
+        warn(f"⚠️ {label} 캐시는 파라미터 기록이 없는 옛 형식입니다. 검증 없이 사용합니다: {info.path}")
+        return value
+    if not matches(stored_identity(info.metadata, value, params), expected):
+        return None
+    sequences = value["data"] if isinstance(value, dict) else value
+    say(f"📂 {label} 라벨 데이터 캐시 로드 ({STORE_NAMES[info.store]}): {info.path} ({len(sequences)}개 샘플)")
     return sequences
 
 

@@ -367,3 +367,37 @@ def test_a_server_ignoring_conditional_writes_is_detected_once(seaweed: SeaweedS
     assert caplog.text.count("ignores If-None-Match on PutObject") == 1
     assert cache.get("k.pkl") == "value"
     assert sorted(cache.keys()) == ["k.pkl", "k2.pkl"]  # leases are not entries
+
+
+def test_prune_deletes_in_batches_pinned_to_the_listed_versions(seaweed: SeaweedServer, proxy: FaultProxy,
+                                                                s3_url: str) -> None:
+    cache = Cache.from_settings(s3_settings(seaweed, s3_url, endpoint_url=proxy.endpoint))
+    for number in range(30):
+        cache.put(f"old/{number}.pkl", number)
+    proxy.requests.clear()
+    report = cache.prune(older_than=0)
+    assert len(report.removed) == 30 and list(cache.keys()) == []
+    batches = [line for line in proxy.requests if line.startswith("POST") and "delete" in line]
+    assert len(batches) == 2, proxy.requests  # the one-off probe, then one DeleteObjects for all 30
+    assert not [line for line in proxy.requests if line.startswith("DELETE") and "/old/" in line]
+
+
+def test_a_dead_owners_lease_is_a_leftover_that_cleanup_removes(request: pytest.FixtureRequest,
+                                                                 backend: str, tmp_path: Path) -> None:
+    if backend == "s3":
+        url = request.getfixturevalue("s3_url")
+        env = _fleet_env(request.getfixturevalue("seaweed"), url)
+        cache = Cache.from_settings(s3_settings(request.getfixturevalue("seaweed"), url))
+    else:
+        url = str(tmp_path / "cache")
+        env = _fleet_env(None, url)
+        cache = Cache(url)
+    log = tmp_path / "computed.log"
+    owner = _start(env, "k.pkl", log, 0, "hang")
+    _wait_for(log)
+    assert cache.cleanup(older_than=3600) == 0  # young: it may be alive
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait()
+    time.sleep(1.1)
+    assert cache.cleanup(older_than=1) == 1
+    assert cache.get_or_compute("k.pkl", lambda: "fresh") == "fresh"  # no lease left to wait for

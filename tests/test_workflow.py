@@ -317,3 +317,31 @@ def test_the_original_programs_label_caches_are_reused_when_their_parameters_mat
     assert matching in loaded and matching not in saved
     assert different in saved and f"⚠️ {different} 캐시 파라미터가 다릅니다" in output
     assert f"⚠️ {bare} 캐시는 파라미터 기록이 없는 옛 형식입니다" in output and bare not in saved
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_three_concurrent_runs_save_each_label_once_in_total(backend: str, request: pytest.FixtureRequest,
+                                                             sample_data: Path, tmp_path: Path) -> None:
+    """Three machines start the pipeline together on one CACHE_DIR (on S3 each with its own
+    local tier): each label is computed and saved by exactly one of them."""
+    runs = []
+    for machine in range(3):
+        if backend == "s3":
+            env = {**credentials_env(request.getfixturevalue("seaweed")),
+                   "CACHE_DIR": request.getfixturevalue("s3_url"),
+                   "CACHE_LOCAL_DIR": str(tmp_path / f"machine{machine}")}
+        else:
+            env = {"CACHE_DIR": str(tmp_path / "cache")}
+        runs.append(subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "--chapter", CHAPTER, "--data-dir", str(sample_data),
+             "--output-dir", str(tmp_path / f"out{machine}")],
+            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = []
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, f"{out}\n{err}"
+        outputs.append(out)
+    saved = [line.split()[1] for out in outputs for line in lines(out, "💾")]
+    assert sorted(saved) == sorted(LABELS), outputs  # each label once, in total
+    for out in outputs:  # and every run has every label, computed or loaded
+        assert len(lines(out, "💾")) + len(lines(out, "📂")) == len(LABELS), out

@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from . import entry
 from .errors import CorruptEntry, InvalidValue, JangdokError, UnsupportedEntry, WaitTimeout
-from .leases import lease_for
+from .leases import lease_for, remove_stale
 from .location import Location, is_reserved, normalize_key, parse_location
 from .memoize import Memoized
 from .memoize import memoize as _memoize
@@ -419,7 +419,8 @@ class Cache:
         return self._info(key, path, header.entry_size, header, header.created_at)
 
     def get_or_compute(self, key: str, compute: Callable[[], T], metadata: Mapping[str, Any] | None = None,
-                       ttl: float | None = None, timeout: float | None = None) -> T:
+                       ttl: float | None = None, timeout: float | None = None,
+                       progress: entry.Progress | None = None) -> T:
         """The value under ``key``; on a miss, ``compute()`` it once, store it and return it.
 
         When several threads, processes or machines miss the same key at once, one computes
@@ -429,9 +430,10 @@ class Cache:
         :class:`~jangdok.errors.WaitTimeout` names the key and who holds it. If ``compute``
         raises, the lease is released for a waiter to try, and the error propagates. If the
         value cannot be saved, a WARNING says why and the value is returned all the same.
+        ``progress`` follows the load or the save, as in :meth:`get_entry` and :meth:`put`.
         """
         key = normalize_key(key)
-        found = self.get_entry(key)
+        found = self.get_entry(key, progress)
         if found is not None:
             return found.value
         store = self.store
@@ -441,7 +443,7 @@ class Cache:
         pause = _FIRST_PAUSE
         while not lease.try_acquire():
             # exists() first: a poll is one cheap request, and not a miss in the statistics
-            found = self.get_entry(key) if store.exists(key) else None
+            found = self.get_entry(key, progress) if store.exists(key) else None
             if found is not None:
                 self._count(seconds_waiting=time.monotonic() - started, lease_takeovers=lease.takeovers)
                 return found.value
@@ -455,13 +457,13 @@ class Cache:
             pause = min(pause * 1.5, max(_FIRST_PAUSE, min(_LAST_PAUSE, self.settings.lease_seconds / 3)))
         try:
             self._count(seconds_waiting=time.monotonic() - started, lease_takeovers=lease.takeovers)
-            found = self.get_entry(key)  # written while this process waited for the lease
+            found = self.get_entry(key, progress)  # written while this process waited for the lease
             if found is not None:
                 return found.value
             value = compute()
             self._count(computed=1)
             try:
-                self.put(key, value, metadata, ttl=ttl)
+                self.put(key, value, metadata, progress, ttl)
             except JangdokError as exc:
                 log.warning("computed %s but could not save it: %s", store.path(key), exc,
                             **_event("save_failed", store.path(key)))
@@ -527,9 +529,10 @@ class Cache:
                 doomed.append(kept.pop(0))
         if dry_run:
             return PruneReport(tuple(found.key for found in doomed), sum(found.size for found in doomed), 0, True)
-        removed = [found for found in doomed if self.store.delete(found.key, version=found.version)]
+        gone = set(self.store.delete_many(doomed))
+        removed = [found for found in doomed if found.key in gone]
         freed = sum(found.size for found in removed)
-        leftovers = self.store.cleanup(CLEANUP_AGE)
+        leftovers = self.cleanup(CLEANUP_AGE)
         log.info("prune removed %d entries (%s) and %d leftover(s) under %s", len(removed), _megabytes(freed),
                  leftovers, self.store.location.url)
         return PruneReport(tuple(found.key for found in removed), freed, leftovers, False)
@@ -548,13 +551,14 @@ class Cache:
 
     def cleanup(self, older_than: float = CLEANUP_AGE) -> int:
         """Remove what writers killed mid-write left behind: the store's orphaned temporary
-        files, and on S3 the incomplete multipart uploads under the prefix, if older than
-        ``older_than`` seconds (younger ones may belong to live writers). Returns the count.
+        files, on S3 the incomplete multipart uploads under the prefix, and the leases (lock
+        files) of computations whose owner died, if older than ``older_than`` seconds (younger
+        ones may belong to live writers). Returns the count.
 
         ``put`` also does this now and then, next to the key it wrote; on S3, a bucket
         lifecycle rule (AbortIncompleteMultipartUpload) does it without any client.
         """
-        removed = self.store.cleanup(older_than)
+        removed = self.store.cleanup(older_than) + remove_stale(self.store, older_than)
         if removed:
             log.info("cleanup removed %d leftover(s) under %s", removed, self.store.location.url)
         return removed

@@ -29,9 +29,12 @@ class FileLock:
         Raises ``OSError`` if the folder cannot hold a lock file."""
         if self._fd is not None:
             raise RuntimeError(f"lock {self.path} is already held by this object")
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:  # no folder yet, or a releasing holder just removed it
+                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -49,20 +52,31 @@ class FileLock:
                 return True
             os.close(fd)  # released and removed by its last holder: lock the new file instead
 
-    def release(self, remove: bool = False) -> None:
-        """Let go; with ``remove``, delete the lock file first (while still holding it, so no
-        other process can be holding the file that disappears)."""
+    def release(self, remove_up_to: str | None = None) -> None:
+        """Let go. With ``remove_up_to`` (a folder containing the lock file), delete the lock
+        file first, while still holding it so no other process can be holding the file that
+        disappears, then the folders it leaves empty up to and including that one."""
         fd, self._fd = self._fd, None
         if fd is None:
             return
         try:
-            if remove:
+            if remove_up_to is not None:
                 try:
                     os.unlink(self.path)
                 except FileNotFoundError:
                     pass
         finally:
             os.close(fd)
+        if remove_up_to is None:
+            return
+        folder = os.path.dirname(self.path)
+        top = os.path.normpath(remove_up_to)
+        while folder.startswith(top):
+            try:
+                os.rmdir(folder)  # fails, and stops here, if another lock file lives in it
+            except OSError:
+                return
+            folder = os.path.dirname(folder)
 
     def __enter__(self) -> FileLock:
         self.acquire()

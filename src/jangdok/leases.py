@@ -31,7 +31,7 @@ from .filelock import FileLock
 from .location import RESERVED_FOLDER
 from .stores import Store
 
-__all__ = ["Lease", "FileLease", "ObjectLease", "lease_for"]
+__all__ = ["Lease", "FileLease", "ObjectLease", "lease_for", "remove_stale"]
 
 log = logging.getLogger("jangdok")
 
@@ -65,6 +65,8 @@ class FileLease(Lease):
 
     def __init__(self, store: Store, key: str) -> None:
         self.path = store.location.local_path(_LOCKS + key + ".lock")
+        # Lock files and their folders go when released, so the cache folder holds entries only.
+        self._top = store.location.local_path(RESERVED_FOLDER)
         self._lock = FileLock(self.path)
 
     def try_acquire(self) -> bool:
@@ -91,7 +93,7 @@ class FileLease(Lease):
         return False
 
     def release(self) -> None:
-        self._lock.release(remove=True)
+        self._lock.release(remove_up_to=self._top)
 
 
 class ObjectLease(Lease):
@@ -191,3 +193,22 @@ def lease_for(store: Store, key: str, seconds: float) -> Lease:
     if store.capabilities.shared:
         return ObjectLease(store, key, seconds)
     return FileLease(store, key)
+
+
+def remove_stale(store: Store, older_than: float) -> int:
+    """Remove leases and lock files that nobody renewed or used for ``older_than`` seconds:
+    what owners killed mid-computation left behind, when no waiter came to take them over.
+    A live lease is renewed every third of its lifetime, so it is never this old; a lock file
+    is removed only after taking its lock, so never under a live holder."""
+    cutoff = time.time() - older_than
+    if store.capabilities.shared:
+        return len(store.delete_many(found for found in store.list(_LEASES) if found.modified < cutoff))
+    removed = 0
+    for found in store.list(_LOCKS):
+        if found.modified >= cutoff or not found.key.endswith(".lock"):
+            continue
+        lease = FileLease(store, found.key[len(_LOCKS):-len(".lock")])
+        if lease.try_acquire():
+            lease.release()
+            removed += 1
+    return removed

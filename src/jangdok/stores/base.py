@@ -154,6 +154,11 @@ class Store(ABC):
         """Remove an object; ``True`` if it existed. With ``version``, only if the object is
         still that version (so deleting a damaged object never removes its replacement)."""
 
+    def delete_many(self, found: Iterable[ObjectInfo]) -> list[str]:
+        """Remove each listed object if it is still the version listed; the keys removed.
+        Backends with batch requests override this to send fewer of them."""
+        return [item.key for item in found if self.delete(item.key, version=item.version)]
+
     @abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:
         """Size and modification time of an object, or ``None`` if it is missing."""

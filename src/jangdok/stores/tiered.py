@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import JangdokError, StoreUnavailable
@@ -295,6 +295,14 @@ class TieredStore(Store):
             return self.local.delete(key, version=version[len(_COPY_TAG):])
         deleted = self.remote.delete(key, version)
         self._drop_copy(key)
+        return deleted
+
+    def delete_many(self, found: Iterable[ObjectInfo]) -> list[str]:
+        if self.remote is None:
+            return self.local.delete_many(found)
+        deleted = self.remote.delete_many(found)
+        for key in deleted:
+            self._drop_copy(key)
         return deleted
 
     def stat(self, key: str) -> ObjectInfo | None:

@@ -79,7 +79,8 @@ def main() -> None:
                 out = finish(start(n, [*base, "--output-dir", str(work / f"out{n}")], envs[n]))
                 tiers = {m.group(1): (int(m.group(2)), float(m.group(4))) for line in out.splitlines()
                          if (m := _STATS.match(line))}
-                shown = "; ".join(f"{name}: {hits} hits, {megabytes:.1f} MB" for name, (hits, megabytes) in tiers.items())
+                shown = "; ".join(f"{name}: {hits} hits, {megabytes:.1f} MB"
+                                  for name, (hits, megabytes) in tiers.items())
                 print(f"  machine {n}: {shown}")
             verdict = "PASS" if set(saves.values()) == {1} else "FAIL"
             print(f"{verdict}: each label saved exactly once in total")

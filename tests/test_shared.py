@@ -401,3 +401,21 @@ def test_a_dead_owners_lease_is_a_leftover_that_cleanup_removes(request: pytest.
     time.sleep(1.1)
     assert cache.cleanup(older_than=1) == 1
     assert cache.get_or_compute("k.pkl", lambda: "fresh") == "fresh"  # no lease left to wait for
+
+
+def test_lock_files_come_and_go_under_many_processes_without_errors(tmp_path: Path) -> None:
+    """Lock files and their folders are removed on release while other processes create
+    them: neither side may fail, and each key is still computed once."""
+    log = tmp_path / "computed.log"
+    script = ("import os, sys\nfrom jangdok import Cache\nc = Cache(sys.argv[1])\n"
+              "def compute(key):\n    with open(sys.argv[2], 'a') as log:\n        log.write(key + '\\n')\n"
+              "    return key\n"
+              "for i in range(200):\n    key = f'deep/er/{i % 20}.pkl' if i < 40 else f'{i}.pkl'\n"
+              "    assert c.get_or_compute(key, lambda: compute(key)) == key\n")
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache"), str(log)],
+                                stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0, worker.stderr.read() if worker.stderr else ""
+    computed = log.read_text().split()
+    assert sorted(computed) == sorted(set(computed)) and len(computed) == 180
+    assert not (tmp_path / "cache" / ".jangdok").exists()  # no lock file or folder left behind

@@ -33,7 +33,10 @@ class FileLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except FileNotFoundError:  # no folder yet, or a releasing holder just removed it
-                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+                try:
+                    os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+                except FileNotFoundError:  # a releasing holder removed a parent mid-way: again
+                    pass
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))

@@ -265,6 +265,8 @@ class TieredStore(Store):
     def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> str:
         if self.remote is None:
             return self.local.write(key, data, progress)
+        if is_reserved(key):
+            return self.remote.write(key, data, progress)
         views = list(iter_chunks(data))  # views, not copies: the same chunks go to both tiers
         remote_version = self.remote.write(key, views, progress)
         # The old copy must go whatever happens next: it would be served for the trust window.

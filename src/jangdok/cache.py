@@ -442,11 +442,6 @@ class Cache:
         deadline = started + (self.settings.wait_timeout if timeout is None else timeout)
         pause = _FIRST_PAUSE
         while not lease.try_acquire():
-            # exists() first: a poll is one cheap request, and not a miss in the statistics
-            found = self.get_entry(key, progress) if store.exists(key) else None
-            if found is not None:
-                self._count(seconds_waiting=time.monotonic() - started, lease_takeovers=lease.takeovers)
-                return found.value
             if time.monotonic() >= deadline:
                 raise WaitTimeout(
                     f"waited {time.monotonic() - started:.1f} s for {store.path(key)}, which {lease.holder} is "
@@ -455,6 +450,12 @@ class Cache:
                 )
             time.sleep(random.uniform(pause / 2, pause))  # jitter: waiters must not poll in step
             pause = min(pause * 1.5, max(_FIRST_PAUSE, min(_LAST_PAUSE, self.settings.lease_seconds / 3)))
+            # The entry first: once its owner has saved it, taking the freed lease would cost two
+            # requests for nothing. exists() is one cheap request, and a poll is not a miss.
+            found = self.get_entry(key, progress) if store.exists(key) else None
+            if found is not None:
+                self._count(seconds_waiting=time.monotonic() - started, lease_takeovers=lease.takeovers)
+                return found.value
         try:
             self._count(seconds_waiting=time.monotonic() - started, lease_takeovers=lease.takeovers)
             found = self.get_entry(key, progress)  # written while this process waited for the lease

@@ -49,7 +49,7 @@ from chapter_generator import (  # noqa: E402
     save_model_info,
     train_chapter,
 )
-from jangdok import Cache, Entry, JangdokError, TierStats  # noqa: E402
+from jangdok import Cache, EntryInfo, JangdokError, TierStats  # noqa: E402
 
 STORE_NAMES = {"S3": "S3", "local": "로컬", "local (fallback)": "로컬 대체", "local tier": "로컬 사본"}
 
@@ -141,12 +141,10 @@ def original_parameters(params: PipelineParams) -> dict[str, Any]:
     return {name: getattr(params, name.lower()) for name in ORIGINAL_PARAMETERS}
 
 
-def stored_identity(metadata: dict[str, Any] | None, value: Any, params: PipelineParams) -> dict[str, Any] | None:
-    """The identity recorded with an entry. Plain pickles kept it in the value: the original
-    program as ``{"data": [...], "parameters": {TARGET_SEQ_LENGTH: ..., ...}}``, which counts
-    as ours when every one of its parameters matches."""
-    if metadata is not None:
-        return metadata
+def pickled_identity(value: Any, params: PipelineParams) -> dict[str, Any] | None:
+    """The identity a plain pickle keeps in its value: the original program's
+    ``{"data": [...], "parameters": {TARGET_SEQ_LENGTH: ..., ...}}`` counts as ours when every
+    one of its parameters matches; earlier versions of this program wrote ``"params"``."""
     if isinstance(value, dict) and isinstance(value.get("parameters"), dict):
         same = value["parameters"] == original_parameters(params)
         return {"params": params_fingerprint(params) if same else value["parameters"]}
@@ -164,6 +162,8 @@ def matches(stored: dict[str, Any] | None, expected: dict[str, Any]) -> bool:
 
 def load_or_build(label: str, videos: list[Path], params: PipelineParams, data_dir: Path,
                   cache: Cache | None, tally: RunTally) -> list[np.ndarray]:
+    """The label's sequences from the cache, or computed and saved. Several machines running
+    the pipeline on one CACHE_DIR compute each label once: the others wait for its entry."""
     expected = cache_identity(label, videos, params, data_dir)
     key = cache_file_name(label, params)
     built: list[list[np.ndarray]] = []
@@ -177,57 +177,56 @@ def load_or_build(label: str, videos: list[Path], params: PipelineParams, data_d
 
     if cache is None:
         return build()
-    try:
-        with TransferBar(f"📥 {label}") as bar:
-            found = cache.get_entry(key, progress=bar)
-    except JangdokError as exc:
-        warn(f"⚠️ {label} 캐시를 읽지 못했습니다 (다시 계산합니다): {exc}")
-        return build()
-    if found is not None:
-        reused = reuse(label, found, expected, params)
-        if reused is not None:
-            return reused
+    judged: list[tuple[EntryInfo, bool]] = []
+
+    def accept(info: EntryInfo) -> bool:
+        # Plain pickles keep their parameters in the value: they are judged once loaded.
+        usable = info.metadata is None or matches(info.metadata, expected)
+        judged.append((info, usable))
+        return usable
+
+    for _ in range(2):  # a second time only after removing a plain pickle of other parameters
+        try:
+            with TransferBar(f"📦 {label}") as bar:
+                value = cache.get_or_compute(key, build, metadata=expected, progress=bar, accept=accept)
+        except JangdokError as exc:
+            warn(f"⚠️ {label} 캐시를 쓰지 못했습니다 (캐시 없이 계산합니다): {exc}")
+            return built[0] if built else build()
+        if any(not usable for _, usable in judged):
+            warn(f"⚠️ {label} 캐시 파라미터가 다릅니다. 캐시 무효화.")
+            tally.invalidated += 1
+            judged.clear()
+        if built:
+            if cache.exists(key):
+                say(f"💾 {label} 라벨 데이터 캐시 저장 ({STORE_NAMES[cache.store_label]}): "
+                    f"{cache.store.path(key)} ({len(value)}개 샘플)")
+            return value
+        info = judged[-1][0]
+        sequences = reuse(label, value, info, expected, params)
+        if sequences is not None:
+            say(f"📂 {label} 라벨 데이터 캐시 로드 ({STORE_NAMES[info.store]}): {info.path} ({len(sequences)}개 샘플)")
+            return sequences
         warn(f"⚠️ {label} 캐시 파라미터가 다릅니다. 캐시 무효화.")
         tally.invalidated += 1
         try:
             cache.delete(key)
         except JangdokError as exc:
             warn(f"⚠️ {label} 캐시를 삭제하지 못했습니다: {exc}")
-    # Several machines running the pipeline on one CACHE_DIR: one computes each label and the
-    # others wait for its entry instead of computing it too.
-    try:
-        with TransferBar(f"📤 {label}") as bar:
-            sequences = cache.get_or_compute(key, build, metadata=expected, progress=bar)
-    except JangdokError as exc:
-        warn(f"⚠️ {label} 캐시를 함께 쓰지 못했습니다 (다시 계산합니다): {exc}")
-        return built[0] if built else build()
-    if built:
-        if cache.exists(key):
-            say(f"💾 {label} 라벨 데이터 캐시 저장 ({STORE_NAMES[cache.store_label]}): {cache.store.path(key)} "
-                f"({len(sequences)}개 샘플)")
-        return sequences
-    # Computed by another process meanwhile: check what it was computed from, as for any entry.
-    info = cache.stat(key)
-    if info is not None and matches(stored_identity(info.metadata, sequences, params), expected):
-        say(f"📂 {label} 라벨 데이터 캐시 로드 (다른 작업이 계산, {STORE_NAMES[info.store]}): {info.path} "
-            f"({len(sequences)}개 샘플)")
-        return sequences
-    warn(f"⚠️ {label}: 다른 작업이 다른 입력으로 계산한 캐시입니다. 여기서 다시 계산합니다.")
+            return build()
     return build()
 
 
-def reuse(label: str, found: Entry, expected: dict[str, Any], params: PipelineParams) -> list[np.ndarray] | None:
-    """The label's sequences from an entry computed from the same inputs, else ``None``."""
-    info, value = found.info, found.value
-    if isinstance(value, list) and info.metadata is None:
+def reuse(label: str, value: Any, info: EntryInfo, expected: dict[str, Any],
+          params: PipelineParams) -> list[np.ndarray] | None:
+    """The sequences in a loaded entry, or ``None`` for a plain pickle of other parameters.
+    Entries with metadata were judged before loading."""
+    if info.metadata is not None:
+        return value
+    if isinstance(value, list):
         # The original program's oldest layout recorded nothing to check it against.
         warn(f"⚠️ {label} 캐시는 파라미터 기록이 없는 옛 형식입니다. 검증 없이 사용합니다: {info.path}")
         return value
-    if not matches(stored_identity(info.metadata, value, params), expected):
-        return None
-    sequences = value["data"] if isinstance(value, dict) else value
-    say(f"📂 {label} 라벨 데이터 캐시 로드 ({STORE_NAMES[info.store]}): {info.path} ({len(sequences)}개 샘플)")
-    return sequences
+    return value["data"] if matches(pickled_identity(value, params), expected) else None
 
 
 def train_and_save(chapter: str, labels: list[str], sequences: dict[str, list[np.ndarray]],
@@ -281,6 +280,11 @@ def print_summary(tally: RunTally, results: list[dict[str, Any]], elapsed: float
         print(f"🗄️ cache ({name}): {hits} hits, {store.misses + tally.invalidated} misses, "
               f"read {store.bytes_read / 1e6:.1f} MB in {store.seconds_reading:.2f} s, "
               f"wrote {store.bytes_written / 1e6:.1f} MB in {store.seconds_writing:.2f} s")
+    waited = sum(store.seconds_waiting for store in tally.cache_stats.values())
+    taken_over = sum(store.lease_takeovers for store in tally.cache_stats.values())
+    if waited >= 0.05 or taken_over:
+        print(f"🤝 waited {waited:.2f} s for labels other runs were computing"
+              + (f"; took over {taken_over} left by runs that died" if taken_over else ""))
     print(f"⚙️ computing label data: {tally.seconds_computing:.2f} s")
     print(f"⏱️ total: {elapsed:.2f} s")
 

@@ -420,7 +420,8 @@ class Cache:
 
     def get_or_compute(self, key: str, compute: Callable[[], T], metadata: Mapping[str, Any] | None = None,
                        ttl: float | None = None, timeout: float | None = None,
-                       progress: entry.Progress | None = None) -> T:
+                       progress: entry.Progress | None = None,
+                       accept: Callable[[EntryInfo], bool] | None = None) -> T:
         """The value under ``key``; on a miss, ``compute()`` it once, store it and return it.
 
         When several threads, processes or machines miss the same key at once, one computes
@@ -431,9 +432,11 @@ class Cache:
         raises, the lease is released for a waiter to try, and the error propagates. If the
         value cannot be saved, a WARNING says why and the value is returned all the same.
         ``progress`` follows the load or the save, as in :meth:`get_entry` and :meth:`put`.
+        ``accept(info)`` judges an entry by its :class:`EntryInfo` (its metadata, say): one it
+        refuses, computed from other inputs, counts as missing and is replaced.
         """
         key = normalize_key(key)
-        found = self.get_entry(key, progress)
+        found = self._usable(key, progress, accept, polling=False)
         if found is not None:
             return found.value
         store = self.store
@@ -451,14 +454,14 @@ class Cache:
             time.sleep(random.uniform(pause / 2, pause))  # jitter: waiters must not poll in step
             pause = min(pause * 1.5, max(_FIRST_PAUSE, min(_LAST_PAUSE, self.settings.lease_seconds / 3)))
             # The entry first: once its owner has saved it, taking the freed lease would cost two
-            # requests for nothing. exists() is one cheap request, and a poll is not a miss.
-            found = self.get_entry(key, progress) if store.exists(key) else None
+            # requests for nothing.
+            found = self._usable(key, progress, accept, polling=True)
             if found is not None:
                 self._count(seconds_waiting=time.monotonic() - started, lease_takeovers=lease.takeovers)
                 return found.value
         try:
             self._count(seconds_waiting=time.monotonic() - started, lease_takeovers=lease.takeovers)
-            found = self.get_entry(key, progress)  # written while this process waited for the lease
+            found = self._usable(key, progress, accept, polling=True)  # saved while this one waited
             if found is not None:
                 return found.value
             value = compute()
@@ -471,6 +474,23 @@ class Cache:
             return value
         finally:
             lease.release()
+
+    def _usable(self, key: str, progress: entry.Progress | None, accept: Callable[[EntryInfo], bool] | None,
+                polling: bool) -> Entry | None:
+        """The entry under ``key`` if there is one ``accept`` takes. A poll looks before it loads
+        (one cheap request: ``exists``, or ``stat`` to judge by the header) and counts no miss."""
+        if polling:
+            if accept is None:
+                if not self.store.exists(key):
+                    return None
+            else:
+                info = self.stat(key)
+                if info is None or not accept(info):
+                    return None
+        found = self.get_entry(key, progress)
+        if found is None or (accept is not None and not accept(found.info)):
+            return None
+        return found
 
     @overload
     def memoize(self, fn: Callable[P, R], /, *, version: str | int | None = None, source: bool = False,

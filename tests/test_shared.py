@@ -419,3 +419,16 @@ def test_lock_files_come_and_go_under_many_processes_without_errors(tmp_path: Pa
     computed = log.read_text().split()
     assert sorted(computed) == sorted(set(computed)) and len(computed) == 180
     assert not (tmp_path / "cache" / ".jangdok").exists()  # no lock file or folder left behind
+
+
+def test_an_entry_accept_refuses_is_recomputed_and_replaced(cache: Cache) -> None:
+    cache.put("k.pkl", "from old inputs", metadata={"inputs": 1})
+
+    def current(info: Any) -> bool:
+        return info.metadata == {"inputs": 2}
+
+    assert cache.get_or_compute("k.pkl", lambda: "fresh", metadata={"inputs": 2}, accept=current) == "fresh"
+    assert cache.get_entry("k.pkl").info.metadata == {"inputs": 2}
+    calls: list[int] = []
+    assert cache.get_or_compute("k.pkl", lambda: calls.append(1), accept=current) == "fresh"
+    assert calls == []

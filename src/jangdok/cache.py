@@ -579,7 +579,7 @@ class Cache:
         ``put`` also does this now and then, next to the key it wrote; on S3, a bucket
         lifecycle rule (AbortIncompleteMultipartUpload) does it without any client.
         """
-        removed = self.store.cleanup(older_than) + remove_stale(self.store, older_than)
+        removed = self.store.cleanup(older_than) + remove_stale(self.store, older_than, self.settings.lease_seconds)
         if removed:
             log.info("cleanup removed %d leftover(s) under %s", removed, self.store.location.url)
         return removed

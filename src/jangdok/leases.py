@@ -37,6 +37,7 @@ log = logging.getLogger("jangdok")
 
 _LEASES = RESERVED_FOLDER + "/leases/"
 _LOCKS = RESERVED_FOLDER + "/locks/"
+_STALE_LIFETIMES = 10
 
 
 def _owner() -> dict[str, Any]:
@@ -195,14 +196,18 @@ def lease_for(store: Store, key: str, seconds: float) -> Lease:
     return FileLease(store, key)
 
 
-def remove_stale(store: Store, older_than: float) -> int:
+def remove_stale(store: Store, older_than: float, lease_seconds: float) -> int:
     """Remove leases and lock files that nobody renewed or used for ``older_than`` seconds:
     what owners killed mid-computation left behind, when no waiter came to take them over.
-    A live lease is renewed every third of its lifetime, so it is never this old; a lock file
-    is removed only after taking its lock, so never under a live holder."""
-    cutoff = time.time() - older_than
+
+    A live lease is renewed every third of its lifetime, but its age is judged by comparing
+    the server's clock with this machine's, so only leases older than ten lifetimes go
+    whatever ``older_than`` says: minutes of clock skew never remove a live one. A lock file is
+    removed only after taking its lock, so never under a live holder."""
     if store.capabilities.shared:
+        cutoff = time.time() - max(older_than, _STALE_LIFETIMES * lease_seconds)
         return len(store.delete_many(found for found in store.list(_LEASES) if found.modified < cutoff))
+    cutoff = time.time() - older_than
     removed = 0
     for found in store.list(_LOCKS):
         if found.modified >= cutoff or not found.key.endswith(".lock"):

@@ -42,6 +42,10 @@ LOCAL_TIER = "local tier"
 FALLBACK = "local (fallback)"
 _VALIDATORS = RESERVED_FOLDER + "/validators/"
 _EVICTION_LOCK = RESERVED_FOLDER + "/evict.lock"
+# The tier's size as last counted, kept under the eviction lock, so a copy costs a small read
+# and write instead of a scan of the whole folder. It can only be too high (copies dropped
+# without counting), which makes the next count come sooner; a scan sets it right.
+_USAGE = RESERVED_FOLDER + "/usage"
 # A copy this process just downloaded is the remote's bytes: its damage is the remote's.
 # A copy found in the tier may have been damaged locally; its version carries this tag, so
 # deleting it removes only the copy.
@@ -120,18 +124,18 @@ class TieredStore(Store):
             if not whole:  # header probes (stat) are not worth a revalidation of their own
                 reader.close()
                 return self.remote.read(key, start, stop)
-            return self._revalidate(key, reader, remote_version)
+            return self._revalidate(self.remote, key, reader, remote_version)
         if not whole:
             return self.remote.read(key, start, stop)
         found = self.remote.read(key)
         if found is None:
             self._drop_copy(key)
             return None
-        return self._keep(key, found)
+        return self._keep(self.remote, key, found)
 
-    def _revalidate(self, key: str, reader: Reader, remote_version: str) -> Reader | None:
+    def _revalidate(self, remote: Store, key: str, reader: Reader, remote_version: str) -> Reader | None:
         try:
-            answer = self.remote.read_if_changed(key, remote_version)  # type: ignore[union-attr]
+            answer = remote.read_if_changed(key, remote_version)
         except StoreUnavailable as exc:
             log.warning("%s is unreachable; serving the local copy %s, which may be stale (%s)",
                         self.path(key), self.local.path(key), exc)
@@ -147,9 +151,9 @@ class TieredStore(Store):
             self._drop_copy(key)
             return None
         assert not isinstance(answer, Unchanged)
-        return self._keep(key, answer)
+        return self._keep(remote, key, answer)
 
-    def _keep(self, key: str, found: Reader) -> Reader | None:
+    def _keep(self, remote: Store, key: str, found: Reader) -> Reader | None:
         """Copy a remote read into the tier and serve the copy; too large: serve it remotely."""
         remote_version = found.info.version
         if found.size > self.max_entry_bytes or not remote_version:
@@ -158,13 +162,13 @@ class TieredStore(Store):
         with found:
             local_version = self.local.write(key, _blocks(found))
         self._write_validator(key, remote_version, local_version)
-        self._evict()
+        self._evict(found.size)
         reader = self.local.read(key)
         if reader is not None and reader.info.version == local_version:
             return _Served(reader, remote_version, LOCAL_TIER)
         if reader is not None:
             reader.close()
-        return self.remote.read(key)  # another process replaced the copy meanwhile  # type: ignore[union-attr]
+        return remote.read(key)  # another process replaced the copy meanwhile
 
     def _copy(self, key: str, start: int, stop: int | None) -> tuple[Reader, str, float] | None:
         """An open reader of the local copy, its remote version and when it was last
@@ -225,8 +229,9 @@ class TieredStore(Store):
 
     # -- eviction -------------------------------------------------------------------------
 
-    def _evict(self) -> None:
-        """Bring the tier under ``max_bytes`` by removing the least recently used copies."""
+    def _evict(self, added: int) -> None:
+        """Count a new copy of ``added`` bytes, and when the tier may be over ``max_bytes``,
+        scan it and remove the least recently used copies until it fits."""
         if self.max_bytes is None:
             return
         lock = FileLock(self.local.location.local_path(_EVICTION_LOCK))
@@ -236,23 +241,45 @@ class TieredStore(Store):
             log.warning("local tier %s: cannot lock for eviction (%s)", self.local.location.root, exc)
             return
         try:
-            copies = [found for found in self.local.list() if not is_reserved(found.key)]
-            total = sum(found.size for found in copies)
-            if total <= self.max_bytes:
+            usage = self._read_usage()
+            if usage is not None and usage + added <= self.max_bytes:
+                self._write_usage(usage + added)
                 return
-            copies.sort(key=self._last_used)
-            for found in copies:
-                if total <= self.max_bytes:
-                    break
-                try:
-                    self.local.delete(_VALIDATORS + found.key)
-                    if self.local.delete(found.key, version=found.version):
-                        total -= found.size
-                except JangdokError as exc:
-                    log.warning("local tier: could not evict %s: %s", self.local.path(found.key), exc)
-            log.debug("local tier %s evicted down to %d bytes", self.local.location.root, total)
+            self._write_usage(self._shrink(self.max_bytes))
         finally:
             lock.release()
+
+    def _shrink(self, bound: int) -> int:
+        """Scan the tier, evict least recently used copies down to ``bound`` bytes; the new total."""
+        copies = [found for found in self.local.list() if not is_reserved(found.key)]
+        total = sum(found.size for found in copies)
+        if total <= bound:
+            return total
+        copies.sort(key=self._last_used)
+        for found in copies:
+            if total <= bound:
+                break
+            try:
+                self.local.delete(_VALIDATORS + found.key)
+                if self.local.delete(found.key, version=found.version):
+                    total -= found.size
+            except JangdokError as exc:
+                log.warning("local tier: could not evict %s: %s", self.local.path(found.key), exc)
+        log.debug("local tier %s evicted down to %d bytes", self.local.location.root, total)
+        return total
+
+    def _read_usage(self) -> int | None:
+        try:
+            with open(self.local.location.local_path(_USAGE), "rb") as file:
+                return int(file.read())
+        except (OSError, ValueError):
+            return None  # never counted, or torn: count now
+
+    def _write_usage(self, total: int) -> None:
+        try:
+            self.local.write(_USAGE, str(total).encode())
+        except JangdokError as exc:
+            log.debug("local tier: could not record its size: %s", exc)
 
     def _last_used(self, found: ObjectInfo) -> float:
         try:
@@ -276,7 +303,7 @@ class TieredStore(Store):
             try:
                 local_version = self.local.write(key, views)
                 self._write_validator(key, remote_version, local_version)
-                self._evict()
+                self._evict(size)
             except JangdokError as exc:  # the remote has the entry: a failing tier costs speed only
                 log.warning("could not keep a local copy of %s in %s: %s", self.path(key),
                             self.local.location.root, exc)

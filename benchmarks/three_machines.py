@@ -31,7 +31,7 @@ _LABEL = re.compile(r"^(?:💾|📂) (\S+) ")
 _STATS = re.compile(r"^🗄️ cache \((.+?)\): (\d+) hits, (\d+) misses, read ([\d.]+) MB")
 
 
-def start(machine: int, base: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+def start(base: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *base], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -62,7 +62,7 @@ def main() -> None:
                      "CACHE_LOCAL_DIR": str(work / f"machine{n}" / "tier")} for n in range(3)]
             started = time.perf_counter()
             cold = [finish(run) for run in
-                    [start(n, [*base, "--output-dir", str(work / f"out{n}")], envs[n]) for n in range(3)]]
+                    [start([*base, "--output-dir", str(work / f"out{n}")], envs[n]) for n in range(3)]]
             cold_seconds = time.perf_counter() - started
             saves = Counter(m.group(1) for out in cold for line in out.splitlines()
                             if line.startswith("💾") and (m := _LABEL.match(line)))
@@ -76,7 +76,7 @@ def main() -> None:
                       f"loaded {sum(line.startswith('📂') for line in out.splitlines())}")
             print("warm run on each machine (its local tier holds what it computed or loaded):")
             for n in range(3):
-                out = finish(start(n, [*base, "--output-dir", str(work / f"out{n}")], envs[n]))
+                out = finish(start([*base, "--output-dir", str(work / f"out{n}")], envs[n]))
                 tiers = {m.group(1): (int(m.group(2)), float(m.group(4))) for line in out.splitlines()
                          if (m := _STATS.match(line))}
                 shown = "; ".join(f"{name}: {hits} hits, {megabytes:.1f} MB"

@@ -215,6 +215,16 @@ def _fleet_env(seaweed: SeaweedServer | None, cache_dir: str, **extra: str) -> d
     return env
 
 
+def _member(backend: str, request: pytest.FixtureRequest, tmp_path: Path,
+            **settings: Any) -> tuple[dict[str, str], Cache]:
+    """One machine of a fleet on the backend: the environment for a worker, and a cache."""
+    if backend == "s3":
+        seaweed, url = request.getfixturevalue("seaweed"), request.getfixturevalue("s3_url")
+        return _fleet_env(seaweed, url), Cache.from_settings(s3_settings(seaweed, url, **settings))
+    url = str(tmp_path / "cache")
+    return _fleet_env(None, url), Cache(url, **settings)
+
+
 def _start(env: dict[str, str], key: str, log: Path, seconds: float, *mode: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, WORKER, key, str(log), str(seconds), *mode], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -280,14 +290,7 @@ def test_a_lease_owner_killed_with_sigkill_is_taken_over(backend: str, request: 
 @pytest.mark.parametrize("backend", ["local", "s3"])
 def test_waiting_is_bounded_and_the_error_names_the_key_and_the_owner(backend: str, request: pytest.FixtureRequest,
                                                                       tmp_path: Path) -> None:
-    if backend == "s3":
-        url = request.getfixturevalue("s3_url")
-        env = _fleet_env(request.getfixturevalue("seaweed"), url)
-        cache = Cache.from_settings(s3_settings(request.getfixturevalue("seaweed"), url))
-    else:
-        url = str(tmp_path / "cache")
-        env = _fleet_env(None, url)
-        cache = Cache(url)
+    env, cache = _member(backend, request, tmp_path)
     log = tmp_path / "computed.log"
     owner = _start(env, "slow/one.pkl", log, 0, "hang")
     try:
@@ -384,20 +387,13 @@ def test_prune_deletes_in_batches_pinned_to_the_listed_versions(seaweed: Seaweed
 
 def test_a_dead_owners_lease_is_a_leftover_that_cleanup_removes(request: pytest.FixtureRequest,
                                                                  backend: str, tmp_path: Path) -> None:
-    if backend == "s3":
-        url = request.getfixturevalue("s3_url")
-        env = _fleet_env(request.getfixturevalue("seaweed"), url)
-        cache = Cache.from_settings(s3_settings(request.getfixturevalue("seaweed"), url, lease_seconds=0.1))
-    else:
-        url = str(tmp_path / "cache")
-        env = _fleet_env(None, url)
-        cache = Cache(url)
+    env, cache = _member(backend, request, tmp_path, lease_seconds=0.1)
     log = tmp_path / "computed.log"
     owner = _start(env, "k.pkl", log, 0, "hang")
     _wait_for(log)
     assert cache.cleanup(older_than=3600) == 0  # young: it may be alive
     if backend == "s3":  # however short older_than, ten lease lifetimes must pass (clock skew)
-        assert Cache.from_settings(s3_settings(request.getfixturevalue("seaweed"), url)).cleanup(0) == 0
+        assert _member(backend, request, tmp_path)[1].cleanup(0) == 0
     os.kill(owner.pid, signal.SIGKILL)
     owner.wait()
     time.sleep(1.1)

@@ -57,6 +57,7 @@ _CREDENTIAL_CODES = {
     "InvalidClientTokenId", "AuthorizationHeaderMalformed",
 }
 _DENIED_CODES = {"AccessDenied", "403", "AllAccessDisabled", "AccountProblem"}
+_IMPOSSIBLE_ETAG = '"' + "0" * 32 + '"'  # no object has it: conditions on it must fail
 _BATCH_DELETE = 1000  # DeleteObjects' maximum keys per request
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _WRONG_REGION_CODES = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
@@ -351,27 +352,37 @@ class S3Store(Store):
                                               conditional_write=self._honours_conditional_write())
         return self._capabilities
 
-    def _honours_conditional_write(self) -> bool:
-        """Create a probe object twice with ``If-None-Match: *``: a server that enforces the
-        condition refuses the second (412, or 409 for a concurrent one). Three requests, once
-        per store."""
+    def _probe(self, trial: Callable[[str], bool], what: str) -> bool:
+        """Run ``trial`` on a fresh probe object (created first, removed after; its reserved
+        name keeps it out of listings, and ``cleanup`` removes one left by a crash) and return
+        its verdict; ``False`` if the probe itself fails. A few requests, once per store."""
         probe = self.location.prefix + TEMP_MARKER + "probe-" + secrets.token_hex(8)
-        honoured = False
         try:
-            for attempt in range(2):
-                try:
-                    self.client.put_object(Bucket=self._bucket, Key=probe, Body=b"", IfNoneMatch="*")
-                except bce.ClientError as exc:
-                    honoured = attempt == 1 and _error_code(exc)[1] in (409, 412)
-                    if not honoured:
-                        raise
+            self.client.put_object(Bucket=self._bucket, Key=probe, Body=b"")
+            verdict = trial(probe)
         except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:
-            log.debug("conditional write probe on %s failed (%s); assuming conditions are ignored",
-                      self.location.url, exc)
+            log.debug("%s probe on %s failed (%s); assuming the condition is ignored", what, self.location.url, exc)
+            verdict = False
         try:
             self.client.delete_object(Bucket=self._bucket, Key=probe)
-        except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:  # cleanup() removes it once stale
+        except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:
             log.debug("could not remove the probe object %s: %s", probe, exc)
+        return verdict
+
+    def _refused(self, request: Callable[[], object], *statuses: int) -> bool:
+        try:
+            request()
+        except bce.ClientError as exc:
+            if _error_code(exc)[1] in statuses:
+                return True
+            raise
+        return False
+
+    def _honours_conditional_write(self) -> bool:
+        """Create the probe again with ``If-None-Match: *``: a server that enforces the
+        condition refuses (412, or 409 for a concurrent write)."""
+        honoured = self._probe(lambda probe: self._refused(lambda: self.client.put_object(
+            Bucket=self._bucket, Key=probe, Body=b"", IfNoneMatch="*"), 409, 412), "conditional write")
         if not honoured:
             log.warning("S3 endpoint %s ignores If-None-Match on PutObject: leases (compute once) are best "
                         "effort, and two processes may compute the same entry at the same time",
@@ -379,28 +390,10 @@ class S3Store(Store):
         return honoured
 
     def _honours_conditional_delete(self) -> bool:
-        """Write a probe object and delete it under an ETag it cannot have: a server that
-        enforces the condition refuses (412), one that ignores it deletes. Three requests,
-        once per store; the probe's reserved name keeps it out of listings."""
-        probe = self.location.prefix + TEMP_MARKER + "probe-" + secrets.token_hex(8)
-        try:
-            self._call("saving", None, lambda: self.client.put_object(Bucket=self._bucket, Key=probe, Body=b""))
-        except JangdokError as exc:
-            log.debug("cannot probe conditional deletes on %s (%s); assuming they are ignored",
-                      self.location.url, exc)
-            return False
-        try:
-            self.client.delete_object(Bucket=self._bucket, Key=probe, IfMatch='"' + "0" * 32 + '"')
-            honoured = False
-        except bce.ClientError as exc:
-            honoured = _error_code(exc)[1] == 412
-        except (bce.BotoCoreError, Urllib3Error, OSError) as exc:
-            log.debug("conditional delete probe on %s failed (%s); assuming it is ignored", self.location.url, exc)
-            honoured = False
-        try:
-            self.client.delete_object(Bucket=self._bucket, Key=probe)
-        except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:  # cleanup() removes it once stale
-            log.debug("could not remove the probe object %s: %s", probe, exc)
+        """Delete the probe under an ETag it cannot have: a server that enforces the condition
+        refuses (412), one that ignores it deletes."""
+        honoured = self._probe(lambda probe: self._refused(lambda: self.client.delete_object(
+            Bucket=self._bucket, Key=probe, IfMatch=_IMPOSSIBLE_ETAG), 412), "conditional delete")
         if not honoured:
             log.warning("S3 endpoint %s ignores If-Match on DeleteObject: a damaged entry is deleted after a "
                         "check, and a good entry written in that instant could be deleted with it",
@@ -681,16 +674,13 @@ class S3Store(Store):
 
     def _probe_batch_delete(self) -> bool:
         """Whether DeleteObjects refuses an object whose ETag differs from the one given."""
-        probe = self.location.prefix + TEMP_MARKER + "probe-" + secrets.token_hex(8)
-        try:
-            self.client.put_object(Bucket=self._bucket, Key=probe, Body=b"")
+
+        def trial(probe: str) -> bool:
             response = self.client.delete_objects(Bucket=self._bucket, Delete={
-                "Objects": [{"Key": probe, "ETag": '"' + "0" * 32 + '"'}], "Quiet": False})
-            honoured = any(error.get("Code") == "PreconditionFailed" for error in response.get("Errors", []))
-            self.client.delete_object(Bucket=self._bucket, Key=probe)
-        except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:  # cleanup() removes the probe
-            log.debug("batch delete probe on %s failed (%s); deleting one key at a time", self.location.url, exc)
-            return False
+                "Objects": [{"Key": probe, "ETag": _IMPOSSIBLE_ETAG}], "Quiet": False})
+            return any(error.get("Code") == "PreconditionFailed" for error in response.get("Errors", []))
+
+        honoured = self._probe(trial, "batch delete")
         if not honoured:
             log.info("S3 endpoint %s ignores ETag conditions in DeleteObjects; prune deletes one key at a time",
                      self.client.meta.endpoint_url)

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import entry
-from .errors import CorruptEntry, InvalidValue, JangdokError, UnsupportedEntry, WaitTimeout
+from .errors import CorruptEntry, InvalidValue, JangdokError, UnsupportedEntry, UntrustedEntry, WaitTimeout
 from .leases import lease_for, remove_stale
 from .location import Location, is_reserved, normalize_key, parse_location
 from .memoize import Memoized
 from .memoize import memoize as _memoize
 from .perprocess import PerProcess
 from .settings import Settings
+from .signing import Trust
 from .stores import ObjectInfo, Store, open_store
 
 __all__ = ["Cache", "Entry", "EntryInfo", "TierStats", "PruneReport"]
@@ -104,6 +105,8 @@ class TierStats:
     corrupt_deleted: int = 0
     skipped: int = 0
     """Intact entries kept but not used: a newer format, missing code, another key's entry."""
+    untrusted: int = 0
+    """Entries refused by signature checks (unsigned, another key's, forged), before unpickling."""
     computed: int = 0
     """Values ``get_or_compute`` computed in this process."""
     seconds_waiting: float = 0.0
@@ -165,6 +168,7 @@ class Cache:
         self._overrides = settings
         self._settings: Settings | None = None
         self._store: Store | None = None
+        self._trust: Trust | None = None
         self._locks = PerProcess(threading.Lock)  # a lock held by a thread at fork() stays held
         self._counters = PerProcess(_Counters)
 
@@ -180,6 +184,13 @@ class Cache:
         if self._settings is None:
             self._settings = Settings.resolve(**self._overrides)
         return self._settings
+
+    @property
+    def trust(self) -> Trust:
+        """The signing keys entries are signed and checked with (none: no signatures)."""
+        if self._trust is None:
+            self._trust = Trust.from_secrets(self.settings.signing_keys, self.settings.allow_legacy)
+        return self._trust
 
     @property
     def location(self) -> Location:
@@ -238,21 +249,21 @@ class Cache:
                     return None
                 view, info = mapped
                 try:
-                    return entry.decode_buffer(view, key), info, view.nbytes, self.store.name
+                    return entry.decode_buffer(view, key, self.trust), info, view.nbytes, self.store.name
                 except entry.ExpiredEntry:
                     return None
-                except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
+                except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry, UntrustedEntry) as exc:
                     raise _Rejected(exc, info.version) from exc
             reader = self.store.read(key)
             if reader is None:
                 return None
             with reader:
                 try:
-                    decoded = entry.decode(reader, reader.size, key, progress)
+                    decoded = entry.decode(reader, reader.size, key, progress, self.trust)
                     return decoded, reader.info, reader.size, reader.source or self.store.name
                 except entry.ExpiredEntry:
                     return None
-                except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
+                except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry, UntrustedEntry) as exc:
                     raise _Rejected(exc, reader.info.version, reader.source) from exc
 
         found = self._verified(key, path, read_once)
@@ -297,7 +308,8 @@ class Cache:
                 return read_once()
             except _Rejected as rejected:
                 problem, version, source = rejected.problem, rejected.version, rejected.source
-            confirmed = isinstance(problem, UnsupportedEntry) or seen.get(type(problem)) == version
+            # Refusals by format or signature come after the checksum matched: not transit damage.
+            confirmed = isinstance(problem, (UnsupportedEntry, UntrustedEntry)) or seen.get(type(problem)) == version
             if confirmed:
                 break
             seen[type(problem)] = version
@@ -319,19 +331,29 @@ class Cache:
             log.warning("cache entry skipped (kept for other readers): %s: %s", path, problem,
                         **_event("skipped", path))
             return False
+        if isinstance(problem, UntrustedEntry):
+            self._count(untrusted=1, label=source)
+            if not self.settings.delete_untrusted:
+                log.warning("cache entry refused, not loaded (kept for whoever holds its key; "
+                            "JANGDOK_DELETE_UNTRUSTED=1 deletes such entries): %s: %s", path, problem,
+                            **_event("untrusted", path))
+                return False
+            log.warning("cache entry refused, not loaded: %s: %s", path, problem, **_event("untrusted", path))
+        what = "untrusted" if isinstance(problem, UntrustedEntry) else "corrupt"
         try:
             # Only the version that was read: a writer may have replaced it with a good entry.
             deleted = self.store.delete(key, version=version)
         except JangdokError as exc:
-            log.warning("corrupt cache entry could not be deleted: %s: %s (%s)", path, problem, exc)
+            log.warning("%s cache entry could not be deleted: %s: %s (%s)", what, path, problem, exc)
             return False
         if deleted:
-            self._count(corrupt_deleted=1, label=source)
+            if what == "corrupt":
+                self._count(corrupt_deleted=1, label=source)
             where = f" ({source})" if source else ""
-            log.warning("corrupt cache entry deleted%s: %s: %s", where, path, problem,
-                        **_event("corrupt_deleted", path))
+            log.warning("%s cache entry deleted%s: %s: %s", what, where, path, problem,
+                        **_event(f"{what}_deleted", path))
         else:
-            log.warning("corrupt cache entry already replaced: %s: %s", path, problem)
+            log.warning("%s cache entry already replaced: %s: %s", what, path, problem)
         return deleted
 
     def _info(self, key: str, path: str, size: int, header: entry.EntryHeader | None, modified: float,
@@ -407,7 +429,8 @@ class Cache:
         created = time.time()
         header, chunks = entry.encode(value, metadata, created_at=created, key=key,
                                       compression=self.settings.compression,
-                                      expires_at=None if ttl is None else created + ttl)
+                                      expires_at=None if ttl is None else created + ttl,
+                                      serializer=self.settings.serializer, trust=self.trust)
         total = header.entry_size
         store.write(key, chunks, None if progress is None else lambda done: progress(done, total))
         seconds = time.perf_counter() - started

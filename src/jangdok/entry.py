@@ -6,9 +6,11 @@ Format version 2, written by this version::
     version      u16 BE    2
     header_len   u32 BE    length of the JSON header that follows
     header       JSON      serializer, checksum, digest, payload_length, stream_length, buffers,
-                           compressed, mac_length, created_at, metadata, key
+                           compressed, mac_length, created_at, metadata, key, expires_at;
+                           signed entries add mac ("hmac-sha256") and key_id
     header_hash  u32 BE    xxh32 of everything before it (magic to JSON header)
-    mac          mac_length bytes: reserved for signed entries (0 bytes when unsigned)
+    mac          mac_length bytes: HMAC-SHA256 of magic-to-JSON-header then the payload, with
+                 the key named by key_id (0 bytes when unsigned)
     padding      zeros up to a multiple of 64 bytes from the start of the entry
     payload      the pickle-5 stream (stream_length bytes), then each out-of-band buffer at a
                  64-byte aligned offset; ``buffers`` lists their stored lengths in order, and
@@ -26,18 +28,24 @@ payload_length, checksum, digest, created_at, metadata, key), its hash, and a pl
 The magic starts with a non-ASCII byte and contains CR LF, so text-mode mangling is caught,
 and it cannot start a pickle (protocol 2+ pickles start with ``\\x80``, older ones with ASCII).
 Anything without the magic is read as the seed's plain pickle. The payload digest is xxh3-128:
-non-cryptographic but it detects truncation and bit flips at memory speed (signing, against
-tampering, is a separate layer). Readers ignore header fields they do not know.
+non-cryptographic but it detects truncation and bit flips at memory speed. Against tampering,
+a reader holding signing keys (:mod:`jangdok.signing`) also requires a valid MAC, checked
+with the digest before anything is unpickled or decompressed: damage fails the digest (and may
+be deleted), a forgery or another team's key fails only the MAC (and is kept). Readers ignore
+header fields they do not know.
 """
 
 from __future__ import annotations
 
 import datetime
+import hmac
 import io
 import json
 import mmap
 import pickle
+import queue
 import struct
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,7 +53,9 @@ from typing import Any, BinaryIO
 
 import xxhash
 
-from .errors import CorruptEntry, InvalidValue, UnsupportedEntry
+from . import safe
+from .errors import CorruptEntry, InvalidValue, UnsupportedEntry, UntrustedEntry
+from .signing import MAC_ALGORITHM, MAC_LENGTH, Trust, new_mac
 
 __all__ = ["EntryHeader", "Decoded", "ForeignEntry", "ExpiredEntry", "Progress", "encode", "decode", "decode_buffer",
            "read_header", "header_size", "check_key", "check_size", "keys_match", "FORMAT_VERSION", "MAGIC",
@@ -76,7 +86,7 @@ _MAPPED_ALLOCATION = 1 << 20
 _WHOLE_READ = 256 * 1024
 _POPULATED = (mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE) if hasattr(mmap, "MAP_POPULATE") else None
 _CHECKSUM = "xxh3_128"
-_SERIALIZER = "pickle"
+_SERIALIZERS = ("pickle", safe.NAME)
 _ZEROS = bytes(ALIGNMENT)
 
 Progress = Callable[[int, int], None]
@@ -124,6 +134,11 @@ class EntryHeader:
     payload is all stream."""
     buffers: tuple[StoredBuffer, ...] = ()
     mac: bytes = field(default=b"", repr=False)
+    key_id: str | None = None
+    """The id of the signing key that made ``mac``; ``None`` for an unsigned entry."""
+    mac_algorithm: str | None = None
+    sealed: bytes = field(default=b"", repr=False)
+    """The header's bytes from the magic to the end of its JSON, which the MAC covers."""
 
     @property
     def entry_size(self) -> int:
@@ -195,8 +210,9 @@ def _metadata(metadata: Mapping[str, Any] | None, key: str | None) -> Any:
     return json.loads(text)
 
 
-def _pickle(value: Any, key: str | None) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """The pickle-5 stream and the buffers it left out of band (contiguous, >= 4 KB)."""
+def _pickle(value: Any, key: str | None) -> tuple[bytes, list[tuple[memoryview, int]]]:
+    """The pickle-5 stream and the buffers it left out of band (contiguous, >= 4 KB), each
+    as raw bytes with its item size."""
     where = f" under key {key!r}" if key else ""
     buffers: list[pickle.PickleBuffer] = []
 
@@ -208,7 +224,8 @@ def _pickle(value: Any, key: str | None) -> tuple[bytes, list[pickle.PickleBuffe
         return False
 
     try:
-        return pickle.dumps(value, protocol=5, buffer_callback=out_of_band), buffers
+        stream = pickle.dumps(value, protocol=5, buffer_callback=out_of_band)
+        return stream, [(buffer.raw(), memoryview(buffer).itemsize) for buffer in buffers]
     except RecursionError as exc:
         raise InvalidValue(f"value{where} is nested too deeply to pickle ({type(value).__name__}); "
                            "flatten it or store its parts under separate keys") from exc
@@ -226,31 +243,32 @@ def _compressor(compression: str) -> Callable[[memoryview, int], Any] | None:
 
 
 def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: float | None = None,
-           key: str | None = None, compression: str = "none",
-           expires_at: float | None = None) -> tuple[EntryHeader, list[bytes | memoryview]]:
+           key: str | None = None, compression: str = "none", expires_at: float | None = None,
+           serializer: str = "pickle", trust: Trust | None = None) -> tuple[EntryHeader, list[bytes | memoryview]]:
     """Serialize a value into entry chunks, ready for ``Store.write``.
 
     The chunks are views of the value's own arrays, not copies: keep the value unchanged until
     they are written. ``key`` is recorded so that a reader can tell an entry that reached it by
-    mistake. ``compression`` is ``none`` or ``zstd``. Raises TypeError for metadata that is not
-    a mapping, and InvalidValue for a value that cannot be pickled or metadata that cannot be
-    stored; nothing is written then.
+    mistake. ``compression`` is ``none`` or ``zstd``; ``serializer`` is ``pickle`` or ``safe``
+    (:mod:`jangdok.safe`). With signing keys in ``trust``, the entry is signed with the first.
+    Raises InvalidValue for a value the serializer cannot store, or metadata that is not a
+    mapping, not JSON or too large; nothing is written then.
     """
     stored_metadata = _metadata(metadata, key)
-    stream, buffers = _pickle(value, key)
+    stream, buffers = safe.dumps(value, key) if serializer == safe.NAME else _pickle(value, key)
     compress = _compressor(compression)
     payload: list[bytes | memoryview] = [stream]
     lengths: list[int] = []
     compressed: dict[str, Any] = {}
     position = len(stream)
-    for index, buffer in enumerate(buffers):
+    for index, (raw, itemsize) in enumerate(buffers):
         padding = _align(position) - position
         if padding:
             payload.append(_ZEROS[:padding])
             position += padding
-        stored: bytes | memoryview = buffer.raw()
+        stored: bytes | memoryview = raw
         if compress is not None:
-            done = compress(stored, memoryview(buffer).itemsize)
+            done = compress(stored, itemsize)
             if done is not None:
                 stored, how = done
                 compressed[str(index)] = how.to_json()
@@ -261,7 +279,7 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     for chunk in payload:
         digest.update(chunk)
     fields: dict[str, Any] = {
-        "serializer": _SERIALIZER,
+        "serializer": serializer,
         "checksum": _CHECKSUM,
         "digest": digest.hexdigest(),
         "payload_length": position,
@@ -276,15 +294,25 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
         fields["key"] = key
     if expires_at is not None:
         fields["expires_at"] = expires_at
+    signer = trust.signer if trust is not None and trust.signing else None
+    if signer is not None:
+        fields.update(mac=MAC_ALGORITHM, key_id=signer[0], mac_length=MAC_LENGTH)
     header_json = _to_json(fields)
     sealed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json)) + header_json
-    lead = sealed + _HEADER_HASH.pack(xxhash.xxh32_intdigest(sealed))
+    mac = b""
+    if signer is not None:
+        signature = new_mac(signer[1])
+        for chunk in (sealed, *payload):
+            signature.update(chunk)
+        mac = signature.digest()
+    lead = sealed + _HEADER_HASH.pack(xxhash.xxh32_intdigest(sealed)) + mac
     lead += _ZEROS[: _align(len(lead)) - len(lead)]
-    header = _header_from(FORMAT_VERSION, fields, len(lead), b"")
+    header = _header_from(FORMAT_VERSION, fields, len(lead), mac, sealed)
     return header, [lead, *payload]
 
 
-def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: bytes) -> EntryHeader:
+def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: bytes,
+                 sealed: bytes = b"") -> EntryHeader:
     """Build a header from its JSON fields; raises KeyError, TypeError or ValueError if they
     do not describe a well-formed entry (the caller calls that damage)."""
     payload_length = _count(fields["payload_length"], "payload_length")
@@ -303,6 +331,9 @@ def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac:
     key = fields.get("key")
     if key is not None and not isinstance(key, str):
         raise TypeError(f"key {key!r} is not a string")
+    key_id = fields.get("key_id") if mac else None
+    if mac and not isinstance(key_id, str):
+        raise TypeError(f"its signature names the key id {key_id!r}")
     return EntryHeader(
         version=version,
         serializer=fields["serializer"],
@@ -318,6 +349,9 @@ def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac:
         stream_length=stream_length,
         buffers=buffers,
         mac=mac,
+        key_id=key_id,
+        mac_algorithm=fields.get("mac") if mac else None,
+        sealed=sealed,
     )
 
 
@@ -424,22 +458,59 @@ def read_header(reader: BinaryIO) -> EntryHeader | bytes:
             raise ValueError(f"mac_length {mac_length}")
         size = _align(parsed + mac_length) if version >= 2 else parsed
         mac = bytes(_read_exactly(reader, size - parsed)[:mac_length]) if size > parsed else b""
-        header = _header_from(version, fields, size, mac)
+        header = _header_from(version, fields, size, mac, bytes(start) + header_json)
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         raise CorruptEntry(f"entry header is unreadable: {exc}") from exc
     unknown = [
         f"{name} {value!r}"
         for name, value, known in (
-            ("serializer", header.serializer, {_SERIALIZER}),
+            ("serializer", header.serializer, set(_SERIALIZERS) if header.version >= 2 else {"pickle"}),
             # Format 1 never compressed; a v1 header that says so is not one this code wrote.
             ("compression", header.compression, {"none", "zstd"} if header.version >= 2 else {"none"}),
             ("checksum", header.checksum, {_CHECKSUM}),
+            ("signature", header.mac_algorithm, {None, MAC_ALGORITHM}),
         )
         if value not in known
     ]
     if unknown:
         raise UnsupportedEntry(f"entry uses {', '.join(unknown)}, unknown to this jangdok: upgrade jangdok")
     return header
+
+
+class _Both:
+    """Feeds each piece read to two digests."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first, self.second = first, second
+
+    def update(self, piece: memoryview) -> None:
+        self.first.update(piece)
+        self.second.update(piece)
+
+
+class _Background:
+    """Feeds a digest from a thread, in order, so hashing overlaps the reads; the pieces must
+    stay unchanged until the ``with`` block ends (they are parts of the payload buffer)."""
+
+    def __init__(self, digest: Any) -> None:
+        self._digest = digest
+        self._pieces: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="jangdok signature", daemon=True)
+
+    def _run(self) -> None:
+        while (piece := self._pieces.get()) is not None:
+            self._digest.update(piece)
+
+    def update(self, piece: memoryview) -> None:
+        self._pieces.put(piece)
+
+    def __enter__(self) -> _Background:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pieces.put(None)
+        self._thread.join()
 
 
 class ExpiredEntry(Exception):
@@ -468,7 +539,8 @@ def check_size(header: EntryHeader, size: int) -> None:
         )
 
 
-def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progress | None = None) -> Decoded:
+def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progress | None = None,
+           trust: Trust | None = None) -> Decoded:
     """Read, verify and deserialize a whole entry from a stream of ``size`` bytes.
 
     The payload is read once, into one buffer that the loaded arrays then share. With
@@ -476,45 +548,79 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
     read. Knowing the size up front is what lets a damaged length be refused before anything
     is allocated for it, and it makes bytes after the payload a size mismatch.
 
-    Raises CorruptEntry for damage (the caller may delete the entry) and UnsupportedEntry for
-    intact entries this process cannot use (the caller must keep them).
+    Raises CorruptEntry for damage (the caller may delete the entry), UnsupportedEntry for
+    intact entries this process cannot use, and UntrustedEntry, before anything is unpickled,
+    for entries ``trust`` does not vouch for (the caller must keep both).
     """
     if size <= _WHOLE_READ:  # one read call, then parsed in memory: small entries are latency
         whole = memoryview(bytearray(size))
         _read_into(reader, whole, progress)
-        return decode_buffer(whole, key)
+        return decode_buffer(whole, key, trust)
     header = read_header(reader)
     if not isinstance(header, EntryHeader):
-        return Decoded(_load_legacy(header + reader.read()), None)
+        return Decoded(_load_legacy(header + reader.read(), trust), None)
     _check_usable(header, key)
+    signature = _signature(header, trust)
     check_size(header, size)
     payload = memoryview(_allocate(header.payload_length))
     digest = xxhash.xxh3_128()
-    _read_into(reader, payload, progress, digest)
-    return Decoded(_materialize(header, payload, digest.hexdigest()), header)
+    if signature is None:
+        _read_into(reader, payload, progress, digest)
+        return Decoded(_materialize(header, payload, digest.hexdigest()), header)
+    # SHA-256 releases the GIL: a thread signs each piece while the next one is read.
+    with _Background(signature) as signing:
+        _read_into(reader, payload, progress, _Both(digest, signing))
+    return Decoded(_materialize(header, payload, digest.hexdigest(), signature), header)
 
 
-def decode_buffer(view: memoryview, key: str | None = None) -> Decoded:
+def decode_buffer(view: memoryview, key: str | None = None, trust: Trust | None = None) -> Decoded:
     """Verify and deserialize an entry held whole in memory (read whole, or a memory-mapped
     file): the loaded arrays are views of it, so nothing is copied."""
     needed = header_size(bytes(view[: _PREFIX.size]))
     if needed is None:
-        return Decoded(_load_legacy(view), None)
+        return Decoded(_load_legacy(view, trust), None)
     header = read_header(io.BytesIO(view[:needed]))  # a copy of the header only
     if not isinstance(header, EntryHeader):  # cannot happen: the magic was checked above
         raise CorruptEntry("entry header is unreadable")
     _check_usable(header, key)
+    signature = _signature(header, trust)
     check_size(header, view.nbytes)
-    return Decoded(_materialize(header, view[header.header_size :]), header)
+    payload = view[header.header_size :]
+    if signature is not None:
+        signature.update(payload)
+    return Decoded(_materialize(header, payload, None, signature), header)
 
 
-def _materialize(header: EntryHeader, payload: memoryview, digest: str | None = None) -> Any:
+def _signature(header: EntryHeader, trust: Trust | None) -> Any:
+    """For a reader with signing keys: the MAC to compute over the payload, already fed the
+    header; raises UntrustedEntry for an unsigned entry or one signed with an unknown key."""
+    if trust is None or not trust.signing:
+        return None
+    if not header.mac:
+        raise UntrustedEntry(f"entry is not signed, and this cache requires a signature by one of its keys "
+                             f"(key ids {', '.join(trust.ids)}); it was written without JANGDOK_SIGNING_KEY")
+    key = trust.key(header.key_id or "")
+    if key is None:
+        raise UntrustedEntry(f"entry is signed with key id {header.key_id}, which this cache does not hold "
+                             f"(it holds {', '.join(trust.ids)}); add that key to JANGDOK_SIGNING_KEY to trust it")
+    signature = new_mac(key)
+    signature.update(header.sealed)
+    return signature
+
+
+def _materialize(header: EntryHeader, payload: memoryview, digest: str | None = None, signature: Any = None) -> Any:
     """The value of a payload whose header has been checked: verify (unless ``digest`` was
-    computed as it was read), then unpickle."""
+    computed as it was read) and check its signature (fed the payload by the caller), then
+    deserialize."""
     if (digest or xxhash.xxh3_128_hexdigest(payload)) != header.digest:
         raise CorruptEntry("entry payload checksum mismatch (xxh3_128): the bytes were damaged")
+    if signature is not None and not hmac.compare_digest(signature.digest(), header.mac):
+        raise UntrustedEntry(f"entry signature does not match its bytes (key id {header.key_id}): it was "
+                             "changed or forged by someone without the key; nothing of it was loaded")
     stream = payload if header.stream_length is None else payload[: header.stream_length]
     buffers = [_buffer(payload, stored) for stored in header.buffers]
+    if header.serializer == safe.NAME:
+        return safe.loads(stream, buffers)
     try:
         return pickle.loads(stream, buffers=buffers)
     except _READER_LIMITS:
@@ -540,10 +646,14 @@ def _buffer(payload: memoryview, stored: StoredBuffer) -> memoryview:
     return target
 
 
-def _load_legacy(data: bytes | memoryview) -> Any:
+def _load_legacy(data: bytes | memoryview, trust: Trust | None = None) -> Any:
     """A plain pickle as the seed wrote it: no header, no checksum."""
     if not len(data):
         raise CorruptEntry("entry is empty")
+    if trust is not None and trust.signing and not trust.allow_legacy:
+        raise UntrustedEntry("entry is a plain pickle (no jangdok header), which cannot carry a signature, and "
+                             "this cache requires signed entries; if you trust whoever wrote it, set "
+                             "JANGDOK_ALLOW_LEGACY=1 (allow_legacy=True) to load plain pickles")
     try:
         return pickle.loads(data)
     except _DAMAGED as exc:

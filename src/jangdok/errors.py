@@ -18,6 +18,7 @@ __all__ = [
     "StoreUnavailable",
     "CorruptEntry",
     "UnsupportedEntry",
+    "UntrustedEntry",
     "InvalidRange",
     "InvalidValue",
     "WaitTimeout",
@@ -68,6 +69,15 @@ class UnsupportedEntry(JangdokError):
     """A stored entry uses a format this version cannot read (written by a newer jangdok).
 
     Unlike :class:`CorruptEntry` it must not be deleted: a newer reader may need it.
+    """
+
+
+class UntrustedEntry(JangdokError):
+    """A cache with signing keys refused an entry before unpickling it: unsigned, signed with a
+    key it does not hold, or with a signature that does not match its bytes.
+
+    Like :class:`UnsupportedEntry` it is kept (it may be another team's, signed with their key)
+    unless the ``delete_untrusted`` setting says otherwise.
     """
 
 

@@ -67,6 +67,10 @@ _ENV_NAMES: dict[str, tuple[str, ...]] = {
     "local_trust_seconds": ("CACHE_LOCAL_TRUST_SECONDS",),
     "lease_seconds": ("JANGDOK_LEASE_SECONDS",),
     "wait_timeout": ("JANGDOK_WAIT_TIMEOUT",),
+    "signing_keys": ("JANGDOK_SIGNING_KEY",),
+    "allow_legacy": ("JANGDOK_ALLOW_LEGACY",),
+    "delete_untrusted": ("JANGDOK_DELETE_UNTRUSTED",),
+    "serializer": ("JANGDOK_SERIALIZER",),
 }
 _KEY_NAMES = {
     "access_key_id": "AWS_ACCESS_KEY_ID",
@@ -74,10 +78,12 @@ _KEY_NAMES = {
     "session_token": "AWS_SESSION_TOKEN",
 }
 _CREDENTIAL_NAMES = {**_KEY_NAMES, "profile": "AWS_PROFILE"}
-_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "JANGDOK_SIGNING_KEY")
 _TIMEOUTS = ("connect_timeout", "read_timeout", "total_timeout")
-_FLAGS = ("fallback", "durable", "mmap")
+_FLAGS = ("fallback", "durable", "mmap", "allow_legacy", "delete_untrusted")
 COMPRESSIONS = ("none", "zstd")
+SERIALIZERS = ("pickle", "safe")
+MIN_SIGNING_KEY_LENGTH = 16
 _BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
                "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
 _BYTE_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([a-z]*)\s*$")
@@ -358,6 +364,19 @@ class Settings:
     that, and a lease not renewed for this long is taken over (its owner died)."""
     wait_timeout: float = 3600.0
     """How long ``get_or_compute`` waits for another process's computation before raising."""
+    signing_keys: tuple[Secret, ...] = ()
+    """Keys to sign entries with (the first) and to verify them with (any). With keys, entries
+    that are unsigned, signed with another key, or tampered with are refused before unpickling.
+    The environment variable takes several, separated by commas or spaces."""
+    allow_legacy: bool = False
+    """With signing keys: still load the original program's plain pickles, which carry no
+    signature (and so run whatever code their writer chose)."""
+    delete_untrusted: bool = False
+    """Delete refused (untrusted) entries instead of keeping them for the keys that made them."""
+    serializer: str = "pickle"
+    """``safe`` stores plain data (numbers, strings, bytes, lists, tuples, dicts with str keys,
+    numpy arrays) without pickle, so loading it can never run code; other values are refused
+    at ``put``. ``pickle`` stores any picklable value. Readers follow each entry's header."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting came from: ``argument``, ``environment``, ``.env file <path>``."""
 
@@ -378,6 +397,13 @@ class Settings:
         self._set("local_trust_seconds", self._number("local_trust_seconds", float, minimum=0))
         self._set("lease_seconds", self._number("lease_seconds", float, minimum=0.1))
         self._set("wait_timeout", self._number("wait_timeout", float, minimum=0))
+        self._set("signing_keys", self._signing_keys())
+        serializer = str(self.serializer).strip().lower()
+        if serializer not in SERIALIZERS:
+            raise ConfigError(f"setting serializer ({_ENV_NAMES['serializer'][0]}) = {self.serializer!r} "
+                              f"(from {self.sources.get('serializer', 'argument')}) must be one of "
+                              f"{', '.join(SERIALIZERS)}")
+        self._set("serializer", serializer)
         for name in _FLAGS:
             self._set(name, self._flag(name))
         for name in _TIMEOUTS:
@@ -429,6 +455,21 @@ class Settings:
                 f"must be {what} >= {minimum:g}"
             )
         return number
+
+    def _signing_keys(self) -> tuple[Secret, ...]:
+        value: Any = self.signing_keys
+        if isinstance(value, (str, Secret)):
+            text = value.reveal() if isinstance(value, Secret) else value
+            value = text.replace(",", " ").split()
+        keys = tuple(Secret(key) for key in value)
+        short = [index for index, key in enumerate(keys, 1) if len(key.reveal()) < MIN_SIGNING_KEY_LENGTH]
+        if short:
+            raise ConfigError(
+                f"setting signing_keys (JANGDOK_SIGNING_KEY, from {self.sources.get('signing_keys', 'argument')}): "
+                f"key {', '.join(map(str, short))} is shorter than {MIN_SIGNING_KEY_LENGTH} characters, too easy "
+                "to guess; make one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\""
+            )
+        return keys
 
     def _byte_size(self, name: str) -> int:
         value = getattr(self, name)

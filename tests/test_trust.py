@@ -1,0 +1,170 @@
+"""Signed entries: with signing keys, nothing a stranger wrote is ever unpickled.
+
+A stranger here is anyone who can write the folder or the bucket: they plant a pickle whose
+``__reduce__`` would create a marker folder, as an unsigned entry, as a plain pickle, signed
+with their own key, and with a forged signature under our key id. The marker must never appear.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from jangdok import Cache, ConfigError, Secret, Settings
+from jangdok.entry import encode, read_header
+from jangdok.signing import Trust, key_id
+
+KEY = "team-key-0123456789abcdef"
+OTHER_KEY = "another-teams-key-fedcba9876543210"
+ATTACKER_KEY = "attacker-key-00000000000000000000"
+
+
+class Payload:
+    """Unpickling this creates ``marker``: it stands for any code an attacker would run."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (self.marker,))
+
+
+def _stored(chunks: list[Any]) -> bytes:
+    return b"".join(bytes(chunk) for chunk in chunks)
+
+
+def planted(kind: str, marker: Path, key: str) -> bytes:
+    """The bytes an attacker writes under ``key``."""
+    evil = Payload(str(marker))
+    if kind == "plain pickle":
+        return pickle.dumps(evil)
+    if kind == "unsigned entry":
+        return _stored(encode(evil, key=key)[1])
+    if kind == "signed with their own key":
+        return _stored(encode(evil, key=key, trust=Trust.from_secrets([Secret(ATTACKER_KEY)]))[1])
+    # The header names our key id; the attacker cannot make the matching MAC without our key.
+    forged = Trust(((key_id(KEY.encode()), ATTACKER_KEY.encode()),))
+    return _stored(encode(evil, key=key, trust=forged)[1])
+
+
+KINDS = ["unsigned entry", "plain pickle", "signed with their own key", "forged signature under our key id"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_planted_entry_is_never_unpickled_with_signing_on(kind: str, cache_url: str, make_settings: Any,
+                                                            tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    marker = tmp_path / "marker"
+    cache = Cache.from_settings(make_settings(cache_url, signing_keys=(KEY,)))
+    cache.store.write("model.pkl", planted(kind, marker, "model.pkl"))
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get("model.pkl") is None
+        assert cache.get_or_compute("model.pkl", lambda: "recomputed") == "recomputed"
+    assert not marker.exists()
+    assert "refused, not loaded" in caplog.text and cache.store.path("model.pkl") in caplog.text
+    assert cache.stats()[cache.store_label].untrusted >= 1
+    assert cache.get("model.pkl") == "recomputed"  # signed now, with our key
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_refused_entry_is_kept_unless_the_user_asks(kind: str, cache_url: str, make_settings: Any,
+                                                      tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    keeping = Cache.from_settings(make_settings(cache_url, signing_keys=(KEY,)))
+    keeping.store.write("model.pkl", planted(kind, marker, "model.pkl"))
+    assert keeping.get("model.pkl") is None and keeping.exists("model.pkl")
+    deleting = Cache.from_settings(make_settings(cache_url, signing_keys=(KEY,), delete_untrusted=True))
+    assert deleting.get("model.pkl") is None and not deleting.exists("model.pkl")
+    assert not marker.exists()
+
+
+def test_without_signing_a_planted_pickle_runs_its_code(tmp_path: Path) -> None:
+    """What the README warns about, shown: signing off, a plain pickle is trusted."""
+    marker = tmp_path / "marker"
+    cache = Cache(str(tmp_path / "cache"))
+    cache.store.write("model.pkl", planted("plain pickle", marker, "model.pkl"))
+    cache.get("model.pkl")
+    assert marker.exists()
+
+
+def test_plain_pickles_load_with_signing_on_only_when_allowed(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    folder = str(tmp_path / "cache")
+    Cache(folder).store.write("old.pkl", pickle.dumps({"data": [1, 2, 3]}))
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert Cache(folder, signing_keys=KEY).get("old.pkl") is None
+    assert "JANGDOK_ALLOW_LEGACY=1" in caplog.text  # the message says how
+    assert Cache(folder, signing_keys=KEY, allow_legacy=True).get("old.pkl") == {"data": [1, 2, 3]}
+
+
+def test_keys_rotate_sign_with_the_first_verify_with_any(tmp_path: Path) -> None:
+    folder = str(tmp_path / "cache")
+    old = Cache(folder, signing_keys=KEY)
+    old.put("a.pkl", np.arange(10_000))
+    rotated = Cache(folder, signing_keys=f"{OTHER_KEY},{KEY}")
+    assert np.array_equal(rotated.get("a.pkl"), np.arange(10_000))  # signed by the old key
+    rotated.put("b.pkl", "new")
+    assert old.get("b.pkl") is None  # the old key alone cannot vouch for the new key's entries
+    assert Cache(folder, signing_keys=OTHER_KEY).get("b.pkl") == "new"
+    assert rotated.get_entry("b.pkl") is not None
+
+
+def test_signed_entries_load_where_signing_is_off(tmp_path: Path) -> None:
+    folder = str(tmp_path / "cache")
+    Cache(folder, signing_keys=KEY).put("a.pkl", [np.ones(5000), "x"])
+    value = Cache(folder).get("a.pkl")
+    assert value[1] == "x" and value[0].sum() == 5000
+
+
+@pytest.mark.parametrize("size", [100, 3_000_000])  # read whole, and streamed with background signing
+def test_damage_to_a_signed_entry_is_damage_not_distrust(size: int, tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cache = Cache(str(folder), signing_keys=KEY)
+    cache.put("a.pkl", np.zeros(size, dtype=np.uint8))
+    path = folder / "a.pkl"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert cache.get("a.pkl") is None
+    stats = cache.stats()["local"]
+    assert stats.corrupt_deleted == 1 and stats.untrusted == 0 and not path.exists()
+
+
+def _mac_span(data: bytes) -> slice:
+    """Where an entry's MAC lies: right after its sealed header and the header's hash."""
+    header = read_header(io.BytesIO(data))
+    start = len(header.sealed) + 4
+    return slice(start, start + len(header.mac))
+
+
+@pytest.mark.parametrize("size", [100, 3_000_000])
+def test_a_genuine_signature_moved_onto_other_bytes_is_refused(size: int, tmp_path: Path) -> None:
+    """The attacker copies our valid MAC onto their header and payload (whose checksums they
+    can compute): the MAC covers both, so it no longer matches."""
+    folder = tmp_path / "cache"
+    Cache(str(folder), signing_keys=KEY).put("a.pkl", np.zeros(size, dtype=np.uint8))
+    genuine = (folder / "a.pkl").read_bytes()
+    ours = Trust(((key_id(KEY.encode()), ATTACKER_KEY.encode()),))
+    evil = bytearray(_stored(encode(np.ones(size, dtype=np.uint8), key="a.pkl", trust=ours)[1]))
+    evil[_mac_span(bytes(evil))] = genuine[_mac_span(genuine)]
+    (folder / "a.pkl").write_bytes(bytes(evil))
+    cache = Cache(str(folder), signing_keys=KEY)
+    assert cache.get("a.pkl") is None
+    assert cache.stats()["local"].untrusted == 1 and (folder / "a.pkl").exists()
+
+
+def test_signing_keys_are_checked_and_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="shorter than 16 characters.*token_urlsafe"):
+        Settings(signing_keys=("short",))
+    monkeypatch.setenv("JANGDOK_SIGNING_KEY", f"{KEY} {OTHER_KEY}")
+    settings = Settings.resolve()
+    assert [key.reveal() for key in settings.signing_keys] == [KEY, OTHER_KEY]
+    shown = repr(settings) + repr(Cache.from_settings(settings).trust)
+    assert KEY not in shown and OTHER_KEY not in shown and KEY[:-4] not in shown

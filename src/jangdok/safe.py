@@ -74,7 +74,7 @@ class _Writer:
             if kind is bytearray:
                 tag["mutable"] = True
             return tag
-        if kind.__module__ == "numpy":
+        if kind.__module__.partition(".")[0] == "numpy":
             return self._numpy(value, path)
         raise _refuse(path, value)
 
@@ -88,9 +88,12 @@ class _Writer:
         if array.dtype.hasobject or array.dtype.fields is not None:
             raise _refuse(path, value, f" of dtype {array.dtype}, which " + (
                 "holds Python objects" if array.dtype.hasobject else "is a structured dtype"))
+        shape = list(array.shape)  # before ascontiguousarray, which makes 0-d arrays 1-d
         array = np.ascontiguousarray(array)
-        tag: dict[str, Any] = {"$a": self.buffer(memoryview(array.reshape(-1)).cast("B"), array.dtype.itemsize),
-                               "dtype": array.dtype.str, "shape": list(array.shape)}
+        # As bytes: buffers cannot export every dtype (datetime64), but any array views as uint8.
+        raw = memoryview(array.reshape(-1).view(np.uint8))
+        tag: dict[str, Any] = {"$a": self.buffer(raw, array.dtype.itemsize),
+                               "dtype": array.dtype.str, "shape": shape}
         if scalar:
             tag["scalar"] = True
         return tag

@@ -7,10 +7,11 @@ Format version 2, written by this version::
     header_len   u32 BE    length of the JSON header that follows
     header       JSON      serializer, checksum, digest, payload_length, stream_length, buffers,
                            compressed, mac_length, created_at, metadata, key, expires_at;
-                           signed entries add mac ("hmac-sha256") and key_id
+                           signed entries add mac ("hmac-sha256"), mac_chunk and key_id
     header_hash  u32 BE    xxh32 of everything before it (magic to JSON header)
-    mac          mac_length bytes: HMAC-SHA256 of magic-to-JSON-header then the payload, with
-                 the key named by key_id (0 bytes when unsigned)
+    mac          mac_length bytes: HMAC-SHA256, with the key named by key_id, of the bytes from
+                 the magic to the end of the JSON header followed by the SHA-256 of each
+                 mac_chunk bytes of the payload (0 bytes when unsigned; see jangdok.signing)
     padding      zeros up to a multiple of 64 bytes from the start of the entry
     payload      the pickle-5 stream (stream_length bytes), then each out-of-band buffer at a
                  64-byte aligned offset; ``buffers`` lists their stored lengths in order, and
@@ -43,9 +44,7 @@ import io
 import json
 import mmap
 import pickle
-import queue
 import struct
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ import xxhash
 
 from . import safe
 from .errors import CorruptEntry, InvalidValue, UnsupportedEntry, UntrustedEntry
-from .signing import MAC_ALGORITHM, MAC_LENGTH, Trust, new_mac
+from .signing import MAC_ALGORITHM, MAC_CHUNK, MAC_LENGTH, MAX_MAC_CHUNK, PieceDigests, Trust, payload_mac
 
 __all__ = ["EntryHeader", "Decoded", "ForeignEntry", "ExpiredEntry", "Progress", "encode", "decode", "decode_buffer",
            "read_header", "header_size", "check_key", "check_size", "keys_match", "FORMAT_VERSION", "MAGIC",
@@ -137,6 +136,7 @@ class EntryHeader:
     key_id: str | None = None
     """The id of the signing key that made ``mac``; ``None`` for an unsigned entry."""
     mac_algorithm: str | None = None
+    mac_chunk: int = MAC_CHUNK
     sealed: bytes = field(default=b"", repr=False)
     """The header's bytes from the magic to the end of its JSON, which the MAC covers."""
 
@@ -275,9 +275,13 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
         payload.append(stored)
         lengths.append(len(stored) if isinstance(stored, bytes) else stored.nbytes)
         position += lengths[-1]
+    signer = trust.signer if trust is not None and trust.signing else None
+    pieces = PieceDigests(MAC_CHUNK) if signer is not None else None
     digest = xxhash.xxh3_128()
     for chunk in payload:
         digest.update(chunk)
+        if pieces is not None:  # threads hash the pieces meanwhile
+            pieces.update(chunk)
     fields: dict[str, Any] = {
         "serializer": serializer,
         "checksum": _CHECKSUM,
@@ -294,17 +298,11 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
         fields["key"] = key
     if expires_at is not None:
         fields["expires_at"] = expires_at
-    signer = trust.signer if trust is not None and trust.signing else None
     if signer is not None:
-        fields.update(mac=MAC_ALGORITHM, key_id=signer[0], mac_length=MAC_LENGTH)
+        fields.update(mac=MAC_ALGORITHM, mac_chunk=MAC_CHUNK, key_id=signer[0], mac_length=MAC_LENGTH)
     header_json = _to_json(fields)
     sealed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json)) + header_json
-    mac = b""
-    if signer is not None:
-        signature = new_mac(signer[1])
-        for chunk in (sealed, *payload):
-            signature.update(chunk)
-        mac = signature.digest()
+    mac = b"" if signer is None or pieces is None else payload_mac(signer[1], sealed, pieces)
     lead = sealed + _HEADER_HASH.pack(xxhash.xxh32_intdigest(sealed)) + mac
     lead += _ZEROS[: _align(len(lead)) - len(lead)]
     header = _header_from(FORMAT_VERSION, fields, len(lead), mac, sealed)
@@ -332,8 +330,11 @@ def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac:
     if key is not None and not isinstance(key, str):
         raise TypeError(f"key {key!r} is not a string")
     key_id = fields.get("key_id") if mac else None
+    mac_chunk = fields.get("mac_chunk", MAC_CHUNK) if mac else MAC_CHUNK
     if mac and not isinstance(key_id, str):
         raise TypeError(f"its signature names the key id {key_id!r}")
+    if not 1 <= _count(mac_chunk, "mac_chunk") <= MAX_MAC_CHUNK:
+        raise ValueError(f"mac_chunk {mac_chunk} is out of range")
     return EntryHeader(
         version=version,
         serializer=fields["serializer"],
@@ -351,6 +352,7 @@ def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac:
         mac=mac,
         key_id=key_id,
         mac_algorithm=fields.get("mac") if mac else None,
+        mac_chunk=mac_chunk,
         sealed=sealed,
     )
 
@@ -488,31 +490,6 @@ class _Both:
         self.second.update(piece)
 
 
-class _Background:
-    """Feeds a digest from a thread, in order, so hashing overlaps the reads; the pieces must
-    stay unchanged until the ``with`` block ends (they are parts of the payload buffer)."""
-
-    def __init__(self, digest: Any) -> None:
-        self._digest = digest
-        self._pieces: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="jangdok signature", daemon=True)
-
-    def _run(self) -> None:
-        while (piece := self._pieces.get()) is not None:
-            self._digest.update(piece)
-
-    def update(self, piece: memoryview) -> None:
-        self._pieces.put(piece)
-
-    def __enter__(self) -> _Background:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._pieces.put(None)
-        self._thread.join()
-
-
 class ExpiredEntry(Exception):
     """An intact entry past its expiry time: a miss, left for prune (or the next put) to replace."""
 
@@ -564,12 +541,8 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
     check_size(header, size)
     payload = memoryview(_allocate(header.payload_length))
     digest = xxhash.xxh3_128()
-    if signature is None:
-        _read_into(reader, payload, progress, digest)
-        return Decoded(_materialize(header, payload, digest.hexdigest()), header)
-    # SHA-256 releases the GIL: a thread signs each piece while the next one is read.
-    with _Background(signature) as signing:
-        _read_into(reader, payload, progress, _Both(digest, signing))
+    # Threads hash the payload's pieces for the signature as the reads complete them.
+    _read_into(reader, payload, progress, digest if signature is None else _Both(digest, signature))
     return Decoded(_materialize(header, payload, digest.hexdigest(), signature), header)
 
 
@@ -591,9 +564,24 @@ def decode_buffer(view: memoryview, key: str | None = None, trust: Trust | None 
     return Decoded(_materialize(header, payload, None, signature), header)
 
 
-def _signature(header: EntryHeader, trust: Trust | None) -> Any:
-    """For a reader with signing keys: the MAC to compute over the payload, already fed the
-    header; raises UntrustedEntry for an unsigned entry or one signed with an unknown key."""
+class _Verifier:
+    """Checks one entry's MAC: fed the payload as it is read, judged before deserializing."""
+
+    def __init__(self, key: bytes, header: EntryHeader) -> None:
+        self._key = key
+        self._header = header
+        self._pieces = PieceDigests(header.mac_chunk)
+
+    def update(self, piece: memoryview) -> None:
+        self._pieces.update(piece)
+
+    def matches(self) -> bool:
+        return hmac.compare_digest(payload_mac(self._key, self._header.sealed, self._pieces), self._header.mac)
+
+
+def _signature(header: EntryHeader, trust: Trust | None) -> _Verifier | None:
+    """For a reader with signing keys, the verifier of this entry's MAC; raises UntrustedEntry
+    for an unsigned entry or one signed with a key the reader does not hold."""
     if trust is None or not trust.signing:
         return None
     if not header.mac:
@@ -603,18 +591,17 @@ def _signature(header: EntryHeader, trust: Trust | None) -> Any:
     if key is None:
         raise UntrustedEntry(f"entry is signed with key id {header.key_id}, which this cache does not hold "
                              f"(it holds {', '.join(trust.ids)}); add that key to JANGDOK_SIGNING_KEY to trust it")
-    signature = new_mac(key)
-    signature.update(header.sealed)
-    return signature
+    return _Verifier(key, header)
 
 
-def _materialize(header: EntryHeader, payload: memoryview, digest: str | None = None, signature: Any = None) -> Any:
+def _materialize(header: EntryHeader, payload: memoryview, digest: str | None = None,
+                 signature: _Verifier | None = None) -> Any:
     """The value of a payload whose header has been checked: verify (unless ``digest`` was
     computed as it was read) and check its signature (fed the payload by the caller), then
     deserialize."""
     if (digest or xxhash.xxh3_128_hexdigest(payload)) != header.digest:
         raise CorruptEntry("entry payload checksum mismatch (xxh3_128): the bytes were damaged")
-    if signature is not None and not hmac.compare_digest(signature.digest(), header.mac):
+    if signature is not None and not signature.matches():
         raise UntrustedEntry(f"entry signature does not match its bytes (key id {header.key_id}): it was "
                              "changed or forged by someone without the key; nothing of it was loaded")
     stream = payload if header.stream_length is None else payload[: header.stream_length]

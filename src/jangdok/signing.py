@@ -8,21 +8,37 @@ does not match. Several keys may be configured to rotate them: the first signs, 
 
 A key id is derived from the key (a hash of it), so ids never need to be chosen or stored and
 reveal nothing of the key.
+
+The MAC is HMAC-SHA256 over the entry's sealed header followed by the SHA-256 of each
+``MAC_CHUNK`` piece of the payload. Hashing pieces apart lets threads hash them at once (SHA-256
+releases the GIL), and as a load reads them, which roughly halves what signing adds to a large
+load on two cores; SHA-256's collision resistance keeps the construction as strong as one
+HMAC over the whole payload.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .perprocess import PerProcess
 from .settings import Secret
 
-__all__ = ["Trust", "MAC_ALGORITHM", "MAC_LENGTH", "key_id", "new_mac"]
+__all__ = ["Trust", "PieceDigests", "MAC_ALGORITHM", "MAC_LENGTH", "MAC_CHUNK", "key_id", "payload_mac"]
 
 MAC_ALGORITHM = "hmac-sha256"
 MAC_LENGTH = 32
+MAC_CHUNK = 4 << 20
+"""Bytes of payload per SHA-256 in the MAC: large enough that a thread's hand-off costs
+nothing next to hashing it (~2 ms), small enough that a 50 MB value spreads over every core."""
+MAX_MAC_CHUNK = 1 << 30
+# Threads that hash payload pieces; made anew in a forked child, whose threads did not survive.
+_HASHERS = PerProcess(lambda: ThreadPoolExecutor(max(1, min(4, (os.cpu_count() or 1))),
+                                                 thread_name_prefix="jangdok-mac"))
 _ID_DOMAIN = b"jangdok signing key id\0"
 
 
@@ -67,5 +83,46 @@ class Trust:
         return f"Trust(key_ids={self.ids}, allow_legacy={self.allow_legacy})"
 
 
-def new_mac(key: bytes) -> hmac.HMAC:
-    return hmac.new(key, digestmod=hashlib.sha256)
+
+
+def _sha256(pieces: list[memoryview]) -> bytes:
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    return digest.digest()
+
+
+class PieceDigests:
+    """The SHA-256 of each ``chunk``-byte piece of a stream fed in any slices, hashed by
+    threads as the pieces complete. The slices must stay unchanged until :meth:`digests`."""
+
+    def __init__(self, chunk: int = MAC_CHUNK) -> None:
+        self.chunk = chunk
+        self._pending: list[memoryview] = []
+        self._pending_bytes = 0
+        self._done: list[Future[bytes] | bytes] = []
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            take = min(view.nbytes, self.chunk - self._pending_bytes)
+            self._pending.append(view[:take])
+            self._pending_bytes += take
+            view = view[take:]
+            if self._pending_bytes == self.chunk:
+                self._flush(threaded=True)
+
+    def _flush(self, threaded: bool) -> None:
+        pieces, self._pending, self._pending_bytes = self._pending, [], 0
+        self._done.append(_HASHERS.get().submit(_sha256, pieces) if threaded else _sha256(pieces))
+
+    def digests(self) -> bytes:
+        """The pieces' digests in order (the last piece may be short; no piece, no digest)."""
+        if self._pending:
+            self._flush(threaded=False)
+        return b"".join(done if isinstance(done, bytes) else done.result() for done in self._done)
+
+
+def payload_mac(key: bytes, sealed: bytes, pieces: PieceDigests) -> bytes:
+    """The MAC of an entry from its sealed header and its payload's piece digests."""
+    return hmac.new(key, sealed + pieces.digests(), hashlib.sha256).digest()

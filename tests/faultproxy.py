@@ -106,10 +106,15 @@ class FaultProxy:
             if kind == "status":
                 request = client.recv(65536)
                 self._record(request)
-                body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault[2]}</Code>'
-                        f"<Message>injected by the test proxy</Message></Error>").encode()
+                # ("status", code, error code[, {error document fields}[, {response headers}]])
+                fields = {"Message": "injected by the test proxy", **(fault[3] if len(fault) > 3 else {})}
+                extra = "".join(f"<{name}>{value}</{name}>" for name, value in fields.items())
+                sent_headers = fault[4] if len(fault) > 4 else {}
+                headers = "".join(f"{name}: {value}\r\n" for name, value in sent_headers.items())
+                body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault[2]}</Code>{extra}'
+                        "</Error>").encode()
                 client.sendall(
-                    f"HTTP/1.1 {fault[1]} Injected\r\nContent-Type: application/xml\r\n"
+                    f"HTTP/1.1 {fault[1]} Injected\r\nContent-Type: application/xml\r\n{headers}"
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
                 )
                 client.close()

@@ -58,6 +58,13 @@ _WINDOWS_DEVICES = frozenset(
 )
 
 
+def _shown(text: str, limit: int = 100) -> str:
+    """A name for a message: whole if short, else its start and end, so a line stays readable."""
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[: limit - 30]) + f" ... ({len(text)} characters) ... " + repr(text[-20:])
+
+
 def is_s3_path(path: str | os.PathLike[str]) -> bool:
     """True for ``s3://`` URLs (any case of the scheme), False for everything else."""
     return isinstance(path, str) and path[:5].lower() == "s3://"
@@ -170,7 +177,10 @@ def _check_bucket(bucket: str, text: str) -> None:
     elif _IP_ADDRESS.match(bucket):
         problem = "not formatted like an IP address"
     if problem:
-        raise InvalidLocation(f"S3 location {text!r}: invalid bucket name {bucket!r}; bucket names are {problem}")
+        meant = bucket.lower().replace("_", "-")
+        hint = f" (did you mean {meant!r}?)" if meant != bucket and _BUCKET.match(meant) else ""
+        raise InvalidLocation(f"S3 location {text!r}: invalid bucket name {bucket!r}{hint}; "
+                              f"bucket names are {problem}")
 
 
 @dataclass(frozen=True)
@@ -203,7 +213,7 @@ class Location:
         size = len(full.encode("utf-8"))
         if size > S3_MAX_KEY_BYTES:
             raise InvalidKey(
-                f"cache key {key!r} makes the S3 key {size} bytes long under {self.url}; "
+                f"cache key {_shown(key)} makes the S3 key {size} bytes long under {self.url}; "
                 f"S3 allows at most {S3_MAX_KEY_BYTES} bytes (UTF-8)"
             )
         return full
@@ -220,7 +230,7 @@ class Location:
         for part in parts:
             if len(part.encode("utf-8")) > LOCAL_MAX_NAME_BYTES:
                 raise InvalidKey(
-                    f"cache key {key!r} has a segment longer than {LOCAL_MAX_NAME_BYTES} bytes, "
+                    f"cache key {_shown(key)} has a segment longer than {LOCAL_MAX_NAME_BYTES} bytes, "
                     "which local file systems cannot store; shorten it"
                 )
         path = os.path.join(self.root, *parts)

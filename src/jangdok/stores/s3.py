@@ -52,10 +52,8 @@ _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
     "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable", "BandwidthLimitExceeded",
 }
-_CREDENTIAL_CODES = {
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired",
-    "InvalidClientTokenId", "AuthorizationHeaderMalformed",
-}
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "InvalidClientTokenId"}
+_EXPIRED_CODES = {"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired", "RequestExpired"}
 _DENIED_CODES = {"AccessDenied", "403", "AllAccessDisabled", "AccountProblem"}
 _IMPOSSIBLE_ETAG = '"' + "0" * 32 + '"'  # no object has it: conditions on it must fail
 _BATCH_DELETE = 1000  # DeleteObjects' maximum keys per request
@@ -93,6 +91,24 @@ def _is_transient(exc: BaseException) -> bool:
         (bce.ConnectionError, bce.HTTPClientError, bce.ResponseStreamingError, bce.IncompleteReadError, Urllib3Error,
          _ShortBody, ConnectionError, TimeoutError),
     )
+
+
+def _expected_region(message: str) -> str | None:
+    """The region AWS names in "the region 'us-east-1' is wrong; expecting 'eu-west-1'"."""
+    match = re.search(r"expecting '([a-z0-9-]+)'", message)
+    return match.group(1) if match else None
+
+
+def _skew(error: dict[str, Any]) -> str:
+    """How far this machine's clock is off, from the times S3 puts in its error document."""
+    try:
+        request = datetime.strptime(error["RequestTime"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        server = datetime.strptime(error["ServerTime"][:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    except (KeyError, TypeError, ValueError):
+        return "this machine's clock differs from the server's"
+    offset = (request - server).total_seconds()
+    return (f"this machine's clock is {abs(offset):.0f} s {'ahead of' if offset > 0 else 'behind'} the server's "
+            f"(request signed at {request:%Y-%m-%d %H:%M:%S} UTC, server time {server:%H:%M:%S} UTC)")
 
 
 def make_client(settings: Settings) -> tuple[Any, str]:
@@ -421,7 +437,28 @@ class S3Store(Store):
         endpoint = self.client.meta.endpoint_url
         if isinstance(exc, bce.ClientError):
             code, status = _error_code(exc)
-            message = exc.response.get("Error", {}).get("Message", "")
+            error = exc.response.get("Error", {})
+            message = error.get("Message", "")
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            if not error.get("Code") or headers.get("content-type", "").startswith("text/html"):
+                return self._not_s3(verb, path, f"HTTP {status} with {headers.get('content-type') or 'no'} content")
+            if code in _WRONG_REGION_CODES:
+                region = headers.get("x-amz-bucket-region") or _expected_region(message)
+                return ConfigError(
+                    f"S3 error {verb} {path}: {code}: bucket {self._bucket!r} is in "
+                    f"{'region ' + repr(region) if region else 'another region'}, not "
+                    f"{self.client.meta.region_name!r}; set AWS_REGION={region or '<its region>'}."
+                )
+            if code in _EXPIRED_CODES:
+                return CredentialsError(
+                    f"S3 error {verb} {path}: {code}: the session token has expired "
+                    f"({self.settings.credentials_source}); get new temporary credentials (aws sso login, "
+                    "aws sts assume-role, or your identity provider) and set AWS_SESSION_TOKEN and its keys again."
+                )
+            if code == "RequestTimeTooSkewed":
+                return ConfigError(f"S3 error {verb} {path}: RequestTimeTooSkewed: {_skew(error)}; S3 refuses "
+                                   "requests signed more than 15 minutes off. Set the clock right (enable NTP: "
+                                   "'timedatectl set-ntp true', or 'w32tm /resync' on Windows).")
             if code in _DENIED_CODES:
                 # HEAD answers carry no error document, so a bare 403 may also be a bad secret.
                 unsure = " (or the secret key is wrong: HEAD responses do not say which)" if code == "403" else ""
@@ -436,16 +473,10 @@ class S3Store(Store):
                     f"({self.settings.credentials_source}); check the secret key and session token, "
                     f"and that the key is active for endpoint {endpoint}."
                 )
-            if code in _WRONG_REGION_CODES:
-                region = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
-                return ConfigError(
-                    f"S3 error {verb} {path}: {code}: bucket {self._bucket!r} is in "
-                    f"{'region ' + repr(region) if region else 'another region'}; set AWS_REGION accordingly."
-                )
             if code == "NoSuchBucket" or (verb == "opening" and code in _MISSING_CODES):
                 return ConfigError(
-                    f"S3 error {verb} {path}: bucket {self._bucket!r} does not exist at {endpoint}; "
-                    f"create it ('aws s3 mb s3://{self._bucket}') or fix CACHE_DIR."
+                    f"S3 error {verb} {path}: bucket {self._bucket!r} does not exist at {endpoint}; fix CACHE_DIR, "
+                    f"or create it: aws s3 mb s3://{self._bucket}, or without the AWS CLI: {self._create_hint()}"
                 )
             if code == "PreconditionFailed" and verb == "loading":
                 return StoreUnavailable(
@@ -464,6 +495,18 @@ class S3Store(Store):
             f"{tally}. Check that the endpoint {endpoint} is reachable from this machine (network, "
             "AWS_ENDPOINT_URL, proxy), or use a local cache folder."
         )
+
+    def _not_s3(self, verb: str, path: str, answer: str) -> ConfigError:
+        return ConfigError(
+            f"S3 error {verb} {path}: the endpoint {self.client.meta.endpoint_url} does not answer like an S3 "
+            f"server (it answered {answer}); check AWS_ENDPOINT_URL: the S3 API's address and port "
+            "(e.g. 8333 for SeaweedFS, 9000 for MinIO), not a web page or console"
+        )
+
+    def _create_hint(self) -> str:
+        endpoint = self.settings.endpoint_url
+        client = f"'s3', endpoint_url={endpoint!r}" if endpoint else "'s3'"
+        return f"python -c \"import boto3; boto3.client({client}).create_bucket(Bucket={self._bucket!r})\""
 
     # -- the store contract ---------------------------------------------------------------
 
@@ -484,10 +527,14 @@ class S3Store(Store):
         s3:ListBucket, and the object operations then name what they lack.
         """
         try:
-            self._call("opening", None, lambda: self.client.list_objects_v2(
+            listing = self._call("opening", None, lambda: self.client.list_objects_v2(
                 Bucket=self._bucket, Prefix=self.location.prefix, MaxKeys=1))
         except AccessDenied as exc:
             log.debug("listing refused on %s (%s); the object operations will tell", self.location.url, exc)
+            return
+        if "IsTruncated" not in listing:  # every S3 listing says; a web server's 200 page does not
+            content = listing.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("content-type") or "no"
+            raise self._not_s3("opening", self.location.url, f"a listing with HTTP 200 and {content} content")
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
         check_range(start, stop)

@@ -1,0 +1,208 @@
+"""Every bad input named: each case is provoked for real and answered with one readable line
+of the right error type, saying what failed and what to do.
+
+S3's answers come from SeaweedFS where it gives them (a missing bucket), from a plain web
+server (an endpoint that is not S3), and otherwise from the test proxy sending AWS's exact
+error document (an expired token, a skewed clock, another region): SeaweedFS does not check
+those. The last test runs a whole S3 session at DEBUG level and looks for the secret anywhere.
+"""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faultproxy import FaultProxy
+from helpers import s3_settings
+from seaweed import READ_WRITE, SeaweedServer
+
+from jangdok import (
+    Cache,
+    ConfigError,
+    CredentialsError,
+    InvalidKey,
+    InvalidLocation,
+    InvalidValue,
+    Settings,
+    StoreUnavailable,
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    provoke: Callable[[pytest.FixtureRequest, Path], Any]
+    error: type[BaseException]
+    says: tuple[str, ...]
+
+
+def _through_proxy(fault: tuple[Any, ...]) -> Callable[[pytest.FixtureRequest, Path], Any]:
+    def provoke(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+        seaweed = request.getfixturevalue("seaweed")
+        proxy = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
+        request.addfinalizer(proxy.close)
+        proxy.faults.append(fault)
+        url = request.getfixturevalue("s3_url")
+        return Cache.from_settings(s3_settings(seaweed, url, endpoint_url=proxy.endpoint, max_attempts=1)).get("x.pkl")
+
+    return provoke
+
+
+class _WebPage(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def _answer(self) -> None:
+        body = b"<!DOCTYPE html><html><head><title>Welcome to nginx!</title></head><body></body></html>"
+        self.send_response(self.status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _web_server(status: int) -> Callable[[pytest.FixtureRequest, Path], Any]:
+    def provoke(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+        handler = type("Page", (_WebPage,), {"status": status})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        request.addfinalizer(server.shutdown)
+        settings = Settings(cache_dir="s3://some-bucket/cache/", endpoint_url=f"http://127.0.0.1:{server.server_port}",
+                            access_key_id=READ_WRITE[0], secret_access_key=READ_WRITE[1], region="us-east-1",
+                            fallback=False, max_attempts=1)
+        return Cache.from_settings(settings).get("x.pkl")
+
+    return provoke
+
+
+def _missing_bucket(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    seaweed = request.getfixturevalue("seaweed")
+    return Cache.from_settings(s3_settings(seaweed, "s3://no-such-bucket-here/cache/")).get("x.pkl")
+
+
+def _dotenv(text: str, mode: int) -> Callable[[pytest.FixtureRequest, Path], Any]:
+    def provoke(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+        path = Path.cwd() / ".env"
+        path.write_text(text)
+        path.chmod(mode)
+        return Settings.resolve()
+
+    return provoke
+
+
+def _location(url: str) -> Callable[[pytest.FixtureRequest, Path], Any]:
+    return lambda request, tmp_path: Cache(url)
+
+
+def _put(key: str, value: Any = 1, **settings: Any) -> Callable[[pytest.FixtureRequest, Path], Any]:
+    return lambda request, tmp_path: Cache(str(tmp_path / "cache"), **settings).put(key, value)
+
+
+SKEWED = {"RequestTime": "20261126T120000Z", "ServerTime": "2026-11-26T12:20:00.000Z",
+          "MaxAllowedSkewMilliseconds": "900000"}
+CASES = [
+    Case("a missing bucket", _missing_bucket, ConfigError,
+         ("bucket 'no-such-bucket-here' does not exist", "aws s3 mb s3://no-such-bucket-here",
+          "boto3.client('s3', endpoint_url=", "create_bucket(Bucket='no-such-bucket-here')")),
+    Case("a bucket in another region",
+         _through_proxy(("status", 400, "AuthorizationHeaderMalformed",
+                         {"Message": "the region 'us-east-1' is wrong; expecting 'ap-northeast-2'"})),
+         ConfigError, ("is in region 'ap-northeast-2'", "AWS_REGION=ap-northeast-2")),
+    Case("an expired session token", _through_proxy(("status", 400, "ExpiredToken")), CredentialsError,
+         ("session token has expired", "AWS_SESSION_TOKEN")),
+    Case("a skewed clock", _through_proxy(("status", 403, "RequestTimeTooSkewed", SKEWED)), ConfigError,
+         ("clock is 1200 s behind the server's", "timedatectl set-ntp true")),
+    Case("an endpoint that is a web page", _web_server(200), ConfigError,
+         ("does not answer like an S3 server", "text/html", "AWS_ENDPOINT_URL")),
+    Case("an endpoint that is a web server's 404", _web_server(404), ConfigError,
+         ("does not answer like an S3 server", "HTTP 404")),
+    Case("a .env with a syntax error", _dotenv("CACHE_DIR=cache\nAWS_REGION='eu-west-1\n", 0o600), ConfigError,
+         (".env", "cannot parse line 2")),
+    Case("a bucket name with capitals and underscores", _location("s3://My_Bucket/cache/"), InvalidLocation,
+         ("invalid bucket name 'My_Bucket'", "did you mean 'my-bucket'?")),
+    Case("a key too long for S3", lambda request, tmp_path: Cache.from_settings(s3_settings(
+        request.getfixturevalue("seaweed"), request.getfixturevalue("s3_url"))).put("k/" * 520 + "x.pkl", 1),
+        InvalidKey, ("S3 allows at most 1024 bytes",)),
+    Case("a key segment too long for the file system", _put("x" * 300 + ".pkl"), InvalidKey,
+         ("longer than 255 bytes", "shorten it")),
+    Case("a signing key too short", lambda request, tmp_path: Cache(str(tmp_path), signing_keys="short").settings,
+         ConfigError, ("shorter than 16", "token_urlsafe")),
+    Case("an unknown serializer", lambda request, tmp_path: Cache(str(tmp_path), serializer="json").settings,
+         ConfigError, ("serializer", "must be one of pickle, safe")),
+    Case("a set for the safe serializer", _put("x.pkl", {1, 2}, serializer="safe"), InvalidValue,
+         ("safe serializer cannot store", "builtins.set")),
+    Case("a local tier bound that is not a size", lambda request, tmp_path: Settings(local_max_bytes="lots"),
+         ConfigError, ("CACHE_LOCAL_MAX_BYTES", "500MB")),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_each_bad_input_is_one_line_naming_the_fix(case: Case, request: pytest.FixtureRequest,
+                                                   tmp_path: Path) -> None:
+    with pytest.raises(case.error) as raised:
+        case.provoke(request, tmp_path)
+    message = str(raised.value)
+    assert "\n" not in message and len(message) < 700, message
+    for phrase in case.says:
+        assert phrase in message, message
+
+
+def test_a_dotenv_others_can_read_holding_a_secret_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    path = Path.cwd() / ".env"
+    path.write_text("JANGDOK_SIGNING_KEY=team-key-0123456789abcdef\n")
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        Settings.resolve()
+    assert "can be read by other users" in caplog.text and "chmod 600" in caplog.text
+    assert "0123456789abcdef" not in caplog.text
+
+
+@pytest.fixture
+def everything_logged(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    caplog.set_level(logging.DEBUG)  # the root logger: jangdok, boto3, botocore, urllib3
+    yield caplog
+
+
+def test_a_whole_s3_session_at_debug_never_shows_the_secret(seaweed: SeaweedServer, s3_url: str,
+                                                             everything_logged: pytest.LogCaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    secret, signing = READ_WRITE[1], "team-key-0123456789abcdef"
+    for name, value in {"AWS_ACCESS_KEY_ID": READ_WRITE[0], "AWS_SECRET_ACCESS_KEY": secret,
+                        "AWS_ENDPOINT_URL": seaweed.endpoint, "AWS_REGION": "us-east-1", "CACHE_DIR": s3_url,
+                        "JANGDOK_SIGNING_KEY": signing, "CACHE_LOCAL_DIR": str(tmp_path / "tier")}.items():
+        monkeypatch.setenv(name, value)
+    shown: list[str] = []
+    cache = Cache()
+    cache.put("a.pkl", list(range(1000)))
+    cache.get("a.pkl")
+    cache.get_or_compute("b.pkl", lambda: "b")
+    shown += [repr(cache), repr(cache.settings), repr(cache.store), repr(cache.trust), str(cache.stats())]
+    list(cache.keys())
+    cache.prune(dry_run=True)
+    cache.delete("a.pkl")
+    for bad in (lambda: Cache(s3_url.replace("jangdok-test", "no-such-bucket-zz")).get("x.pkl"),
+                lambda: Cache(s3_url, access_key_id=READ_WRITE[0], secret_access_key=secret[::-1],
+                              fallback=False).get("x.pkl"),
+                lambda: Cache(s3_url, endpoint_url="http://127.0.0.1:9", max_attempts=1, fallback=False).get("x.pkl")):
+        with pytest.raises((ConfigError, CredentialsError, StoreUnavailable)) as raised:
+            bad()
+        shown.append(str(raised.value))
+        shown.append(repr(raised.value))
+    logged = "\n".join(record.getMessage() + repr(record.__dict__) for record in everything_logged.records)
+    assert len(everything_logged.records) > 20  # botocore's DEBUG records were captured
+    for text in [*shown, logged, os.linesep.join(map(str, everything_logged.records))]:
+        assert secret not in text and secret[:-4] not in text
+        assert signing not in text and signing[:-4] not in text

@@ -280,6 +280,9 @@ def print_summary(tally: RunTally, results: list[dict[str, Any]], elapsed: float
         print(f"🗄️ cache ({name}): {hits} hits, {store.misses + tally.invalidated} misses, "
               f"read {store.bytes_read / 1e6:.1f} MB in {store.seconds_reading:.2f} s, "
               f"wrote {store.bytes_written / 1e6:.1f} MB in {store.seconds_writing:.2f} s")
+    refused = sum(store.untrusted for store in tally.cache_stats.values())
+    if refused:
+        print(f"🔒 refused {refused} cache entries whose signature could not be verified (see the warnings)")
     waited = sum(store.seconds_waiting for store in tally.cache_stats.values())
     taken_over = sum(store.lease_takeovers for store in tally.cache_stats.values())
     if waited >= 0.05 or taken_over:

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import xxhash
+from label_value import label_value
 
 from jangdok import Cache, Settings
 
@@ -41,10 +41,8 @@ def main() -> None:
     parser.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS measurement")
     args = parser.parse_args()
 
-    # Shaped like the seed's label caches: a list of (30, 675) float32 sequences.
-    sequences = args.mb * 1_000_000 // (30 * 675 * 4)
-    rng = np.random.default_rng(0)
-    value = [rng.standard_normal((30, 675)).astype(np.float32) for _ in range(sequences)]
+    value = label_value(args.mb)
+    sequences = len(value)
     with tempfile.TemporaryDirectory() as workdir:
         caches = {"local folder": Cache(str(Path(workdir) / "cache"), fallback=False)}
         server = None

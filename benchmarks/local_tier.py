@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from label_value import label_value
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests")]
@@ -63,8 +63,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7, help="rounds (median taken)")
     parser.add_argument("--megabytes", type=float, default=50.0, help="size of the entry")
     args = parser.parse_args()
-    arrays = max(1, int(args.megabytes * 1e6 / (30 * 675 * 4)))
-    value = [np.random.default_rng(n).standard_normal((30, 675)).astype(np.float32) for n in range(arrays)]
+    value = label_value(args.megabytes)
+    arrays = len(value)
     with tempfile.TemporaryDirectory() as workdir:
         work = Path(workdir)
         server = start_seaweed(work / "seaweed")

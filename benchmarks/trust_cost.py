@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from label_value import label_value
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -76,10 +76,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS measurement")
     args = parser.parse_args()
-    count = args.mb * 1_000_000 // (30 * 675 * 4)
-    rng = np.random.default_rng(0)
-    value = [rng.standard_normal((30, 675)).astype(np.float32) for _ in range(count)]
-    print(f"value: {count} float32 arrays of (30, 675), {sum(a.nbytes for a in value) / 1e6:.1f} MB")
+    value = label_value(args.mb)
+    print(f"value: {len(value)} float32 arrays of (30, 675), {sum(a.nbytes for a in value) / 1e6:.1f} MB")
     with tempfile.TemporaryDirectory() as workdir:
         work = Path(workdir)
         measure("local folder", {variant: Cache(str(work / "cache"), fallback=False, **options)

@@ -398,12 +398,7 @@ class Settings:
         self._set("lease_seconds", self._number("lease_seconds", float, minimum=0.1))
         self._set("wait_timeout", self._number("wait_timeout", float, minimum=0))
         self._set("signing_keys", self._signing_keys())
-        serializer = str(self.serializer).strip().lower()
-        if serializer not in SERIALIZERS:
-            raise ConfigError(f"setting serializer ({_ENV_NAMES['serializer'][0]}) = {self.serializer!r} "
-                              f"(from {self.sources.get('serializer', 'argument')}) must be one of "
-                              f"{', '.join(SERIALIZERS)}")
-        self._set("serializer", serializer)
+        self._set("serializer", self._choice("serializer", SERIALIZERS))
         for name in _FLAGS:
             self._set(name, self._flag(name))
         for name in _TIMEOUTS:
@@ -411,12 +406,7 @@ class Settings:
         self._set("max_attempts", self._number("max_attempts", int, minimum=1))
         if self.ttl is not None:
             self._set("ttl", self._number("ttl", float, minimum=0.001))
-        compression = str(self.compression).strip().lower()
-        if compression not in COMPRESSIONS:
-            raise ConfigError(f"setting compression ({_ENV_NAMES['compression'][0]}) = {self.compression!r} "
-                              f"(from {self.sources.get('compression', 'argument')}) must be one of "
-                              f"{', '.join(COMPRESSIONS)}")
-        self._set("compression", compression)
+        self._set("compression", self._choice("compression", COMPRESSIONS))
         if self.endpoint_url == "":
             self._set("endpoint_url", None)
         if self.endpoint_url is not None:
@@ -455,6 +445,13 @@ class Settings:
                 f"must be {what} >= {minimum:g}"
             )
         return number
+
+    def _choice(self, name: str, choices: tuple[str, ...]) -> str:
+        value = str(getattr(self, name)).strip().lower()
+        if value not in choices:
+            raise ConfigError(f"setting {name} ({_ENV_NAMES[name][0]}) = {getattr(self, name)!r} "
+                              f"(from {self.sources.get(name, 'argument')}) must be one of {', '.join(choices)}")
+        return value
 
     def _signing_keys(self) -> tuple[Secret, ...]:
         value: Any = self.signing_keys

@@ -12,7 +12,7 @@ no output; logging goes to ``logging.getLogger("jangdok")``.
 """
 
 from . import errors
-from .cache import Cache, Entry, EntryInfo, PruneReport, TierStats
+from .cache import Cache, Entry, EntryInfo, PruneReport, TierStats, Verdict
 from .entry import Progress
 from .errors import *  # noqa: F403 - the hierarchy is public, as listed in errors.__all__
 from .location import Location, is_s3_path, join, parse_location
@@ -28,6 +28,7 @@ __all__ = [
     "EntryInfo",
     "TierStats",
     "PruneReport",
+    "Verdict",
     "Progress",
     "Memoized",
     "stable_hash",

@@ -30,7 +30,7 @@ from .settings import Settings
 from .signing import Trust
 from .stores import ObjectInfo, Store, open_store
 
-__all__ = ["Cache", "Entry", "EntryInfo", "TierStats", "PruneReport"]
+__all__ = ["Cache", "Entry", "EntryInfo", "TierStats", "PruneReport", "Verdict"]
 
 log = logging.getLogger("jangdok")
 
@@ -88,6 +88,24 @@ class EntryInfo:
     """Entry format version; ``None`` for a legacy plain pickle."""
     expires_at: float | None = None
     """When the entry stops being a hit (seconds since the epoch); ``None``: never."""
+    serializer: str | None = None
+    """``pickle`` or ``safe``; ``None`` for a legacy plain pickle (pickle, without a header)."""
+    signed_by: str | None = None
+    """The id of the signing key that signed the entry; ``None``: unsigned."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :meth:`Cache.verify` found of one entry, without deserializing it."""
+
+    key: str
+    status: str
+    """``ok``; ``legacy`` (a plain pickle: nothing to check); ``damaged``; ``untrusted`` (with
+    signing keys: unsigned, another key's, or forged); ``unsupported`` (a newer format);
+    ``foreign`` (another key's entry); ``missing``."""
+    detail: str = ""
+    deleted: bool = False
+    info: EntryInfo | None = None
 
 
 @dataclass
@@ -362,7 +380,7 @@ class Cache:
         if header is None:  # a legacy pickle knows nothing about itself; its file time will do
             return EntryInfo(key, path, label, size, modified, None, None)
         return EntryInfo(key, path, label, size, header.created_at, header.metadata, header.version,
-                         header.expires_at)
+                         header.expires_at, header.serializer, header.key_id)
 
     def stat(self, key: str) -> EntryInfo | None:
         """Size, creation time, metadata and store of an entry, reading only its header
@@ -399,6 +417,36 @@ class Cache:
             return None
         with reader:
             return reader.read(), reader.info
+
+    def verify(self, key: str, delete_damaged: bool = False) -> Verdict:
+        """Check one entry's checksum (and signature, with signing keys) without deserializing
+        it, so nothing of it runs. With ``delete_damaged``, a damaged entry is deleted (the
+        version that was read)."""
+        key = normalize_key(key)
+        reader = self.store.read(key)
+        if reader is None:
+            return Verdict(key, "missing", "no entry under this key")
+        with reader:
+            version, size, modified, label = reader.info.version, reader.size, reader.info.modified, reader.source
+            try:
+                header = entry.verify(reader, size, key, self.trust)
+            except CorruptEntry as exc:
+                deleted = delete_damaged and self.store.delete(key, version=version)
+                return Verdict(key, "damaged", str(exc), deleted)
+            except UntrustedEntry as exc:
+                return Verdict(key, "untrusted", str(exc))
+            except UnsupportedEntry as exc:
+                return Verdict(key, "unsupported", str(exc))
+            except entry.ForeignEntry as exc:
+                return Verdict(key, "foreign", str(exc))
+        info = self._info(key, self.store.path(key), size, header, modified, label or None)
+        if header is None and self.trust.signing and not self.trust.allow_legacy:
+            return Verdict(key, "untrusted", "a plain pickle, which cannot carry a signature; this cache "
+                           "requires signed entries (JANGDOK_ALLOW_LEGACY=1 loads plain pickles)", info=info)
+        if header is None:
+            return Verdict(key, "legacy", "a plain pickle: no checksum to verify", info=info)
+        return Verdict(key, "ok", "checksum" + (f" and signature (key {header.key_id})" if header.mac else "")
+                       + " verified", info=info)
 
     def exists(self, key: str) -> bool:
         """Whether an entry is stored under ``key`` (not whether it is intact)."""

@@ -57,7 +57,7 @@ from .errors import CorruptEntry, InvalidValue, UnsupportedEntry, UntrustedEntry
 from .signing import MAC_ALGORITHM, MAC_CHUNK, MAC_LENGTH, MAX_MAC_CHUNK, PieceDigests, Trust, payload_mac
 
 __all__ = ["EntryHeader", "Decoded", "ForeignEntry", "ExpiredEntry", "Progress", "encode", "decode", "decode_buffer",
-           "read_header", "header_size", "check_key", "check_size", "keys_match", "FORMAT_VERSION", "MAGIC",
+           "read_header", "header_size", "check_key", "check_size", "keys_match", "verify", "FORMAT_VERSION", "MAGIC",
            "MAX_METADATA_BYTES", "HEADER_PROBE_BYTES"]
 
 MAGIC = b"\x89JDK\r\n\x1a\n"
@@ -546,6 +546,23 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
     return Decoded(_materialize(header, payload, digest.hexdigest(), signature), header)
 
 
+def verify(reader: BinaryIO, size: int, key: str | None = None, trust: Trust | None = None) -> EntryHeader | None:
+    """Check a whole entry as :func:`decode` would (checksum, key, signature with ``trust``)
+    without deserializing it, so nothing of it runs. ``None`` for a legacy plain pickle, which
+    has nothing to check. Raises as :func:`decode` does; expiry is not judged."""
+    header = read_header(reader)
+    if not isinstance(header, EntryHeader):
+        return None
+    check_key(header, key)
+    signature = _signature(header, trust)
+    check_size(header, size)
+    payload = memoryview(_allocate(header.payload_length))
+    digest = xxhash.xxh3_128()
+    _read_into(reader, payload, None, digest if signature is None else _Both(digest, signature))
+    _check_payload(header, digest.hexdigest(), signature)
+    return header
+
+
 def decode_buffer(view: memoryview, key: str | None = None, trust: Trust | None = None) -> Decoded:
     """Verify and deserialize an entry held whole in memory (read whole, or a memory-mapped
     file): the loaded arrays are views of it, so nothing is copied."""
@@ -594,16 +611,21 @@ def _signature(header: EntryHeader, trust: Trust | None) -> _Verifier | None:
     return _Verifier(key, header)
 
 
+def _check_payload(header: EntryHeader, digest: str, signature: _Verifier | None) -> None:
+    """Damage first (it may be deleted), then the signature (a mismatch is kept)."""
+    if digest != header.digest:
+        raise CorruptEntry("entry payload checksum mismatch (xxh3_128): the bytes were damaged")
+    if signature is not None and not signature.matches():
+        raise UntrustedEntry(f"entry signature does not match its bytes (key id {header.key_id}): it was "
+                             "changed or forged by someone without the key; nothing of it was loaded")
+
+
 def _materialize(header: EntryHeader, payload: memoryview, digest: str | None = None,
                  signature: _Verifier | None = None) -> Any:
     """The value of a payload whose header has been checked: verify (unless ``digest`` was
     computed as it was read) and check its signature (fed the payload by the caller), then
     deserialize."""
-    if (digest or xxhash.xxh3_128_hexdigest(payload)) != header.digest:
-        raise CorruptEntry("entry payload checksum mismatch (xxh3_128): the bytes were damaged")
-    if signature is not None and not signature.matches():
-        raise UntrustedEntry(f"entry signature does not match its bytes (key id {header.key_id}): it was "
-                             "changed or forged by someone without the key; nothing of it was loaded")
+    _check_payload(header, digest or xxhash.xxh3_128_hexdigest(payload), signature)
     stream = payload if header.stream_length is None else payload[: header.stream_length]
     buffers = [_buffer(payload, stored) for stored in header.buffers]
     if header.serializer == safe.NAME:

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "Secret", "mask_secret", "reveal"]
+__all__ = ["Settings", "Secret", "mask_secret", "reveal", "parse_size"]
 
 log = logging.getLogger("jangdok")
 
@@ -135,6 +135,20 @@ class Secret:
 def reveal(secret: Secret | None) -> str | None:
     """The text of an optional secret, for the client library that signs with it."""
     return None if secret is None else secret.reveal()
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes in ``123``, ``500MB``, ``10GB``, ``2GiB`` (decimal units, and binary with ``i``)."""
+    number: float | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        match = _BYTE_SIZE.match(value.lower())
+        if match and match.group(2) in _BYTE_UNITS:
+            number = float(match.group(1)) * _BYTE_UNITS[match.group(2)]
+    if number is None or number < 0:
+        raise ValueError(f"{value!r} is not a size; use a number of bytes or e.g. 500MB, 10GB, 2GiB")
+    return int(number)
 
 
 def _default_fallback_dir() -> str:
@@ -470,19 +484,13 @@ class Settings:
 
     def _byte_size(self, name: str) -> int:
         value = getattr(self, name)
-        number: float | None = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            number = value
-        elif isinstance(value, str):
-            match = _BYTE_SIZE.match(value.lower())
-            if match and match.group(2) in _BYTE_UNITS:
-                number = float(match.group(1)) * _BYTE_UNITS[match.group(2)]
-        if number is None or number < 0:
+        try:
+            return parse_size(value)
+        except ValueError:
             raise ConfigError(
                 f"setting {name} ({_ENV_NAMES[name][0]}) = {value!r} (from {self.sources.get(name, 'argument')}) "
                 "must be a number of bytes, or a size such as 500MB, 10GB or 2GiB"
-            )
-        return int(number)
+            ) from None
 
     def _check_retry_budget(self) -> None:
         """Refuse a deadline that leaves no room for the retries ``max_attempts`` promises.

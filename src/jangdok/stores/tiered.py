@@ -189,6 +189,16 @@ class TieredStore(Store):
         self._touch(key, validated=False)
         return _Served(reader, _COPY_TAG + reader.info.version, LOCAL_TIER)
 
+    def has_copy(self, key: str) -> bool:
+        """Whether the local tier holds a copy of ``key`` that its validator vouches for."""
+        if self.remote is None:
+            return False
+        copy = self._copy(key, 0, 0)
+        if copy is None:
+            return False
+        copy[0].close()
+        return True
+
     # -- validators -----------------------------------------------------------------------
 
     def _validator_path(self, key: str) -> str:

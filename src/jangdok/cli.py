@@ -1,0 +1,482 @@
+"""The ``jangdok`` command: inspect, verify and clean a cache, and run a local S3 server.
+
+    jangdok COMMAND [--cache LOCATION] [--json] [--debug] ...
+
+Every command works on a local folder, an S3 location or a tiered cache, taken from
+``--cache`` or from the environment and ``.env`` files as the library reads them (``CACHE_DIR``
+and the rest). Built on argparse: it is in the standard library, so the command costs no
+dependency and behaves the same wherever Python does, and its subcommands, help and usage
+errors are all this needs.
+
+Exit status: 0 success; 1 an error (one line on stderr, a traceback only with ``--debug``);
+2 a usage error; 3 problems found (``verify`` found damaged or untrusted entries, ``doctor``
+a failing check); 4 a key that is not there; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pickle
+import secrets
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .cache import Cache, EntryInfo, Verdict
+from .console import Console, human_age, human_size, parse_duration, parse_size
+from .errors import JangdokError
+from .location import is_reserved
+from .stores import TieredStore
+
+__all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_PROBLEMS", "EXIT_MISSING"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PROBLEMS, EXIT_MISSING, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+_PROBLEMS = ("damaged", "untrusted", "unsupported", "foreign")
+_BIG_TRANSFER = 32 * 1024 * 1024
+_MANY_KEYS = 50
+
+
+class Failure(Exception):
+    """A command's own failure: a message and an exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace, console: Console) -> None:
+        self.args = args
+        self.console = console
+        self._cache: Cache | None = None
+
+    @property
+    def cache(self) -> Cache:
+        if self._cache is None:
+            # An inspection tool must show the cache asked for, never quietly a fallback folder.
+            self._cache = Cache(self.args.cache, fallback=False) if self.args.cache else Cache(fallback=False)
+        return self._cache
+
+    def emit(self, document: Any) -> None:
+        """The command's result for scripts: one JSON document on stdout."""
+        self.console.line(json.dumps(document, ensure_ascii=False, indent=2, default=str))
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+
+
+# -- inspecting ------------------------------------------------------------------------------
+
+
+def _count(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"
+
+
+def _tier(cache: Cache, key: str) -> str:
+    store = cache.store
+    if isinstance(store, TieredStore) and store.has_copy(key):
+        return f"{store.name}+local"
+    return store.name
+
+
+def _format(info: EntryInfo | None) -> str:
+    if info is None:
+        return "?"
+    if info.format_version is None:
+        return "legacy pickle"
+    return f"jangdok v{info.format_version} {info.serializer or 'pickle'}"
+
+
+def cmd_ls(ctx: Context) -> int:
+    args, cache, now = ctx.args, ctx.cache, time.time()
+    found = [item for item in cache.store.list(args.prefix) if not is_reserved(item.key)]
+    order: dict[str, Callable[[Any], Any]] = {"name": lambda item: item.key, "size": lambda item: item.size,
+                                              "age": lambda item: -item.modified}
+    found.sort(key=order[args.sort], reverse=args.reverse)
+    rows = []
+    with ctx.console.progress("reading headers", len(found), "entries", _MANY_KEYS if args.long else 1 << 62) as bar:
+        for item in found:
+            row: dict[str, Any] = {"key": item.key, "size": item.size, "age_seconds": round(now - item.modified, 1),
+                                   "modified": item.modified}
+            if args.long:
+                info = cache.stat(item.key)
+                row.update(tier=_tier(cache, item.key), format=_format(info),
+                           signed_by=info.signed_by if info else None,
+                           metadata=info.metadata if info else None)
+                bar.advance()
+            rows.append(row)
+    if args.json:
+        ctx.emit(rows)
+        return EXIT_OK
+    for row in rows:
+        size, age = human_size(row["size"]), human_age(row["age_seconds"])
+        if args.long:
+            signed = f"signed {row['signed_by']}" if row["signed_by"] else "unsigned"
+            ctx.console.line(f"{size:>10}  {age:>5}  {row['tier']:<16} {row['format']:<22} {signed:<20} {row['key']}")
+        else:
+            ctx.console.line(f"{size:>10}  {age:>5}  {row['key']}")
+    total = sum(row["size"] for row in rows)
+    ctx.console.line(ctx.console.paint(f"{_count(len(rows), 'entry', 'entries')}, {human_size(total)} in "
+                                       f"{cache.location.url}", "dim"))
+    return EXIT_OK
+
+
+def cmd_stat(ctx: Context) -> int:
+    cache = ctx.cache
+    info = cache.stat(ctx.args.key)
+    if info is None:
+        raise Failure(f"no entry {ctx.args.key!r} in {cache.location.url}", EXIT_MISSING)
+    verdict = cache.verify(ctx.args.key)
+    document = {**asdict(info), "tier": _tier(cache, info.key), "format": _format(info),
+                "check": {"status": verdict.status, "detail": verdict.detail}}
+    if ctx.args.json:
+        ctx.emit(document)
+    else:
+        now = time.time()
+        show = ctx.console.line
+        show(f"key:         {info.key}")
+        show(f"path:        {info.path}")
+        show(f"tier:        {document['tier']}")
+        show(f"size:        {human_size(info.size)} ({info.size} bytes)")
+        show(f"created:     {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info.created_at))} "
+             f"({human_age(now - info.created_at)} ago)")
+        if info.expires_at is not None:
+            left = info.expires_at - now
+            show(f"expires:     {'expired ' + human_age(-left) + ' ago' if left <= 0 else 'in ' + human_age(left)}")
+        show(f"format:      {document['format']}")
+        show(f"signed by:   {info.signed_by or 'nobody (unsigned)'}")
+        status = ctx.console.paint(verdict.status, "ok" if verdict.status in ("ok", "legacy") else "fail")
+        show(f"check:       {status}: {verdict.detail}")
+        if info.metadata is not None:
+            show("metadata:")
+            for line in json.dumps(info.metadata, ensure_ascii=False, indent=2).splitlines():
+                show(f"  {line}")
+    return EXIT_PROBLEMS if verdict.status in _PROBLEMS else EXIT_OK
+
+
+def _describe(value: Any, depth: int = 0) -> str:
+    """A short account of a value: its type, length, and the shapes of its arrays."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"{type(value).__name__} {dtype} {tuple(shape)}"
+    if isinstance(value, (list, tuple)) and depth < 2:
+        kinds = sorted({_describe(item, depth + 1) for item in value[:1000]})
+        inside = kinds[0] if len(kinds) == 1 else " | ".join(kinds[:4]) + (" | ..." if len(kinds) > 4 else "")
+        return f"{type(value).__name__} of {len(value)}" + (f": {inside}" if value else "")
+    if isinstance(value, dict) and depth < 2:
+        return f"dict of {len(value)}: " + ", ".join(f"{name!r}: {_describe(item, depth + 1)}"
+                                                     for name, item in list(value.items())[:8])
+    if depth:
+        return type(value).__name__
+    text = repr(value)
+    return text if len(text) <= 80 else f"{type(value).__name__} ({len(text)} characters as repr)"
+
+
+def _write_value(value: Any, path: str, form: str) -> None:
+    if form == "npy":
+        import numpy as np
+
+        if not isinstance(value, np.ndarray):
+            raise Failure(f"the value is a {_describe(value)}; --format npy holds one numpy array: "
+                          "use --format pickle")
+        with open(path, "wb") as file:
+            np.save(file, value, allow_pickle=False)
+        return
+    if form == "json":
+        try:
+            text = json.dumps(value, ensure_ascii=False, indent=2)
+        except (TypeError, ValueError) as exc:
+            raise Failure(f"the value is not JSON ({exc}); use --format pickle") from exc
+        Path(path).write_text(text + "\n", encoding="utf-8")
+        return
+    with open(path, "wb") as file:
+        pickle.dump(value, file, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def cmd_get(ctx: Context) -> int:
+    cache, key = ctx.cache, ctx.args.key
+    size = cache.stat(key)
+    if size is None:
+        raise Failure(f"no entry {key!r} in {cache.location.url}", EXIT_MISSING)
+    with ctx.console.progress(f"loading {key}", size.size, "B", _BIG_TRANSFER) as bar:
+        found = cache.get_entry(key, progress=bar.to)
+    if found is None:
+        raise Failure(f"entry {key!r} could not be loaded (see the warning above)", EXIT_PROBLEMS)
+    if ctx.args.output:
+        _write_value(found.value, ctx.args.output, ctx.args.format)
+        message = f"wrote {key} to {ctx.args.output} ({ctx.args.format})"
+    else:
+        message = _describe(found.value)
+    if ctx.args.json:
+        ctx.emit({"key": key, "summary": _describe(found.value), "output": ctx.args.output,
+                  "format": ctx.args.format if ctx.args.output else None, "info": asdict(found.info)})
+    else:
+        ctx.console.line(message)
+    return EXIT_OK
+
+
+# -- changing --------------------------------------------------------------------------------
+
+
+def _confirm(ctx: Context, question: str) -> None:
+    if ctx.args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise Failure(f"{question} Refusing without confirmation: pass --yes", EXIT_USAGE)
+    ctx.console.problem(f"{question} [y/N] ")
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise Failure("nothing deleted", EXIT_OK)
+
+
+def cmd_rm(ctx: Context) -> int:
+    cache, args = ctx.cache, ctx.args
+    if bool(args.keys) == (args.prefix is not None):
+        raise Failure("name keys to remove, or --prefix P (not both)", EXIT_USAGE)
+    if args.prefix is not None:
+        keys = sorted(item.key for item in cache.store.list(args.prefix) if not is_reserved(item.key))
+    else:
+        keys = list(args.keys)
+    if not keys:
+        raise Failure(f"no entries under prefix {args.prefix!r} in {cache.location.url}", EXIT_MISSING)
+    _confirm(ctx, f"Remove {_count(len(keys), 'entry', 'entries')} from {cache.location.url}?")
+    removed, missing = [], []
+    for key in keys:
+        (removed if cache.delete(key) else missing).append(key)
+    if args.json:
+        ctx.emit({"removed": removed, "missing": missing})
+    else:
+        for key in removed:
+            ctx.console.line(f"removed {key}")
+        for key in missing:
+            ctx.console.problem(f"jangdok: no entry {key!r}")
+    return EXIT_MISSING if missing else EXIT_OK
+
+
+def cmd_prune(ctx: Context) -> int:
+    args = ctx.args
+    try:
+        older_than = None if args.older_than is None else parse_duration(args.older_than)
+        max_bytes = None if args.max_size is None else parse_size(args.max_size)
+    except ValueError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from exc
+    report = ctx.cache.prune(older_than=older_than, max_bytes=max_bytes, dry_run=args.dry_run)
+    if args.json:
+        ctx.emit(asdict(report))
+        return EXIT_OK
+    verb = "would remove" if report.dry_run else "removed"
+    for key in report.removed:
+        ctx.console.line(f"{verb} {key}")
+    leftovers = "" if report.dry_run else f", and {report.leftovers} crash leftover(s)"
+    ctx.console.line(f"{verb} {_count(len(report.removed), 'entry', 'entries')} ({human_size(report.bytes_freed)})"
+                     f"{leftovers}")
+    return EXIT_OK
+
+
+def cmd_verify(ctx: Context) -> int:
+    cache = ctx.cache
+    keys = sorted(item.key for item in cache.store.list(ctx.args.prefix) if not is_reserved(item.key))
+    verdicts: list[Verdict] = []
+    with ctx.console.progress("verifying", len(keys), "entries", _MANY_KEYS) as bar:
+        for key in keys:
+            verdicts.append(cache.verify(key, delete_damaged=ctx.args.delete))
+            bar.advance()
+    counts: dict[str, int] = {}
+    for verdict in verdicts:
+        counts[verdict.status] = counts.get(verdict.status, 0) + 1
+    problems = [verdict for verdict in verdicts if verdict.status in _PROBLEMS]
+    if ctx.args.json:
+        ctx.emit({"counts": counts, "problems": [{"key": v.key, "status": v.status, "detail": v.detail,
+                                                   "deleted": v.deleted} for v in problems]})
+    else:
+        for verdict in problems:
+            gone = " (deleted)" if verdict.deleted else ""
+            ctx.console.line(f"{ctx.console.paint(verdict.status, 'fail')}{gone}  {verdict.key}: {verdict.detail}")
+        summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "no entries"
+        ctx.console.line(f"verified {_count(len(verdicts), 'entry', 'entries')} in {cache.location.url}: {summary}")
+    return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def cmd_stats(ctx: Context) -> int:
+    cache = ctx.cache
+    store = cache.store
+    tiers: dict[str, dict[str, Any]] = {}
+    listed = [item for item in store.list() if not is_reserved(item.key)]
+    tiers[store.name] = {"location": cache.location.url if store.fallback_reason is None else store.location.url,
+                         "entries": len(listed), "bytes": sum(item.size for item in listed)}
+    if isinstance(store, TieredStore) and store.remote is not None:
+        copies = [item for item in store.local.list() if not is_reserved(item.key)]
+        tiers["local tier"] = {"location": store.local.location.url, "entries": len(copies),
+                               "bytes": sum(item.size for item in copies), "max_bytes": store.max_bytes}
+    counters = {label: asdict(tier) for label, tier in cache.stats().items()}
+    if ctx.args.json:
+        ctx.emit({"tiers": tiers, "this_process": counters, "fallback_reason": store.fallback_reason})
+        return EXIT_OK
+    for name, tier in tiers.items():
+        bound = f" of {human_size(tier['max_bytes'])}" if tier.get("max_bytes") else ""
+        ctx.console.line(f"{name:<18} {tier['entries']:>8} entries  {human_size(tier['bytes']):>10}{bound}  "
+                         f"{tier['location']}")
+    if store.fallback_reason:
+        ctx.console.line(ctx.console.paint(f"on the local fallback folder: {store.fallback_reason}", "note"))
+    return EXIT_OK
+
+
+def cmd_doctor(ctx: Context) -> int:
+    from .doctor import run_checks
+
+    marks = {"ok": ("✅", "ok"), "note": ("⚠️", "note"), "fail": ("❌", "fail"), "info": ("  ", "dim")}
+    findings = []
+    for finding in run_checks(**({"cache_dir": ctx.args.cache} if ctx.args.cache else {})):
+        findings.append(finding)
+        if ctx.args.json:
+            continue
+        mark, style = marks[finding.status]
+        ctx.console.line(f"{mark} {ctx.console.paint(finding.message, style)}")
+        for extra in (finding.error, finding.fix and f"→ fix: {finding.fix}"):
+            if extra:
+                ctx.console.line(f"   {extra}")
+    failures = sum(finding.status == "fail" for finding in findings)
+    if ctx.args.json:
+        ctx.emit({"failures": failures, "findings": [asdict(finding) for finding in findings]})
+    elif failures:
+        ctx.console.line(ctx.console.paint(f"{failures} check(s) failed", "fail"))
+    else:
+        ctx.console.line(ctx.console.paint("every configured cache store works", "ok"))
+    return EXIT_PROBLEMS if failures else EXIT_OK
+
+
+# -- the development server ------------------------------------------------------------------
+
+
+def cmd_server(ctx: Context) -> int:
+    from .server import ADMIN_ACTIONS, Identity, start_seaweed
+
+    args = ctx.args
+    keep = args.dir is not None
+    workdir = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="jangdok-server-"))
+    # Keys of this server only, made anew each start: nothing to leak from a printed export.
+    identity = Identity("jangdok-dev", "JDK" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30), ADMIN_ACTIONS)
+    stop = threading.Event()
+    previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server = start_seaweed(workdir, port=args.port, access_keys=[identity])
+        try:
+            server.client(identity.keys).create_bucket(Bucket=args.bucket)
+            exports = {"AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": identity.access_key,
+                       "AWS_SECRET_ACCESS_KEY": identity.secret_key, "AWS_DEFAULT_REGION": "us-east-1",
+                       "CACHE_DIR": f"s3://{args.bucket}/cache/"}
+            if args.json:
+                ctx.emit({"pid": server.pid, "workdir": str(workdir), "exports": exports})
+            else:
+                ctx.console.problem(f"SeaweedFS S3 server on {server.endpoint} (pid {server.pid}, data in {workdir}); "
+                                    "Ctrl-C stops it. In another shell:")
+                for name, value in exports.items():
+                    ctx.console.line(f"export {name}={value}")
+            sys.stdout.flush()
+            while not stop.wait(0.5):
+                if server.process.poll() is not None:
+                    raise Failure(f"the server exited by itself ({server.process.returncode}):\n{server.log_tail()}")
+        finally:
+            server.stop()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if not keep:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+    ctx.console.problem("server stopped")
+    return EXIT_OK
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jangdok", description="Inspect, verify and clean a jangdok cache; run a local S3 server.",
+        epilog="Exit status: 0 ok, 1 error, 2 usage, 3 problems found (verify, doctor), 4 missing key.")
+    parser.add_argument("--version", action="version", version=f"jangdok {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache", metavar="LOCATION",
+                        help="a folder, s3://bucket/prefix/ (default: CACHE_DIR from the environment or .env)")
+    common.add_argument("--json", action="store_true", help="print one JSON document for scripts")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and jangdok's log")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, summary: str, handler: Callable[[Context], int]) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=summary, description=summary)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    ls = command("ls", "list entries with size and age (--long: tier, format, signature)", cmd_ls)
+    ls.add_argument("prefix", nargs="?", default="", help="only keys starting with this")
+    ls.add_argument("-l", "--long", action="store_true", help="also read each header: tier, format, signer")
+    ls.add_argument("--sort", choices=("name", "size", "age"), default="name")
+    ls.add_argument("-r", "--reverse", action="store_true")
+    stat = command("stat", "show one entry's header, metadata and checksum", cmd_stat)
+    stat.add_argument("key")
+    get = command("get", "load one entry and summarise it, or write it to a file", cmd_get)
+    get.add_argument("key")
+    get.add_argument("-o", "--output", metavar="FILE", help="write the value here")
+    get.add_argument("--format", choices=("pickle", "npy", "json"), default="pickle",
+                     help="how to write it (default: a plain pickle)")
+    rm = command("rm", "remove entries (asks first; --yes to skip)", cmd_rm)
+    rm.add_argument("keys", nargs="*")
+    rm.add_argument("--prefix", help="remove every entry under this prefix")
+    rm.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    prune = command("prune", "remove expired, old or excess entries and crash leftovers", cmd_prune)
+    prune.add_argument("--older-than", metavar="AGE", help="e.g. 30d, 12h, 90m")
+    prune.add_argument("--max-size", metavar="SIZE", help="keep the newest entries within this, e.g. 5GB")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    verify = command("verify", "check every entry's checksum (and signature) without loading it", cmd_verify)
+    verify.add_argument("prefix", nargs="?", default="")
+    verify.add_argument("--delete", action="store_true", help="delete the damaged entries found")
+    command("stats", "entries and bytes per tier", cmd_stats)
+    command("doctor", "check configuration, credentials and permissions (as test_s3_cache.py)", cmd_doctor)
+    server = command("server", "run a SeaweedFS S3 server on 127.0.0.1 for development", cmd_server)
+    server.add_argument("--dir", help="keep its data here (default: a temporary folder, removed on exit)")
+    server.add_argument("--port", type=int, help="the S3 port (default: a free one)")
+    server.add_argument("--bucket", default="jangdok", help="the bucket to create (default: jangdok)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="jangdok: %(levelname)s: %(message)s")
+    if not args.debug:
+        logging.getLogger("botocore").setLevel(logging.WARNING)
+    ctx = Context(args, console)
+    try:
+        return args.handler(ctx)
+    except Failure as exc:
+        if str(exc) and exc.status != EXIT_OK:
+            console.problem(f"jangdok: {exc}")
+        elif str(exc):
+            console.problem(str(exc))
+        return exc.status
+    except JangdokError as exc:
+        if args.debug:
+            raise
+        console.problem(f"jangdok: error: {exc}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        console.problem("jangdok: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `jangdok ls | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    finally:
+        ctx.close()

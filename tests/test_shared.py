@@ -430,3 +430,9 @@ def test_an_entry_accept_refuses_is_recomputed_and_replaced(cache: Cache) -> Non
     calls: list[int] = []
     assert cache.get_or_compute("k.pkl", lambda: calls.append(1), accept=current) == "fresh"
     assert calls == []
+
+
+def test_a_computation_nobody_else_held_counts_no_waiting(cache: Cache) -> None:
+    cache.get_or_compute("alone.pkl", lambda: 1)
+    stats = cache.stats()[cache.store_label]
+    assert stats.computed == 1 and stats.seconds_waiting == 0.0

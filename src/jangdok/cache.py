@@ -515,6 +515,7 @@ class Cache:
         started = time.monotonic()
         deadline = started + (self.settings.wait_timeout if timeout is None else timeout)
         pause = _FIRST_PAUSE
+        waited = 0.0  # stays 0 unless another process held the lease: taking a free one is no wait
         while not lease.try_acquire():
             if time.monotonic() >= deadline:
                 raise WaitTimeout(
@@ -526,12 +527,13 @@ class Cache:
             pause = min(pause * 1.5, max(_FIRST_PAUSE, min(_LAST_PAUSE, self.settings.lease_seconds / 3)))
             # The entry first: once its owner has saved it, taking the freed lease would cost two
             # requests for nothing.
+            waited = time.monotonic() - started
             found = self._usable(key, progress, accept, polling=True)
             if found is not None:
-                self._count(seconds_waiting=time.monotonic() - started, lease_takeovers=lease.takeovers)
+                self._count(seconds_waiting=waited, lease_takeovers=lease.takeovers)
                 return found.value
         try:
-            self._count(seconds_waiting=time.monotonic() - started, lease_takeovers=lease.takeovers)
+            self._count(seconds_waiting=waited and time.monotonic() - started, lease_takeovers=lease.takeovers)
             found = self._usable(key, progress, accept, polling=True)  # saved while this one waited
             if found is not None:
                 return found.value
@@ -595,7 +597,7 @@ class Cache:
         return self.store.delete(normalize_key(key))
 
     def prune(self, older_than: float | None = None, max_bytes: int | None = None,
-              dry_run: bool = False) -> PruneReport:
+              dry_run: bool = False, progress: entry.Progress | None = None) -> PruneReport:
         """Remove expired entries, entries written more than ``older_than`` seconds ago, then
         the oldest entries until the rest fit in ``max_bytes``; and crash leftovers as
         :meth:`cleanup` does. ``dry_run`` reports without removing anything.
@@ -603,16 +605,18 @@ class Cache:
         Each entry is removed only in the version that was listed, so one rewritten meanwhile
         by another process stays. Finding expired entries reads each entry's header (one
         ranged read per entry on S3); on a bucket, a lifecycle rule expiring objects by age
-        does the ``older_than`` part without any client.
+        does the ``older_than`` part without any client. ``progress(done, total)`` follows
+        the entries examined.
         """
         now = time.time()
         doomed: list[ObjectInfo] = []
         kept: list[ObjectInfo] = []
-        for found in self.store.list():
-            if is_reserved(found.key):
-                continue
+        listed = [found for found in self.store.list() if not is_reserved(found.key)]
+        for done, found in enumerate(listed, 1):
             old = older_than is not None and now - found.modified > older_than
             (doomed if old or self._expired(found.key, now) else kept).append(found)
+            if progress is not None:
+                progress(done, len(listed))
         if max_bytes is not None:
             kept.sort(key=lambda found: found.modified)  # the least recently written go first
             total = sum(found.size for found in kept)

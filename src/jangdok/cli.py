@@ -105,7 +105,7 @@ def cmd_ls(ctx: Context) -> int:
                                               "age": lambda item: -item.modified}
     found.sort(key=order[args.sort], reverse=args.reverse)
     rows = []
-    with ctx.console.progress("reading headers", len(found), "entries", _MANY_KEYS if args.long else 1 << 62) as bar:
+    with ctx.console.progress("reading headers", len(found) if args.long else None, "entries", _MANY_KEYS) as bar:
         for item in found:
             row: dict[str, Any] = {"key": item.key, "size": item.size, "age_seconds": round(now - item.modified, 1),
                                    "modified": item.modified}
@@ -270,7 +270,9 @@ def cmd_prune(ctx: Context) -> int:
         max_bytes = None if args.max_size is None else parse_size(args.max_size)
     except ValueError as exc:
         raise Failure(str(exc), EXIT_USAGE) from exc
-    report = ctx.cache.prune(older_than=older_than, max_bytes=max_bytes, dry_run=args.dry_run)
+    cache = ctx.cache
+    with ctx.console.progress("examining", None, "entries", _MANY_KEYS) as bar:  # the total comes with the listing
+        report = cache.prune(older_than=older_than, max_bytes=max_bytes, dry_run=args.dry_run, progress=bar.to)
     if args.json:
         ctx.emit(asdict(report))
         return EXIT_OK

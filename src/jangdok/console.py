@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import time
 from typing import IO, Any
 
 from .settings import parse_size
@@ -66,29 +65,41 @@ class Console:
     def problem(self, text: str) -> None:
         print(text, file=self.err)
 
-    def progress(self, description: str, total: int, unit: str = "it", threshold: int = 0) -> Progress:
+    def progress(self, description: str, total: int | None, unit: str = "it", threshold: int = 0) -> Progress:
         return Progress(self, description, total, unit, threshold)
 
 
 class Progress:
-    """A progress bar (tqdm) shown only on a terminal and only for work above ``threshold``."""
+    """A progress bar (tqdm) shown only on a terminal and only for work of ``threshold`` or more;
+    the total may come with the first update (``to(done, total)``)."""
 
-    def __init__(self, console: Console, description: str, total: int, unit: str, threshold: int) -> None:
+    def __init__(self, console: Console, description: str, total: int | None, unit: str, threshold: int) -> None:
+        self._console = console
+        self._description = description
+        self._total = total
+        self._unit = unit
+        self._threshold = threshold
         self._bar: Any = None
-        if console.bars and total >= threshold:
+
+    def _shown(self) -> Any:
+        if self._bar is None and self._console.bars and self._total is not None and self._total >= self._threshold:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=description, unit=unit, unit_scale=unit == "B", leave=False,
-                             file=console.err)
-        self._started = time.monotonic()
+            self._bar = tqdm(total=self._total, desc=self._description, unit=self._unit,
+                             unit_scale=self._unit == "B", leave=False, file=self._console.err)
+        return self._bar
 
     def to(self, done: int, total: int | None = None) -> None:
-        if self._bar is not None:
-            self._bar.update(done - self._bar.n)
+        if total is not None:
+            self._total = total
+        bar = self._shown()
+        if bar is not None:
+            bar.update(done - bar.n)
 
     def advance(self, count: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.update(count)
+        bar = self._shown()
+        if bar is not None:
+            bar.update(count)
 
     def __enter__(self) -> Progress:
         return self

@@ -222,3 +222,40 @@ def test_server_starts_prints_exports_and_stops_leaving_nothing(tmp_path: Path) 
     assert not Path(f"/proc/{weed}").exists()
     assert [path for path in sockets if path.exists()] == []
     assert list(workdir.glob("*.sock")) == []
+
+
+def test_colours_and_progress_bars_only_on_a_terminal(tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    folder = tmp_path / "cache"
+    cache = Cache(str(folder))
+    for number in range(60):  # enough keys for verify to show a bar
+        cache.put(f"k{number}.pkl", number)
+    env = {**os.environ, "CACHE_DIR": str(folder)}
+    env.pop("NO_COLOR", None)
+    piped = jangdok(env, "verify")
+    assert "\033[" not in piped.stdout + piped.stderr and "verifying" not in piped.stderr
+    main, terminal = pty.openpty()
+    # A real terminal has a size; without one tqdm draws a bar 0 columns wide.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "jangdok", "ls", "--long"], env=env, stdout=terminal,
+                                   stderr=terminal, stdin=subprocess.DEVNULL)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the terminal closed: the command is done
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(main)
+    text = shown.decode(errors="replace")
+    assert "reading headers" in text and "\033[2m60 entries" in text  # a bar on stderr, colour on stdout

@@ -12,6 +12,8 @@ from __future__ import annotations
 import http.server
 import logging
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -206,3 +208,20 @@ def test_a_whole_s3_session_at_debug_never_shows_the_secret(seaweed: SeaweedServ
     for text in [*shown, logged, os.linesep.join(map(str, everything_logged.records))]:
         assert secret not in text and secret[:-4] not in text
         assert signing not in text and signing[:-4] not in text
+
+
+def test_the_commands_json_output_never_shows_the_secret(seaweed: SeaweedServer, s3_url: str, tmp_path: Path) -> None:
+    secret, signing = READ_WRITE[1], "team-key-0123456789abcdef"
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "JANGDOK_", "CACHE_"))}
+    env.update({"AWS_ACCESS_KEY_ID": READ_WRITE[0], "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
+                "AWS_ENDPOINT_URL": seaweed.endpoint, "CACHE_DIR": s3_url, "JANGDOK_SIGNING_KEY": signing})
+    Cache.from_settings(s3_settings(seaweed, s3_url, signing_keys=signing)).put("a.pkl", [1, 2])
+    for command in (["doctor"], ["ls", "--long"], ["stat", "a.pkl"], ["get", "a.pkl"], ["stats"], ["verify"],
+                    ["prune", "--dry-run"]):
+        for extra in (["--json"], ["--json", "--debug"]):
+            result = subprocess.run([sys.executable, "-m", "jangdok", *command, *extra], env=env,
+                                    capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, result.stderr
+            for text in (result.stdout, result.stderr):
+                assert secret not in text and secret[:-4] not in text
+                assert signing not in text and signing[:-4] not in text

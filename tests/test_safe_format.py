@@ -117,6 +117,8 @@ def test_entries_of_both_serializers_load_whatever_the_setting(tmp_path: Path) -
 @pytest.mark.parametrize("skeleton", [
     b'{"$x": 1}', b'{"$a": 7, "dtype": "<f4", "shape": [1]}', b'{"$a": 0, "dtype": "O", "shape": [1]}',
     b'[' * 100_000 + b']' * 100_000, b'{"$d": {"a": {"$t": 5}}}', b'not json',
+    b'[{"$b": 0}, {"$b": 0}]',  # one buffer, many copies: a small entry demanding much memory
+    b'{"$t": "abc"}', b'{"$d": [["a", 1]]}',
 ])
 def test_a_malformed_safe_entry_is_damage_and_runs_nothing(skeleton: bytes, tmp_path: Path) -> None:
     """Bytes written by hand with serializer "safe": every oddity is CorruptEntry (deleted),
@@ -152,3 +154,18 @@ def test_pickle_is_never_imported_into_a_safe_load_path(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(pickle, "loads", refuse)
     assert np.array_equal(Cache(folder).get("v.pkl")["a"], np.arange(5000))
+
+
+def test_without_numpy_an_entry_with_arrays_is_unsupported_not_an_import_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    folder = str(tmp_path / "cache")
+    Cache(folder, serializer="safe").put("v.pkl", [np.arange(5000)])
+    script = ("import sys; sys.modules['numpy'] = None\n"
+              "from jangdok import Cache\n"
+              f"c = Cache({folder!r})\n"
+              "assert c.get('v.pkl') is None\n"
+              "assert c.stats()['local'].skipped == 1 and c.exists('v.pkl')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -11,11 +11,14 @@ import io
 import logging
 import os
 import pickle
+import struct
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import xxhash
 
 from jangdok import Cache, ConfigError, Secret, Settings
 from jangdok.entry import encode, read_header
@@ -168,3 +171,18 @@ def test_signing_keys_are_checked_and_never_shown(monkeypatch: pytest.MonkeyPatc
     assert [key.reveal() for key in settings.signing_keys] == [KEY, OTHER_KEY]
     shown = repr(settings) + repr(Cache.from_settings(settings).trust)
     assert KEY not in shown and OTHER_KEY not in shown and KEY[:-4] not in shown
+
+
+def test_a_header_declaring_tiny_signature_pieces_is_refused_at_once(tmp_path: Path) -> None:
+    """A forged header cannot make a reader hash a payload one byte per task."""
+    folder = tmp_path / "cache"
+    Cache(str(folder), signing_keys=KEY).put("a.pkl", np.zeros(8 << 20, dtype=np.uint8))
+    data = (folder / "a.pkl").read_bytes()
+    sealed = read_header(io.BytesIO(data)).sealed
+    forged_sealed = sealed.replace(b'"mac_chunk":4194304', b'"mac_chunk":1      ', 1)
+    assert forged_sealed != sealed and len(forged_sealed) == len(sealed)
+    hashed = forged_sealed + struct.pack(">I", xxhash.xxh32_intdigest(forged_sealed))  # what an attacker can redo
+    (folder / "a.pkl").write_bytes(hashed + data[len(hashed):])
+    started = time.monotonic()
+    assert Cache(str(folder), signing_keys=KEY).get("a.pkl") is None
+    assert time.monotonic() - started < 5

@@ -54,7 +54,16 @@ import xxhash
 
 from . import safe
 from .errors import CorruptEntry, InvalidValue, UnsupportedEntry, UntrustedEntry
-from .signing import MAC_ALGORITHM, MAC_CHUNK, MAC_LENGTH, MAX_MAC_CHUNK, PieceDigests, Trust, payload_mac
+from .signing import (
+    MAC_ALGORITHM,
+    MAC_CHUNK,
+    MAC_LENGTH,
+    MAX_MAC_CHUNK,
+    MIN_MAC_CHUNK,
+    PieceDigests,
+    Trust,
+    payload_mac,
+)
 
 __all__ = ["EntryHeader", "Decoded", "ForeignEntry", "ExpiredEntry", "Progress", "encode", "decode", "decode_buffer",
            "read_header", "header_size", "check_key", "check_size", "keys_match", "verify", "FORMAT_VERSION", "MAGIC",
@@ -333,7 +342,7 @@ def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac:
     mac_chunk = fields.get("mac_chunk", MAC_CHUNK) if mac else MAC_CHUNK
     if mac and not isinstance(key_id, str):
         raise TypeError(f"its signature names the key id {key_id!r}")
-    if not 1 <= _count(mac_chunk, "mac_chunk") <= MAX_MAC_CHUNK:
+    if not MIN_MAC_CHUNK <= _count(mac_chunk, "mac_chunk") <= MAX_MAC_CHUNK:
         raise ValueError(f"mac_chunk {mac_chunk} is out of range")
     return EntryHeader(
         version=version,

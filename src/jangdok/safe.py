@@ -26,7 +26,7 @@ import json
 import math
 from typing import Any
 
-from .errors import CorruptEntry, InvalidValue
+from .errors import CorruptEntry, InvalidValue, UnsupportedEntry
 
 __all__ = ["NAME", "dumps", "loads"]
 
@@ -115,6 +115,7 @@ def dumps(value: Any, key: str | None = None) -> tuple[bytes, list[tuple[memoryv
 class _Reader:
     def __init__(self, buffers: list[memoryview]) -> None:
         self.buffers = buffers
+        self.used: set[int] = set()
         self.numpy: Any = None
 
     def decode(self, node: Any) -> Any:
@@ -125,9 +126,9 @@ class _Reader:
         if type(node) is not dict or len(node) == 0:
             raise ValueError(f"unexpected {type(node).__name__} in the skeleton")
         if "$t" in node:
-            return tuple(self.decode(item) for item in node["$t"])
+            return tuple(self.decode(item) for item in _of(node["$t"], list))
         if "$d" in node:
-            return {str(name): self.decode(item) for name, item in node["$d"].items()}
+            return {name: self.decode(item) for name, item in _of(node["$d"], dict).items()}
         if "$f" in node:
             return _FLOATS[node["$f"]]
         if "$b" in node:
@@ -140,6 +141,9 @@ class _Reader:
     def _buffer(self, index: Any) -> memoryview:
         if type(index) is not int or not 0 <= index < len(self.buffers):
             raise ValueError(f"buffer {index!r} does not exist")
+        if index in self.used:  # the writer gives every buffer one place: no fan-out of copies
+            raise ValueError(f"buffer {index} is used twice")
+        self.used.add(index)
         return self.buffers[index]
 
     def _array(self, node: dict[str, Any]) -> Any:
@@ -156,10 +160,19 @@ class _Reader:
         return array[()] if node.get("scalar") else array
 
 
+def _of(value: Any, kind: type) -> Any:
+    if type(value) is not kind:
+        raise TypeError(f"expected a {kind.__name__}, found {type(value).__name__}")
+    return value
+
+
 def loads(stream: memoryview | bytes, buffers: list[memoryview]) -> Any:
-    """The value of a skeleton and its buffers; raises CorruptEntry for anything malformed.
-    Arrays are views of their buffers (no copy)."""
+    """The value of a skeleton and its buffers; raises CorruptEntry for anything malformed, and
+    UnsupportedEntry if it holds arrays and numpy is missing. Arrays are views of their buffers
+    (no copy)."""
     try:
         return _Reader(buffers).decode(json.loads(bytes(stream)))
+    except ImportError as exc:
+        raise UnsupportedEntry(f"safe entry holds numpy arrays, and numpy cannot be imported here: {exc}") from exc
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         raise CorruptEntry(f"safe entry is malformed: {type(exc).__name__}: {exc}") from exc

@@ -28,13 +28,18 @@ from dataclasses import dataclass
 from .perprocess import PerProcess
 from .settings import Secret
 
-__all__ = ["Trust", "PieceDigests", "MAC_ALGORITHM", "MAC_LENGTH", "MAC_CHUNK", "key_id", "payload_mac"]
+__all__ = ["Trust", "PieceDigests", "MAC_ALGORITHM", "MAC_LENGTH", "MAC_CHUNK", "MIN_MAC_CHUNK", "MAX_MAC_CHUNK",
+           "key_id", "payload_mac"]
 
 MAC_ALGORITHM = "hmac-sha256"
 MAC_LENGTH = 32
 MAC_CHUNK = 4 << 20
 """Bytes of payload per SHA-256 in the MAC: large enough that a thread's hand-off costs
 nothing next to hashing it (~2 ms), small enough that a 50 MB value spreads over every core."""
+MIN_MAC_CHUNK = 1 << 20
+"""Smallest piece a header may declare: a forged header declaring tiny pieces would otherwise
+make a reader spend minutes and gigabytes (one digest and one task per piece) before the MAC
+check refuses it."""
 MAX_MAC_CHUNK = 1 << 30
 # Threads that hash payload pieces; made anew in a forked child, whose threads did not survive.
 _HASHERS = PerProcess(lambda: ThreadPoolExecutor(max(1, min(4, (os.cpu_count() or 1))),
@@ -114,7 +119,13 @@ class PieceDigests:
 
     def _flush(self, threaded: bool) -> None:
         pieces, self._pending, self._pending_bytes = self._pending, [], 0
-        self._done.append(_HASHERS.get().submit(_sha256, pieces) if threaded else _sha256(pieces))
+        if threaded:
+            try:
+                self._done.append(_HASHERS.get().submit(_sha256, pieces))
+                return
+            except RuntimeError:  # the interpreter is shutting down (an atexit handler): no threads
+                pass
+        self._done.append(_sha256(pieces))
 
     def digests(self) -> bytes:
         """The pieces' digests in order (the last piece may be short; no piece, no digest)."""

@@ -436,3 +436,29 @@ def test_a_computation_nobody_else_held_counts_no_waiting(cache: Cache) -> None:
     cache.get_or_compute("alone.pkl", lambda: 1)
     stats = cache.stats()[cache.store_label]
     assert stats.computed == 1 and stats.seconds_waiting == 0.0
+
+
+def test_damage_on_s3_is_deleted_there_even_through_a_local_tier(seaweed: SeaweedServer, writer: Cache,
+                                                                 s3_url: str, tmp_path: Path) -> None:
+    writer.put("x.pkl", VALUE)
+    reader = writer.store.read("x.pkl")
+    with reader:
+        data = bytearray(reader.read())
+    data[-100] ^= 0xFF
+    writer.store.write("x.pkl", bytes(data))  # damaged in storage, not in transit
+    cache = _tiered_with(seaweed, s3_url, tmp_path, local_trust_seconds=60)
+    assert cache.get("x.pkl") is None
+    assert not writer.exists("x.pkl")  # the damaged S3 object itself was removed
+    assert cache.get("x.pkl") is None and not writer.exists("x.pkl")
+
+
+def test_a_tier_that_cannot_be_written_still_serves_reads_from_s3(seaweed: SeaweedServer, writer: Cache,
+                                                                  s3_url: str, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    writer.put("x.pkl", VALUE)
+    blocked = tmp_path / "tier"
+    blocked.write_text("a file where the tier's folder should be")
+    cache = Cache.from_settings(s3_settings(seaweed, s3_url, local_dir=str(blocked)))
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert _same(cache.get("x.pkl"), VALUE)
+    assert "could not keep a local copy" in caplog.text

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -51,6 +52,7 @@ _USAGE = RESERVED_FOLDER + "/usage"
 # deleting it removes only the copy.
 _COPY_TAG = "local-copy:"
 _COPY_BLOCK = 8 << 20
+_EVICT_TO = 0.9
 
 
 class _Served(Reader):
@@ -93,11 +95,15 @@ class TieredStore(Store):
         self.remote = remote
         self.local = local
         self.max_bytes = max_bytes
-        self.max_entry_bytes = max_entry_bytes if max_entry_bytes is not None else max_bytes
+        self.max_entry_bytes: float = next(
+            (bound for bound in (max_entry_bytes, max_bytes) if bound is not None), math.inf)
         self.trust_seconds = trust_seconds
         self.fallback_reason = fallback_reason
         self.location = local.location if remote is None else remote.location
         self.name = FALLBACK if remote is None else remote.name
+        # Remote versions whose copy was found damaged: served straight from the remote until
+        # replaced, so a reader confirms (and deletes) damage there instead of in a fresh copy.
+        self._suspect: dict[str, str] = {}
 
     @property
     def capabilities(self) -> Capabilities:  # type: ignore[override]
@@ -137,8 +143,10 @@ class TieredStore(Store):
         try:
             answer = remote.read_if_changed(key, remote_version)
         except StoreUnavailable as exc:
-            log.warning("%s is unreachable; serving the local copy %s, which may be stale (%s)",
-                        self.path(key), self.local.path(key), exc)
+            # Trusted for another window: each read would otherwise wait out the retry budget.
+            log.warning("%s is unreachable; serving the local copy %s, which may be stale, for the next %g s (%s)",
+                        self.path(key), self.local.path(key), self.trust_seconds, exc)
+            self._touch(key, validated=True)
             return self._serve_copy(key, reader)
         except BaseException:
             reader.close()
@@ -154,15 +162,24 @@ class TieredStore(Store):
         return self._keep(remote, key, answer)
 
     def _keep(self, remote: Store, key: str, found: Reader) -> Reader | None:
-        """Copy a remote read into the tier and serve the copy; too large: serve it remotely."""
+        """Copy a remote read into the tier and serve the copy; too large, or a version whose
+        copy was damaged: serve it remotely."""
         remote_version = found.info.version
-        if found.size > self.max_entry_bytes or not remote_version:
+        if self._suspect.get(key) not in (None, remote_version):
+            del self._suspect[key]
+        if found.size > self.max_entry_bytes or not remote_version or self._suspect.get(key) == remote_version:
             self._drop_copy(key)
             return found
-        with found:
-            local_version = self.local.write(key, _blocks(found))
-        self._write_validator(key, remote_version, local_version)
-        self._evict(found.size)
+        try:
+            with found:
+                local_version = self.local.write(key, _blocks(found))
+            self._write_validator(key, remote_version, local_version)
+            self._evict(found.size)
+        except JangdokError as exc:  # the tier's disk, or the transfer: read remotely, uncopied
+            log.warning("could not keep a local copy of %s in %s (%s); reading it from %s",
+                        self.path(key), self.local.location.root, exc, remote.name)
+            self._drop_copy(key)
+            return remote.read(key)
         reader = self.local.read(key)
         if reader is not None and reader.info.version == local_version:
             return _Served(reader, remote_version, LOCAL_TIER)
@@ -255,7 +272,8 @@ class TieredStore(Store):
             if usage is not None and usage + added <= self.max_bytes:
                 self._write_usage(usage + added)
                 return
-            self._write_usage(self._shrink(self.max_bytes))
+            # Down to 90%, so that the next copies fit without another scan each.
+            self._write_usage(self._shrink(int(self.max_bytes * _EVICT_TO)))
         finally:
             lock.release()
 
@@ -270,8 +288,8 @@ class TieredStore(Store):
             if total <= bound:
                 break
             try:
-                self.local.delete(_VALIDATORS + found.key)
-                if self.local.delete(found.key, version=found.version):
+                if self.local.delete(found.key, version=found.version):  # not a copy replaced meanwhile
+                    self.local.delete(_VALIDATORS + found.key)
                     total -= found.size
             except JangdokError as exc:
                 log.warning("local tier: could not evict %s: %s", self.local.path(found.key), exc)
@@ -306,6 +324,7 @@ class TieredStore(Store):
             return self.remote.write(key, data, progress)
         views = list(iter_chunks(data))  # views, not copies: the same chunks go to both tiers
         remote_version = self.remote.write(key, views, progress)
+        self._suspect.pop(key, None)
         # The old copy must go whatever happens next: it would be served for the trust window.
         self._drop_copy(key)
         size = sum(view.nbytes for view in views)
@@ -330,8 +349,13 @@ class TieredStore(Store):
             return self.local.delete(key, version)
         if version is not None and version.startswith(_COPY_TAG):
             # Damage found in a copy: remove the copy only; the remote entry may well be intact.
+            validator = self._read_validator(key)
+            if not self.local.delete(key, version=version[len(_COPY_TAG):]):
+                return False
             self.local.delete(_VALIDATORS + key)
-            return self.local.delete(key, version=version[len(_COPY_TAG):])
+            if validator is not None:
+                self._suspect[key] = validator[0]
+            return True
         deleted = self.remote.delete(key, version)
         self._drop_copy(key)
         return deleted

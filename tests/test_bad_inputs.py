@@ -130,6 +130,8 @@ CASES = [
          ("does not answer like an S3 server", "text/html", "AWS_ENDPOINT_URL")),
     Case("an endpoint that is a web server's 404", _web_server(404), ConfigError,
          ("does not answer like an S3 server", "HTTP 404")),
+    Case("a proxy's 502 page in front of S3 (an outage, not a wrong endpoint)", _web_server(502),
+         StoreUnavailable, ("HTTP 502", "overloaded or failing")),
     Case("a .env with a syntax error", _dotenv("CACHE_DIR=cache\nAWS_REGION='eu-west-1\n", 0o600), ConfigError,
          (".env", "cannot parse line 2")),
     Case("a bucket name with capitals and underscores", _location("s3://My_Bucket/cache/"), InvalidLocation,

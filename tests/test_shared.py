@@ -462,3 +462,14 @@ def test_a_tier_that_cannot_be_written_still_serves_reads_from_s3(seaweed: Seawe
     with caplog.at_level(logging.WARNING, logger="jangdok"):
         assert _same(cache.get("x.pkl"), VALUE)
     assert "could not keep a local copy" in caplog.text
+
+
+def test_read_only_credentials_compute_without_a_lease_and_misjudge_nothing(
+        seaweed: SeaweedServer, s3_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    from seaweed import READ_ONLY
+
+    cache = Cache.from_settings(s3_settings(seaweed, s3_url, identity=READ_ONLY))
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get_or_compute("k.pkl", lambda: "value") == "value"
+    assert "cannot take a compute lease" in caplog.text and "could not save it" in caplog.text
+    assert "ignores" not in caplog.text  # the probes could not run: nothing is claimed about the server

@@ -20,8 +20,16 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import entry
-from .errors import CorruptEntry, InvalidValue, JangdokError, UnsupportedEntry, UntrustedEntry, WaitTimeout
-from .leases import lease_for, remove_stale
+from .errors import (
+    AccessDenied,
+    CorruptEntry,
+    InvalidValue,
+    JangdokError,
+    UnsupportedEntry,
+    UntrustedEntry,
+    WaitTimeout,
+)
+from .leases import Lease, lease_for, remove_stale
 from .location import Location, is_reserved, normalize_key, parse_location
 from .memoize import Memoized
 from .memoize import memoize as _memoize
@@ -507,16 +515,20 @@ class Cache:
         refuses, computed from other inputs, counts as missing and is replaced.
         """
         key = normalize_key(key)
-        found = self._usable(key, progress, accept, polling=False)
+        found = self._usable(key, progress, accept, look_first=False)
         if found is not None:
             return found.value
         store = self.store
-        lease = lease_for(store, key, self.settings.lease_seconds)
+        lease: Lease | None = lease_for(store, key, self.settings.lease_seconds)
         started = time.monotonic()
         deadline = started + (self.settings.wait_timeout if timeout is None else timeout)
         pause = _FIRST_PAUSE
         waited = 0.0  # stays 0 unless another process held the lease: taking a free one is no wait
-        while not lease.try_acquire():
+        looked: str | None = None  # the version last judged: a poll loads only a new one
+        while lease is not None and not (acquired := self._try_lease(lease, store.path(key))):
+            if acquired is None:
+                lease = None
+                break
             if time.monotonic() >= deadline:
                 raise WaitTimeout(
                     f"waited {time.monotonic() - started:.1f} s for {store.path(key)}, which {lease.holder} is "
@@ -526,17 +538,23 @@ class Cache:
             time.sleep(random.uniform(pause / 2, pause))  # jitter: waiters must not poll in step
             pause = min(pause * 1.5, max(_FIRST_PAUSE, min(_LAST_PAUSE, self.settings.lease_seconds / 3)))
             # The entry first: once its owner has saved it, taking the freed lease would cost two
-            # requests for nothing.
+            # requests for nothing. One cheap request (stat) per poll, and only a version not yet
+            # judged is loaded: an entry kept but unusable here is not read again and again.
             waited = time.monotonic() - started
-            found = self._usable(key, progress, accept, polling=True)
+            current = store.stat(key)
+            if current is None or current.version == looked:
+                continue
+            looked = current.version
+            found = self._usable(key, progress, accept, look_first=accept is not None)
             if found is not None:
                 self._count(seconds_waiting=waited, lease_takeovers=lease.takeovers)
                 return found.value
         try:
-            self._count(seconds_waiting=waited and time.monotonic() - started, lease_takeovers=lease.takeovers)
-            found = self._usable(key, progress, accept, polling=True)  # saved while this one waited
-            if found is not None:
-                return found.value
+            if lease is not None:
+                self._count(seconds_waiting=waited and time.monotonic() - started, lease_takeovers=lease.takeovers)
+                found = self._usable(key, progress, accept, look_first=True)  # saved while this one waited
+                if found is not None:
+                    return found.value
             value = compute()
             self._count(computed=1)
             try:
@@ -546,13 +564,27 @@ class Cache:
                             **_event("save_failed", store.path(key)))
             return value
         finally:
-            lease.release()
+            if lease is not None:
+                lease.release()
+
+    @staticmethod
+    def _try_lease(lease: Lease, path: str) -> bool | None:
+        """Whether this process now holds the lease; ``None`` if it may not take leases at all
+        (read-only credentials): it then computes without coordinating, as a cache without
+        leases would, and says so."""
+        try:
+            return lease.try_acquire()
+        except AccessDenied as exc:
+            log.warning("cannot take a compute lease for %s (%s); computing without coordinating with other "
+                        "processes", path, exc)
+            return None
 
     def _usable(self, key: str, progress: entry.Progress | None, accept: Callable[[EntryInfo], bool] | None,
-                polling: bool) -> Entry | None:
-        """The entry under ``key`` if there is one ``accept`` takes. A poll looks before it loads
-        (one cheap request: ``exists``, or ``stat`` to judge by the header) and counts no miss."""
-        if polling:
+                look_first: bool) -> Entry | None:
+        """The entry under ``key`` if there is one ``accept`` takes. ``look_first``: look before
+        loading (one cheap request: ``exists``, or ``stat`` to judge by the header), so that
+        finding nothing counts no miss."""
+        if look_first:
             if accept is None:
                 if not self.store.exists(key):
                     return None

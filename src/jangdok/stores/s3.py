@@ -67,6 +67,7 @@ _PERMISSION = {
     "saving": "s3:PutObject",
     "deleting": "s3:DeleteObject",
     "listing": "s3:ListBucket",
+    "probing": "s3:PutObject and s3:DeleteObject",
 }
 
 
@@ -368,17 +369,22 @@ class S3Store(Store):
                                               conditional_write=self._honours_conditional_write())
         return self._capabilities
 
-    def _probe(self, trial: Callable[[str], bool], what: str) -> bool:
+    def _probe(self, trial: Callable[[str], bool], what: str) -> bool | None:
         """Run ``trial`` on a fresh probe object (created first, removed after; its reserved
         name keeps it out of listings, and ``cleanup`` removes one left by a crash) and return
-        its verdict; ``False`` if the probe itself fails. A few requests, once per store."""
+        its verdict; ``None`` if it could not be tried (no s3:PutObject, an outage). A few
+        requests, once per store."""
         probe = self.location.prefix + TEMP_MARKER + "probe-" + secrets.token_hex(8)
         try:
-            self.client.put_object(Bucket=self._bucket, Key=probe, Body=b"")
-            verdict = trial(probe)
-        except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:
-            log.debug("%s probe on %s failed (%s); assuming the condition is ignored", what, self.location.url, exc)
-            verdict = False
+            self._call("saving", None, lambda: self.client.put_object(Bucket=self._bucket, Key=probe, Body=b""))
+        except JangdokError as exc:  # read-only credentials, or an outage: nothing can be known
+            log.debug("cannot probe %s on %s (%s); not relying on it", what, self.location.url, exc)
+            return None
+        try:
+            verdict: bool | None = self._call("probing", None, lambda: trial(probe))
+        except JangdokError as exc:
+            log.debug("%s probe on %s failed (%s); not relying on it", what, self.location.url, exc)
+            verdict = None
         try:
             self.client.delete_object(Bucket=self._bucket, Key=probe)
         except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:
@@ -399,18 +405,18 @@ class S3Store(Store):
         condition refuses (412, or 409 for a concurrent write)."""
         honoured = self._probe(lambda probe: self._refused(lambda: self.client.put_object(
             Bucket=self._bucket, Key=probe, Body=b"", IfNoneMatch="*"), 409, 412), "conditional write")
-        if not honoured:
+        if honoured is False:
             log.warning("S3 endpoint %s ignores If-None-Match on PutObject: leases (compute once) are best "
                         "effort, and two processes may compute the same entry at the same time",
                         self.client.meta.endpoint_url)
-        return honoured
+        return bool(honoured)
 
     def _honours_conditional_delete(self) -> bool:
         """Delete the probe under an ETag it cannot have: a server that enforces the condition
         refuses (412), one that ignores it deletes."""
         honoured = self._probe(lambda probe: self._refused(lambda: self.client.delete_object(
             Bucket=self._bucket, Key=probe, IfMatch=_IMPOSSIBLE_ETAG), 412), "conditional delete")
-        if not honoured:
+        if honoured is False:
             log.warning("S3 endpoint %s ignores If-Match on DeleteObject: a damaged entry is deleted after a "
                         "check, and a good entry written in that instant could be deleted with it",
                         self.client.meta.endpoint_url)
@@ -440,7 +446,8 @@ class S3Store(Store):
             error = exc.response.get("Error", {})
             message = error.get("Message", "")
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-            if not error.get("Code") or headers.get("content-type", "").startswith("text/html"):
+            not_xml = not error.get("Code") or headers.get("content-type", "").startswith("text/html")
+            if not_xml and status < 500 and status != 429:  # a proxy's 502/503 page is an outage
                 return self._not_s3(verb, path, f"HTTP {status} with {headers.get('content-type') or 'no'} content")
             if code in _WRONG_REGION_CODES:
                 region = headers.get("x-amz-bucket-region") or _expected_region(message)
@@ -728,10 +735,10 @@ class S3Store(Store):
             return any(error.get("Code") == "PreconditionFailed" for error in response.get("Errors", []))
 
         honoured = self._probe(trial, "batch delete")
-        if not honoured:
+        if honoured is False:
             log.info("S3 endpoint %s ignores ETag conditions in DeleteObjects; prune deletes one key at a time",
                      self.client.meta.endpoint_url)
-        return honoured
+        return bool(honoured)
 
     def cleanup(self, older_than: float, prefix: str = "") -> int:
         """Abort multipart uploads under ``prefix`` that made no progress for ``older_than``

@@ -88,6 +88,8 @@ def test_get_summarises_or_writes_the_value(filled: Cache, env: dict[str, str], 
     assert np.array_equal(np.load(tmp_path / "a.npy"), LABEL[1])
     assert jangdok(env, "get", "other.pkl", "-o", str(tmp_path / "o.json"), "--format", "json").returncode == 0
     assert json.loads((tmp_path / "o.json").read_text()) == [1, 2, 3]
+    unwritable = jangdok(env, "get", "other.pkl", "-o", str(tmp_path / "no" / "such" / "folder.pkl"))
+    assert unwritable.returncode == 1 and unwritable.stderr.count("\n") == 1 and "cannot write" in unwritable.stderr
     refused = jangdok(env, "get", "other.pkl", "-o", str(tmp_path / "o.npy"), "--format", "npy")
     assert refused.returncode == 1 and "use --format pickle" in refused.stderr
     assert as_json(jangdok(env, "get", "other.pkl", "--json"))["summary"] == "list of 3: int"
@@ -133,6 +135,8 @@ def test_verify_reports_and_deletes_damage(filled: Cache, env: dict[str, str]) -
     assert filled.exists("labels/김치.pkl")  # reported, not deleted
     stat = jangdok(env, "stat", "labels/김치.pkl")
     assert stat.returncode == 3 and "damaged" in stat.stdout
+    assert jangdok(env, "ls", "-l").returncode == 0
+    assert filled.exists("labels/김치.pkl")  # looking never deletes
     assert jangdok(env, "verify", "--delete").returncode == 3
     assert not filled.exists("labels/김치.pkl") and jangdok(env, "verify").returncode == 0
 

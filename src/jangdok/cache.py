@@ -36,7 +36,7 @@ from .memoize import memoize as _memoize
 from .perprocess import PerProcess
 from .settings import Settings
 from .signing import Trust
-from .stores import ObjectInfo, Store, open_store
+from .stores import ObjectInfo, Reader, Store, open_store
 
 __all__ = ["Cache", "Entry", "EntryInfo", "TierStats", "PruneReport", "Verdict"]
 
@@ -316,7 +316,7 @@ class Cache:
             return {label: dataclasses.replace(tier) for label, tier in counters.tiers.items()}
 
     def _verified(self, key: str, path: str, read_once: Callable[[], T | None],
-                  after_discard: bool = False) -> T | None:
+                  after_discard: bool = False, repair: bool = True) -> T | None:
         """Run ``read_once`` until it returns something it could verify, or a miss.
 
         A read that finds another key's entry or damage is not believed at once: a response
@@ -346,6 +346,8 @@ class Cache:
         elif isinstance(problem, entry.ForeignEntry):
             self._count(skipped=1)
             log.warning("cache entry skipped (kept): %s: %s", path, problem, **_event("skipped", path))
+        elif not repair:
+            log.warning("cache entry unusable (left as it is): %s: %s", path, problem)
         elif self._discard(key, path, problem, version, source) and not after_discard:
             return self._verified(key, path, read_once, after_discard=True)
         return None
@@ -390,7 +392,7 @@ class Cache:
         return EntryInfo(key, path, label, size, header.created_at, header.metadata, header.version,
                          header.expires_at, header.serializer, header.key_id)
 
-    def stat(self, key: str) -> EntryInfo | None:
+    def stat(self, key: str, repair: bool = True) -> EntryInfo | None:
         """Size, creation time, metadata and store of an entry, reading only its header
         (one ranged read; a second only for metadata larger than the first read)."""
         key = normalize_key(key)
@@ -417,7 +419,7 @@ class Cache:
             parsed = header if isinstance(header, entry.EntryHeader) else None
             return self._info(key, path, found.size, parsed, found.modified)
 
-        return self._verified(key, path, read_once)
+        return self._verified(key, path, read_once, repair=repair)
 
     def _read_head(self, key: str, stop: int) -> tuple[bytes, ObjectInfo] | None:
         reader = self.store.read(key, 0, stop)
@@ -429,24 +431,37 @@ class Cache:
     def verify(self, key: str, delete_damaged: bool = False) -> Verdict:
         """Check one entry's checksum (and signature, with signing keys) without deserializing
         it, so nothing of it runs. With ``delete_damaged``, a damaged entry is deleted (the
-        version that was read)."""
+        version that was read) once a second read agrees, as loads do: damage in transit
+        must never cost a good entry."""
         key = normalize_key(key)
+        verdict, version = self._verify_once(key)
+        if verdict.status != "damaged" or not delete_damaged:
+            return verdict
+        again, version_again = self._verify_once(key)
+        if again.status != "damaged" or version_again != version:
+            return again  # the damage was in transit, or the entry was rewritten meanwhile
+        return dataclasses.replace(again, deleted=self.store.delete(key, version=version))
+
+    def _verify_once(self, key: str) -> tuple[Verdict, str | None]:
         reader = self.store.read(key)
         if reader is None:
-            return Verdict(key, "missing", "no entry under this key")
+            return Verdict(key, "missing", "no entry under this key"), None
         with reader:
             version, size, modified, label = reader.info.version, reader.size, reader.info.modified, reader.source
-            try:
-                header = entry.verify(reader, size, key, self.trust)
-            except CorruptEntry as exc:
-                deleted = delete_damaged and self.store.delete(key, version=version)
-                return Verdict(key, "damaged", str(exc), deleted)
-            except UntrustedEntry as exc:
-                return Verdict(key, "untrusted", str(exc))
-            except UnsupportedEntry as exc:
-                return Verdict(key, "unsupported", str(exc))
-            except entry.ForeignEntry as exc:
-                return Verdict(key, "foreign", str(exc))
+            verdict = self._judge(key, reader, size, modified, label)
+        return verdict, version
+
+    def _judge(self, key: str, reader: Reader, size: int, modified: float, label: str) -> Verdict:
+        try:
+            header = entry.verify(reader, size, key, self.trust)
+        except CorruptEntry as exc:
+            return Verdict(key, "damaged", str(exc))
+        except UntrustedEntry as exc:
+            return Verdict(key, "untrusted", str(exc))
+        except UnsupportedEntry as exc:
+            return Verdict(key, "unsupported", str(exc))
+        except entry.ForeignEntry as exc:
+            return Verdict(key, "foreign", str(exc))
         info = self._info(key, self.store.path(key), size, header, modified, label or None)
         if header is None and self.trust.signing and not self.trust.allow_legacy:
             return Verdict(key, "untrusted", "a plain pickle, which cannot carry a signature; this cache "

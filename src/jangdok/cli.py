@@ -110,7 +110,7 @@ def cmd_ls(ctx: Context) -> int:
             row: dict[str, Any] = {"key": item.key, "size": item.size, "age_seconds": round(now - item.modified, 1),
                                    "modified": item.modified}
             if args.long:
-                info = cache.stat(item.key)
+                info = cache.stat(item.key, repair=False)  # looking never deletes
                 row.update(tier=_tier(cache, item.key), format=_format(info),
                            signed_by=info.signed_by if info else None,
                            metadata=info.metadata if info else None)
@@ -133,12 +133,19 @@ def cmd_ls(ctx: Context) -> int:
 
 
 def cmd_stat(ctx: Context) -> int:
-    cache = ctx.cache
-    info = cache.stat(ctx.args.key)
-    if info is None:
-        raise Failure(f"no entry {ctx.args.key!r} in {cache.location.url}", EXIT_MISSING)
-    verdict = cache.verify(ctx.args.key)
-    document = {**asdict(info), "tier": _tier(cache, info.key), "format": _format(info),
+    cache, key = ctx.cache, ctx.args.key
+    tier = _tier(cache, key)  # before verifying, which reads the entry (and may copy it into a tier)
+    verdict = cache.verify(key)  # never deletes, never deserializes
+    if verdict.status == "missing":
+        raise Failure(f"no entry {key!r} in {cache.location.url}", EXIT_MISSING)
+    info = verdict.info or cache.stat(key, repair=False)
+    if info is None:  # not even its header can be read
+        if ctx.args.json:
+            ctx.emit({"key": key, "check": {"status": verdict.status, "detail": verdict.detail}})
+        else:
+            ctx.console.line(f"{key}: {ctx.console.paint(verdict.status, 'fail')}: {verdict.detail}")
+        return EXIT_PROBLEMS
+    document = {**asdict(info), "tier": tier, "format": _format(info),
                 "check": {"status": verdict.status, "detail": verdict.detail}}
     if ctx.args.json:
         ctx.emit(document)
@@ -214,7 +221,12 @@ def cmd_get(ctx: Context) -> int:
     if found is None:
         raise Failure(f"entry {key!r} could not be loaded (see the warning above)", EXIT_PROBLEMS)
     if ctx.args.output:
-        _write_value(found.value, ctx.args.output, ctx.args.format)
+        try:
+            _write_value(found.value, ctx.args.output, ctx.args.format)
+        except OSError as exc:
+            raise Failure(f"cannot write {ctx.args.output}: {exc.strerror or exc}") from exc
+        except (pickle.PicklingError, TypeError, AttributeError, ImportError) as exc:
+            raise Failure(f"cannot write the value as {ctx.args.format}: {exc}") from exc
         message = f"wrote {key} to {ctx.args.output} ({ctx.args.format})"
     else:
         message = _describe(found.value)

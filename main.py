@@ -177,31 +177,32 @@ def load_or_build(label: str, videos: list[Path], params: PipelineParams, data_d
 
     if cache is None:
         return build()
-    judged: list[tuple[EntryInfo, bool]] = []
+    accepted: list[EntryInfo] = []  # the last is the entry get_or_compute loaded, if it loaded one
+    refused: list[EntryInfo] = []
 
     def accept(info: EntryInfo) -> bool:
         # Plain pickles keep their parameters in the value: they are judged once loaded.
         usable = info.metadata is None or matches(info.metadata, expected)
-        judged.append((info, usable))
+        (accepted if usable else refused).append(info)
         return usable
 
     for _ in range(2):  # a second time only after removing a plain pickle of other parameters
+        saves = sum(tier.puts for tier in cache.stats().values())
         try:
             with TransferBar(f"📦 {label}") as bar:
                 value = cache.get_or_compute(key, build, metadata=expected, progress=bar, accept=accept)
         except JangdokError as exc:
-            warn(f"⚠️ {label} 캐시를 쓰지 못했습니다 (캐시 없이 계산합니다): {exc}")
+            warn(f"⚠️ {label} 캐시를 사용하지 못했습니다 (캐시 없이 계산합니다): {exc}")
             return built[0] if built else build()
-        if any(not usable for _, usable in judged):
-            warn(f"⚠️ {label} 캐시 파라미터가 다릅니다. 캐시 무효화.")
-            tally.invalidated += 1
-            judged.clear()
-        if built:
-            if cache.exists(key):
+        if built:  # computed here, whatever the cache held before
+            if refused:
+                warn(f"⚠️ {label} 캐시 파라미터가 다릅니다. 캐시 무효화.")
+                tally.invalidated += 1
+            if sum(tier.puts for tier in cache.stats().values()) > saves:  # else the library said why
                 say(f"💾 {label} 라벨 데이터 캐시 저장 ({STORE_NAMES[cache.store_label]}): "
                     f"{cache.store.path(key)} ({len(value)}개 샘플)")
             return value
-        info = judged[-1][0]
+        info = accepted[-1]
         sequences = reuse(label, value, info, expected, params)
         if sequences is not None:
             say(f"📂 {label} 라벨 데이터 캐시 로드 ({STORE_NAMES[info.store]}): {info.path} ({len(sequences)}개 샘플)")

@@ -345,3 +345,32 @@ def test_three_concurrent_runs_save_each_label_once_in_total(backend: str, reque
     assert sorted(saved) == sorted(LABELS), outputs  # each label once, in total
     for out in outputs:  # and every run has every label, computed or loaded
         assert len(lines(out, "💾")) + len(lines(out, "📂")) == len(LABELS), out
+
+
+def test_a_stale_entry_met_by_two_runs_at_once_is_recomputed_once(sample_data: Path, tmp_path: Path) -> None:
+    """Both runs find an entry computed with other parameters; one recomputes it, the other
+    waits and loads the new entry (no run fails, none computes twice)."""
+    import threading
+
+    params = chapter_main.params_from_config()
+    label = LABELS[0]
+    videos = load_labels(sample_data)[label]
+    folder = str(tmp_path / "cache")
+    Cache(folder).put(cache_file_name(label, params), [], metadata={"label": label, "params": "older parameters"})
+    tallies = [chapter_main.RunTally(), chapter_main.RunTally()]
+    results: list[object] = []
+
+    def run(tally: chapter_main.RunTally) -> None:
+        try:
+            results.append(len(chapter_main.load_or_build(label, videos, params, sample_data, Cache(folder), tally)))
+        except Exception as exc:  # noqa: BLE001 - the failure is the finding
+            results.append(exc)
+
+    threads = [threading.Thread(target=run, args=(tally,)) for tally in tallies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [100, 100]
+    assert sum(tally.seconds_computing > 0 for tally in tallies) == 1
+    assert sum(tally.invalidated for tally in tallies) == 1

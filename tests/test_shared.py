@@ -473,3 +473,47 @@ def test_read_only_credentials_compute_without_a_lease_and_misjudge_nothing(
         assert cache.get_or_compute("k.pkl", lambda: "value") == "value"
     assert "cannot take a compute lease" in caplog.text and "could not save it" in caplog.text
     assert "ignores" not in caplog.text  # the probes could not run: nothing is claimed about the server
+
+
+def test_a_lease_put_cut_short_does_not_hold_up_its_key(seaweed: SeaweedServer, proxy: FaultProxy,
+                                                          s3_url: str, s3_prefix: str,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The connection of the PUT creating the lease is cut after the server's 100 Continue.
+    SeaweedFS then stores an unreadable lease, and the retry is refused by it (412). Nobody can
+    be renewing a lease nobody can read: it is taken over at once, not after a lifetime."""
+    cache = Cache.from_settings(s3_settings(seaweed, s3_url, endpoint_url=proxy.endpoint, lease_seconds=30))
+    cache.store.capabilities  # noqa: B018 - probed before the fault is armed
+    proxy.lose_answer_to(rf"^PUT /jangdok-test/{s3_prefix}\.jangdok/leases/k\.pkl")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get_or_compute("k.pkl", lambda: "value") == "value"
+    assert time.monotonic() - started < 10
+    assert "not renewed" not in caplog.text
+    assert cache.stats()["S3"].computed == 1 and list(cache.keys()) == ["k.pkl"]
+
+
+def test_a_lease_write_that_landed_but_lost_its_answer_is_ours(seaweed: SeaweedServer, s3_url: str,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The creating PUT lands, its answer is lost, the retry meets the lease it made itself
+    (412). The call is real; only its answer is taken away, after the server has stored it."""
+    import botocore.exceptions as bce
+
+    cache = Cache.from_settings(s3_settings(seaweed, s3_url, lease_seconds=30))
+    client = cache.store.client
+    cache.store.capabilities  # noqa: B018
+    lost: list[int] = []
+    original = client.put_object
+
+    def put_object(**kwargs: Any) -> Any:
+        answer = original(**kwargs)
+        if ".jangdok/leases/" in kwargs["Key"] and not lost:
+            lost.append(1)
+            raise bce.ConnectionClosedError(endpoint_url=seaweed.endpoint)  # landed; the answer is lost
+        return answer
+
+    client.put_object = put_object
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get_or_compute("k.pkl", lambda: "value") == "value"
+    assert lost and time.monotonic() - started < 10
+    assert "taken over" not in caplog.text and cache.stats()["S3"].computed == 1

@@ -118,36 +118,58 @@ class ObjectLease(Lease):
 
     def _write_if(self, version: str | None) -> str | None:
         if self.store.capabilities.conditional_write:
-            return self.store.write_if(self.key, self._body(), version)
-        current = self.store.stat(self.key)  # best effort: the store warned it ignores conditions
-        if (current.version if current else None) != version:
+            written = self.store.write_if(self.key, self._body(), version)
+            if written is not None:
+                return written
+            # A retry whose first attempt landed (its answer lost) meets its own write and is
+            # refused: the lease then names this owner, and is this owner's.
+            current = self._read()
+            return current[0] if current is not None and current[1].get("owner") == self._me["owner"] else None
+        current_info = self.store.stat(self.key)  # best effort: the store warned it ignores conditions
+        if (current_info.version if current_info else None) != version:
             return None
         return self.store.write(self.key, self._body())
 
-    def try_acquire(self) -> bool:
+    def _read(self) -> tuple[str, dict[str, Any]] | None:
+        """The lease's version and fields (empty if torn or foreign), or None if there is none."""
         reader = self.store.read(self.key)
         if reader is None:
+            return None
+        with reader:
+            version, body = reader.info.version, reader.read()
+        try:
+            fields = json.loads(body)
+        except ValueError:
+            fields = None
+        return version, fields if isinstance(fields, dict) else {}
+
+    def try_acquire(self) -> bool:
+        current = self._read()
+        if current is None:
             version = self._write_if(None)
         else:
-            with reader:
-                seen, body = reader.info.version, reader.read()
+            seen, fields = current
             try:
-                fields = json.loads(body)
                 self.holder = str(fields["owner"])
                 lifetime = float(fields.get("lease_seconds", self.seconds))
-            except (ValueError, KeyError, TypeError):
-                lifetime = self.seconds  # torn or foreign: it expires like any other
-            now = time.monotonic()
-            if self._seen is None or self._seen[0] != seen:
-                self._seen = (seen, now)
-                return False
-            if now - self._seen[1] < lifetime:
-                return False
+            except (KeyError, TypeError, ValueError):
+                # No owner can be renewing a lease nobody can read (a PUT cut short, which some
+                # servers store): taken over at once, still by a write conditional on its version.
+                lifetime = 0.0
+            if lifetime:
+                now = time.monotonic()
+                if self._seen is None or self._seen[0] != seen:
+                    self._seen = (seen, now)
+                    return False
+                unrenewed = now - self._seen[1]
+                if unrenewed < lifetime:
+                    return False
             version = self._write_if(seen)
-            if version is not None:
+            if version is not None and lifetime:
                 self.takeovers += 1
-                log.warning("lease %s of %s was not renewed for %.0f s; taken over", self.path, self.holder,
-                            now - self._seen[1])
+                log.warning("lease %s of %s was not renewed for %.0f s; taken over", self.path, self.holder, unrenewed)
+            elif version is not None:
+                log.info("lease %s was unreadable (a write cut short); taken over", self.path)
         if version is None:
             return False
         self._version = version

@@ -60,6 +60,13 @@ def test_help_lists_every_command_with_one_line() -> None:
     assert "Exit status" in result.stdout
 
 
+def test_options_go_before_or_after_the_command(filled: Cache, env: dict[str, str], cache_url: str) -> None:
+    elsewhere = {**env, "CACHE_DIR": "some-other-folder"}
+    before = as_json(jangdok(elsewhere, "--cache", cache_url, "--json", "ls"))
+    after = as_json(jangdok(elsewhere, "ls", "--cache", cache_url, "--json"))
+    assert [row["key"] for row in before] == [row["key"] for row in after] and len(before) == 3
+
+
 def test_ls(filled: Cache, env: dict[str, str]) -> None:
     listed = as_json(jangdok(env, "ls", "--json"))
     assert [row["key"] for row in listed] == sorted(["labels/김치.pkl", "labels/small.pkl", "other.pkl"])

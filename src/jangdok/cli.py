@@ -1,6 +1,6 @@
 """The ``jangdok`` command: inspect, verify and clean a cache, and run a local S3 server.
 
-    jangdok COMMAND [--cache LOCATION] [--json] [--debug] ...
+    jangdok [--cache LOCATION] [--json] [--debug] COMMAND ...   (the options also after COMMAND)
 
 Every command works on a local folder, an S3 location or a tiered cache, taken from
 ``--cache`` or from the environment and ``.env`` files as the library reads them (``CACHE_DIR``
@@ -421,11 +421,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jangdok", description="Inspect, verify and clean a jangdok cache; run a local S3 server.",
         epilog="Exit status: 0 ok, 1 error, 2 usage, 3 problems found (verify, doctor), 4 missing key.")
     parser.add_argument("--version", action="version", version=f"jangdok {__version__}")
+
+    def options(target: argparse.ArgumentParser, default: Any) -> None:
+        # Before or after the command; after it, a default must not undo what came before.
+        target.add_argument("--cache", metavar="LOCATION", default=default,
+                            help="a folder, s3://bucket/prefix/ (default: CACHE_DIR from the environment or .env)")
+        target.add_argument("--json", action="store_true", default=default, help="print one JSON document for scripts")
+        target.add_argument("--debug", action="store_true", default=default, help="show tracebacks and jangdok's log")
+
+    options(parser, None)
+    parser.set_defaults(json=False, debug=False)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--cache", metavar="LOCATION",
-                        help="a folder, s3://bucket/prefix/ (default: CACHE_DIR from the environment or .env)")
-    common.add_argument("--json", action="store_true", help="print one JSON document for scripts")
-    common.add_argument("--debug", action="store_true", help="show tracebacks and jangdok's log")
+    options(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, summary: str, handler: Callable[[Context], int]) -> argparse.ArgumentParser:

@@ -548,11 +548,18 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
     _check_usable(header, key)
     signature = _signature(header, trust)
     check_size(header, size)
+    payload, digest = _read_payload(reader, header, progress, signature)
+    return Decoded(_materialize(header, payload, digest, signature), header)
+
+
+def _read_payload(reader: BinaryIO, header: EntryHeader, progress: Progress | None,
+                  signature: _Verifier | None) -> tuple[memoryview, str]:
+    """The payload, read into one buffer, and its checksum computed as it arrived; threads
+    hash its pieces for the signature meanwhile."""
     payload = memoryview(_allocate(header.payload_length))
     digest = xxhash.xxh3_128()
-    # Threads hash the payload's pieces for the signature as the reads complete them.
     _read_into(reader, payload, progress, digest if signature is None else _Both(digest, signature))
-    return Decoded(_materialize(header, payload, digest.hexdigest(), signature), header)
+    return payload, digest.hexdigest()
 
 
 def verify(reader: BinaryIO, size: int, key: str | None = None, trust: Trust | None = None) -> EntryHeader | None:
@@ -565,10 +572,7 @@ def verify(reader: BinaryIO, size: int, key: str | None = None, trust: Trust | N
     check_key(header, key)
     signature = _signature(header, trust)
     check_size(header, size)
-    payload = memoryview(_allocate(header.payload_length))
-    digest = xxhash.xxh3_128()
-    _read_into(reader, payload, None, digest if signature is None else _Both(digest, signature))
-    _check_payload(header, digest.hexdigest(), signature)
+    _check_payload(header, _read_payload(reader, header, None, signature)[1], signature)
     return header
 
 

@@ -246,7 +246,7 @@ def test_put_now_and_then_removes_stale_temp_files_next_to_its_key(tmp_path: Pat
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    import jangdok.cache
+    import jangdok.entries
     from jangdok.location import TEMP_MARKER
 
     folder = tmp_path / "cache" / "chapters"
@@ -255,7 +255,7 @@ def test_put_now_and_then_removes_stale_temp_files_next_to_its_key(tmp_path: Pat
     stale.write_bytes(b"half an entry")
     young.write_bytes(b"a write in progress")
     os.utime(stale, (time.time() - 2 * 3600,) * 2)
-    monkeypatch.setattr(jangdok.cache, "CLEANUP_CHANCE", 1.0)
+    monkeypatch.setattr(jangdok.entries, "CLEANUP_CHANCE", 1.0)
     with Cache(tmp_path / "cache", fallback=False) as cache:
         cache.put("chapters/x.pkl", 1)
     assert not stale.exists() and young.exists()

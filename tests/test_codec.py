@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jangdok import ConfigError, CorruptEntry, UnsupportedEntry
-from jangdok.codec import MIN_SIZE, Compression, compress, decompress_into
+from jangdok.entry.codec import MIN_SIZE, Compression, compress, decompress_into
 
 RNG_SEED = 20240611
 

@@ -139,7 +139,7 @@ def test_reader_limits_are_not_mistaken_for_damage(monkeypatch: pytest.MonkeyPat
     def out_of_memory(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr(entry.pickle, "loads", out_of_memory)
+    monkeypatch.setattr(entry.format.pickle, "loads", out_of_memory)
     with pytest.raises(MemoryError):
         entry.decode(io.BytesIO(data), len(data))
 

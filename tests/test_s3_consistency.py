@@ -18,7 +18,7 @@ from faultproxy import FaultProxy
 from helpers import BUCKET, s3_settings
 from seaweed import SeaweedServer, credentials_env
 
-import jangdok.cache
+import jangdok.entries
 from jangdok import Cache, parse_location
 from jangdok.stores import Store, open_store
 from jangdok.stores.s3 import MIN_PART_SIZE, S3Store
@@ -128,8 +128,8 @@ def test_put_now_and_then_aborts_stale_uploads_next_to_its_key(seaweed, s3_url: 
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     client = seaweed.client()
     client.create_multipart_upload(Bucket=BUCKET, Key=s3_prefix + "old.pkl")
-    monkeypatch.setattr(jangdok.cache, "CLEANUP_AGE", 0.0)
-    monkeypatch.setattr(jangdok.cache, "CLEANUP_CHANCE", 1.0)
+    monkeypatch.setattr(jangdok.entries, "CLEANUP_AGE", 0.0)
+    monkeypatch.setattr(jangdok.entries, "CLEANUP_CHANCE", 1.0)
     with Cache.from_settings(s3_settings(seaweed, s3_url)) as cache:
         cache.put("new.pkl", {"fresh": True})
     assert _list_uploads(seaweed, s3_prefix) == []

@@ -22,7 +22,7 @@ import xxhash
 
 from jangdok import Cache, ConfigError, Secret, Settings
 from jangdok.entry import encode, read_header
-from jangdok.signing import Trust, key_id
+from jangdok.entry.signing import Trust, key_id
 
 KEY = "team-key-0123456789abcdef"
 OTHER_KEY = "another-teams-key-fedcba9876543210"

@@ -11,7 +11,7 @@ Format version 2, written by this version::
     header_hash  u32 BE    xxh32 of everything before it (magic to JSON header)
     mac          mac_length bytes: HMAC-SHA256, with the key named by key_id, of the bytes from
                  the magic to the end of the JSON header followed by the SHA-256 of each
-                 mac_chunk bytes of the payload (0 bytes when unsigned; see jangdok.signing)
+                 mac_chunk bytes of the payload (0 bytes when unsigned; see jangdok.entry.signing)
     padding      zeros up to a multiple of 64 bytes from the start of the entry
     payload      the pickle-5 stream (stream_length bytes), then each out-of-band buffer at a
                  64-byte aligned offset; ``buffers`` lists their stored lengths in order, and
@@ -30,7 +30,7 @@ The magic starts with a non-ASCII byte and contains CR LF, so text-mode mangling
 and it cannot start a pickle (protocol 2+ pickles start with ``\\x80``, older ones with ASCII).
 Anything without the magic is read as the seed's plain pickle. The payload digest is xxh3-128:
 non-cryptographic but it detects truncation and bit flips at memory speed. Against tampering,
-a reader holding signing keys (:mod:`jangdok.signing`) also requires a valid MAC, checked
+a reader holding signing keys (:mod:`jangdok.entry.signing`) also requires a valid MAC, checked
 with the digest before anything is unpickled or decompressed: damage fails the digest (and may
 be deleted), a forgery or another team's key fails only the MAC (and is kept). Readers ignore
 header fields they do not know.
@@ -52,8 +52,8 @@ from typing import Any, BinaryIO
 
 import xxhash
 
+from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry, UntrustedEntry
 from . import safe
-from .errors import CorruptEntry, InvalidValue, UnsupportedEntry, UntrustedEntry
 from .signing import (
     MAC_ALGORITHM,
     MAC_CHUNK,
@@ -67,7 +67,7 @@ from .signing import (
 
 __all__ = ["EntryHeader", "Decoded", "ForeignEntry", "ExpiredEntry", "Progress", "encode", "decode", "decode_buffer",
            "read_header", "header_size", "check_key", "check_size", "keys_match", "verify", "FORMAT_VERSION", "MAGIC",
-           "MAX_METADATA_BYTES", "HEADER_PROBE_BYTES"]
+           "MAX_METADATA_BYTES", "HEADER_PROBE_BYTES", "ALIGNMENT"]
 
 MAGIC = b"\x89JDK\r\n\x1a\n"
 FORMAT_VERSION = 2
@@ -117,7 +117,7 @@ class StoredBuffer:
     offset: int
     stored_length: int
     compression: Any = None
-    """A :class:`jangdok.codec.Compression`, or ``None`` for bytes stored as they are."""
+    """A :class:`jangdok.entry.codec.Compression`, or ``None`` for bytes stored as they are."""
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,7 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     The chunks are views of the value's own arrays, not copies: keep the value unchanged until
     they are written. ``key`` is recorded so that a reader can tell an entry that reached it by
     mistake. ``compression`` is ``none`` or ``zstd``; ``serializer`` is ``pickle`` or ``safe``
-    (:mod:`jangdok.safe`). With signing keys in ``trust``, the entry is signed with the first.
+    (:mod:`jangdok.entry.safe`). With signing keys in ``trust``, the entry is signed with the first.
     Raises InvalidValue for a value the serializer cannot store, or metadata that is not a
     mapping, not JSON or too large; nothing is written then.
     """

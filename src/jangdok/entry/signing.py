@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .perprocess import PerProcess
-from .settings import Secret
+from ..perprocess import PerProcess
+from ..settings import Secret
 
 __all__ = ["Trust", "PieceDigests", "MAC_ALGORITHM", "MAC_LENGTH", "MAC_CHUNK", "MIN_MAC_CHUNK", "MAX_MAC_CHUNK",
            "key_id", "payload_mac"]

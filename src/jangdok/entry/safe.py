@@ -26,7 +26,7 @@ import json
 import math
 from typing import Any
 
-from .errors import CorruptEntry, InvalidValue, UnsupportedEntry
+from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry
 
 __all__ = ["NAME", "dumps", "loads"]
 

@@ -37,7 +37,7 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError, CorruptEntry, UnsupportedEntry
+from ..errors import ConfigError, CorruptEntry, UnsupportedEntry
 
 __all__ = ["Compression", "compress", "check_frame", "decompress_into", "CODECS", "MIN_SIZE"]
 

@@ -18,6 +18,7 @@ import pytest
 # Test helpers, and the golden-file script (tests/data) whose constants the tests compare to.
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent / "data")]
 
+from faultproxy import FaultProxy  # noqa: E402
 from helpers import BUCKET, s3_settings  # noqa: E402
 from motoserver import start_moto  # noqa: E402
 from seaweed import SeaweedServer, credentials_env, start_seaweed  # noqa: E402
@@ -69,6 +70,14 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
     """moto's S3 server, a second implementation, with the same bucket as ``seaweed``."""
     yield from _serving_the_bucket(start_moto(tmp_path_factory.mktemp("moto")))
+
+
+@pytest.fixture
+def proxy(seaweed: SeaweedServer) -> Iterator[FaultProxy]:
+    """A fault-injecting, request-recording TCP proxy in front of the SeaweedFS server."""
+    running = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
+    yield running
+    running.close()
 
 
 @pytest.fixture

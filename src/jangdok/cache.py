@@ -14,14 +14,13 @@ import logging
 import math
 import os
 import threading
-import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import compute as _compute
-from . import entry
+from . import entry, expiry
 from .entries import CLEANUP_AGE, Counters, Entries, Entry, EntryInfo, TierStats, Verdict, megabytes
 from .entry import Trust
 from .errors import InvalidValue
@@ -250,35 +249,57 @@ class Cache:
         :meth:`cleanup` does. ``dry_run`` reports without removing anything.
 
         Each entry is removed only in the version that was listed, so one rewritten meanwhile
-        by another process stays. Finding expired entries reads each entry's header (one
-        ranged read per entry on S3); on a bucket, a lifecycle rule expiring objects by age
-        does the ``older_than`` part without any client. ``progress(done, total)`` follows
-        the entries examined.
+        by another process stays. Expired entries are found by their expiry markers (see
+        :mod:`jangdok.expiry`): a listing, plus one header read per entry whose marker is due,
+        so a cache without TTLs costs a listing and nothing per entry. On a bucket, a lifecycle
+        rule expiring objects by age does the ``older_than`` part without any client.
+        ``progress(done, total)`` follows the entries examined.
         """
-        now = time.time()
+        now = self.entries.clock()
+        expired, stale_markers = self._expired(now)
         doomed: list[ObjectInfo] = []
         kept: list[ObjectInfo] = []
         listed = [found for found in self.store.list() if not is_reserved(found.key)]
         for done, found in enumerate(listed, 1):
             old = older_than is not None and now - found.modified > older_than
-            (doomed if old or self.entries.expired(found.key, now) else kept).append(found)
+            (doomed if old or found.key in expired else kept).append(found)
             if progress is not None:
                 progress(done, len(listed))
         if max_bytes is not None:
             kept.sort(key=lambda found: found.modified)  # the least recently written go first
-            total = sum(found.size for found in kept)
-            while kept and total > max_bytes:
-                total -= kept[0].size
-                doomed.append(kept.pop(0))
+            excess = sum(found.size for found in kept) - max_bytes
+            oldest = 0
+            while oldest < len(kept) and excess > 0:
+                excess -= kept[oldest].size
+                oldest += 1
+            doomed += kept[:oldest]
         if dry_run:
             return PruneReport(tuple(found.key for found in doomed), sum(found.size for found in doomed), 0, True)
         gone = set(self.store.delete_many(doomed))
         removed = [found for found in doomed if found.key in gone]
+        # An expired entry's markers go with it; one kept (rewritten meanwhile) keeps them for the next prune.
+        self.store.delete_many([*stale_markers, *(marker for key in gone for marker in expired.get(key, ()))])
         freed = sum(found.size for found in removed)
         leftovers = self.cleanup(CLEANUP_AGE)
         log.info("prune removed %d entries (%s) and %d leftover(s) under %s", len(removed), megabytes(freed),
                  leftovers, self.store.location.url)
         return PruneReport(tuple(found.key for found in removed), freed, leftovers, False)
+
+    def _expired(self, now: float) -> tuple[dict[str, list[ObjectInfo]], list[ObjectInfo]]:
+        """The keys whose entries have expired, with their due markers; and the due markers
+        that are stale."""
+        due: dict[str | None, list[ObjectInfo]] = {}
+        for found in expiry.due_markers(self.store, now):
+            due.setdefault(found.key, []).append(found.marker)
+        stale = due.pop(None, [])
+        expired: dict[str, list[ObjectInfo]] = {}
+        for key, markers in due.items():
+            info = self.entries.info(key, repair=False)  # prune judges expiry; reads judge damage
+            if info is not None and info.expires_at is not None and info.expires_at <= now:
+                expired[key] = markers
+            else:  # gone, or rewritten without a TTL or with a later one (and a marker not yet due)
+                stale += markers
+        return expired, stale
 
     def cleanup(self, older_than: float = CLEANUP_AGE) -> int:
         """Remove what writers killed mid-write left behind: the store's orphaned temporary

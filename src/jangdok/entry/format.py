@@ -509,10 +509,10 @@ def check_key(header: EntryHeader, key: str | None) -> None:
         raise ForeignEntry(f"the entry read for key {key!r} was written for key {header.key!r}")
 
 
-def _check_usable(header: EntryHeader, key: str | None) -> None:
+def _check_usable(header: EntryHeader, key: str | None, now: float | None) -> None:
     """Before any payload is read: the entry is this key's, and has not expired."""
     check_key(header, key)
-    if header.expires_at is not None and header.expires_at <= time.time():
+    if header.expires_at is not None and header.expires_at <= (time.time() if now is None else now):
         raise ExpiredEntry(f"the entry expired at {header.expires_at:.0f} (seconds since the epoch)")
 
 
@@ -526,13 +526,14 @@ def check_size(header: EntryHeader, size: int) -> None:
 
 
 def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progress | None = None,
-           trust: Trust | None = None) -> Decoded:
+           trust: Trust | None = None, now: float | None = None) -> Decoded:
     """Read, verify and deserialize a whole entry from a stream of ``size`` bytes.
 
     The payload is read once, into one buffer that the loaded arrays then share. With
     ``key``, an entry recorded under another key raises ForeignEntry before its payload is
-    read. Knowing the size up front is what lets a damaged length be refused before anything
-    is allocated for it, and it makes bytes after the payload a size mismatch.
+    read, and one expired at ``now`` (default: the current time) raises ExpiredEntry. Knowing
+    the size up front is what lets a damaged length be refused before anything is allocated
+    for it, and it makes bytes after the payload a size mismatch.
 
     Raises CorruptEntry for damage (the caller may delete the entry), UnsupportedEntry for
     intact entries this process cannot use, and UntrustedEntry, before anything is unpickled,
@@ -541,11 +542,11 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
     if size <= _WHOLE_READ:  # one read call, then parsed in memory: small entries are latency
         whole = memoryview(bytearray(size))
         _read_into(reader, whole, progress)
-        return decode_buffer(whole, key, trust)
+        return decode_buffer(whole, key, trust, now)
     header = read_header(reader)
     if not isinstance(header, EntryHeader):
         return Decoded(_load_legacy(header + reader.read(), trust), None)
-    _check_usable(header, key)
+    _check_usable(header, key, now)
     signature = _signature(header, trust)
     check_size(header, size)
     payload, digest = _read_payload(reader, header, progress, signature)
@@ -576,7 +577,8 @@ def verify(reader: BinaryIO, size: int, key: str | None = None, trust: Trust | N
     return header
 
 
-def decode_buffer(view: memoryview, key: str | None = None, trust: Trust | None = None) -> Decoded:
+def decode_buffer(view: memoryview, key: str | None = None, trust: Trust | None = None,
+                  now: float | None = None) -> Decoded:
     """Verify and deserialize an entry held whole in memory (read whole, or a memory-mapped
     file): the loaded arrays are views of it, so nothing is copied."""
     needed = header_size(bytes(view[: _PREFIX.size]))
@@ -585,7 +587,7 @@ def decode_buffer(view: memoryview, key: str | None = None, trust: Trust | None 
     header = read_header(io.BytesIO(view[:needed]))  # a copy of the header only
     if not isinstance(header, EntryHeader):  # cannot happen: the magic was checked above
         raise CorruptEntry("entry header is unreadable")
-    _check_usable(header, key)
+    _check_usable(header, key, now)
     signature = _signature(header, trust)
     check_size(header, view.nbytes)
     payload = view[header.header_size :]

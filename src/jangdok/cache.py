@@ -288,10 +288,13 @@ class Cache:
     def _expired(self, now: float) -> tuple[dict[str, list[ObjectInfo]], list[ObjectInfo]]:
         """The keys whose entries have expired, with their due markers; and the due markers
         that are stale."""
-        due: dict[str | None, list[ObjectInfo]] = {}
+        due: dict[str, list[ObjectInfo]] = {}
+        stale: list[ObjectInfo] = []
         for found in expiry.due_markers(self.store, now):
-            due.setdefault(found.key, []).append(found.marker)
-        stale = due.pop(None, [])
+            if found.key is None:
+                stale.append(found.marker)
+            else:
+                due.setdefault(found.key, []).append(found.marker)
         expired: dict[str, list[ObjectInfo]] = {}
         for key, markers in due.items():
             info = self.entries.info(key, repair=False)  # prune judges expiry; reads judge damage

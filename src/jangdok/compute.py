@@ -83,7 +83,7 @@ def get_or_compute(entries: Entries, key: str, compute: Callable[[], T], metadat
             entries.save(key, value, metadata, progress, ttl)
         except JangdokError as exc:
             log.warning("computed %s but could not save it: %s", store.path(key), exc,
-                        **event("save_failed", store.path(key)))
+                        extra=event("save_failed", store.path(key)))
         return value
     finally:
         if lease is not None:

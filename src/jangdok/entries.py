@@ -54,10 +54,10 @@ class _Rejected(Exception):
         """The tier that served the read, if the store says (``Reader.source``)."""
 
 
-def event(name: str, path: str) -> dict[str, dict[str, str]]:
+def event(name: str, path: str) -> dict[str, str]:
     """``extra=`` for a log record, so apps can render cache events their own way (the
     records carry ``jangdok_event`` and ``jangdok_path``) without parsing messages."""
-    return {"extra": {"jangdok_event": name, "jangdok_path": path}}
+    return {"jangdok_event": name, "jangdok_path": path}
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ class Entries:
         seconds = time.perf_counter() - started
         self.count(hits=1, bytes_read=size, seconds_reading=seconds, label=label)
         log.info("cache loaded (%s): %s, %s in %.1f ms", label, path, megabytes(size),
-                 seconds * 1e3, **event("loaded", path))
+                 seconds * 1e3, extra=event("loaded", path))
         return Entry(decoded.value, info)
 
 
@@ -250,7 +250,7 @@ class Entries:
             self.count(skipped=1)
         elif isinstance(problem, entry.ForeignEntry):
             self.count(skipped=1)
-            log.warning("cache entry skipped (kept): %s: %s", path, problem, **event("skipped", path))
+            log.warning("cache entry skipped (kept): %s: %s", path, problem, extra=event("skipped", path))
         elif not repair:
             log.warning("cache entry unusable (left as it is): %s: %s", path, problem)
         elif self._discard(key, path, problem, version, source) and not after_discard:
@@ -262,16 +262,16 @@ class Entries:
         if isinstance(problem, UnsupportedEntry):
             self.count(skipped=1)
             log.warning("cache entry skipped (kept for other readers): %s: %s", path, problem,
-                        **event("skipped", path))
+                        extra=event("skipped", path))
             return False
         if isinstance(problem, UntrustedEntry):
             self.count(untrusted=1, label=source)
             if not self.settings.delete_untrusted:
                 log.warning("cache entry refused, not loaded (kept for whoever holds its key; "
                             "JANGDOK_DELETE_UNTRUSTED=1 deletes such entries): %s: %s", path, problem,
-                            **event("untrusted", path))
+                            extra=event("untrusted", path))
                 return False
-            log.warning("cache entry refused, not loaded: %s: %s", path, problem, **event("untrusted", path))
+            log.warning("cache entry refused, not loaded: %s: %s", path, problem, extra=event("untrusted", path))
         what = "untrusted" if isinstance(problem, UntrustedEntry) else "corrupt"
         try:
             # Only the version that was read: a writer may have replaced it with a good entry.
@@ -284,7 +284,7 @@ class Entries:
                 self.count(corrupt_deleted=1, label=source)
             where = f" ({source})" if source else ""
             log.warning("%s cache entry deleted%s: %s: %s", what, where, path, problem,
-                        **event(f"{what}_deleted", path))
+                        extra=event(f"{what}_deleted", path))
         else:
             log.warning("%s cache entry already replaced: %s: %s", what, path, problem)
         return deleted
@@ -395,7 +395,7 @@ class Entries:
         seconds = time.perf_counter() - started
         self.count(puts=1, bytes_written=total, seconds_writing=seconds)
         log.info("cache saved (%s): %s, %s in %.1f ms", store.name, path, megabytes(total),
-                 seconds * 1e3, **event("saved", path))
+                 seconds * 1e3, extra=event("saved", path))
         if random.random() < CLEANUP_CHANCE:
             self._tidy(key.rpartition("/")[0] + "/" if "/" in key else "")
         return self._info(key, path, header.entry_size, header, header.created_at)

@@ -2,7 +2,7 @@
 
 An entry's expiry time is in its header, so finding expired entries by their headers costs a
 read per entry (on S3, a request each). Instead, an entry saved with a TTL also gets a
-*marker*: an empty object named ``.jangdok/expiry/<key>/<t>``, where ``t`` is the expiry time
+*marker*: a small object (holding the key) named ``.jangdok/expiry/<key>/<t>``, where ``t`` is the expiry time
 in whole milliseconds since the epoch, rounded up. A listing of the markers (one request per 1,000
 on S3) says which entries may have expired, and when; a cache where no entry has a TTL has no
 markers at all. Only the entries whose marker is due are read (their headers), because a
@@ -11,7 +11,7 @@ deleted since. A stale marker is removed by the prune that finds it.
 
 A marker is written before its entry, so a process killed between the two leaves a stale
 marker, never an expiring entry without one. Keys too long to fit under the markers' folder
-(S3's 1,024 bytes) get a marker under ``.jangdok/expiry-long/<hash>/<t>`` holding the key.
+(S3's 1,024 bytes) get a marker under ``.jangdok/expiry-long/<hash>/<t>``, whose body names them.
 
 Entries saved with a TTL by jangdok versions before markers are not found by this; reads treat
 them as misses all the same, and ``older_than`` or a bucket lifecycle rule removes them.
@@ -53,8 +53,10 @@ def marker_for(store: Store, key: str, expires_at: float) -> tuple[str, bytes]:
     try:
         store.path(plain)  # the store's own length rules (S3: the prefix counts too)
     except InvalidKey:
-        return f"{_LONG_MARKERS}{xxhash.xxh3_128_hexdigest(key.encode())}/{when}", key.encode()
-    return plain, b""
+        plain = f"{_LONG_MARKERS}{xxhash.xxh3_128_hexdigest(key.encode())}/{when}"
+    # Never an empty body: SeaweedFS answers an empty PutObject with a stray line that the next
+    # response on the same connection then trips over.
+    return plain, key.encode()
 
 
 def due_markers(store: Store, now: float) -> Iterator[Due]:

@@ -1,0 +1,565 @@
+"""The S3 store: objects under ``s3://bucket/prefix/``, read, written and deleted through the
+store contract, with our own retries (see :mod:`jangdok.stores.s3`)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import botocore.exceptions as bce
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from ...errors import AccessDenied, ConfigError, JangdokError, StoreUnavailable
+from ...location import TEMP_MARKER, Location, validate_key
+from ...perprocess import PerProcess
+from ...retry import RetryBudget, RetryExhausted, RetryPolicy
+from ...settings import Settings
+from ..base import UNCHANGED, Chunks, ObjectInfo, Reader, Store, Unchanged, check_range
+from .bodies import ChunkFile, Sent, split_into_parts
+from .capabilities import ProbedCapabilities
+from .client import make_client
+from .translate import MISSING_CODES, ShortBody, Target, error_code, is_transient, not_s3, translate
+
+__all__ = ["S3Store", "MIN_PART_SIZE", "DEFAULT_PART_SIZE"]
+
+log = logging.getLogger("jangdok")
+T = TypeVar("T")
+
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every multipart part but the last
+# Up to this size a value goes up in one PutObject: measured on 2 cores, one 48 MB PUT beat
+# 3-6 sequential parts (each part is a request, and parallel parts compete with the server
+# for the same cores). Above it, parts of this size: a retried part resends at most this much.
+DEFAULT_PART_SIZE = 64 * 1024 * 1024
+# A body read that breaks loses what it had read, so reads stay small enough that a resumed
+# transfer repeats little, and large enough to cost nothing per byte.
+BODY_READ_SIZE = 1024 * 1024
+# User metadata naming the multipart upload that made an object.
+_UPLOAD_TOKEN = "jangdok-upload"
+_IMPOSSIBLE_ETAG = '"' + "0" * 32 + '"'  # no object has it: conditions on it must fail
+_BATCH_DELETE = 1000  # DeleteObjects' maximum keys per request
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
+
+
+def _range_start_and_total(response: dict[str, Any]) -> tuple[int, int]:
+    """Where a (ranged) GET response starts in the object, and the object's total size."""
+    match = _CONTENT_RANGE.match(response.get("ContentRange") or "")
+    if match:
+        return int(match.group(1)), int(match.group(2))
+    return 0, int(response["ContentLength"])
+
+
+class _S3Reader(Reader):
+    """An object's bytes ``[start, end)``, resuming broken transfers where they stopped.
+
+    Resumed requests are pinned to the first response's ETag and must start exactly where the
+    transfer broke, so the bytes delivered always come from one version of the object.
+    """
+
+    def __init__(self, store: S3Store, key: str, response: dict[str, Any], start: int) -> None:
+        super().__init__()
+        self._store = store
+        self._key = key
+        self._body = response["Body"]
+        self._budget = store.policy.budget()
+        if "ContentLength" not in response:
+            self._body.close()
+            raise StoreUnavailable(f"S3 error loading {store.path(key)}: the response has no Content-Length; "
+                                   "is a proxy rewriting responses between here and the endpoint?")
+        self.size = int(response["ContentLength"])
+        _, total = _range_start_and_total(response)
+        self.info = ObjectInfo(key, total, response["LastModified"].timestamp(), response.get("ETag") or "")
+        self._pos = start
+        self._end = start + self.size
+
+    def _drop_body(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+
+    def _resume(self) -> None:
+        path = self._store.path(self._key)
+        if not self.info.version:
+            raise StoreUnavailable(f"S3 error loading {path}: the transfer broke and the server gave no ETag "
+                                   "to resume it safely; load it again")
+        log.debug("resuming %s at byte %d", path, self._pos)
+        response = self._store._get_object(self._key, self._pos, self._end, if_match=self.info.version)
+        if _range_start_and_total(response)[0] != self._pos:
+            response["Body"].close()
+            raise StoreUnavailable(f"S3 error loading {path}: the server ignored the byte range of a resumed "
+                                   "transfer; load it again")
+        self._body = response["Body"]
+
+    def _read_some(self, target: memoryview) -> int:
+        if self._body is None:
+            self._resume()
+        try:
+            count = self._body.readinto(target[:BODY_READ_SIZE])  # straight from the socket, no copy
+        except BaseException:
+            self._drop_body()
+            raise
+        if not count:
+            self._drop_body()
+            raise ShortBody(f"connection closed at byte {self._pos} of {self._end}")
+        return count
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        target = memoryview(buffer).cast("B")[: self._end - self._pos]
+        if not target.nbytes:
+            return 0
+        count = self._store._call("loading", self._key, lambda: self._read_some(target), self._budget)
+        self._budget.progressed()
+        self._pos += count
+        return count
+
+    def close(self) -> None:
+        self._drop_body()
+        super().close()
+
+
+class S3Store(Store):
+    """Objects under ``s3://bucket/prefix/``; a key maps to ``prefix + key``."""
+
+    name = "S3"
+
+    def __init__(self, location: Location, settings: Settings, part_size: int = DEFAULT_PART_SIZE) -> None:
+        if not location.is_s3:
+            raise ValueError(f"S3Store needs an s3:// location, got {location.url}")
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
+        self.location = location
+        self.settings = settings
+        self.part_size = part_size
+        self.list_page_size = 1000  # S3's maximum keys per listing request
+        # identity: the masked access key the client signs with, e.g. "****ABCD", for messages
+        client, self.identity = make_client(settings)
+        self._clients = PerProcess(lambda: make_client(settings)[0], client)
+        self.policy = RetryPolicy(
+            max_attempts=settings.max_attempts,
+            total_timeout=settings.total_timeout,
+            attempt_timeout=settings.connect_timeout + settings.read_timeout,
+        )
+        self._bucket = location.root
+        endpoint = client.meta.endpoint_url
+        self.capabilities = ProbedCapabilities(endpoint, self._bucket, {
+            "conditional_write": self._probe_conditional_write,
+            "conditional_delete": self._probe_conditional_delete,
+            "conditional_batch_delete": self._probe_conditional_batch_delete,
+        })
+        self._target = Target(bucket=self._bucket, endpoint=endpoint, region=client.meta.region_name,
+                              identity=self.identity, credentials_source=settings.credentials_source,
+                              endpoint_setting=settings.endpoint_url, session_token=bool(settings.session_token))
+
+    @property
+    def client(self) -> Any:
+        """This process's boto3 client: a forked child never shares its parent's connections."""
+        return self._clients.get()
+
+    # -- probes of what the server honours (see ProbedCapabilities) ------------------------
+
+    def _probe(self, trial: Callable[[str], bool], what: str) -> bool | None:
+        """Run ``trial`` on a fresh probe object (created first, removed after; its reserved
+        name keeps it out of listings, and ``cleanup`` removes one left by a crash) and return
+        its verdict; ``None`` if it could not be tried (no s3:PutObject, an outage)."""
+        probe = self.location.prefix + TEMP_MARKER + "probe-" + secrets.token_hex(8)
+        try:
+            self._call("saving", None, lambda: self.client.put_object(Bucket=self._bucket, Key=probe, Body=b""))
+        except JangdokError as exc:  # read-only credentials, or an outage: nothing can be known
+            log.debug("cannot probe %s on %s (%s); asking again later", what, self.location.url, exc)
+            return None
+        try:
+            verdict: bool | None = self._call("probing", None, lambda: trial(probe))
+        except JangdokError as exc:
+            log.debug("%s probe on %s failed (%s); asking again later", what, self.location.url, exc)
+            verdict = None
+        try:
+            self.client.delete_object(Bucket=self._bucket, Key=probe)
+        except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:
+            log.debug("could not remove the probe object %s: %s", probe, exc)
+        return verdict
+
+    def _refused(self, request: Callable[[], object], *statuses: int) -> bool:
+        try:
+            request()
+        except bce.ClientError as exc:
+            if error_code(exc)[1] in statuses:
+                return True
+            raise
+        return False
+
+    def _probe_conditional_write(self) -> bool | None:
+        """Write the probe again under each condition of ``write_if``: ``If-None-Match: *``
+        (create only if absent: taking a lease) and ``If-Match`` with an ETag it cannot have
+        (replace only that version: renewing or taking over one). A server that enforces a
+        condition refuses (412, or 409 for a concurrent write); one may enforce one and not
+        the other, and leases need both."""
+
+        def ignored(probe: str) -> list[str]:
+            conditions = {"If-None-Match": {"IfNoneMatch": "*"}, "If-Match": {"IfMatch": _IMPOSSIBLE_ETAG}}
+            return [header for header, condition in conditions.items() if not self._refused(
+                lambda condition=condition: self.client.put_object(Bucket=self._bucket, Key=probe, Body=b"",
+                                                                   **condition), 409, 412)]
+
+        found: list[str] = []
+
+        def trial(probe: str) -> bool:
+            found[:] = ignored(probe)
+            return not found
+
+        honoured = self._probe(trial, "conditional write")
+        if honoured is False:
+            log.warning("S3 endpoint %s ignores %s on PutObject: leases (compute once) are best effort, and two "
+                        "processes may compute the same entry at the same time", self.client.meta.endpoint_url,
+                        " and ".join(found))
+        return honoured
+
+    def _probe_conditional_delete(self) -> bool | None:
+        """Delete the probe under an ETag it cannot have: a server that enforces the condition
+        refuses (412), one that ignores it deletes."""
+        honoured = self._probe(lambda probe: self._refused(lambda: self.client.delete_object(
+            Bucket=self._bucket, Key=probe, IfMatch=_IMPOSSIBLE_ETAG), 412), "conditional delete")
+        if honoured is False:
+            log.warning("S3 endpoint %s ignores If-Match on DeleteObject: a damaged entry is deleted after a "
+                        "check, and a good entry written in that instant could be deleted with it",
+                        self.client.meta.endpoint_url)
+        return honoured
+
+    def _probe_conditional_batch_delete(self) -> bool | None:
+        """Whether DeleteObjects refuses an object whose ETag differs from the one given."""
+
+        def trial(probe: str) -> bool:
+            response = self.client.delete_objects(Bucket=self._bucket, Delete={
+                "Objects": [{"Key": probe, "ETag": _IMPOSSIBLE_ETAG}], "Quiet": False})
+            return any(error.get("Code") == "PreconditionFailed" for error in response.get("Errors", []))
+
+        honoured = self._probe(trial, "batch delete")
+        if honoured is False:
+            log.info("S3 endpoint %s ignores ETag conditions in DeleteObjects; prune deletes one key at a time",
+                     self.client.meta.endpoint_url)
+        return honoured
+
+    # -- error handling -------------------------------------------------------------------
+
+    def _call(self, verb: str, key: str | None, operation: Callable[[], T], budget: RetryBudget | None = None) -> T:
+        path = self.path(key) if key is not None else self.location.url
+        try:
+            return (budget or self.policy.budget()).call(operation, is_transient, f"{verb} {path}")
+        except RetryExhausted as exc:
+            tally = f"{exc.attempts} attempt(s) in {exc.elapsed:.1f} s"
+            raise translate(exc.last, verb, path, tally, self._target) from exc.last
+        except (bce.BotoCoreError, bce.ClientError) as exc:
+            raise translate(exc, verb, path, "1 attempt", self._target) from exc
+
+    # -- the store contract ---------------------------------------------------------------
+
+    def _get_object(self, key: str, start: int, stop: int | None, if_match: str | None = None) -> dict[str, Any]:
+        request: dict[str, Any] = {"Bucket": self._bucket, "Key": self.location.object_key(key)}
+        if start or stop is not None:
+            request["Range"] = f"bytes={start}-{'' if stop is None else stop - 1}"
+        if if_match:
+            request["IfMatch"] = if_match
+        return self.client.get_object(**request)
+
+    def check(self) -> None:
+        """Confirm the bucket exists and the credentials are accepted: a one-key listing of the
+        prefix. Unlike HEAD, whose 403 has no body, a listing's error document tells a rejected
+        secret (raised now, once) from a missing permission.
+
+        AccessDenied passes: a policy may grant object access on the prefix without
+        s3:ListBucket, and the object operations then name what they lack.
+        """
+        try:
+            listing = self._call("opening", None, lambda: self.client.list_objects_v2(
+                Bucket=self._bucket, Prefix=self.location.prefix, MaxKeys=1))
+        except AccessDenied as exc:
+            log.debug("listing refused on %s (%s); the object operations will tell", self.location.url, exc)
+            return
+        if "IsTruncated" not in listing:  # every S3 listing says; a web server's 200 page does not
+            content = listing.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("content-type") or "no"
+            raise ConfigError(not_s3(self._target, "opening", self.location.url,
+                                     f"a listing with HTTP 200 and {content} content"))
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
+        check_range(start, stop)
+
+        def get() -> dict[str, Any] | None:
+            if stop == start:  # no Range header can ask for zero bytes
+                return {"InvalidRange": True}
+            try:
+                return self._get_object(key, start, stop)
+            except bce.ClientError as exc:
+                code, _ = error_code(exc)
+                if code in MISSING_CODES:
+                    return None
+                if code == "InvalidRange":  # start at or past the end of the object: no bytes to send
+                    return {"InvalidRange": True}
+                raise
+
+        response = self._call("loading", key, get)
+        if response is not None and response.get("InvalidRange"):
+            found = self.stat(key)  # a 416 answer says nothing about the object itself
+            if found is None:
+                return None
+            response = {"Body": io.BytesIO(b""), "ContentLength": 0, "ETag": found.version,
+                        "ContentRange": f"bytes {start}-{start}/{found.size}",
+                        "LastModified": datetime.fromtimestamp(found.modified, timezone.utc)}
+        return None if response is None else _S3Reader(self, key, response, start)
+
+    def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> str:
+        object_key = self.location.object_key(key)
+        parts = split_into_parts(data, self.part_size)
+        first = next(parts)
+        second = next(parts, None)
+        sent = Sent(progress)
+        if second is None:
+            response = self._call("saving", key, lambda: self.client.put_object(
+                Bucket=self._bucket, Key=object_key, Body=ChunkFile(first, sent.at(0))))
+            return str(response.get("ETag", ""))
+        # Large values: a multipart upload becomes visible only when completed, so readers
+        # still see the previous object or the whole new one.
+        # The token marks the object this upload makes, so a completion whose answer was lost
+        # can be recognised (see _complete).
+        token = secrets.token_hex(16)
+        upload = self._call("saving", key, lambda: self.client.create_multipart_upload(
+            Bucket=self._bucket, Key=object_key, Metadata={_UPLOAD_TOKEN: token}))
+        upload_id = upload["UploadId"]
+        try:
+            done = []
+            for number, part in enumerate(itertools.chain([first, second], parts), start=1):
+                done.append(self._upload_part(key, object_key, upload_id, number, part,
+                                              sent.at((number - 1) * self.part_size)))
+            return self._complete(key, object_key, upload_id, done, token)
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self._bucket, Key=object_key, UploadId=upload_id)
+            except Exception as exc:  # the original error matters more; S3 lifecycle rules clean up
+                log.warning("could not abort multipart upload of %s: %s", self.path(key), exc)
+            raise
+
+    def _complete(self, key: str, object_key: str, upload_id: str, parts: list[dict[str, Any]], token: str) -> str:
+        """Complete an upload and return the object's ETag. If an attempt's answer was lost,
+        the server may have completed it: the retry then finds no such upload, and the object
+        carrying this upload's token proves success, where reporting failure would be false."""
+        attempts = 0
+
+        def complete() -> str:
+            nonlocal attempts
+            attempts += 1
+            try:
+                response = self.client.complete_multipart_upload(
+                    Bucket=self._bucket, Key=object_key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+            except bce.ClientError as exc:
+                made = attempts > 1 and error_code(exc)[0] == "NoSuchUpload" and self._made_by(object_key, token)
+                if made:
+                    log.debug("upload of %s had completed; its answer was lost", self.path(key))
+                    return made
+                raise
+            return str(response.get("ETag", ""))
+
+        return self._call("saving", key, complete)
+
+    def _made_by(self, object_key: str, token: str) -> str:
+        """The ETag of the object if this upload (its token) made it, else ``""``."""
+        try:
+            response = self.client.head_object(Bucket=self._bucket, Key=object_key)
+        except bce.ClientError:
+            return ""
+        return str(response["ETag"]) if response.get("Metadata", {}).get(_UPLOAD_TOKEN) == token else ""
+
+    def _upload_part(self, key: str, object_key: str, upload_id: str, number: int,
+                     part: list[memoryview], sent: Callable[[int], None] | None) -> dict[str, Any]:
+        response = self._call("saving", key, lambda: self.client.upload_part(
+            Bucket=self._bucket, Key=object_key, UploadId=upload_id, PartNumber=number,
+            Body=ChunkFile(part, sent)))
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> str | None:
+        """One conditional PutObject (``If-None-Match: *`` or ``If-Match``). A retry after a
+        lost answer may find its own write and report a failed condition; callers treat that
+        as losing, which is safe for leases (the lease then expires unrenewed)."""
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+
+        def put() -> str | None:
+            try:
+                response = self.client.put_object(Bucket=self._bucket, Key=self.location.object_key(key),
+                                                  Body=bytes(data), **condition)
+            except bce.ClientError as exc:
+                code, status = error_code(exc)
+                # 409: a concurrent conditional write to the same key is in progress (AWS).
+                if status in (409, 412) or (version is not None and code in MISSING_CODES):
+                    return None
+                raise
+            return str(response.get("ETag", ""))
+
+        return self._call("saving", key, put)
+
+    def read_if_changed(self, key: str, version: str) -> Reader | Unchanged | None:
+        """One GetObject with ``If-None-Match``: 304 (no body) when the object is unchanged."""
+
+        def get() -> dict[str, Any] | Unchanged | None:
+            try:
+                return self.client.get_object(Bucket=self._bucket, Key=self.location.object_key(key),
+                                              IfNoneMatch=version)
+            except bce.ClientError as exc:
+                code, status = error_code(exc)
+                if status == 304 or code == "304":
+                    return UNCHANGED
+                if code in MISSING_CODES:
+                    return None
+                raise
+
+        response = self._call("loading", key, get)
+        if response is None or response is UNCHANGED:
+            return response
+        return _S3Reader(self, key, response, 0)
+
+    def delete(self, key: str, version: str | None = None) -> bool:
+        """With ``version``: one DeleteObject with ``If-Match``, atomic where the server honours
+        it. Where it does not, or that is not known yet, the object is checked first and the
+        condition still sent: a check-then-delete on a server that ignores it, and atomic on
+        one that honours it, so an unknown answer is never less safe than a known one."""
+        object_key = self.location.object_key(key)
+        if version is None or self.capabilities.conditional_delete is not True:
+            # S3 deletes succeed whether or not the key existed; ask first so callers can tell.
+            current = self.stat(key)
+            if current is None or (version is not None and current.version != version):
+                return False
+        condition = {} if version is None else {"IfMatch": version}
+
+        def delete_object() -> bool:
+            try:
+                self.client.delete_object(Bucket=self._bucket, Key=object_key, **condition)
+            except bce.ClientError as exc:
+                code, status = error_code(exc)
+                if version is not None and (status == 412 or code in MISSING_CODES):
+                    return False
+                raise
+            return True
+
+        return self._call("deleting", key, delete_object)
+
+    def delete_many(self, found: Iterable[ObjectInfo]) -> list[str]:
+        """DeleteObjects, 1000 keys a request, each pinned to its listed ETag, where the server
+        honours that pin (moto, for one, ignores it); else, or while that is unknown, one
+        versioned :meth:`delete` per key, which never removes a newer object."""
+        items = list(found)
+        if not items or self.capabilities.conditional_batch_delete is not True:
+            return super().delete_many(items)
+        deleted: list[str] = []
+        by_object_key = {self.location.object_key(item.key): item.key for item in items}
+        for start in range(0, len(items), _BATCH_DELETE):
+            batch = [{"Key": self.location.object_key(item.key), "ETag": item.version}
+                     for item in items[start:start + _BATCH_DELETE]]
+            response = self._call("deleting", None, lambda batch=batch: self.client.delete_objects(
+                Bucket=self._bucket, Delete={"Objects": batch, "Quiet": False}))
+            deleted += [by_object_key[done["Key"]] for done in response.get("Deleted", [])
+                        if done.get("Key") in by_object_key]
+            for error in response.get("Errors", []):
+                if error.get("Code") not in ("PreconditionFailed", *MISSING_CODES):
+                    log.warning("could not delete %s: %s %s", self.path(by_object_key.get(error.get("Key"), "?")),
+                                error.get("Code"), error.get("Message", ""))
+        return deleted
+
+    def cleanup(self, older_than: float, prefix: str = "") -> int:
+        """Abort multipart uploads under ``prefix`` that made no progress for ``older_than``
+        seconds (the parts of writers killed mid-upload, which S3 keeps and bills forever; a
+        slow live upload keeps adding parts), and remove stale probe objects."""
+        cutoff = time.time() - older_than
+        request = {"Bucket": self._bucket, "Prefix": self.location.prefix + prefix}
+        removed = 0
+        while True:
+            page = self._call("listing", None, lambda: self.client.list_multipart_uploads(**request))
+            for upload in page.get("Uploads", []):
+                if self._last_progress(upload) < cutoff and self._abort(upload["Key"], upload["UploadId"]):
+                    removed += 1
+            markers = {"KeyMarker": page.get("NextKeyMarker"), "UploadIdMarker": page.get("NextUploadIdMarker")}
+            if not page.get("IsTruncated") or not all(markers.values()):
+                break
+            request.update(markers)
+        return removed + self._remove_stale_probes(cutoff)
+
+    def _last_progress(self, upload: dict[str, Any]) -> float:
+        """When an upload last received a part (one listing of up to 1000 parts); now, if it
+        completed or was aborted meanwhile."""
+        def parts() -> list[dict[str, Any]] | None:
+            try:
+                return self.client.list_parts(Bucket=self._bucket, Key=upload["Key"],
+                                              UploadId=upload["UploadId"]).get("Parts", [])
+            except bce.ClientError as exc:
+                if error_code(exc)[0] == "NoSuchUpload":
+                    return None
+                raise
+
+        found = self._call("listing", None, parts)
+        if found is None:
+            return time.time()
+        return max([upload["Initiated"].timestamp(), *(part["LastModified"].timestamp() for part in found)])
+
+    def _remove_stale_probes(self, cutoff: float) -> int:
+        prefix = self.location.prefix + TEMP_MARKER
+        page = self._call("listing", None, lambda: self.client.list_objects_v2(Bucket=self._bucket, Prefix=prefix))
+        stale = [item["Key"] for item in page.get("Contents", []) if item["LastModified"].timestamp() < cutoff]
+        for object_key in stale:
+            self._call("deleting", None, lambda key=object_key: self.client.delete_object(Bucket=self._bucket, Key=key))
+        return len(stale)
+
+    def _abort(self, object_key: str, upload_id: str) -> bool:
+        def abort() -> bool:
+            try:
+                self.client.abort_multipart_upload(Bucket=self._bucket, Key=object_key, UploadId=upload_id)
+            except bce.ClientError as exc:
+                if error_code(exc)[0] == "NoSuchUpload":  # completed or aborted meanwhile
+                    return False
+                raise
+            return True
+
+        aborted = self._call("deleting", None, abort)
+        if aborted:
+            log.info("aborted an incomplete multipart upload of s3://%s/%s", self._bucket, object_key)
+        return aborted
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        object_key = self.location.object_key(key)
+
+        def head() -> dict[str, Any] | None:
+            try:
+                return self.client.head_object(Bucket=self._bucket, Key=object_key)
+            except bce.ClientError as exc:
+                if error_code(exc)[0] in MISSING_CODES:
+                    return None
+                raise
+
+        response = self._call("checking", key, head)
+        if response is None:
+            return None
+        return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp(),
+                          response.get("ETag") or "")
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Paged by hand, not with a boto3 paginator, so a failed page is retried alone.
+        request = {"Bucket": self._bucket, "Prefix": self.location.prefix + prefix, "MaxKeys": self.list_page_size}
+        skip = len(self.location.prefix)
+        while True:
+            page = self._call("listing", None, lambda: self.client.list_objects_v2(**request))
+            for item in page.get("Contents", []):
+                key = item["Key"][skip:]
+                try:
+                    validate_key(key)
+                except JangdokError:
+                    continue  # folder markers and foreign names that are not cache keys
+                yield ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp(), item.get("ETag") or "")
+            token = page.get("NextContinuationToken")
+            if not (page.get("IsTruncated") and token):
+                return
+            request["ContinuationToken"] = token
+
+    def close(self) -> None:
+        client = self._clients.mine()
+        if client is not None:
+            client.close()

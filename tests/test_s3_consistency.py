@@ -3,7 +3,6 @@ and uploads whose answer was lost. Against SeaweedFS, and moto where AWS semanti
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -55,28 +54,6 @@ def test_a_versioned_delete_never_removes_an_entry_written_meanwhile(server_name
     assert store.delete("label.pkl", version=store.stat("label.pkl").version) is True
     assert store.read("label.pkl") is None
     assert store.delete("label.pkl", version=damaged) is False  # missing: nothing to delete
-
-
-def test_a_server_that_ignores_if_match_is_detected_and_deletes_still_check(seaweed, s3_url: str,
-                                                                            caplog: pytest.LogCaptureFixture) -> None:
-    store = _store(seaweed, s3_url)
-
-    def drop_if_match(request: Any, **_: Any) -> None:
-        # Stands for an older server: the condition never reaches it.
-        if "If-Match" in request.headers:
-            del request.headers["If-Match"]
-
-    store.client.meta.events.register("before-sign.s3.DeleteObject", drop_if_match)
-    with caplog.at_level(logging.WARNING, logger="jangdok"):
-        assert store.capabilities.conditional_delete is False
-    assert "ignores If-Match on DeleteObject" in caplog.text
-    store.write("label.pkl", b"first")
-    first = store.stat("label.pkl").version
-    store.write("label.pkl", b"second")
-    assert store.delete("label.pkl", version=first) is False
-    assert _content(store, "label.pkl") == b"second"
-    assert list(store.list()) != []  # the probe object is gone and was never listed
-    assert [found.key for found in store.list()] == ["label.pkl"]
 
 
 _KILLED_UPLOADER = textwrap.dedent("""

@@ -127,6 +127,7 @@ class S3Store(Store):
     """Objects under ``s3://bucket/prefix/``; a key maps to ``prefix + key``."""
 
     name = "S3"
+    capabilities: ProbedCapabilities
 
     def __init__(self, location: Location, settings: Settings, part_size: int = DEFAULT_PART_SIZE) -> None:
         if not location.is_s3:

@@ -111,15 +111,14 @@ def test_multipart_upload_is_atomic_and_aborted_on_failure(seaweed, s3_url: str)
     store.close()
 
 
-def test_default_policy_gives_up_on_a_stalled_server_within_60_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_policy_gives_up_on_a_stalled_server_within_60_seconds() -> None:
     """Simulated clock: every attempt hangs for its full connect + read timeout."""
     settings = Settings()
-    policy = RetryPolicy(settings.max_attempts, settings.total_timeout,
-                         settings.connect_timeout + settings.read_timeout)
     clock = [0.0]
-    monkeypatch.setattr("jangdok.retry.time.monotonic", lambda: clock[0])
-    monkeypatch.setattr("jangdok.retry.time.sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
-    monkeypatch.setattr("jangdok.retry.random.uniform", lambda low, high: high)  # the worst jitter
+    policy = RetryPolicy(settings.max_attempts, settings.total_timeout,
+                         settings.connect_timeout + settings.read_timeout, clock=lambda: clock[0],
+                         sleep=lambda seconds: clock.__setitem__(0, clock[0] + seconds),
+                         uniform=lambda low, high: high)  # the worst jitter
 
     def stalled() -> None:
         clock[0] += settings.connect_timeout + settings.read_timeout
@@ -143,11 +142,9 @@ def test_policy_does_not_retry_permanent_errors() -> None:
     assert len(calls) == 1
 
 
-def test_backoff_grows_exponentially_with_full_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("jangdok.retry.random.uniform", lambda low, high: high)
-    policy = RetryPolicy(base_delay=0.2, max_delay=5.0)
-    assert [policy.delay(n) for n in range(7)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
-    monkeypatch.undo()
+def test_backoff_grows_exponentially_with_full_jitter() -> None:
+    worst = RetryPolicy(base_delay=0.2, max_delay=5.0, uniform=lambda low, high: high)
+    assert [worst.delay(n) for n in range(7)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
     assert all(0 <= RetryPolicy().delay(3) <= 1.6 for _ in range(100))
 
 

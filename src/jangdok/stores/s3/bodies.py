@@ -68,13 +68,14 @@ class Sent:
 
     def at(self, offset: int) -> Callable[[int], None] | None:
         """The callback for a body that starts at ``offset`` in the whole object."""
-        if self._progress is None:
+        progress = self._progress
+        if progress is None:
             return None
 
         def sent(position: int) -> None:
             if offset + position > self._most:
                 self._most = offset + position
-                self._progress(self._most)
+                progress(self._most)
 
         return sent
 

@@ -3,6 +3,7 @@ store contract, with our own retries (see :mod:`jangdok.stores.s3`)."""
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import logging
@@ -205,8 +206,8 @@ class S3Store(Store):
         def ignored(probe: str) -> list[str]:
             conditions = {"If-None-Match": {"IfNoneMatch": "*"}, "If-Match": {"IfMatch": _IMPOSSIBLE_ETAG}}
             return [header for header, condition in conditions.items() if not self._refused(
-                lambda condition=condition: self.client.put_object(Bucket=self._bucket, Key=probe, Body=b"",
-                                                                   **condition), 409, 412)]
+                functools.partial(self.client.put_object, Bucket=self._bucket, Key=probe, Body=b"", **condition),
+                409, 412)]
 
         found: list[str] = []
 
@@ -458,8 +459,8 @@ class S3Store(Store):
         for start in range(0, len(items), _BATCH_DELETE):
             batch = [{"Key": self.location.object_key(item.key), "ETag": item.version}
                      for item in items[start:start + _BATCH_DELETE]]
-            response = self._call("deleting", None, lambda batch=batch: self.client.delete_objects(
-                Bucket=self._bucket, Delete={"Objects": batch, "Quiet": False}))
+            response = self._call("deleting", None, functools.partial(
+                self.client.delete_objects, Bucket=self._bucket, Delete={"Objects": batch, "Quiet": False}))
             deleted += [by_object_key[done["Key"]] for done in response.get("Deleted", [])
                         if done.get("Key") in by_object_key]
             for error in response.get("Errors", []):
@@ -508,7 +509,8 @@ class S3Store(Store):
         page = self._call("listing", None, lambda: self.client.list_objects_v2(Bucket=self._bucket, Prefix=prefix))
         stale = [item["Key"] for item in page.get("Contents", []) if item["LastModified"].timestamp() < cutoff]
         for object_key in stale:
-            self._call("deleting", None, lambda key=object_key: self.client.delete_object(Bucket=self._bucket, Key=key))
+            self._call("deleting", None, functools.partial(self.client.delete_object, Bucket=self._bucket,
+                                                           Key=object_key))
         return len(stale)
 
     def _abort(self, object_key: str, upload_id: str) -> bool:

@@ -16,7 +16,7 @@ from faultproxy import FaultProxy
 from helpers import s3_settings
 from seaweed import SeaweedServer
 
-from jangdok import Cache, ConfigError, CredentialsError, Settings
+from jangdok import Cache, ConfigError, CredentialsError, Settings, redact
 from jangdok.settings import Secret, reveal
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY"
@@ -358,3 +358,16 @@ def test_jangdok_debug_shows_no_credential(moto: SeaweedServer, s3_url: str, tmp
         assert "botocore" in result.stderr, "the debug log includes botocore's records"
         for text in (result.stdout, result.stderr):
             assert not _credentials_in(text), (command, _credentials_in(text))
+
+
+def test_a_short_credential_does_not_mask_ordinary_words(caplog: pytest.LogCaptureFixture) -> None:
+    """A value under 8 characters ("test", as moto's examples use) is masked only where
+    credentials go, not wherever the word appears in a path or message."""
+    redact.protect("test", "AKIAJANGDOKSHORTKEY1")
+    with caplog.at_level(logging.INFO, logger="jangdok"):
+        logging.getLogger("jangdok").info("loaded s3://jangdok-test/%s", "test_cache/x.pkl")
+        logging.getLogger("jangdok").info("Credential=test/20261205/us-east-1/s3/aws4_request")
+        logging.getLogger("jangdok").info("signing as AKIAJANGDOKSHORTKEY1")
+    assert [record.getMessage() for record in caplog.records] == [
+        "loaded s3://jangdok-test/test_cache/x.pkl", "Credential=****/20261205/us-east-1/s3/aws4_request",
+        "signing as ****KEY1"]

@@ -9,7 +9,8 @@ urllib3, and jangdok itself) are cleaned where every record is made, by a log re
 installed once when jangdok makes its first S3 client: before any handler, filter or formatter
 sees them, however they propagate. Two things are masked to their last 4 characters:
 
-- the values jangdok signs with (access key id, secret, session token), wherever they appear;
+- the values jangdok signs with (access key id, secret, session token), wherever they appear
+  (those of 8 characters or more: a shorter one would mask ordinary words);
 - whatever value sits where credentials go in requests and responses (the token header, the
   key id in ``Credential=``, signatures, which can be replayed for minutes, and the credential
   fields of STS or SSO answers), because credentials that boto3 fetches or refreshes later
@@ -45,6 +46,9 @@ _SHAPES = (
                r"""([^"']+)"""),
 )
 
+# Shorter values are not looked for: masking every "test" in the log would hide more than it
+# protects. They are still masked where credentials go (the shapes above).
+_SHORTEST_KNOWN = 8
 _lock = threading.Lock()
 if hasattr(os, "register_at_fork"):  # another thread may hold it at the fork
     os.register_at_fork(after_in_child=lambda: globals().update(_lock=threading.Lock()))
@@ -100,7 +104,7 @@ def _install() -> None:
 def protect(*secrets: str | None) -> None:
     """Mask these values in every record from now on (installing the factory the first time)."""
     global _installed, _known
-    values = {secret for secret in secrets if secret}
+    values = {secret for secret in secrets if secret and len(secret) >= _SHORTEST_KNOWN}
     with _lock:
         if not _installed:
             _install()

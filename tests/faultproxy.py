@@ -12,10 +12,13 @@ Each accepted connection takes the next fault from a queue (``pass`` once the qu
 
 Independently of the queue, :meth:`lose_answer_to` makes the server receive and carry out the
 next request whose request line matches, while its answer is dropped and the connection cut:
-the client cannot tell whether the request took effect.
+the client cannot tell whether the request took effect. :meth:`drop_headers` removes request
+headers on the way (``If-Match`` on PUT, say): in front of a server that does not check
+signatures (moto), that server then really never sees them, as one that ignores them would not.
 
 The client sees genuine resets, short bodies, 503s and timeouts from its own sockets.
-Request lines and Range headers passing through are recorded for assertions.
+Request lines and Range headers passing through are recorded for assertions, and so is
+what each fault did (:attr:`FaultProxy.fired`), so a test can check that its fault happened.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Any
 _REQUEST_LINE = re.compile(rb"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/1\.1")
 _RANGE = re.compile(rb"[Rr]ange: (bytes=\d*-\d*)")
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+_HEADERS_END = b"\r\n\r\n"
+_CONTINUE = re.compile(rb"HTTP/1\.[01] 100 [^\r\n]*\r\n\r\n")
 
 
 def _cut(sock: socket.socket) -> None:
@@ -53,6 +58,11 @@ class FaultProxy:
         self.statuses: list[int] = []
         """Status codes of the responses forwarded (found by their status lines)."""
         self.connections = 0
+        self.fired: list[str] = []
+        """What the faults did, in order, when they did it: ``"status 503 SlowDown"`` (answered),
+        ``"cut 0"`` (the connection cut after the headers and 0 body bytes), ``"flip 10"``,
+        ``"lost answer: PUT /b/k"``, ``"dropped If-Match: PUT /b/k"``, ``"stall"``."""
+        self._dropped: dict[str, frozenset[str]] = {}
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -60,6 +70,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._closed = False
         self._lose_answer: re.Pattern[bytes] | None = None
+        self._after_continue = False
         self._after_loss: tuple[tuple[Any, ...], ...] = ()
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
@@ -75,21 +86,40 @@ class FaultProxy:
                 self._open.append(client)
             threading.Thread(target=self._serve, args=(client, fault), daemon=True).start()
 
-    def lose_answer_to(self, request_line: str, *then: tuple[Any, ...]) -> None:
+    def lose_answer_to(self, request_line: str, *then: tuple[Any, ...], after_continue: bool = False) -> None:
         """Drop the answer to the next request whose line (``POST /bucket/key?uploadId=...``)
         matches this regular expression; ``then``: faults queued at that moment, for the
-        connections opened after it."""
+        connections opened after it.
+
+        A request with ``Expect: 100-continue`` sends its body only after the server's interim
+        ``100 Continue``: by default that is cut too (the server gets the headers and no body);
+        with ``after_continue`` it passes, so the whole request lands and only the final answer
+        is lost."""
         self._lose_answer = re.compile(request_line.encode())
         self._after_loss = then
+        self._after_continue = after_continue
 
-    def _take_lost_answer(self, data: bytes) -> bool:
+    def drop_headers(self, method: str, *names: str) -> None:
+        """Remove these headers from every ``method`` request from now on (none: stop)."""
+        with self._lock:
+            self._dropped[method] = frozenset(name.lower() for name in names)
+
+    def _take_lost_answer(self, data: bytes) -> bool | None:
+        """None if ``data`` holds no request whose answer is to be lost; else whether an
+        interim 100 Continue may still pass."""
         with self._lock:
             pattern = self._lose_answer
-            if pattern is None or not any(pattern.search(m.group(0)) for m in _REQUEST_LINE.finditer(data)):
-                return False
+            line = next((m for m in _REQUEST_LINE.finditer(data) if pattern and pattern.search(m.group(0))), None)
+            if line is None:
+                return None
             self._lose_answer = None
             self.faults.extend(self._after_loss)
-            return True
+            self.fired.append(f"lost answer: {line.group(1).decode()} {line.group(2).decode()}")
+            return self._after_continue
+
+    def _fire(self, what: str) -> None:
+        with self._lock:
+            self.fired.append(what)
 
     def _record(self, data: bytes) -> None:
         with self._lock:
@@ -100,6 +130,7 @@ class FaultProxy:
         kind = fault[0]
         try:
             if kind == "stall":
+                self._fire("stall")
                 while client.recv(65536):
                     pass
                 return
@@ -118,6 +149,7 @@ class FaultProxy:
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
                 )
                 client.close()
+                self._fire(f"status {fault[1]} {fault[2]}")
                 return
             upstream = socket.create_connection(self.upstream)
             with self._lock:
@@ -125,19 +157,25 @@ class FaultProxy:
             budget = fault[1] if kind == "cut" else None
             before_cut = fault[2] if kind == "cut" and len(fault) > 2 else None
             flip_at = fault[1] if kind == "flip" else None
-            lost = threading.Event()
-            threading.Thread(target=self._pump_requests, args=(client, upstream, lost), daemon=True).start()
-            self._pump_responses(upstream, client, budget, before_cut, lost, flip_at)
+            lost, continues = threading.Event(), threading.Event()
+            threading.Thread(target=self._pump_requests, args=(client, upstream, lost, continues),
+                             daemon=True).start()
+            self._pump_responses(upstream, client, budget, before_cut, lost, continues, flip_at)
         except OSError:
             pass
 
-    def _pump_requests(self, client: socket.socket, upstream: socket.socket, lost: threading.Event) -> None:
+    def _pump_requests(self, client: socket.socket, upstream: socket.socket, lost: threading.Event,
+                       continues: threading.Event) -> None:
+        headers = _HeaderFilter(self._drop_from)
         try:
             while data := client.recv(65536):
                 self._record(data)
-                if self._take_lost_answer(data):
+                taken = self._take_lost_answer(data)
+                if taken is not None:
+                    if taken:
+                        continues.set()
                     lost.set()  # before forwarding, so the answer cannot slip through first
-                upstream.sendall(data)
+                upstream.sendall(headers.feed(data))
         except OSError:
             pass
         finally:
@@ -146,22 +184,39 @@ class FaultProxy:
             except OSError:
                 pass
 
+    def _drop_from(self, request_line: bytes, names: list[str]) -> frozenset[str]:
+        """The headers to remove from this request (and a record of those removed)."""
+        with self._lock:
+            dropped = self._dropped.get(request_line.split(b" ", 1)[0].decode(), frozenset())
+            found = [name for name in names if name.lower() in dropped]
+            if found:
+                self.fired.append(f"dropped {', '.join(found)}: {request_line.rsplit(b' ', 1)[0].decode()}")
+        return dropped
+
     def _pump_responses(self, upstream: socket.socket, client: socket.socket, budget: int | None,
                         before_cut: Callable[[], object] | None, lost: threading.Event,
-                        flip_at: int | None = None) -> None:
+                        continues: threading.Event, flip_at: int | None = None) -> None:
         """Forward the response; with a budget, only the headers and ``budget`` body bytes."""
         head = b""
         sent = 0
+        fault_budget = budget
         try:
             while data := upstream.recv(65536):
                 if lost.is_set():
-                    _cut(client)
-                    _cut(upstream)
-                    return
+                    interim = _CONTINUE.match(data) if continues.is_set() else None
+                    if interim:  # sent before the body, so never in one piece with the answer
+                        client.sendall(interim.group(0))
+                        data = data[interim.end():]
+                    if data:
+                        _cut(client)
+                        _cut(upstream)
+                        return
+                    continue
                 if flip_at is not None and sent <= flip_at < sent + len(data):
                     garbled = bytearray(data)
                     garbled[flip_at - sent] ^= 0x01
                     data = bytes(garbled)
+                    self._fire(f"flip {flip_at}")
                 sent += len(data)
                 with self._lock:
                     self.statuses += [int(m.group(1)) for m in _STATUS_LINE.finditer(data)]
@@ -180,6 +235,7 @@ class FaultProxy:
                     budget -= len(data)
                 client.sendall(data)
                 if budget == 0:
+                    self._fire(f"cut {fault_budget}")
                     if before_cut is not None:
                         before_cut()
                     _cut(client)
@@ -198,3 +254,37 @@ class FaultProxy:
                     sock.close()
                 except OSError:
                     pass
+
+
+class _HeaderFilter:
+    """Removes headers from the requests on one connection: each header block is gathered
+    whole and rewritten, and the Content-Length bytes of body after it pass untouched.
+    (Requests with a chunked body are not parsed; no test sends one through a filter.)"""
+
+    def __init__(self, drop_from: Callable[[bytes, list[str]], frozenset[str]]) -> None:
+        self._drop_from = drop_from
+        self._head = b""
+        self._body_left = 0
+
+    def feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            if self._body_left:
+                body = data[: self._body_left]
+                self._body_left -= len(body)
+                out.append(body)
+                data = data[len(body):]
+                continue
+            self._head += data
+            end = self._head.find(_HEADERS_END)
+            if end < 0:
+                break
+            head, data, self._head = self._head[:end], self._head[end + len(_HEADERS_END):], b""
+            request_line, *lines = head.split(b"\r\n")
+            fields = [(line.split(b":", 1)[0].decode().strip(), line) for line in lines]
+            dropped = self._drop_from(request_line, [name for name, _ in fields])
+            kept = [line for name, line in fields if name.lower() not in dropped]
+            self._body_left = next((int(line.split(b":", 1)[1]) for name, line in fields
+                                    if name.lower() == "content-length"), 0)
+            out.append(b"\r\n".join([request_line, *kept]) + _HEADERS_END)
+        return b"".join(out)

@@ -22,19 +22,24 @@ from typing import Any
 
 import pytest
 from faultproxy import FaultProxy
-from helpers import s3_settings
-from seaweed import READ_WRITE, SeaweedServer
+from helpers import raw_objects, s3_settings
+from seaweed import READ_ONLY, READ_WRITE, SeaweedServer
 
 from jangdok import (
+    AccessDenied,
     Cache,
     ConfigError,
     CredentialsError,
     InvalidKey,
     InvalidLocation,
     InvalidValue,
+    JangdokError,
     Settings,
     StoreUnavailable,
+    parse_location,
 )
+from jangdok.stores.s3 import S3Store
+from jangdok.stores.s3.translate import RULES
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ class Case:
     provoke: Callable[[pytest.FixtureRequest, Path], Any]
     error: type[BaseException]
     says: tuple[str, ...]
+    rule: str | None = None
+    """The rule of the S3 translation table (jangdok.stores.s3.translate.RULES) this answer meets."""
+    never_says: tuple[str, ...] = ()
 
 
 def _through_proxy(fault: tuple[Any, ...]) -> Callable[[pytest.FixtureRequest, Path], Any]:
@@ -89,6 +97,31 @@ def _web_server(status: int) -> Callable[[pytest.FixtureRequest, Path], Any]:
     return provoke
 
 
+def _store_through_proxy(fault: tuple[Any, ...]) -> Callable[[pytest.FixtureRequest, Path], Any]:
+    """A read by the store itself: no opening check, so the fault answers the read."""
+
+    def provoke(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+        seaweed = request.getfixturevalue("seaweed")
+        proxy = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
+        request.addfinalizer(proxy.close)
+        proxy.faults.append(fault)
+        url = request.getfixturevalue("s3_url")
+        store = S3Store(parse_location(url), s3_settings(seaweed, url, endpoint_url=proxy.endpoint, max_attempts=1))
+        request.addfinalizer(store.close)
+        return store.read("x.pkl")
+
+    return provoke
+
+
+def _signing_as(identity: tuple[str, str], operation: str = "get") -> Callable[[pytest.FixtureRequest, Path], Any]:
+    def provoke(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+        seaweed = request.getfixturevalue("seaweed")
+        cache = Cache.from_settings(s3_settings(seaweed, request.getfixturevalue("s3_url"), identity=identity))
+        return cache.put("x.pkl", 1) if operation == "put" else cache.get("x.pkl")
+
+    return provoke
+
+
 def _missing_bucket(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     seaweed = request.getfixturevalue("seaweed")
     return Cache.from_settings(s3_settings(seaweed, "s3://no-such-bucket-here/cache/")).get("x.pkl")
@@ -117,21 +150,39 @@ SKEWED = {"RequestTime": "20261126T120000Z", "ServerTime": "2026-11-26T12:20:00.
 CASES = [
     Case("a missing bucket", _missing_bucket, ConfigError,
          ("bucket 'no-such-bucket-here' does not exist", "aws s3 mb s3://no-such-bucket-here",
-          "boto3.client('s3', endpoint_url=", "create_bucket(Bucket='no-such-bucket-here')")),
+          "boto3.client('s3', endpoint_url=", "create_bucket(Bucket='no-such-bucket-here')"), "missing bucket"),
+    Case("an access key id the endpoint does not know", _signing_as(("JDKNOSUCHKEY0042", READ_WRITE[1])),
+         CredentialsError, ("Access Denied (InvalidAccessKeyId)", "does not know the access key id ****0042",
+                            "check AWS_ACCESS_KEY_ID"), "unknown access key id",
+         never_says=("secret", "JDKNOSUCHKEY")),
+    Case("a wrong secret key", _signing_as((READ_WRITE[0], "not-the-secret-000000000000")), CredentialsError,
+         ("Access Denied (SignatureDoesNotMatch)", f"access key ****{READ_WRITE[0][-4:]}",
+          "check the secret key (AWS_SECRET_ACCESS_KEY)"), "wrong secret key",
+         never_says=("AWS_ACCESS_KEY_ID", "not-the-secret", READ_WRITE[0])),
+    Case("a session token the endpoint rejects", _through_proxy(("status", 403, "InvalidToken")), CredentialsError,
+         ("rejected the session token", "check AWS_SESSION_TOKEN"), "invalid session token"),
+    Case("credentials without the permission", _signing_as(READ_ONLY, "put"), AccessDenied,
+         ("Access Denied", f"access key ****{READ_ONLY[0][-4:]}) lacks s3:PutObject"), "permission missing"),
+    Case("an object replaced while it is read", _store_through_proxy(("status", 412, "PreconditionFailed")),
+         StoreUnavailable, ("replaced while it was being read", "load it again"), "object replaced while read"),
+    Case("a throttled request with no attempt left", _through_proxy(("status", 503, "SlowDown")), StoreUnavailable,
+         ("SlowDown (HTTP 503) after 1 attempt", "overloaded or failing"), "overloaded or failing"),
+    Case("an answer no rule knows", _through_proxy(("status", 400, "InvalidArgument", {"Message": "Bad thing"})),
+         JangdokError, ("InvalidArgument (HTTP 400): Bad thing",), "any other answer"),
     Case("a bucket in another region",
          _through_proxy(("status", 400, "AuthorizationHeaderMalformed",
                          {"Message": "the region 'us-east-1' is wrong; expecting 'ap-northeast-2'"})),
-         ConfigError, ("is in region 'ap-northeast-2'", "AWS_REGION=ap-northeast-2")),
+         ConfigError, ("is in region 'ap-northeast-2'", "AWS_REGION=ap-northeast-2"), "bucket in another region"),
     Case("an expired session token", _through_proxy(("status", 400, "ExpiredToken")), CredentialsError,
-         ("session token has expired", "AWS_SESSION_TOKEN")),
+         ("session token has expired", "AWS_SESSION_TOKEN"), "expired session token"),
     Case("a skewed clock", _through_proxy(("status", 403, "RequestTimeTooSkewed", SKEWED)), ConfigError,
-         ("clock is 1200 s behind the server's", "timedatectl set-ntp true")),
+         ("clock is 1200 s behind the server's", "timedatectl set-ntp true"), "skewed clock"),
     Case("an endpoint that is a web page", _web_server(200), ConfigError,
          ("does not answer like an S3 server", "text/html", "AWS_ENDPOINT_URL")),
     Case("an endpoint that is a web server's 404", _web_server(404), ConfigError,
-         ("does not answer like an S3 server", "HTTP 404")),
+         ("does not answer like an S3 server", "HTTP 404"), "not an S3 server"),
     Case("a proxy's 502 page in front of S3 (an outage, not a wrong endpoint)", _web_server(502),
-         StoreUnavailable, ("HTTP 502", "overloaded or failing")),
+         StoreUnavailable, ("HTTP 502", "overloaded or failing"), "overloaded or failing"),
     Case("a .env with a syntax error", _dotenv("CACHE_DIR=cache\nAWS_REGION='eu-west-1\n", 0o600), ConfigError,
          (".env", "cannot parse line 2")),
     Case("a bucket name with capitals and underscores", _location("s3://My_Bucket/cache/"), InvalidLocation,
@@ -161,6 +212,15 @@ def test_each_bad_input_is_one_line_naming_the_fix(case: Case, request: pytest.F
     assert "\n" not in message and len(message) < 700, message
     for phrase in case.says:
         assert phrase in message, message
+    for phrase in case.never_says:
+        assert phrase not in message, message
+    if case.rule is not None:
+        assert type(raised.value) is next(rule.error for rule in RULES if rule.name == case.rule)
+
+
+def test_every_rule_of_the_s3_translation_table_is_met_by_a_real_answer() -> None:
+    """The table is tested as one: each of its rules by one of the cases above."""
+    assert {case.rule for case in CASES if case.rule} == {rule.name for rule in RULES}
 
 
 def test_a_dotenv_others_can_read_holding_a_secret_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -186,13 +246,16 @@ def test_a_whole_s3_session_at_debug_never_shows_the_secret(seaweed: SeaweedServ
     secret, signing = READ_WRITE[1], "team-key-0123456789abcdef"
     for name, value in {"AWS_ACCESS_KEY_ID": READ_WRITE[0], "AWS_SECRET_ACCESS_KEY": secret,
                         "AWS_ENDPOINT_URL": seaweed.endpoint, "AWS_REGION": "us-east-1", "CACHE_DIR": s3_url,
-                        "JANGDOK_SIGNING_KEY": signing, "CACHE_LOCAL_DIR": str(tmp_path / "tier")}.items():
+                        "JANGDOK_SIGNING_KEY": signing, "CACHE_LOCAL_DIR": str(tmp_path / "tier"),
+                        "JANGDOK_FALLBACK": "0"}.items():
         monkeypatch.setenv(name, value)
     shown: list[str] = []
     cache = Cache()
     cache.put("a.pkl", list(range(1000)))
-    cache.get("a.pkl")
-    cache.get_or_compute("b.pkl", lambda: "b")
+    assert cache.get("a.pkl") == list(range(1000))
+    assert cache.get_or_compute("b.pkl", lambda: "b") == "b"
+    assert cache.store.name == "S3" and cache.fallback_reason is None, "S3 served the session"
+    assert raw_objects(seaweed, s3_url.split("/", 3)[3]).keys() >= {s3_url.split("/", 3)[3] + "a.pkl"}
     shown += [repr(cache), repr(cache.settings), repr(cache.store), repr(cache.trust), str(cache.stats())]
     list(cache.keys())
     cache.prune(dry_run=True)

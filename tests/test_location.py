@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from typing import Any
 
 import pytest
+from faultproxy import FaultProxy
+from helpers import s3_settings
+from seaweed import SeaweedServer
 
 import jangdok.location
-from jangdok import InvalidKey, InvalidLocation, is_s3_path, join, parse_location
+from jangdok import Cache, InvalidKey, InvalidLocation, Settings, is_s3_path, join, parse_location
 from jangdok.location import normalize_key, split_path, validate_key
 
 KIMCHI_NFC = "김치"
@@ -116,19 +120,76 @@ def test_bad_keys_name_the_offending_text(key: str, named: str) -> None:
 
 def test_s3_key_length_limit_counts_utf8_bytes_with_the_prefix() -> None:
     location = parse_location("s3://bucket/cache/")
-    room = 1024 - len("cache/")
-    assert location.object_key("k" * room)
+    room = 1024 - len("cache/")  # 1018 bytes: three segments of 254, one of 253, three separators
+    fits = "/".join(["k" * 254] * 3 + ["k" * 253])
+    assert len(fits) == room and location.object_key(fits)
     with pytest.raises(InvalidKey, match="1025 bytes"):
-        location.object_key("k" * (room + 1))
-    # Korean syllables are three bytes each in UTF-8: 340 of them fit, 341 do not.
-    assert location.object_key("김" * 339)
+        location.object_key(fits + "k")
+    # Korean syllables are three bytes each in UTF-8: 4 x 84 of them and 3 separators fill 1011.
+    korean = "/".join(["김" * 84] * 4)
+    assert len(korean.encode()) == 1011 and location.object_key(korean + "/김김")
     with pytest.raises(InvalidKey, match="S3 allows at most 1024 bytes"):
-        location.object_key("김" * 341)
+        location.object_key(korean + "/김김김")
 
 
-def test_local_names_over_255_bytes_are_refused() -> None:
-    with pytest.raises(InvalidKey, match="longer than 255 bytes"):
-        parse_location("cache").local_path("김" * 86)
+def test_key_segments_over_255_bytes_are_refused_in_folders_and_buckets_alike() -> None:
+    for location in (parse_location("cache"), parse_location("s3://bucket/cache/")):
+        assert location.path("김" * 85)  # 255 bytes
+        with pytest.raises(InvalidKey, match="segment of 258 bytes, longer than 255 bytes"):
+            location.path("김" * 86)
+        with pytest.raises(InvalidKey, match="longer than 255 bytes"):
+            location.path("d" * 256 + "/k.pkl")
+
+
+@pytest.fixture
+def counted_settings(backend: str, cache_url: str, make_settings: Any,
+                     request: pytest.FixtureRequest) -> tuple[Settings, FaultProxy | None]:
+    """Settings for the backend; on S3 through a proxy that records every request."""
+    if backend == "local":
+        return make_settings(cache_url), None
+    seaweed = request.getfixturevalue("seaweed")
+    proxy = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
+    request.addfinalizer(proxy.close)
+    return make_settings(cache_url, endpoint_url=proxy.endpoint), proxy
+
+
+def test_one_key_length_rule_on_every_backend_checked_before_any_request(
+        counted_settings: tuple[Settings, FaultProxy | None]) -> None:
+    """A key one backend refuses, every backend refuses, with InvalidKey and without a request
+    (SeaweedFS itself would answer KeyTooLongError past 255 bytes in a segment)."""
+    settings, proxy = counted_settings
+    longest = "k" * 251 + ".pkl"  # 255 bytes
+    with Cache.from_settings(settings) as cache:
+        cache.put(f"sub/{longest}", "fits")
+        assert cache.get(f"sub/{longest}") == "fits"
+        if proxy is not None:
+            proxy.requests.clear()
+        for key in ("x" * 300 + ".pkl", "d" * 256 + "/k.pkl", "김" * 86):
+            for operation in (lambda key: cache.put(key, 1), cache.get, cache.exists, cache.stat, cache.delete,
+                              lambda key: cache.get_or_compute(key, lambda: 1)):
+                with pytest.raises(InvalidKey, match="longer than 255 bytes"):
+                    operation(key)
+        if proxy is not None:
+            assert proxy.requests == [], "refused before any request"
+
+
+def test_an_s3_key_over_1024_bytes_with_its_prefix_is_refused_before_any_request(
+        seaweed: SeaweedServer, s3_url: str, s3_prefix: str) -> None:
+    proxy = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
+    try:
+        with Cache.from_settings(s3_settings(seaweed, s3_url, endpoint_url=proxy.endpoint)) as cache:
+            room = 1024 - len(s3_prefix.encode())
+            fits = ("k" * 200 + "/") * 4 + "z" * (room - 4 * 201)  # every segment within 255 bytes
+            assert len(fits.encode()) == room and 0 < room - 4 * 201 <= 255
+            cache.put(fits, "fits")
+            proxy.requests.clear()
+            for operation in (lambda key: cache.put(key, 1), cache.get, cache.exists, cache.delete):
+                with pytest.raises(InvalidKey, match="S3 allows at most 1024 bytes"):
+                    operation(fits + "z")
+            assert proxy.requests == []
+            assert cache.get(fits) == "fits"
+    finally:
+        proxy.close()
 
 
 def test_is_s3_path_and_join() -> None:

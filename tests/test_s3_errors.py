@@ -11,7 +11,17 @@ import pytest
 from helpers import BUCKET, s3_settings
 from seaweed import READ_ONLY, READ_WRITE, free_ports
 
-from jangdok import AccessDenied, Cache, ConfigError, CredentialsError, NoCredentials, Settings, StoreUnavailable
+from jangdok import (
+    AccessDenied,
+    Cache,
+    ConfigError,
+    CredentialsError,
+    NoCredentials,
+    Settings,
+    StoreUnavailable,
+    parse_location,
+)
+from jangdok.stores.s3 import S3Store
 
 
 def no_credentials(url: str, **overrides) -> Settings:
@@ -91,14 +101,17 @@ def test_closed_port_fails_within_bounds_with_a_connection_message() -> None:
     settings = Settings(cache_dir="s3://waterandfish-s3/cache/", endpoint_url=f"http://127.0.0.1:{port}",
                         access_key_id="AKIAEXAMPLEKEY00001", secret_access_key="secret-secret-secret",
                         region="us-east-1", fallback=False, max_attempts=3, connect_timeout=1, read_timeout=1)
-    started = time.monotonic()
     with pytest.raises(StoreUnavailable) as caught:
         Cache.from_settings(settings).get("label_data.pkl")
-    elapsed = time.monotonic() - started
     message = str(caught.value)
     assert "S3 error opening s3://waterandfish-s3/cache/: Connection timeout" in message
     assert f"http://127.0.0.1:{port}" in message and "3 attempt(s)" in message
-    assert elapsed < 10
+    # Timed alone, without building the client: 3 refused connections and at most 0.6 s of backoff.
+    store = S3Store(parse_location(settings.cache_dir), settings)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        store.check()
+    assert time.monotonic() - started < 10
 
 
 def test_unreachable_endpoint_at_open_falls_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -133,15 +146,18 @@ def test_stalled_server_fails_within_the_total_timeout() -> None:
                         access_key_id="AKIAEXAMPLEKEY00001", secret_access_key="secret-secret-secret",
                         region="us-east-1", fallback=False, connect_timeout=0.5, read_timeout=0.5,
                         max_attempts=10, total_timeout=2.5)
-    started = time.monotonic()
+    store = S3Store(parse_location(settings.cache_dir), settings)  # built before the clock starts
     try:
+        started = time.monotonic()
         with pytest.raises(StoreUnavailable, match="Connection timeout"):
-            Cache.from_settings(settings).get("k")
+            store.check()
+        elapsed = time.monotonic() - started
     finally:
         proxy.close()
-    elapsed = time.monotonic() - started
-    assert 0.9 < elapsed < 2.5 + 1.0, elapsed
-    assert proxy.connections < 10, "the deadline, not the attempt count, ended the retries"
+    # Each stall lasts a whole read timeout; with no deadline, 10 of them and their backoff would
+    # take over 15 s. The bound leaves load three times the deadline.
+    assert 1 <= proxy.fired.count("stall") == proxy.connections < 10, "the deadline ended the retries"
+    assert 0.9 < elapsed < 3 * 2.5, elapsed
 
 
 def test_a_session_token_without_its_keys_is_named(seaweed, s3_url: str) -> None:

@@ -12,8 +12,11 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
+from faultproxy import FaultProxy
+from helpers import s3_settings
+from seaweed import SeaweedServer
 
-from jangdok import Cache, ConfigError, CredentialsError, Settings
+from jangdok import Cache, ConfigError, CredentialsError, Settings, redact
 from jangdok.settings import Secret, reveal
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY"
@@ -261,3 +264,110 @@ def test_secrets_are_not_in_reprs_when_resolved(isolated_env: Path, monkeypatch:
               AWS_SESSION_TOKEN=TOKEN)
     assert_hidden(Settings.resolve(), "AKIAIOSFODNN7EXAMPLE", SECRET, TOKEN)
     assert_hidden(Settings.resolve(secret_access_key=SECRET, access_key_id="AKIAIOSFODNN7EXAMPLE"), SECRET)
+
+
+# -- no credential in any log record ---------------------------------------------------------
+
+ACCESS_KEY = "AKIAJANGDOKDEBUGKEY7"
+
+
+def _credentials_in(text: str) -> list[str]:
+    """The credentials ``text`` shows: the secret or token whole or in part, or the access key
+    beyond its last 4 characters."""
+    shown = [name for name, part in (("secret", SECRET[:-4]), ("secret", SECRET[4:]), ("token", TOKEN[:-4]),
+                                     ("token", TOKEN[4:]), ("access key", ACCESS_KEY[:-4])) if part in text]
+    return sorted(set(shown))
+
+
+class _Records(logging.Handler):
+    """An app's own handler, formatting as apps do (tracebacks included)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        self.records: list[logging.LogRecord] = []
+        self.texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.texts.append(self.format(record))
+
+
+def _aws_signature_error() -> tuple[object, ...]:
+    """AWS's answer to a request signed with a wrong secret: it repeats the access key id, and
+    the canonical request with the session token in it."""
+    return ("status", 403, "SignatureDoesNotMatch", {
+        "AWSAccessKeyId": ACCESS_KEY, "StringToSign": "AWS4-HMAC-SHA256 20261205T061203Z",
+        "CanonicalRequest": f"GET /jangdok-test host:127.0.0.1 x-amz-security-token:{TOKEN}"})
+
+
+def test_no_log_record_of_a_whole_s3_session_at_debug_shows_a_credential(moto: SeaweedServer, s3_url: str,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """As an app that calls logging.basicConfig(level=logging.DEBUG), with botocore, boto3 and
+    urllib3 included, a session token sent with every request (moto accepts any), and a
+    handler of its own on botocore."""
+    for name in (None, "botocore", "boto3", "urllib3"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    on_botocore = _Records()
+    logging.getLogger("botocore").addHandler(on_botocore)
+    proxy = FaultProxy(int(moto.endpoint.rsplit(":", 1)[1]))
+    settings = s3_settings(moto, s3_url, identity=(ACCESS_KEY, SECRET), session_token=TOKEN,
+                           endpoint_url=proxy.endpoint, max_attempts=1)
+    try:
+        with Cache.from_settings(settings) as cache:
+            cache.put("a.pkl", list(range(100)))
+            assert cache.get("a.pkl") == list(range(100))
+            assert cache.stat("a.pkl").store == "S3" and cache.fallback_reason is None, "S3 served the session"
+            assert list(cache.keys()) == ["a.pkl"]
+            assert cache.get_or_compute("b.pkl", lambda: "b") == "b"  # a lease: conditional writes, a delete
+            assert cache.delete("a.pkl")
+            assert len(cache.prune(older_than=0).removed) == 1
+        proxy.faults.append(_aws_signature_error())  # the next connection: a fresh cache's opening
+        with Cache.from_settings(settings) as refused, pytest.raises(CredentialsError):
+            refused.get("a.pkl")
+        assert proxy.fired == ["status 403 SignatureDoesNotMatch"]
+    finally:
+        logging.getLogger("botocore").removeHandler(on_botocore)
+        proxy.close()
+    records = caplog.records + on_botocore.records
+    sources = {record.name.partition(".")[0] for record in records}
+    assert {"botocore", "urllib3", "jangdok"} <= sources, sources
+    assert any("SignatureDoesNotMatch" in record.getMessage() for record in on_botocore.records), \
+        "botocore logged the error document"
+    assert any(f"****{TOKEN[-4:]}" in record.getMessage() for record in records), "the token header, masked"
+    formatter = logging.Formatter("%(name)s %(message)s")
+    for record in records:
+        for text in (record.getMessage(), repr(record.__dict__), str(record.args), formatter.format(record)):
+            assert not _credentials_in(text), (_credentials_in(text), record.name, text[:300])
+    for text in on_botocore.texts + [caplog.text]:
+        assert not _credentials_in(text)
+
+
+def test_jangdok_debug_shows_no_credential(moto: SeaweedServer, s3_url: str, tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "JANGDOK_", "CACHE_"))}
+    env.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": TOKEN,
+                "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto.endpoint, "CACHE_DIR": s3_url,
+                "AWS_EC2_METADATA_DISABLED": "true"})
+    with Cache.from_settings(s3_settings(moto, s3_url, identity=(ACCESS_KEY, SECRET), session_token=TOKEN)) as cache:
+        cache.put("a.pkl", [1, 2])
+    for command in (["ls", "--long"], ["stat", "a.pkl"], ["get", "a.pkl", "-o", str(tmp_path / "a")],
+                    ["prune", "--dry-run"], ["rm", "a.pkl", "--yes"]):
+        result = subprocess.run([sys.executable, "-m", "jangdok", "--debug", *command], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "botocore" in result.stderr, "the debug log includes botocore's records"
+        for text in (result.stdout, result.stderr):
+            assert not _credentials_in(text), (command, _credentials_in(text))
+
+
+def test_a_short_credential_does_not_mask_ordinary_words(caplog: pytest.LogCaptureFixture) -> None:
+    """A value under 8 characters ("test", as moto's examples use) is masked only where
+    credentials go, not wherever the word appears in a path or message."""
+    redact.protect("test", "AKIAJANGDOKSHORTKEY1")
+    with caplog.at_level(logging.INFO, logger="jangdok"):
+        logging.getLogger("jangdok").info("loaded s3://jangdok-test/%s", "test_cache/x.pkl")
+        logging.getLogger("jangdok").info("Credential=test/20261205/us-east-1/s3/aws4_request")
+        logging.getLogger("jangdok").info("signing as AKIAJANGDOKSHORTKEY1")
+    assert [record.getMessage() for record in caplog.records] == [
+        "loaded s3://jangdok-test/test_cache/x.pkl", "Credential=****/20261205/us-east-1/s3/aws4_request",
+        "signing as ****KEY1"]

@@ -353,23 +353,23 @@ def test_a_failed_save_is_a_warning_and_the_value_is_returned(tmp_path: Path,
     assert "could not save it" in caplog.text
 
 
-def test_a_server_ignoring_conditional_writes_is_detected_once(seaweed: SeaweedServer, s3_url: str,
+def test_a_server_ignoring_conditional_writes_is_detected_once(moto: SeaweedServer, s3_url: str,
                                                                caplog: pytest.LogCaptureFixture) -> None:
-    cache = Cache.from_settings(s3_settings(seaweed, s3_url))
-    client = cache.store.client
-
-    def drop_conditions(request: Any, **_: Any) -> None:  # stands for a server without them
-        for header in ("If-None-Match", "If-Match"):
-            if header in request.headers:
-                del request.headers[header]
-
-    client.meta.events.register("before-sign.s3.PutObject", drop_conditions)
-    with caplog.at_level(logging.WARNING, logger="jangdok"):
-        assert cache.get_or_compute("k.pkl", lambda: "value") == "value"
-        assert cache.get_or_compute("k2.pkl", lambda: "other") == "other"
-    assert caplog.text.count("ignores If-None-Match on PutObject") == 1
-    assert cache.get("k.pkl") == "value"
-    assert sorted(cache.keys()) == ["k.pkl", "k2.pkl"]  # leases are not entries
+    # moto checks no signatures: with the conditions removed on the way, it never sees them, as a
+    # server without them would not.
+    proxy = FaultProxy(int(moto.endpoint.rsplit(":", 1)[1]))
+    proxy.drop_headers("PUT", "If-None-Match", "If-Match")
+    cache = Cache.from_settings(s3_settings(moto, s3_url, endpoint_url=proxy.endpoint))
+    try:
+        with caplog.at_level(logging.WARNING, logger="jangdok"):
+            assert cache.get_or_compute("k.pkl", lambda: "value") == "value"
+            assert cache.get_or_compute("k2.pkl", lambda: "other") == "other"
+        assert caplog.text.count("ignores If-None-Match and If-Match on PutObject") == 1
+        assert cache.get("k.pkl") == "value"
+        assert sorted(cache.keys()) == ["k.pkl", "k2.pkl"]  # leases are not entries
+    finally:
+        cache.close()
+        proxy.close()
 
 
 def test_prune_deletes_in_batches_pinned_to_the_listed_versions(seaweed: SeaweedServer, proxy: FaultProxy,
@@ -492,28 +492,18 @@ def test_a_lease_put_cut_short_does_not_hold_up_its_key(seaweed: SeaweedServer, 
     assert cache.stats()["S3"].computed == 1 and list(cache.keys()) == ["k.pkl"]
 
 
-def test_a_lease_write_that_landed_but_lost_its_answer_is_ours(seaweed: SeaweedServer, s3_url: str,
+def test_a_lease_write_that_landed_but_lost_its_answer_is_ours(seaweed: SeaweedServer, proxy: FaultProxy,
+                                                                s3_url: str, s3_prefix: str,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    """The creating PUT lands, its answer is lost, the retry meets the lease it made itself
-    (412). The call is real; only its answer is taken away, after the server has stored it."""
-    import botocore.exceptions as bce
-
-    cache = Cache.from_settings(s3_settings(seaweed, s3_url, lease_seconds=30))
-    client = cache.store.client
-    cache.store.capabilities  # noqa: B018
-    lost: list[int] = []
-    original = client.put_object
-
-    def put_object(**kwargs: Any) -> Any:
-        answer = original(**kwargs)
-        if ".jangdok/leases/" in kwargs["Key"] and not lost:
-            lost.append(1)
-            raise bce.ConnectionClosedError(endpoint_url=seaweed.endpoint)  # landed; the answer is lost
-        return answer
-
-    client.put_object = put_object
+    """The creating PUT lands whole (its body sent after the server's 100 Continue), its answer
+    is lost, and the retry meets the lease it made itself (412)."""
+    cache = Cache.from_settings(s3_settings(seaweed, s3_url, endpoint_url=proxy.endpoint, lease_seconds=30))
+    proxy.lose_answer_to(rf"^PUT /jangdok-test/{s3_prefix}\.jangdok/leases/k\.pkl", after_continue=True)
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="jangdok"):
+    with caplog.at_level(logging.INFO, logger="jangdok"):
         assert cache.get_or_compute("k.pkl", lambda: "value") == "value"
-    assert lost and time.monotonic() - started < 10
+    lease_line = f"PUT /jangdok-test/{s3_prefix}.jangdok/leases/k.pkl"
+    assert proxy.fired == [f"lost answer: {lease_line}"]
+    assert proxy.requests.count(lease_line) == 2, "the write, then its retry refused by the lease it made"
+    assert time.monotonic() - started < 10
     assert "taken over" not in caplog.text and cache.stats()["S3"].computed == 1

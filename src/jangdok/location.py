@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 S3_MAX_KEY_BYTES = 1024
-# Longest file or folder name on common local file systems (ext4, APFS, NTFS).
+# Longest file or folder name on common local file systems (ext4, APFS, NTFS), and the longest
+# name segment SeaweedFS stores: the limit of a key's segments on every backend.
 LOCAL_MAX_NAME_BYTES = 255
 # Local writes stage data under this name before renaming; keys may not collide with it.
 TEMP_MARKER = ".jangdok-tmp-"
@@ -158,6 +159,13 @@ def validate_key(key: str) -> list[str]:
             f"cache key {key!r} is not in Unicode NFC form; pass it through normalize_key() "
             "so names typed on macOS and elsewhere are one key"
         )
+    # One rule for folders and buckets alike, so a cache moves between them unchanged.
+    longest = max(len(part.encode("utf-8")) for part in parts)
+    if longest > LOCAL_MAX_NAME_BYTES:
+        raise InvalidKey(
+            f"cache key {_shown(key)} has a segment of {longest} bytes, longer than {LOCAL_MAX_NAME_BYTES} bytes "
+            "(UTF-8), which local file systems and some S3 servers cannot store; shorten it"
+        )
     return parts
 
 
@@ -226,14 +234,7 @@ class Location:
 
         ``key`` must already be normalised (:func:`normalize_key`); a non-NFC key is refused.
         """
-        parts = validate_key(key)
-        for part in parts:
-            if len(part.encode("utf-8")) > LOCAL_MAX_NAME_BYTES:
-                raise InvalidKey(
-                    f"cache key {_shown(key)} has a segment longer than {LOCAL_MAX_NAME_BYTES} bytes, "
-                    "which local file systems cannot store; shorten it"
-                )
-        path = os.path.join(self.root, *parts)
+        path = os.path.join(self.root, *validate_key(key))
         # Belt and braces for platform quirks the segment rules cannot see (':' already keeps
         # out drive-relative names like 'C:x'): the joined path must still be under the root.
         root = os.path.abspath(self.root)

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 __all__ = ["RetryPolicy", "RetryBudget", "RetryExhausted"]
@@ -38,10 +38,14 @@ class RetryPolicy:
     """Worst-case duration of one attempt (connect + read timeout)."""
     base_delay: float = 0.2
     max_delay: float = 5.0
+    # Time and chance, given explicitly so the bounds can be proven with a simulated clock.
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+    uniform: Callable[[float, float], float] = field(default=random.uniform, compare=False, repr=False)
 
     def delay(self, retry: int) -> float:
         """Full jitter: uniform in [0, min(max_delay, base * 2**retry)], so clients spread out."""
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**retry))
+        return self.uniform(0, min(self.max_delay, self.base_delay * 2**retry))
 
     def budget(self) -> RetryBudget:
         return RetryBudget(self)
@@ -76,17 +80,17 @@ class RetryBudget:
         policy = self.policy
         while True:
             if self.started is None:
-                self.started = time.monotonic()
+                self.started = policy.clock()
             self.attempts += 1
             try:
                 return operation()
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                elapsed = time.monotonic() - self.started
+                elapsed = policy.clock() - self.started
                 pause = policy.delay(self.attempts - 1)
                 fits = elapsed + pause + policy.attempt_timeout <= policy.total_timeout
                 if self.attempts >= policy.max_attempts or not fits:
                     raise RetryExhausted(exc, self.attempts, elapsed) from exc
                 log.debug("retrying %s in %.2f s after attempt %d failed: %s", what, pause, self.attempts, exc)
-                time.sleep(pause)
+                policy.sleep(pause)

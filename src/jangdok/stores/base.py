@@ -78,23 +78,52 @@ class Reader(io.RawIOBase):
         return True
 
 
-@dataclass(frozen=True)
 class Capabilities:
-    """What a backend can promise; the layers above adapt to these, never to backend types."""
+    """What a backend can promise; the layers above adapt to these, never to backend types.
+
+    ``shared``, ``range_reads`` and ``mapping`` are fixed by the backend. ``conditional_write``
+    and ``conditional_delete`` depend on the server, which a backend may have to ask (S3 probes
+    each on first access): ``True`` it honours the condition, ``False`` it definitely does not
+    (a server that ignores it), ``None`` *unknown* (the probe could not run: an outage, or
+    credentials that may not write). Unknown is never taken for ``False`` and is asked again on
+    a later access. Every consumer must be correct for all three answers; with ``None``, check
+    first and still send the condition, which is atomic where the server honours it and a
+    check-then-act where it does not.
+    """
 
     shared: bool
     """Other machines see the same entries (S3), or only this machine does (a local folder)."""
     range_reads: bool
     """``read(key, start, stop)`` fetches only the requested bytes."""
-    conditional_delete: bool
-    """``delete(key, version=...)`` is atomic: it can never remove a newer object written
-    meanwhile. Where False, it checks then deletes, and a write in between can be lost."""
-    mapping: bool = False
+    mapping: bool
     """``map(key)`` gives an object's bytes as a memory map instead of reading them."""
-    conditional_write: bool = False
-    """``write_if`` is atomic: create-if-absent and replace-if-version are decided by the
-    server, so two writers can never both succeed. Where False, ``write_if`` is unsupported
-    or (where a server ignores the conditions) only best effort."""
+
+    def __init__(self, *, shared: bool, range_reads: bool, mapping: bool = False,
+                 conditional_delete: bool | None = False, conditional_write: bool | None = False) -> None:
+        self.shared = shared
+        self.range_reads = range_reads
+        self.mapping = mapping
+        self._conditional_delete = conditional_delete
+        self._conditional_write = conditional_write
+
+    @property
+    def conditional_delete(self) -> bool | None:
+        """``delete(key, version=...)`` is atomic: it can never remove a newer object written
+        meanwhile. Where not ``True``, it checks then deletes, and a write in between can be
+        lost (``None``: unless the server turns out to honour the condition it is sent)."""
+        return self._conditional_delete
+
+    @property
+    def conditional_write(self) -> bool | None:
+        """``write_if`` is atomic: create-if-absent and replace-if-version are decided by the
+        server, so two writers can never both succeed. ``False``: ``write_if`` is unsupported
+        or (where a server ignores the conditions) only best effort; ``None``: the server was
+        not asked yet, or could not be."""
+        return self._conditional_write
+
+    def __repr__(self) -> str:
+        return (f"Capabilities(shared={self.shared}, range_reads={self.range_reads}, mapping={self.mapping}, "
+                f"conditional_delete={self.conditional_delete}, conditional_write={self.conditional_write})")
 
 
 class Store(ABC):

@@ -1,15 +1,9 @@
-"""A store in an S3-compatible bucket (AWS S3, MinIO, SeaweedFS, Ceph, R2, ...) via boto3.
-
-Retries are ours, not botocore's: one policy (:mod:`jangdok.retry`) covers requests *and*
-reading response bodies, which botocore never retries; a body that breaks mid-transfer is
-resumed with a ranged GET pinned to the same ETag, so a long download is not restarted and
-never silently mixes two versions of an object. Every botocore exception is translated into
-:mod:`jangdok.errors` here, with the seed guide's wording and what to check.
-"""
+"""The S3 store: objects under ``s3://bucket/prefix/``, read, written and deleted through the
+store contract, with our own retries (see :mod:`jangdok.stores.s3`)."""
 
 from __future__ import annotations
 
-import bisect
+import functools
 import io
 import itertools
 import logging
@@ -20,19 +14,21 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-import boto3
 import botocore.exceptions as bce
-from botocore.config import Config
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from ..errors import AccessDenied, ConfigError, CredentialsError, JangdokError, NoCredentials, StoreUnavailable
-from ..location import TEMP_MARKER, Location, validate_key
-from ..perprocess import PerProcess
-from ..retry import RetryBudget, RetryExhausted, RetryPolicy
-from ..settings import Settings, mask_secret, reveal
-from .base import UNCHANGED, Capabilities, Chunks, ObjectInfo, Reader, Store, Unchanged, check_range, iter_chunks
+from ...errors import AccessDenied, ConfigError, JangdokError, StoreUnavailable
+from ...location import TEMP_MARKER, Location, validate_key
+from ...perprocess import PerProcess
+from ...retry import RetryBudget, RetryExhausted, RetryPolicy
+from ...settings import Settings
+from ..base import UNCHANGED, Chunks, ObjectInfo, Reader, Store, Unchanged, check_range
+from .bodies import ChunkFile, Sent, split_into_parts
+from .capabilities import ProbedCapabilities
+from .client import make_client
+from .translate import MISSING_CODES, ShortBody, Target, error_code, is_transient, not_s3, translate
 
-__all__ = ["S3Store", "make_client"]
+__all__ = ["S3Store", "MIN_PART_SIZE", "DEFAULT_PART_SIZE"]
 
 log = logging.getLogger("jangdok")
 T = TypeVar("T")
@@ -47,215 +43,10 @@ DEFAULT_PART_SIZE = 64 * 1024 * 1024
 BODY_READ_SIZE = 1024 * 1024
 # User metadata naming the multipart upload that made an object.
 _UPLOAD_TOKEN = "jangdok-upload"
-
-_TRANSIENT_CODES = {
-    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
-    "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable", "BandwidthLimitExceeded",
-}
-_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "InvalidClientTokenId"}
-_EXPIRED_CODES = {"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired", "RequestExpired"}
-_DENIED_CODES = {"AccessDenied", "403", "AllAccessDisabled", "AccountProblem"}
 _IMPOSSIBLE_ETAG = '"' + "0" * 32 + '"'  # no object has it: conditions on it must fail
 _BATCH_DELETE = 1000  # DeleteObjects' maximum keys per request
-_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
-_WRONG_REGION_CODES = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
-_PERMISSION = {
-    "opening": "s3:ListBucket",
-    "checking": "s3:GetObject (and s3:ListBucket, without which S3 reports a missing key as 403)",
-    "loading": "s3:GetObject",
-    "saving": "s3:PutObject",
-    "deleting": "s3:DeleteObject",
-    "listing": "s3:ListBucket",
-    "probing": "s3:PutObject and s3:DeleteObject",
-}
-
-
-class _ShortBody(Exception):
-    """The connection ended before the promised Content-Length: a transfer fault, not data."""
-
-
-def _error_code(exc: bce.ClientError) -> tuple[str, int]:
-    error = exc.response.get("Error", {})
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    return str(error.get("Code", status)), int(status or 0)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, bce.ClientError):
-        code, status = _error_code(exc)
-        return code in _TRANSIENT_CODES or status >= 500 or status == 429
-    if isinstance(exc, bce.SSLError):
-        return False  # a certificate problem does not fix itself
-    return isinstance(
-        exc,
-        (bce.ConnectionError, bce.HTTPClientError, bce.ResponseStreamingError, bce.IncompleteReadError, Urllib3Error,
-         _ShortBody, ConnectionError, TimeoutError),
-    )
-
-
-def _expected_region(message: str) -> str | None:
-    """The region AWS names in "the region 'us-east-1' is wrong; expecting 'eu-west-1'"."""
-    match = re.search(r"expecting '([a-z0-9-]+)'", message)
-    return match.group(1) if match else None
-
-
-def _skew(error: dict[str, Any]) -> str:
-    """How far this machine's clock is off, from the times S3 puts in its error document."""
-    try:
-        request = datetime.strptime(error["RequestTime"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
-        server = datetime.strptime(error["ServerTime"][:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
-    except (KeyError, TypeError, ValueError):
-        return "this machine's clock differs from the server's"
-    offset = (request - server).total_seconds()
-    return (f"this machine's clock is {abs(offset):.0f} s {'ahead of' if offset > 0 else 'behind'} the server's "
-            f"(request signed at {request:%Y-%m-%d %H:%M:%S} UTC, server time {server:%H:%M:%S} UTC)")
-
-
-def make_client(settings: Settings) -> tuple[Any, str]:
-    """A boto3 S3 client for these settings and its masked access key, with credentials
-    checked before any request.
-
-    Raises CredentialsError (the seed's "Unable to locate credentials") when there are none.
-    """
-    given = {"AWS_ACCESS_KEY_ID": settings.access_key_id, "AWS_SECRET_ACCESS_KEY": settings.secret_access_key,
-             "AWS_SESSION_TOKEN": settings.session_token}
-    present = [name for name, value in given.items() if value]
-    missing = [name for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not given[name]]
-    if present and missing:
-        raise NoCredentials(
-            f"S3 client initialization failed: Unable to locate credentials: {' and '.join(present)} "
-            f"{'is' if len(present) == 1 else 'are'} set (in {settings.sources.get('credentials', 'the arguments')}) "
-            f"but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing there; credentials "
-            "come whole from one place (arguments, environment or a .env file): set them together."
-        )
-    try:
-        session = boto3.session.Session(
-            aws_access_key_id=reveal(settings.access_key_id),
-            aws_secret_access_key=reveal(settings.secret_access_key),
-            aws_session_token=reveal(settings.session_token),
-            region_name=settings.region,
-            profile_name=None if settings.access_key_id else settings.profile,
-        )
-        credentials = session.get_credentials()
-    except bce.ProfileNotFound as exc:
-        raise NoCredentials(
-            f"S3 client initialization failed: AWS profile {settings.profile!r} not found "
-            f"({settings.credentials_source}); create it with 'aws configure --profile {settings.profile}' "
-            "or unset AWS_PROFILE"
-        ) from exc
-    except bce.BotoCoreError as exc:
-        raise NoCredentials(f"S3 client initialization failed: {exc}; check {settings.credentials_source}") from exc
-    if credentials is None or not credentials.access_key:
-        raise NoCredentials(
-            "S3 client initialization failed: Unable to locate credentials. Tried: explicit arguments, "
-            "environment variables (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE), .env files "
-            "(project folder, current folder), the AWS shared config and credentials files. Set "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run 'aws configure'."
-        )
-    config = Config(
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        retries={"total_max_attempts": 1, "mode": "standard"},  # retries are ours: see module doc
-        # Path-style addressing is what self-hosted S3 servers support; AWS picks its own.
-        # Integrity is end to end (every entry carries its own digest), so botocore's CRC32 of
-        # each body, and over http its SHA-256 payload signature, would only read the bytes
-        # again: ~24 ms per 50 MB GET, and a PUT's body read three times instead of once.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        s3={"addressing_style": "path" if settings.endpoint_url else "auto", "payload_signing_enabled": False},
-        max_pool_connections=32,
-    )
-    try:
-        client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
-    except (bce.BotoCoreError, ValueError) as exc:
-        raise ConfigError(f"S3 client initialization failed: {exc}; check AWS_REGION "
-                          f"({settings.region!r}) and AWS_ENDPOINT_URL ({settings.endpoint_url!r})") from exc
-    return client, mask_secret(credentials.access_key)
-
-
-class _ChunkFile(io.RawIOBase):
-    """A seekable read-only file over byte chunks, so botocore can send (and re-send or
-    checksum) a body that was never joined into one copy."""
-
-    def __init__(self, chunks: list[memoryview], sent: Callable[[int], None] | None = None) -> None:
-        super().__init__()
-        self._chunks = chunks
-        self._starts = list(itertools.accumulate((chunk.nbytes for chunk in chunks), initial=0))
-        self._size = self._starts[-1]
-        self._pos = 0
-        self._sent = sent
-
-    def __len__(self) -> int:
-        return self._size
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = min(max(0, base + offset), self._size)
-        return self._pos
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        target = memoryview(buffer).cast("B")
-        written = 0
-        index = bisect.bisect_right(self._starts, self._pos) - 1
-        while written < target.nbytes and index < len(self._chunks):
-            chunk = self._chunks[index]
-            piece = chunk[self._pos + written - self._starts[index] :][: target.nbytes - written]
-            target[written : written + piece.nbytes] = piece
-            written += piece.nbytes
-            index += 1
-        self._pos += written
-        if self._sent is not None:
-            self._sent(self._pos)
-        return written
-
-
-class _Sent:
-    """Bytes handed to the connection so far, for a progress callback. A retried request
-    reads its body again from the start; the count only ever goes up."""
-
-    def __init__(self, progress: Callable[[int], None] | None) -> None:
-        self._progress = progress
-        self._most = 0
-
-    def at(self, offset: int) -> Callable[[int], None] | None:
-        """The callback for a body that starts at ``offset`` in the whole object."""
-        if self._progress is None:
-            return None
-
-        def sent(position: int) -> None:
-            if offset + position > self._most:
-                self._most = offset + position
-                self._progress(self._most)
-
-        return sent
-
-
-def _parts(data: Chunks, part_size: int) -> Iterator[list[memoryview]]:
-    """Group chunks into parts of exactly ``part_size`` bytes (the last may be shorter)."""
-    part: list[memoryview] = []
-    filled = 0
-    yielded = False
-    for view in iter_chunks(data):
-        while view.nbytes:
-            piece = view[: part_size - filled]
-            part.append(piece)
-            filled += piece.nbytes
-            view = view[piece.nbytes :]
-            if filled == part_size:
-                yield part
-                part, filled, yielded = [], 0, True
-    if part or not yielded:
-        yield part
+_now = time.time  # what cleanup compares the server's times with; the tests set it through this name
 
 
 def _range_start_and_total(response: dict[str, Any]) -> tuple[int, int]:
@@ -317,7 +108,7 @@ class _S3Reader(Reader):
             raise
         if not count:
             self._drop_body()
-            raise _ShortBody(f"connection closed at byte {self._pos} of {self._end}")
+            raise ShortBody(f"connection closed at byte {self._pos} of {self._end}")
         return count
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
@@ -338,6 +129,7 @@ class S3Store(Store):
     """Objects under ``s3://bucket/prefix/``; a key maps to ``prefix + key``."""
 
     name = "S3"
+    capabilities: ProbedCapabilities
 
     def __init__(self, location: Location, settings: Settings, part_size: int = DEFAULT_PART_SIZE) -> None:
         if not location.is_s3:
@@ -357,33 +149,37 @@ class S3Store(Store):
             attempt_timeout=settings.connect_timeout + settings.read_timeout,
         )
         self._bucket = location.root
-        self._capabilities: Capabilities | None = None
-        self._batch_pins: bool | None = None
+        endpoint = client.meta.endpoint_url
+        self.capabilities = ProbedCapabilities(endpoint, self._bucket, {
+            "conditional_write": self._probe_conditional_write,
+            "conditional_delete": self._probe_conditional_delete,
+            "conditional_batch_delete": self._probe_conditional_batch_delete,
+        })
+        self._target = Target(bucket=self._bucket, endpoint=endpoint, region=client.meta.region_name,
+                              identity=self.identity, credentials_source=settings.credentials_source,
+                              endpoint_setting=settings.endpoint_url, session_token=bool(settings.session_token))
 
     @property
-    def capabilities(self) -> Capabilities:  # type: ignore[override]
-        """Probed on first use: whether the server honours ``If-Match`` on DeleteObject."""
-        if self._capabilities is None:
-            self._capabilities = Capabilities(shared=True, range_reads=True,
-                                              conditional_delete=self._honours_conditional_delete(),
-                                              conditional_write=self._honours_conditional_write())
-        return self._capabilities
+    def client(self) -> Any:
+        """This process's boto3 client: a forked child never shares its parent's connections."""
+        return self._clients.get()
+
+    # -- probes of what the server honours (see ProbedCapabilities) ------------------------
 
     def _probe(self, trial: Callable[[str], bool], what: str) -> bool | None:
         """Run ``trial`` on a fresh probe object (created first, removed after; its reserved
         name keeps it out of listings, and ``cleanup`` removes one left by a crash) and return
-        its verdict; ``None`` if it could not be tried (no s3:PutObject, an outage). A few
-        requests, once per store."""
+        its verdict; ``None`` if it could not be tried (no s3:PutObject, an outage)."""
         probe = self.location.prefix + TEMP_MARKER + "probe-" + secrets.token_hex(8)
         try:
             self._call("saving", None, lambda: self.client.put_object(Bucket=self._bucket, Key=probe, Body=b""))
         except JangdokError as exc:  # read-only credentials, or an outage: nothing can be known
-            log.debug("cannot probe %s on %s (%s); not relying on it", what, self.location.url, exc)
+            log.debug("cannot probe %s on %s (%s); asking again later", what, self.location.url, exc)
             return None
         try:
             verdict: bool | None = self._call("probing", None, lambda: trial(probe))
         except JangdokError as exc:
-            log.debug("%s probe on %s failed (%s); not relying on it", what, self.location.url, exc)
+            log.debug("%s probe on %s failed (%s); asking again later", what, self.location.url, exc)
             verdict = None
         try:
             self.client.delete_object(Bucket=self._bucket, Key=probe)
@@ -395,23 +191,38 @@ class S3Store(Store):
         try:
             request()
         except bce.ClientError as exc:
-            if _error_code(exc)[1] in statuses:
+            if error_code(exc)[1] in statuses:
                 return True
             raise
         return False
 
-    def _honours_conditional_write(self) -> bool:
-        """Create the probe again with ``If-None-Match: *``: a server that enforces the
-        condition refuses (412, or 409 for a concurrent write)."""
-        honoured = self._probe(lambda probe: self._refused(lambda: self.client.put_object(
-            Bucket=self._bucket, Key=probe, Body=b"", IfNoneMatch="*"), 409, 412), "conditional write")
-        if honoured is False:
-            log.warning("S3 endpoint %s ignores If-None-Match on PutObject: leases (compute once) are best "
-                        "effort, and two processes may compute the same entry at the same time",
-                        self.client.meta.endpoint_url)
-        return bool(honoured)
+    def _probe_conditional_write(self) -> bool | None:
+        """Write the probe again under each condition of ``write_if``: ``If-None-Match: *``
+        (create only if absent: taking a lease) and ``If-Match`` with an ETag it cannot have
+        (replace only that version: renewing or taking over one). A server that enforces a
+        condition refuses (412, or 409 for a concurrent write); one may enforce one and not
+        the other, and leases need both."""
 
-    def _honours_conditional_delete(self) -> bool:
+        def ignored(probe: str) -> list[str]:
+            conditions = {"If-None-Match": {"IfNoneMatch": "*"}, "If-Match": {"IfMatch": _IMPOSSIBLE_ETAG}}
+            return [header for header, condition in conditions.items() if not self._refused(
+                functools.partial(self.client.put_object, Bucket=self._bucket, Key=probe, Body=b"", **condition),
+                409, 412)]
+
+        found: list[str] = []
+
+        def trial(probe: str) -> bool:
+            found[:] = ignored(probe)
+            return not found
+
+        honoured = self._probe(trial, "conditional write")
+        if honoured is False:
+            log.warning("S3 endpoint %s ignores %s on PutObject: leases (compute once) are best effort, and two "
+                        "processes may compute the same entry at the same time", self.client.meta.endpoint_url,
+                        " and ".join(found))
+        return honoured
+
+    def _probe_conditional_delete(self) -> bool | None:
         """Delete the probe under an ETag it cannot have: a server that enforces the condition
         refuses (412), one that ignores it deletes."""
         honoured = self._probe(lambda probe: self._refused(lambda: self.client.delete_object(
@@ -422,98 +233,31 @@ class S3Store(Store):
                         self.client.meta.endpoint_url)
         return honoured
 
-    @property
-    def client(self) -> Any:
-        """This process's boto3 client: a forked child never shares its parent's connections."""
-        return self._clients.get()
+    def _probe_conditional_batch_delete(self) -> bool | None:
+        """Whether DeleteObjects refuses an object whose ETag differs from the one given."""
+
+        def trial(probe: str) -> bool:
+            response = self.client.delete_objects(Bucket=self._bucket, Delete={
+                "Objects": [{"Key": probe, "ETag": _IMPOSSIBLE_ETAG}], "Quiet": False})
+            return any(error.get("Code") == "PreconditionFailed" for error in response.get("Errors", []))
+
+        honoured = self._probe(trial, "batch delete")
+        if honoured is False:
+            log.info("S3 endpoint %s ignores ETag conditions in DeleteObjects; prune deletes one key at a time",
+                     self.client.meta.endpoint_url)
+        return honoured
 
     # -- error handling -------------------------------------------------------------------
 
     def _call(self, verb: str, key: str | None, operation: Callable[[], T], budget: RetryBudget | None = None) -> T:
         path = self.path(key) if key is not None else self.location.url
         try:
-            return (budget or self.policy.budget()).call(operation, _is_transient, f"{verb} {path}")
+            return (budget or self.policy.budget()).call(operation, is_transient, f"{verb} {path}")
         except RetryExhausted as exc:
             tally = f"{exc.attempts} attempt(s) in {exc.elapsed:.1f} s"
-            raise self._translate(exc.last, verb, path, tally) from exc.last
+            raise translate(exc.last, verb, path, tally, self._target) from exc.last
         except (bce.BotoCoreError, bce.ClientError) as exc:
-            raise self._translate(exc, verb, path, "1 attempt") from exc
-
-    def _translate(self, exc: BaseException, verb: str, path: str, tally: str) -> JangdokError:
-        endpoint = self.client.meta.endpoint_url
-        if isinstance(exc, bce.ClientError):
-            code, status = _error_code(exc)
-            error = exc.response.get("Error", {})
-            message = error.get("Message", "")
-            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-            not_xml = not error.get("Code") or headers.get("content-type", "").startswith("text/html")
-            if not_xml and status < 500 and status != 429:  # a proxy's 502/503 page is an outage
-                return self._not_s3(verb, path, f"HTTP {status} with {headers.get('content-type') or 'no'} content")
-            if code in _WRONG_REGION_CODES:
-                region = headers.get("x-amz-bucket-region") or _expected_region(message)
-                return ConfigError(
-                    f"S3 error {verb} {path}: {code}: bucket {self._bucket!r} is in "
-                    f"{'region ' + repr(region) if region else 'another region'}, not "
-                    f"{self.client.meta.region_name!r}; set AWS_REGION={region or '<its region>'}."
-                )
-            if code in _EXPIRED_CODES:
-                return CredentialsError(
-                    f"S3 error {verb} {path}: {code}: the session token has expired "
-                    f"({self.settings.credentials_source}); get new temporary credentials (aws sso login, "
-                    "aws sts assume-role, or your identity provider) and set AWS_SESSION_TOKEN and its keys again."
-                )
-            if code == "RequestTimeTooSkewed":
-                return ConfigError(f"S3 error {verb} {path}: RequestTimeTooSkewed: {_skew(error)}; S3 refuses "
-                                   "requests signed more than 15 minutes off. Set the clock right (enable NTP: "
-                                   "'timedatectl set-ntp true', or 'w32tm /resync' on Windows).")
-            if code in _DENIED_CODES:
-                # HEAD answers carry no error document, so a bare 403 may also be a bad secret.
-                unsure = " (or the secret key is wrong: HEAD responses do not say which)" if code == "403" else ""
-                return AccessDenied(
-                    f"S3 error {verb} {path}: Access Denied. The identity (access key {self.identity}) lacks "
-                    f"{_PERMISSION[verb]}{unsure}; the bucket policy must allow s3:GetObject, s3:PutObject, "
-                    "s3:DeleteObject and s3:ListBucket on the cache prefix."
-                )
-            if code in _CREDENTIAL_CODES:
-                return CredentialsError(
-                    f"S3 error {verb} {path}: Access Denied ({code}): the credentials were rejected "
-                    f"({self.settings.credentials_source}); check the secret key and session token, "
-                    f"and that the key is active for endpoint {endpoint}."
-                )
-            if code == "NoSuchBucket" or (verb == "opening" and code in _MISSING_CODES):
-                return ConfigError(
-                    f"S3 error {verb} {path}: bucket {self._bucket!r} does not exist at {endpoint}; fix CACHE_DIR, "
-                    f"or create it: aws s3 mb s3://{self._bucket}, or without the AWS CLI: {self._create_hint()}"
-                )
-            if code == "PreconditionFailed" and verb == "loading":
-                return StoreUnavailable(
-                    f"S3 error {verb} {path}: the object was replaced while it was being read; load it again."
-                )
-            if _is_transient(exc):
-                return StoreUnavailable(
-                    f"S3 error {verb} {path}: {code} (HTTP {status}) after {tally}; the service is "
-                    "overloaded or failing. Try again later."
-                )
-            return JangdokError(f"S3 error {verb} {path}: {code} (HTTP {status}): {message}")
-        if isinstance(exc, bce.NoCredentialsError):
-            return NoCredentials(f"S3 client initialization failed: Unable to locate credentials ({path})")
-        return StoreUnavailable(
-            f"S3 error {verb} {path}: Connection timeout or failure ({type(exc).__name__}: {exc}) after "
-            f"{tally}. Check that the endpoint {endpoint} is reachable from this machine (network, "
-            "AWS_ENDPOINT_URL, proxy), or use a local cache folder."
-        )
-
-    def _not_s3(self, verb: str, path: str, answer: str) -> ConfigError:
-        return ConfigError(
-            f"S3 error {verb} {path}: the endpoint {self.client.meta.endpoint_url} does not answer like an S3 "
-            f"server (it answered {answer}); check AWS_ENDPOINT_URL: the S3 API's address and port "
-            "(e.g. 8333 for SeaweedFS, 9000 for MinIO), not a web page or console"
-        )
-
-    def _create_hint(self) -> str:
-        endpoint = self.settings.endpoint_url
-        client = f"'s3', endpoint_url={endpoint!r}" if endpoint else "'s3'"
-        return f"python -c \"import boto3; boto3.client({client}).create_bucket(Bucket={self._bucket!r})\""
+            raise translate(exc, verb, path, "1 attempt", self._target) from exc
 
     # -- the store contract ---------------------------------------------------------------
 
@@ -541,7 +285,8 @@ class S3Store(Store):
             return
         if "IsTruncated" not in listing:  # every S3 listing says; a web server's 200 page does not
             content = listing.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("content-type") or "no"
-            raise self._not_s3("opening", self.location.url, f"a listing with HTTP 200 and {content} content")
+            raise ConfigError(not_s3(self._target, "opening", self.location.url,
+                                     f"a listing with HTTP 200 and {content} content"))
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
         check_range(start, stop)
@@ -552,8 +297,8 @@ class S3Store(Store):
             try:
                 return self._get_object(key, start, stop)
             except bce.ClientError as exc:
-                code, _ = _error_code(exc)
-                if code in _MISSING_CODES:
+                code, _ = error_code(exc)
+                if code in MISSING_CODES:
                     return None
                 if code == "InvalidRange":  # start at or past the end of the object: no bytes to send
                     return {"InvalidRange": True}
@@ -571,13 +316,13 @@ class S3Store(Store):
 
     def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> str:
         object_key = self.location.object_key(key)
-        parts = _parts(data, self.part_size)
+        parts = split_into_parts(data, self.part_size)
         first = next(parts)
         second = next(parts, None)
-        sent = _Sent(progress)
+        sent = Sent(progress)
         if second is None:
             response = self._call("saving", key, lambda: self.client.put_object(
-                Bucket=self._bucket, Key=object_key, Body=_ChunkFile(first, sent.at(0))))
+                Bucket=self._bucket, Key=object_key, Body=ChunkFile(first, sent.at(0))))
             return str(response.get("ETag", ""))
         # Large values: a multipart upload becomes visible only when completed, so readers
         # still see the previous object or the whole new one.
@@ -613,7 +358,7 @@ class S3Store(Store):
                 response = self.client.complete_multipart_upload(
                     Bucket=self._bucket, Key=object_key, UploadId=upload_id, MultipartUpload={"Parts": parts})
             except bce.ClientError as exc:
-                made = attempts > 1 and _error_code(exc)[0] == "NoSuchUpload" and self._made_by(object_key, token)
+                made = attempts > 1 and error_code(exc)[0] == "NoSuchUpload" and self._made_by(object_key, token)
                 if made:
                     log.debug("upload of %s had completed; its answer was lost", self.path(key))
                     return made
@@ -634,7 +379,7 @@ class S3Store(Store):
                      part: list[memoryview], sent: Callable[[int], None] | None) -> dict[str, Any]:
         response = self._call("saving", key, lambda: self.client.upload_part(
             Bucket=self._bucket, Key=object_key, UploadId=upload_id, PartNumber=number,
-            Body=_ChunkFile(part, sent)))
+            Body=ChunkFile(part, sent)))
         return {"PartNumber": number, "ETag": response["ETag"]}
 
     def write_if(self, key: str, data: bytes, version: str | None) -> str | None:
@@ -648,9 +393,9 @@ class S3Store(Store):
                 response = self.client.put_object(Bucket=self._bucket, Key=self.location.object_key(key),
                                                   Body=bytes(data), **condition)
             except bce.ClientError as exc:
-                code, status = _error_code(exc)
+                code, status = error_code(exc)
                 # 409: a concurrent conditional write to the same key is in progress (AWS).
-                if status in (409, 412) or (version is not None and code in _MISSING_CODES):
+                if status in (409, 412) or (version is not None and code in MISSING_CODES):
                     return None
                 raise
             return str(response.get("ETag", ""))
@@ -665,10 +410,10 @@ class S3Store(Store):
                 return self.client.get_object(Bucket=self._bucket, Key=self.location.object_key(key),
                                               IfNoneMatch=version)
             except bce.ClientError as exc:
-                code, status = _error_code(exc)
+                code, status = error_code(exc)
                 if status == 304 or code == "304":
                     return UNCHANGED
-                if code in _MISSING_CODES:
+                if code in MISSING_CODES:
                     return None
                 raise
 
@@ -678,73 +423,57 @@ class S3Store(Store):
         return _S3Reader(self, key, response, 0)
 
     def delete(self, key: str, version: str | None = None) -> bool:
+        """With ``version``: one DeleteObject with ``If-Match``, atomic where the server honours
+        it. Where it does not, or that is not known yet, the object is checked first and the
+        condition still sent: a check-then-delete on a server that ignores it, and atomic on
+        one that honours it, so an unknown answer is never less safe than a known one."""
         object_key = self.location.object_key(key)
-        if version is not None and self.capabilities.conditional_delete:
-            # One atomic request: the server deletes only if the object is still that version.
-            def delete_if_match() -> bool:
-                try:
-                    self.client.delete_object(Bucket=self._bucket, Key=object_key, IfMatch=version)
-                except bce.ClientError as exc:
-                    code, status = _error_code(exc)
-                    if status == 412 or code in _MISSING_CODES:
-                        return False
-                    raise
-                return True
+        if version is None or self.capabilities.conditional_delete is not True:
+            # S3 deletes succeed whether or not the key existed; ask first so callers can tell.
+            current = self.stat(key)
+            if current is None or (version is not None and current.version != version):
+                return False
+        condition = {} if version is None else {"IfMatch": version}
 
-            return self._call("deleting", key, delete_if_match)
-        # S3 deletes succeed whether or not the key existed; ask first so callers can tell.
-        current = self.stat(key)
-        if current is None or (version is not None and current.version != version):
-            return False
-        self._call("deleting", key, lambda: self.client.delete_object(Bucket=self._bucket, Key=object_key))
-        return True
+        def delete_object() -> bool:
+            try:
+                self.client.delete_object(Bucket=self._bucket, Key=object_key, **condition)
+            except bce.ClientError as exc:
+                code, status = error_code(exc)
+                if version is not None and (status == 412 or code in MISSING_CODES):
+                    return False
+                raise
+            return True
+
+        return self._call("deleting", key, delete_object)
 
     def delete_many(self, found: Iterable[ObjectInfo]) -> list[str]:
         """DeleteObjects, 1000 keys a request, each pinned to its listed ETag, where the server
-        honours that pin (probed once: moto, for one, ignores it); else one conditional
-        DeleteObject per key, which never removes a newer object."""
+        honours that pin (moto, for one, ignores it); else, or while that is unknown, one
+        versioned :meth:`delete` per key, which never removes a newer object."""
         items = list(found)
-        if not items or not self._honours_conditional_batch_delete():
+        if not items or self.capabilities.conditional_batch_delete is not True:
             return super().delete_many(items)
         deleted: list[str] = []
         by_object_key = {self.location.object_key(item.key): item.key for item in items}
         for start in range(0, len(items), _BATCH_DELETE):
             batch = [{"Key": self.location.object_key(item.key), "ETag": item.version}
                      for item in items[start:start + _BATCH_DELETE]]
-            response = self._call("deleting", None, lambda batch=batch: self.client.delete_objects(
-                Bucket=self._bucket, Delete={"Objects": batch, "Quiet": False}))
+            response = self._call("deleting", None, functools.partial(
+                self.client.delete_objects, Bucket=self._bucket, Delete={"Objects": batch, "Quiet": False}))
             deleted += [by_object_key[done["Key"]] for done in response.get("Deleted", [])
                         if done.get("Key") in by_object_key]
             for error in response.get("Errors", []):
-                if error.get("Code") not in ("PreconditionFailed", *_MISSING_CODES):
+                if error.get("Code") not in ("PreconditionFailed", *MISSING_CODES):
                     log.warning("could not delete %s: %s %s", self.path(by_object_key.get(error.get("Key"), "?")),
                                 error.get("Code"), error.get("Message", ""))
         return deleted
-
-    def _honours_conditional_batch_delete(self) -> bool:
-        if self._batch_pins is None:
-            self._batch_pins = self._probe_batch_delete()
-        return self._batch_pins
-
-    def _probe_batch_delete(self) -> bool:
-        """Whether DeleteObjects refuses an object whose ETag differs from the one given."""
-
-        def trial(probe: str) -> bool:
-            response = self.client.delete_objects(Bucket=self._bucket, Delete={
-                "Objects": [{"Key": probe, "ETag": _IMPOSSIBLE_ETAG}], "Quiet": False})
-            return any(error.get("Code") == "PreconditionFailed" for error in response.get("Errors", []))
-
-        honoured = self._probe(trial, "batch delete")
-        if honoured is False:
-            log.info("S3 endpoint %s ignores ETag conditions in DeleteObjects; prune deletes one key at a time",
-                     self.client.meta.endpoint_url)
-        return bool(honoured)
 
     def cleanup(self, older_than: float, prefix: str = "") -> int:
         """Abort multipart uploads under ``prefix`` that made no progress for ``older_than``
         seconds (the parts of writers killed mid-upload, which S3 keeps and bills forever; a
         slow live upload keeps adding parts), and remove stale probe objects."""
-        cutoff = time.time() - older_than
+        cutoff = _now() - older_than
         request = {"Bucket": self._bucket, "Prefix": self.location.prefix + prefix}
         removed = 0
         while True:
@@ -766,13 +495,13 @@ class S3Store(Store):
                 return self.client.list_parts(Bucket=self._bucket, Key=upload["Key"],
                                               UploadId=upload["UploadId"]).get("Parts", [])
             except bce.ClientError as exc:
-                if _error_code(exc)[0] == "NoSuchUpload":
+                if error_code(exc)[0] == "NoSuchUpload":
                     return None
                 raise
 
         found = self._call("listing", None, parts)
         if found is None:
-            return time.time()
+            return _now()
         return max([upload["Initiated"].timestamp(), *(part["LastModified"].timestamp() for part in found)])
 
     def _remove_stale_probes(self, cutoff: float) -> int:
@@ -780,7 +509,8 @@ class S3Store(Store):
         page = self._call("listing", None, lambda: self.client.list_objects_v2(Bucket=self._bucket, Prefix=prefix))
         stale = [item["Key"] for item in page.get("Contents", []) if item["LastModified"].timestamp() < cutoff]
         for object_key in stale:
-            self._call("deleting", None, lambda key=object_key: self.client.delete_object(Bucket=self._bucket, Key=key))
+            self._call("deleting", None, functools.partial(self.client.delete_object, Bucket=self._bucket,
+                                                           Key=object_key))
         return len(stale)
 
     def _abort(self, object_key: str, upload_id: str) -> bool:
@@ -788,7 +518,7 @@ class S3Store(Store):
             try:
                 self.client.abort_multipart_upload(Bucket=self._bucket, Key=object_key, UploadId=upload_id)
             except bce.ClientError as exc:
-                if _error_code(exc)[0] == "NoSuchUpload":  # completed or aborted meanwhile
+                if error_code(exc)[0] == "NoSuchUpload":  # completed or aborted meanwhile
                     return False
                 raise
             return True
@@ -805,7 +535,7 @@ class S3Store(Store):
             try:
                 return self.client.head_object(Bucket=self._bucket, Key=object_key)
             except bce.ClientError as exc:
-                if _error_code(exc)[0] in _MISSING_CODES:
+                if error_code(exc)[0] in MISSING_CODES:
                     return None
                 raise
 

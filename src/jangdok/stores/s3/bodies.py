@@ -1,0 +1,98 @@
+"""Request bodies: values sent as they are, chunk by chunk, in parts of a multipart upload,
+never joined into one copy; and the progress of what was sent."""
+
+from __future__ import annotations
+
+import bisect
+import io
+import itertools
+from collections.abc import Callable, Iterator
+
+from ..base import Chunks, iter_chunks
+
+__all__ = ["ChunkFile", "Sent", "split_into_parts"]
+
+
+class ChunkFile(io.RawIOBase):
+    """A seekable read-only file over byte chunks, so botocore can send (and re-send or
+    checksum) a body that was never joined into one copy."""
+
+    def __init__(self, chunks: list[memoryview], sent: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._starts = list(itertools.accumulate((chunk.nbytes for chunk in chunks), initial=0))
+        self._size = self._starts[-1]
+        self._pos = 0
+        self._sent = sent
+
+    def __len__(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = min(max(0, base + offset), self._size)
+        return self._pos
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        target = memoryview(buffer).cast("B")
+        written = 0
+        index = bisect.bisect_right(self._starts, self._pos) - 1
+        while written < target.nbytes and index < len(self._chunks):
+            chunk = self._chunks[index]
+            piece = chunk[self._pos + written - self._starts[index] :][: target.nbytes - written]
+            target[written : written + piece.nbytes] = piece
+            written += piece.nbytes
+            index += 1
+        self._pos += written
+        if self._sent is not None:
+            self._sent(self._pos)
+        return written
+
+
+class Sent:
+    """Bytes handed to the connection so far, for a progress callback. A retried request
+    reads its body again from the start; the count only ever goes up."""
+
+    def __init__(self, progress: Callable[[int], None] | None) -> None:
+        self._progress = progress
+        self._most = 0
+
+    def at(self, offset: int) -> Callable[[int], None] | None:
+        """The callback for a body that starts at ``offset`` in the whole object."""
+        progress = self._progress
+        if progress is None:
+            return None
+
+        def sent(position: int) -> None:
+            if offset + position > self._most:
+                self._most = offset + position
+                progress(self._most)
+
+        return sent
+
+
+def split_into_parts(data: Chunks, part_size: int) -> Iterator[list[memoryview]]:
+    """Group chunks into parts of exactly ``part_size`` bytes (the last may be shorter)."""
+    part: list[memoryview] = []
+    filled = 0
+    yielded = False
+    for view in iter_chunks(data):
+        while view.nbytes:
+            piece = view[: part_size - filled]
+            part.append(piece)
+            filled += piece.nbytes
+            view = view[piece.nbytes :]
+            if filled == part_size:
+                yield part
+                part, filled, yielded = [], 0, True
+    if part or not yielded:
+        yield part

@@ -249,3 +249,16 @@ def test_a_child_forked_during_a_probe_probes_for_itself(seaweed: SeaweedServer,
     probing.join()
     assert ended[0] and os.waitstatus_to_exitcode(ended[1]) == 0, "the child answered by probing itself"
     store.close()
+
+
+def test_no_request_leaves_its_connection_confused(seaweed: SeaweedServer, s3_url: str,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """SeaweedFS answers an empty PutObject with a stray line that the next response on the
+    kept-alive connection trips over; jangdok's own objects (probes, expiry markers) are never empty."""
+    with caplog.at_level(logging.WARNING), Cache.from_settings(s3_settings(seaweed, s3_url)) as cache:
+        cache.put("ttl.pkl", 1, ttl=60)
+        assert cache.get_or_compute("computed.pkl", lambda: 2) == 2  # probes conditional writes
+        cache.put("damaged.pkl", 3)
+        assert cache.store.capabilities.conditional_delete is not None
+        assert cache.get("ttl.pkl") == 1
+    assert not [record for record in caplog.records if record.name.startswith("urllib3")], caplog.text

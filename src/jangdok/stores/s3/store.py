@@ -44,6 +44,9 @@ BODY_READ_SIZE = 1024 * 1024
 # User metadata naming the multipart upload that made an object.
 _UPLOAD_TOKEN = "jangdok-upload"
 _IMPOSSIBLE_ETAG = '"' + "0" * 32 + '"'  # no object has it: conditions on it must fail
+# Never an empty body: SeaweedFS answers an empty PutObject with a stray line, which the next
+# response on the same kept-alive connection then trips over (urllib3 "Failed to parse headers").
+_PROBE_BODY = b"jangdok capability probe"
 _BATCH_DELETE = 1000  # DeleteObjects' maximum keys per request
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
 _now = time.time  # what cleanup compares the server's times with; the tests set it through this name
@@ -172,7 +175,7 @@ class S3Store(Store):
         its verdict; ``None`` if it could not be tried (no s3:PutObject, an outage)."""
         probe = self.location.prefix + TEMP_MARKER + "probe-" + secrets.token_hex(8)
         try:
-            self._call("saving", None, lambda: self.client.put_object(Bucket=self._bucket, Key=probe, Body=b""))
+            self._call("saving", None, lambda: self.client.put_object(Bucket=self._bucket, Key=probe, Body=_PROBE_BODY))
         except JangdokError as exc:  # read-only credentials, or an outage: nothing can be known
             log.debug("cannot probe %s on %s (%s); asking again later", what, self.location.url, exc)
             return None
@@ -205,9 +208,9 @@ class S3Store(Store):
 
         def ignored(probe: str) -> list[str]:
             conditions = {"If-None-Match": {"IfNoneMatch": "*"}, "If-Match": {"IfMatch": _IMPOSSIBLE_ETAG}}
-            return [header for header, condition in conditions.items() if not self._refused(
-                functools.partial(self.client.put_object, Bucket=self._bucket, Key=probe, Body=b"", **condition),
-                409, 412)]
+            put = functools.partial(self.client.put_object, Bucket=self._bucket, Key=probe, Body=_PROBE_BODY)
+            return [header for header, condition in conditions.items()
+                    if not self._refused(functools.partial(put, **condition), 409, 412)]
 
         found: list[str] = []
 

@@ -188,6 +188,11 @@ def test_an_s3_key_over_1024_bytes_with_its_prefix_is_refused_before_any_request
                     operation(fits + "z")
             assert proxy.requests == []
             assert cache.get(fits) == "fits"
+        with Cache.from_settings(s3_settings(seaweed, s3_url, endpoint_url=proxy.endpoint)) as fresh:
+            proxy.requests.clear()
+            with pytest.raises(InvalidKey, match="S3 allows at most 1024 bytes"):
+                fresh.get(fits + "z")
+            assert proxy.requests == [], "a fresh cache refuses the key before it opens its store"
     finally:
         proxy.close()
 

@@ -74,6 +74,7 @@ class Cache:
         self._locks = PerProcess(threading.Lock)  # a lock held by a thread at fork() stays held
         self._counters = PerProcess(Counters)
         self._entries: Entries | None = None
+        self._location: Location | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Cache:
@@ -98,7 +99,9 @@ class Cache:
     @property
     def location(self) -> Location:
         """The configured location (even when the cache runs on its fallback folder)."""
-        return parse_location(self.settings.cache_dir)
+        if self._location is None:
+            self._location = parse_location(self.settings.cache_dir)
+        return self._location
 
     @property
     def store(self) -> Store:
@@ -128,6 +131,14 @@ class Cache:
         not been used yet: the store is opened on first use)."""
         return None if self._store is None else self._store.fallback_reason
 
+    def _key(self, key: str) -> str:
+        """A key as it enters: checked, normalised (:func:`~jangdok.location.normalize_key`), and
+        checked against the location's own limits (S3 counts the prefix). Called before the
+        store is touched, so a bad key costs no request, not even the store's opening."""
+        key = normalize_key(key)
+        self.location.path(key)
+        return key
+
     def _open(self) -> Store:
         return open_store(self.location, self.settings)
 
@@ -147,7 +158,8 @@ class Cache:
         called as the bytes arrive. With the ``mmap`` setting, local entries are mapped rather
         than read: their arrays then share pages with the file.
         """
-        return self.entries.load(normalize_key(key), progress)
+        key = self._key(key)
+        return self.entries.load(key, progress)
 
     def stats(self) -> dict[str, TierStats]:
         """Hits, misses, bytes and seconds read and written by this process, per store
@@ -159,18 +171,21 @@ class Cache:
     def stat(self, key: str, repair: bool = True) -> EntryInfo | None:
         """Size, creation time, metadata and store of an entry, reading only its header
         (one ranged read; a second only for metadata larger than the first read)."""
-        return self.entries.info(normalize_key(key), repair)
+        key = self._key(key)
+        return self.entries.info(key, repair)
 
     def verify(self, key: str, delete_damaged: bool = False) -> Verdict:
         """Check one entry's checksum (and signature, with signing keys) without deserializing
         it, so nothing of it runs. With ``delete_damaged``, a damaged entry is deleted (the
         version that was read) once a second read agrees, as loads do: damage in transit
         must never cost a good entry."""
-        return self.entries.verify(normalize_key(key), delete_damaged)
+        key = self._key(key)
+        return self.entries.verify(key, delete_damaged)
 
     def exists(self, key: str) -> bool:
         """Whether an entry is stored under ``key`` (not whether it is intact)."""
-        return self.store.exists(normalize_key(key))
+        key = self._key(key)
+        return self.store.exists(key)
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         """Keys of the stored entries that start with ``prefix``."""
@@ -187,7 +202,7 @@ class Cache:
         from another thread until ``put`` returns. ``progress(done, total)`` is called as the
         bytes go out. After ``ttl`` seconds (default: the ``ttl`` setting) the entry is a miss.
         """
-        key = normalize_key(key)
+        key = self._key(key)
         return self.entries.save(key, value, metadata, progress, self._ttl(key, ttl))
 
     def _ttl(self, key: str, ttl: float | None) -> float | None:
@@ -213,7 +228,7 @@ class Cache:
         ``accept(info)`` judges an entry by its :class:`EntryInfo` (its metadata, say): one it
         refuses, computed from other inputs, counts as missing and is replaced.
         """
-        key = normalize_key(key)
+        key = self._key(key)
         wait = self.settings.wait_timeout if timeout is None else timeout
         return _compute.get_or_compute(self.entries, key, compute, metadata, self._ttl(key, ttl), wait,
                                        progress, accept)
@@ -240,7 +255,8 @@ class Cache:
 
     def delete(self, key: str) -> bool:
         """Remove an entry; ``True`` if there was one."""
-        return self.store.delete(normalize_key(key))
+        key = self._key(key)
+        return self.store.delete(key)
 
     def prune(self, older_than: float | None = None, max_bytes: int | None = None,
               dry_run: bool = False, progress: entry.Progress | None = None) -> PruneReport:

@@ -107,10 +107,11 @@ def test_waiters_racing_to_take_over_a_dead_owners_lease_exactly_one_wins(
 
 def test_a_computation_lasting_several_lifetimes_is_never_taken_over_while_renewed(
         seaweed: SeaweedServer, s3_url: str, tmp_path: Path) -> None:
-    """2 s leases, a 7 s computation, three waiters watching it all along."""
-    env = fleet_env(seaweed, s3_url, JANGDOK_LEASE_SECONDS="2")
+    """3 s leases (renewed every second), a 10 s computation, three waiters watching it all
+    along: a waiter takes over only a version it saw unchanged for 3 s."""
+    env = fleet_env(seaweed, s3_url, JANGDOK_LEASE_SECONDS="3")
     log = tmp_path / "computed.log"
-    owner = start(env, "k.pkl", log, 7)
+    owner = start(env, "k.pkl", log, 10)
     wait_for(log)
     waiters = [start(env, "k.pkl", log, 0) for _ in range(3)]
     found = results([owner, *waiters])

@@ -331,9 +331,9 @@ def test_prune_deletes_in_batches_pinned_to_the_listed_versions(seaweed: Seaweed
 
 def test_a_dead_owners_lease_is_a_leftover_that_cleanup_removes(request: pytest.FixtureRequest,
                                                                  backend: str, tmp_path: Path) -> None:
-    env, cache = member(backend, request, tmp_path, lease_seconds=0.3)
+    env, cache = member(backend, request, tmp_path, lease_seconds=0.5)
     log = tmp_path / "computed.log"
-    owner = start({**env, "JANGDOK_LEASE_SECONDS": "0.3"}, "k.pkl", log, 0, "hang")
+    owner = start({**env, "JANGDOK_LEASE_SECONDS": "0.5"}, "k.pkl", log, 0, "hang")
     wait_for(log)
     assert cache.cleanup(older_than=3600) == 0  # young: it may be alive
     if backend == "s3":  # however short older_than, a live lease is renewed: never ten lifetimes old

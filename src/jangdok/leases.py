@@ -61,6 +61,8 @@ _CLOCK = _LEASES + _HASHED + "clock-"
 _STALE_LIFETIMES = 10
 # A lease body is a few hundred bytes; anything much larger was not written by a lease.
 _MAX_LEASE_BYTES = 64 * 1024
+# Why a value could not be saved, as a mark carries it: enough to say it, never a large body.
+_REASON_CHARS = 500
 
 
 class Claim(enum.Enum):
@@ -98,11 +100,11 @@ def _name(fits: Callable[[str], object], folder: str, key: str, suffix: str = ""
 
 def _read_lease(store: Store, name: str) -> tuple[str, dict[str, Any]] | None:
     """A lease's version and fields (empty if torn or foreign), or None if there is none."""
-    reader = store.read(name)
+    reader = store.read(name, 0, _MAX_LEASE_BYTES + 1)
     if reader is None:
         return None
     with reader:
-        version, body = reader.info.version, reader.read(_MAX_LEASE_BYTES + 1)
+        version, body = reader.info.version, reader.read()  # all of it: a torn read is no lease
     try:
         fields = json.loads(body) if len(body) <= _MAX_LEASE_BYTES else None
     except ValueError:
@@ -219,7 +221,7 @@ class FileLease(Lease):
 
     def release(self, unsaved: str | None = None) -> None:
         if unsaved is not None and self._lock.held:
-            self._write({**self._me, "unsaved": unsaved})
+            self._write({**self._me, "unsaved": unsaved[:_REASON_CHARS]})
             self._lock.release()
             return
         self._lock.release(remove_up_to=self._top)
@@ -346,7 +348,7 @@ class ObjectLease(Lease):
         if version is None:
             return
         try:
-            if unsaved is not None and self._write_if(version, self._body(unsaved=unsaved)) is not None:
+            if unsaved is not None and self._write_if(version, self._body(unsaved=unsaved[:_REASON_CHARS])) is not None:
                 return  # marked: no longer renewed, and left for the waiters to read
             self.store.delete(self.key, version=version)
         except JangdokError as exc:  # it expires unrenewed; a waiter then takes it over

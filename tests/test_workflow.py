@@ -87,8 +87,7 @@ def test_cold_then_warm_on_s3(seaweed: SeaweedServer, s3_url: str, s3_prefix: st
     saved = lines(cold, "💾")
     assert len(saved) == len(LABELS) and all("(S3): s3://" in line for line in saved), cold
 
-    result = run_script("main.py", "--data-dir", str(sample_data), "--output-dir", str(tmp_path / "out"), env=env)
-    warm = result.stdout + result.stderr
+    warm = run_main(sample_data, tmp_path / "out", env=env)
     loaded = lines(warm, "📂")
     assert len(loaded) == len(LABELS) and not lines(warm, "💾"), warm
     assert loaded[0].startswith(f"📂 {LABELS[0]} 라벨 데이터 캐시 로드 (S3): {s3_url}{LABELS[0]}_seq30")

@@ -40,6 +40,7 @@ from typing import Any, NamedTuple, TypeVar
 from ..errors import JangdokError, StoreUnavailable
 from ..filelock import FileLock
 from ..location import RESERVED_FOLDER, Location, is_reserved
+from ..perprocess import PerProcess
 from .base import UNCHANGED, Capabilities, Chunks, ObjectInfo, Reader, Store, Unchanged, iter_chunks
 from .local import LocalStore
 
@@ -150,7 +151,7 @@ class TieredStore(Store):
         self._suspect: dict[str, str] = {}
         # An outage: since when the remote is down (None: it is not), and when to ask it again.
         # Copies are served without asking until then.
-        self._outage = threading.Lock()
+        self._outage = PerProcess(threading.Lock)  # a lock held by a thread at fork() stays held
         self._down_since: float | None = None
         self._ask_again_at = 0.0
         if unreachable is not None:
@@ -179,14 +180,14 @@ class TieredStore(Store):
             self._unreachable(exc)
             raise
         if self._down_since is not None:
-            with self._outage:
+            with self._outage.get():
                 if self._down_since is not None:
                     self._down_since = None
                     log.info("%s is reachable again; local copies are checked with it again", self.location.url)
         return answer
 
     def _unreachable(self, exc: StoreUnavailable) -> None:
-        with self._outage:
+        with self._outage.get():
             newly = self._down_since is None
             now = self._clock()
             self._down_since = now if self._down_since is None else min(now, self._down_since)

@@ -8,6 +8,7 @@ fault is the point. Time is the store's injected clock wherever the trust window
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -157,6 +158,21 @@ def test_a_revalidated_copy_is_trusted_from_when_the_question_was_asked(
     assert _read(tier, "x.pkl") == (FIRST, LOCAL_TIER)
     clock.advance(0.1)
     assert _read(tier, "x.pkl") == (SECOND, LOCAL_TIER)
+
+
+def test_a_tier_kept_by_the_previous_version_is_asked_about_not_downloaded_again(
+        seaweed: SeaweedServer, proxy: FaultProxy, remote: S3Store, s3_url: str, tmp_path: Path) -> None:
+    """The previous version kept a validation time as its validator file's time, not in it."""
+    clock = Clock()
+    tier = _tier(seaweed, s3_url, tmp_path, clock, proxy)
+    remote.write("x.pkl", FIRST)
+    assert _read(tier, "x.pkl") == (FIRST, LOCAL_TIER)
+    [validator] = (tmp_path / "tier").rglob(".jangdok/validators/**/x.pkl")
+    fields = json.loads(validator.read_text())
+    validator.write_text(json.dumps({"remote": fields["remote"], "local": fields["local"]}))
+    proxy.statuses.clear()
+    assert _read(tier, "x.pkl") == (FIRST, LOCAL_TIER)
+    assert proxy.statuses == [304]  # asked once, without a body; the copy kept
 
 
 # -- outages -----------------------------------------------------------------------------------------

@@ -324,9 +324,11 @@ class TieredStore(Store):
             return None
         try:
             fields = json.loads(found[0])
-            validator = _Validator(fields["remote"], fields["local"], float(fields["validated_at"]), found[1])
-        except (ValueError, KeyError, TypeError):
-            return None  # torn by hand, or written by an older version: the copy is not vouched for
+            # A validator of an older version kept its time as the file's: asked again at once.
+            validated_at = float(fields.get("validated_at", 0.0))
+            validator = _Validator(fields["remote"], fields["local"], validated_at, found[1])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None  # torn by hand: the copy is not vouched for
         if not (isinstance(validator.remote, str) and isinstance(validator.local, str)
                 and math.isfinite(validator.validated_at)):
             return None

@@ -326,10 +326,10 @@ def test_three_concurrent_runs_save_each_label_once_in_total(backend: str, reque
     local tier): each label is computed and saved by exactly one of them."""
     runs = []
     for machine in range(3):
-        if backend == "s3":
+        if backend == "s3":  # S3 or nothing: a fallback folder would pass for it
             env = {**credentials_env(request.getfixturevalue("seaweed")),
                    "CACHE_DIR": request.getfixturevalue("s3_url"),
-                   "CACHE_LOCAL_DIR": str(tmp_path / f"machine{machine}")}
+                   "CACHE_LOCAL_DIR": str(tmp_path / f"machine{machine}"), "JANGDOK_FALLBACK": "0"}
         else:
             env = {"CACHE_DIR": str(tmp_path / "cache")}
         runs.append(subprocess.Popen(
@@ -343,6 +343,8 @@ def test_three_concurrent_runs_save_each_label_once_in_total(backend: str, reque
         outputs.append(out)
     saved = [line.split()[1] for out in outputs for line in lines(out, "💾")]
     assert sorted(saved) == sorted(LABELS), outputs  # each label once, in total
+    where = "(S3): s3://" if backend == "s3" else "(로컬): "
+    assert all(where in line for out in outputs for line in lines(out, "💾")), outputs
     for out in outputs:  # and every run has every label, computed or loaded
         assert len(lines(out, "💾")) + len(lines(out, "📂")) == len(LABELS), out
 
@@ -374,3 +376,21 @@ def test_a_stale_entry_met_by_two_runs_at_once_is_recomputed_once(sample_data: P
     assert results == [100, 100]
     assert sum(tally.seconds_computing > 0 for tally in tallies) == 1
     assert sum(tally.invalidated for tally in tallies) == 1
+
+
+def test_a_warm_local_tier_serves_every_label_while_s3_is_down(seaweed: SeaweedServer, s3_url: str,
+                                                               sample_data: Path, tmp_path: Path) -> None:
+    """Every label in CACHE_LOCAL_DIR, and the endpoint down when main.py starts: all of them
+    load from the local tier, none is computed (and the fallback folder is not used)."""
+    labels = load_labels(sample_data)
+    env = {**credentials_env(seaweed), "CACHE_DIR": s3_url, "CACHE_LOCAL_DIR": str(tmp_path / "tier")}
+    run_script("main.py", "--data-dir", str(sample_data), "--output-dir", str(tmp_path / "out"), "-q", env=env)
+    (down,) = free_ports(1)  # nothing listens there: every connection is refused
+    env.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{down}", "JANGDOK_MAX_ATTEMPTS": "1",
+                "JANGDOK_CONNECT_TIMEOUT": "1", "JANGDOK_READ_TIMEOUT": "1", "JANGDOK_TOTAL_TIMEOUT": "4"})
+    result = run_script("main.py", "--data-dir", str(sample_data), "--output-dir", str(tmp_path / "out"), env=env)
+    warm = result.stdout + result.stderr
+    loaded = lines(warm, "📂")
+    assert len(loaded) == len(labels) == 24 and all("(로컬 사본)" in line for line in loaded), warm
+    assert not lines(warm, "💾") and "⚙️ computing label data: 0.00 s" in warm, warm
+    assert "is unreachable" in warm and "fallback" not in warm

@@ -36,7 +36,7 @@ from .cache import Cache, EntryInfo, Verdict
 from .console import Console, human_age, human_size, parse_duration, parse_size
 from .errors import JangdokError
 from .location import is_reserved
-from .stores import TieredStore
+from .stores import LOCAL_TIER
 
 __all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_PROBLEMS", "EXIT_MISSING"]
 
@@ -85,9 +85,8 @@ def _count(number: int, one: str, many: str) -> str:
 
 def _tier(cache: Cache, key: str) -> str:
     store = cache.store
-    if isinstance(store, TieredStore) and store.has_copy(key):
-        return f"{store.name}+local"
-    return store.name
+    tier = store.local_tier()
+    return f"{store.name}+local" if tier is not None and tier.holds(key) else store.name
 
 
 def _format(info: EntryInfo | None) -> str:
@@ -134,7 +133,7 @@ def cmd_ls(ctx: Context) -> int:
 
 def cmd_stat(ctx: Context) -> int:
     cache, key = ctx.cache, ctx.args.key
-    tier = _tier(cache, key)  # before verifying, which reads the entry (and may copy it into a tier)
+    tier = _tier(cache, key)
     verdict = cache.verify(key)  # never deletes, never deserializes
     if verdict.status == "missing":
         raise Failure(f"no entry {key!r} in {cache.location.url}", EXIT_MISSING)
@@ -328,10 +327,11 @@ def cmd_stats(ctx: Context) -> int:
     listed = [item for item in store.list() if not is_reserved(item.key)]
     tiers[store.name] = {"location": cache.location.url if store.fallback_reason is None else store.location.url,
                          "entries": len(listed), "bytes": sum(item.size for item in listed)}
-    if isinstance(store, TieredStore) and store.remote is not None:
-        copies = [item for item in store.local.list() if not is_reserved(item.key)]
-        tiers["local tier"] = {"location": store.local.location.url, "entries": len(copies),
-                               "bytes": sum(item.size for item in copies), "max_bytes": store.max_bytes}
+    copies_kept = store.local_tier()
+    if copies_kept is not None:
+        copies = list(copies_kept.list())
+        tiers[LOCAL_TIER] = {"location": copies_kept.location.url, "entries": len(copies),
+                             "bytes": sum(item.size for item in copies), "max_bytes": copies_kept.max_bytes}
     counters = {label: asdict(tier) for label, tier in cache.stats().items()}
     if ctx.args.json:
         ctx.emit({"tiers": tiers, "this_process": counters, "fallback_reason": store.fallback_reason})

@@ -326,7 +326,7 @@ class Entries:
         return self._verified(key, path, read_once, repair=repair)
 
     def _read_head(self, key: str, stop: int) -> tuple[bytes, ObjectInfo] | None:
-        reader = self.store.read(key, 0, stop)
+        reader = self.store.authority().read(key, 0, stop)  # inspecting reads the truth, copies nothing
         if reader is None:
             return None
         with reader:
@@ -346,7 +346,7 @@ class Entries:
         return dataclasses.replace(again, deleted=self.store.delete(key, version=version))
 
     def _verify_once(self, key: str) -> tuple[Verdict, str | None]:
-        reader = self.store.read(key)
+        reader = self.store.authority().read(key)  # the truth, and no copy of every entry verified
         if reader is None:
             return Verdict(key, "missing", "no entry under this key"), None
         with reader:

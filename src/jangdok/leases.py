@@ -6,38 +6,78 @@ Two kinds, chosen by what the store is:
   reserved folder, held with ``flock``, so the OS releases it the instant its holder dies.
 - :class:`ObjectLease` for a shared store (S3): a small object created with a conditional
   write (``If-None-Match: *``), so exactly one of the processes racing for it succeeds. It
-  holds its owner, host and expiry; the owner renews it (a write conditional on its ETag)
+  holds its owner, host and lifetime; the owner renews it (a write conditional on its ETag)
   every third of its lifetime. A waiter that sees the *same* version of a lease for a whole
   lifetime knows the owner stopped renewing, and takes it over with a write conditional on
   that version, so two waiters can never both take it. Expiry is judged on the waiter's own
   monotonic clock from when it first saw that version, never by comparing clocks between
-  machines. A server that ignores the conditions (probed once by the store, with a WARNING)
-  gets a check-then-write: best effort, as that WARNING says.
+  machines. Where the store does not know whether its server enforces the conditions (the
+  probe could not run), each write is checked first and still sent conditionally; where the
+  server is known to ignore them (a WARNING says so), the check is all there is.
+
+An owner whose value could not be saved leaves its lease *marked unsaved* instead of removing
+it: its waiters would otherwise take turns computing a value that is never stored. Whoever
+meets the mark computes at once, without a lease, and the first of them to save removes it.
+
+Lease and lock names are the key's own under ``.jangdok/leases/`` and ``.jangdok/locks/``, so a
+listing shows what is being computed; a key too long to carry the extra folder (or suffix) gets
+a name made of its hash, under a folder no key can name.
 """
 
 from __future__ import annotations
 
+import enum
+import errno
+import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from .errors import AccessDenied, JangdokError, StoreUnavailable
+from .errors import AccessDenied, InvalidKey, JangdokError, StoreUnavailable
 from .filelock import FileLock
 from .location import RESERVED_FOLDER
-from .stores import Store
+from .stores import ObjectInfo, Store
 
-__all__ = ["Lease", "FileLease", "ObjectLease", "lease_for", "remove_stale"]
+__all__ = ["Claim", "Lease", "FileLease", "ObjectLease", "lease_for", "remove_stale"]
 
 log = logging.getLogger("jangdok")
 
 _LEASES = RESERVED_FOLDER + "/leases/"
 _LOCKS = RESERVED_FOLDER + "/locks/"
+_LOCK_SUFFIX = ".lock"
+# Hashed names live in a folder named like the reserved one: no user key can start with it, so
+# a hashed name never meets the plain name of another key.
+_HASHED = RESERVED_FOLDER + "/"
+# The cleaner writes a marker here to read the server's clock (see remove_stale): among the
+# leases, so one listing finds both, and a marker a killed cleaner left goes as a stale lease.
+_CLOCK = _LEASES + _HASHED + "clock-"
 _STALE_LIFETIMES = 10
+# A lease body is a few hundred bytes; anything much larger was not written by a lease.
+_MAX_LEASE_BYTES = 64 * 1024
+# Why a value could not be saved, as a mark carries it: enough to say it, never a large body.
+_REASON_CHARS = 500
+
+
+class Claim(enum.Enum):
+    """What an attempt to take a lease found."""
+
+    OWNER = "owner"
+    """This process holds the lease: it computes."""
+    WAITER = "waiter"
+    """Another process holds it: wait for its entry."""
+    UNCOORDINATED = "uncoordinated"
+    """No lease can be had here (no permission, a read-only folder): compute without one.
+    ``Lease.reason`` says why."""
+    UNSAVED = "unsaved"
+    """The last owner computed the value but could not save it, and marked the lease so:
+    compute at once, without a lease, rather than wait for a value that is never stored."""
 
 
 def _owner() -> dict[str, Any]:
@@ -45,125 +85,228 @@ def _owner() -> dict[str, Any]:
             "host": socket.gethostname(), "pid": os.getpid()}
 
 
+def _name(fits: Callable[[str], object], folder: str, key: str, suffix: str = "") -> str | None:
+    """The key's name under ``folder``: readable when the store can hold it, else its hash;
+    ``None`` if not even that fits (an S3 prefix of nearly 1024 bytes)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    for name in (folder + key + suffix, folder + _HASHED + digest + suffix):
+        try:
+            fits(name)
+        except InvalidKey:
+            continue
+        return name
+    return None
+
+
+def _read_lease(store: Store, name: str) -> tuple[str, dict[str, Any]] | None:
+    """A lease's version and fields (empty if torn or foreign), or None if there is none."""
+    reader = store.read(name, 0, _MAX_LEASE_BYTES + 1)
+    if reader is None:
+        return None
+    with reader:
+        version, body = reader.info.version, reader.read()  # all of it: a torn read is no lease
+    try:
+        fields = json.loads(body) if len(body) <= _MAX_LEASE_BYTES else None
+    except ValueError:
+        fields = None
+    return version, fields if isinstance(fields, dict) else {}
+
+
+def _lifetime(fields: dict[str, Any]) -> float:
+    """The lifetime a lease records (its owner renews it every third of that); 0 if none can
+    be read."""
+    try:
+        lifetime = float(fields["lease_seconds"])
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+    return lifetime if math.isfinite(lifetime) and lifetime > 0 else 0.0
+
+
+def _unsaved_reason(fields: dict[str, Any], holder: str) -> str:
+    return f"{holder} computed it but could not save it ({fields.get('unsaved') or 'unknown reason'})"
+
+
 class Lease:
     """The right to compute one key. ``try_acquire`` never blocks; ``holder`` describes who
-    had it at the last failed attempt, for waiting messages."""
+    had it at the last attempt, for waiting messages; ``reason`` why a claim was
+    :attr:`Claim.UNCOORDINATED` or :attr:`Claim.UNSAVED`."""
 
     path: str
     holder: str = "an unknown process"
+    reason: str = ""
     takeovers: int = 0
     """Leases taken over from owners that stopped renewing them (died, or hung)."""
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self) -> Claim:
+        try:
+            return self._try_acquire()
+        except AccessDenied as exc:  # read-only credentials: nobody here can coordinate
+            self.reason = f"no permission ({exc})"
+            return Claim.UNCOORDINATED
+
+    def _try_acquire(self) -> Claim:
         raise NotImplementedError
 
-    def release(self) -> None:
+    def release(self, unsaved: str | None = None) -> None:
+        """Let go. With ``unsaved`` (why the value could not be saved), leave the lease marked
+        so that waiters compute at once instead of one after another."""
         raise NotImplementedError
+
+    def clear_unsaved(self) -> None:
+        """After computing without a lease because of an unsaved mark, and saving: remove the
+        mark (if it is still the one met), so the key is coordinated again."""
+
+
+class _NoLease(Lease):
+    """For a key whose lease name the store cannot hold (see :func:`_name`)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+
+    def _try_acquire(self) -> Claim:
+        return Claim.UNCOORDINATED
+
+    def release(self, unsaved: str | None = None) -> None:
+        pass
 
 
 class FileLease(Lease):
-    """A per-key lock file in a local cache folder."""
+    """A per-key lock file in a local cache folder.
 
-    def __init__(self, store: Store, key: str) -> None:
-        self.path = store.location.local_path(_LOCKS + key + ".lock")
+    The lock is on the file; its text names the holder for waiters, or, left behind after an
+    owner could not save, carries the unsaved mark (an unlocked lock file that is kept)."""
+
+    def __init__(self, store: Store, path: str) -> None:
+        self.path = path
         # Lock files and their folders go when released, so the cache folder holds entries only.
         self._top = store.location.local_path(RESERVED_FOLDER)
-        self._lock = FileLock(self.path)
+        self._lock = FileLock(path)
+        self._me = _owner()
 
-    def try_acquire(self) -> bool:
+    def _try_acquire(self) -> Claim:
         try:
             acquired = self._lock.acquire(blocking=False)
-        except PermissionError as exc:
-            raise AccessDenied(f"Local error locking {self.path}: permission denied; check the cache "
-                               "folder's owner and mode") from exc
         except OSError as exc:
+            if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+                self.reason = f"the cache folder cannot be written ({exc.strerror or exc})"
+                return Claim.UNCOORDINATED
             raise StoreUnavailable(f"Local error locking {self.path}: {exc.strerror or exc}; check the "
                                    "disk and the cache folder") from exc
-        if acquired:
-            try:
-                with open(self.path, "w") as file:  # the lock is on the inode; the text is for waiters
-                    json.dump(_owner(), file)
-            except OSError:
-                pass
-            return True
-        try:
-            with open(self.path) as file:
-                self.holder = json.load(file)["owner"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return False
+        fields = self._fields()
+        if not acquired:
+            self.holder = str(fields.get("owner", self.holder))
+            return Claim.WAITER
+        if fields.get("unsaved"):
+            self._lock.release()  # the mark stays for the others
+            self.reason = _unsaved_reason(fields, str(fields.get("owner", self.holder)))
+            return Claim.UNSAVED
+        self._write(self._me)
+        return Claim.OWNER
 
-    def release(self) -> None:
+    def _fields(self) -> dict[str, Any]:
+        try:
+            with open(self.path, "rb") as file:
+                fields = json.loads(file.read(_MAX_LEASE_BYTES))
+        except (OSError, ValueError):
+            return {}
+        return fields if isinstance(fields, dict) else {}
+
+    def _write(self, fields: dict[str, Any]) -> None:
+        try:
+            with open(self.path, "w") as file:  # the lock is on the inode; the text is for the others
+                json.dump(fields, file)
+        except OSError as exc:
+            log.debug("could not write %s: %s", self.path, exc)
+
+    def release(self, unsaved: str | None = None) -> None:
+        if unsaved is not None and self._lock.held:
+            self._write({**self._me, "unsaved": unsaved[:_REASON_CHARS]})
+            self._lock.release()
+            return
         self._lock.release(remove_up_to=self._top)
+
+    def clear_unsaved(self) -> None:
+        try:
+            if not self._lock.acquire(blocking=False):
+                return
+        except OSError:
+            return
+        if self._fields().get("unsaved"):
+            self._lock.release(remove_up_to=self._top)
+        else:
+            self._lock.release()
 
 
 class ObjectLease(Lease):
     """A lease object at ``.jangdok/leases/<key>`` in a shared store."""
 
-    def __init__(self, store: Store, key: str, seconds: float) -> None:
+    def __init__(self, store: Store, name: str, seconds: float) -> None:
         self.store = store
-        self.key = _LEASES + key
-        self.path = store.path(self.key)
+        self.key = name
+        self.path = store.path(name)
         self.seconds = seconds
         self._me = _owner()
+        self._writes = 0
         self._version: str | None = None  # ours, while held
         self._seen: tuple[str, float] | None = None  # another's version and when we first saw it
+        self._unsaved_mark: str | None = None  # the version of an unsaved mark met
         self._guard = threading.Lock()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
-    def _body(self) -> bytes:
-        return json.dumps({**self._me, "expires_at": time.time() + self.seconds,
-                           "lease_seconds": self.seconds}).encode()
+    def _body(self, **extra: Any) -> bytes:
+        # Each write numbered: a renewal must change the version (an ETag is the MD5 of the
+        # body), or waiters would see the same version for a lifetime and take the lease over.
+        self._writes += 1
+        return json.dumps({**self._me, "lease_seconds": self.seconds, "write": self._writes, **extra}).encode()
 
-    def _write_if(self, version: str | None) -> str | None:
-        if self.store.capabilities.conditional_write:
-            written = self.store.write_if(self.key, self._body(), version)
-            if written is not None:
-                return written
-            # A retry whose first attempt landed (its answer lost) meets its own write and is
-            # refused: the lease then names this owner, and is this owner's.
-            current = self._read()
-            return current[0] if current is not None and current[1].get("owner") == self._me["owner"] else None
-        current_info = self.store.stat(self.key)  # best effort: the store warned it ignores conditions
-        if (current_info.version if current_info else None) != version:
-            return None
-        return self.store.write(self.key, self._body())
+    def _write_if(self, version: str | None, body: bytes | None = None) -> str | None:
+        """Write the lease if it is still ``version`` (``None``: absent); its new version, or
+        ``None`` if another process's write came first."""
+        body = self._body() if body is None else body
+        conditional = self.store.capabilities.conditional_write
+        if conditional is not True:
+            # Not known to be atomic (unknown: the probe could not run; or known to be ignored):
+            # check first, which is the only guard where the server ignores conditions ...
+            found = self.store.stat(self.key)
+            if (found.version if found else None) != version:
+                return None
+            if conditional is False:
+                return self.store.write(self.key, body)
+        # ... and, unless known to be ignored, write conditionally: where the server does
+        # enforce the condition, two writers can never both succeed.
+        written = self.store.write_if(self.key, body, version)
+        if written is not None:
+            return written
+        # A retry whose first attempt landed (its answer lost) meets its own write and is
+        # refused: the lease then names this owner, and is this owner's.
+        current = _read_lease(self.store, self.key)
+        return current[0] if current is not None and current[1].get("owner") == self._me["owner"] else None
 
-    def _read(self) -> tuple[str, dict[str, Any]] | None:
-        """The lease's version and fields (empty if torn or foreign), or None if there is none."""
-        reader = self.store.read(self.key)
-        if reader is None:
-            return None
-        with reader:
-            version, body = reader.info.version, reader.read()
-        try:
-            fields = json.loads(body)
-        except ValueError:
-            fields = None
-        return version, fields if isinstance(fields, dict) else {}
-
-    def try_acquire(self) -> bool:
-        current = self._read()
+    def _try_acquire(self) -> Claim:
+        current = _read_lease(self.store, self.key)
+        unrenewed = 0.0
         if current is None:
             version = self._write_if(None)
         else:
             seen, fields = current
-            try:
-                self.holder = str(fields["owner"])
-                lifetime = float(fields.get("lease_seconds", self.seconds))
-            except (KeyError, TypeError, ValueError):
-                # No owner can be renewing a lease nobody can read (a PUT cut short, which some
-                # servers store): taken over at once, still by a write conditional on its version.
-                lifetime = 0.0
+            # No owner can be renewing a lease nobody can read or make sense of (a PUT cut short,
+            # which some servers store): taken over at once (lifetime 0), still conditionally.
+            lifetime = _lifetime(fields) if "owner" in fields else 0.0
+            self.holder = str(fields.get("owner", self.holder))
+            if lifetime and fields.get("unsaved"):
+                self._unsaved_mark = seen
+                self.reason = _unsaved_reason(fields, self.holder)
+                return Claim.UNSAVED
             if lifetime:
                 now = time.monotonic()
                 if self._seen is None or self._seen[0] != seen:
                     self._seen = (seen, now)
-                    return False
+                    return Claim.WAITER
                 unrenewed = now - self._seen[1]
                 if unrenewed < lifetime:
-                    return False
+                    return Claim.WAITER
             version = self._write_if(seen)
             if version is not None and lifetime:
                 self.takeovers += 1
@@ -171,12 +314,12 @@ class ObjectLease(Lease):
             elif version is not None:
                 log.info("lease %s was unreadable (a write cut short); taken over", self.path)
         if version is None:
-            return False
+            return Claim.WAITER
         self._version = version
         self._stop.clear()
         self._renewer = threading.Thread(target=self._renew, name=f"jangdok lease {self.key}", daemon=True)
         self._renewer.start()
-        return True
+        return Claim.OWNER
 
     def _renew(self) -> None:
         while not self._stop.wait(self.seconds / 3):
@@ -195,7 +338,7 @@ class ObjectLease(Lease):
                     return
                 self._version = renewed
 
-    def release(self) -> None:
+    def release(self, unsaved: str | None = None) -> None:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join()
@@ -205,37 +348,103 @@ class ObjectLease(Lease):
         if version is None:
             return
         try:
+            if unsaved is not None and self._write_if(version, self._body(unsaved=unsaved[:_REASON_CHARS])) is not None:
+                return  # marked: no longer renewed, and left for the waiters to read
             self.store.delete(self.key, version=version)
         except JangdokError as exc:  # it expires unrenewed; a waiter then takes it over
             log.warning("could not remove lease %s: %s", self.path, exc)
+
+    def clear_unsaved(self) -> None:
+        mark, self._unsaved_mark = self._unsaved_mark, None
+        if mark is None:
+            return
+        try:
+            self.store.delete(self.key, version=mark)  # not a lease taken since
+        except JangdokError as exc:
+            log.debug("could not remove the unsaved mark %s: %s", self.path, exc)
 
 
 def lease_for(store: Store, key: str, seconds: float) -> Lease:
     """The lease kind this store needs: an object lease if other machines share it, else a
     lock file in its folder."""
     if store.capabilities.shared:
-        return ObjectLease(store, key, seconds)
-    return FileLease(store, key)
+        name = _name(store.path, _LEASES, key)
+        if name is None:
+            return _NoLease(store.path(key), "the store cannot hold a lease name for a key this long")
+        return ObjectLease(store, name, seconds)
+    name = _name(store.location.local_path, _LOCKS, key, _LOCK_SUFFIX)
+    if name is None:  # a key's own segments fit, so its hashed name does too; belt and braces
+        return _NoLease(store.path(key), "the folder cannot hold a lock file name for a key this long")
+    return FileLease(store, store.location.local_path(name))
 
 
-def remove_stale(store: Store, older_than: float, lease_seconds: float) -> int:
+def _server_now(store: Store) -> float | None:
+    """The store's own clock, read from the modification time it gives a marker written now;
+    ``None`` if the marker cannot be written (read-only credentials, an outage)."""
+    marker = _CLOCK + uuid.uuid4().hex
+    try:
+        store.write(marker, b"")
+        found = store.stat(marker)
+    except JangdokError as exc:
+        log.info("cannot read the clock of %s (%s); leaving its leases alone", store.location.url, exc)
+        return None
+    try:
+        store.delete(marker, version=found.version if found else None)
+    except JangdokError as exc:  # a later cleanup removes it: it is older than any lifetime then
+        log.debug("could not remove the clock marker %s: %s", store.path(marker), exc)
+    return None if found is None else found.modified
+
+
+def _stale_leases(store: Store, older_than: float, lease_seconds: float) -> list[ObjectInfo]:
+    """The lease objects (and clock markers) nobody wrote for ``older_than`` seconds and ten of
+    their lifetimes, judged on the store's clock: a live lease is renewed every third of its
+    lifetime, so the server's own times of two writes are all that is compared, and the
+    cleaner's clock may be anything. A lease is judged by the lifetime it records (read only
+    for those past ten of ``lease_seconds``), so a cleaner configured with shorter leases than
+    an owner never takes that owner's."""
+    listed = list(store.list(_LEASES))
+    if not listed:
+        return []
+    now = _server_now(store)
+    if now is None:
+        return []
+    stale = []
+    for found in listed:
+        age = now - found.modified
+        if not age > max(older_than, _STALE_LIFETIMES * lease_seconds):
+            continue
+        current = _read_lease(store, found.key)
+        if current is None or current[0] != found.version:
+            continue  # gone, or renewed since the listing
+        if age > _STALE_LIFETIMES * _lifetime(current[1]):
+            stale.append(found)
+    return stale
+
+
+def remove_stale(store: Store, older_than: float, lease_seconds: float,
+                 clock: Callable[[], float] = time.time) -> int:
     """Remove leases and lock files that nobody renewed or used for ``older_than`` seconds:
     what owners killed mid-computation left behind, when no waiter came to take them over.
 
-    A live lease is renewed every third of its lifetime, but its age is judged by comparing
-    the server's clock with this machine's, so only leases older than ten lifetimes go
-    whatever ``older_than`` says: minutes of clock skew never remove a live one. A lock file is
-    removed only after taking its lock, so never under a live holder."""
+    A lease object's age is judged on the store's clock (see :func:`_stale_leases`), and only
+    one older than ten lifetimes goes, whatever ``older_than`` says, so a renewal delayed by a
+    busy machine never loses a live lease. Each is removed only in the version that was
+    listed and read. A lock file is removed only after taking its lock, so never under a live holder;
+    its age is judged on ``clock``, this machine's, which wrote it."""
     if store.capabilities.shared:
-        cutoff = time.time() - max(older_than, _STALE_LIFETIMES * lease_seconds)
-        return len(store.delete_many(found for found in store.list(_LEASES) if found.modified < cutoff))
-    cutoff = time.time() - older_than
+        return len(store.delete_many(_stale_leases(store, older_than, lease_seconds)))
+    cutoff = clock() - older_than
+    top = store.location.local_path(RESERVED_FOLDER)
     removed = 0
     for found in store.list(_LOCKS):
-        if found.modified >= cutoff or not found.key.endswith(".lock"):
+        if found.modified >= cutoff or not found.key.endswith(_LOCK_SUFFIX):
             continue
-        lease = FileLease(store, found.key[len(_LOCKS):-len(".lock")])
-        if lease.try_acquire():
-            lease.release()
-            removed += 1
+        lock = FileLock(store.location.local_path(found.key))
+        try:
+            if not lock.acquire(blocking=False):
+                continue
+        except OSError:
+            continue
+        lock.release(remove_up_to=top)
+        removed += 1
     return removed

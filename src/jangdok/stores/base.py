@@ -13,10 +13,13 @@ import io
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from ..errors import InvalidRange
 from ..location import Location
+
+if TYPE_CHECKING:
+    from .tiered import LocalTier
 
 __all__ = ["Store", "Reader", "ObjectInfo", "Capabilities", "Chunks", "UNCHANGED", "Unchanged", "iter_chunks",
            "check_range"]
@@ -212,6 +215,18 @@ class Store(ABC):
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
+
+    def authority(self) -> Store:
+        """The store that holds the truth about this one's objects: the store itself, or, for
+        a store that keeps copies of another's objects (a local tier), that other store.
+        Inspecting entries (``verify``, ``stat``) reads it, so it never copies an object nor
+        answers from a copy; writes and deletes still go through this store."""
+        return self
+
+    def local_tier(self) -> LocalTier | None:
+        """The local copies this store keeps of its authority's objects, for inspecting them
+        (where, within which bound, which); ``None`` for a store that keeps none."""
+        return None
 
     def path(self, key: str) -> str:
         """The full path of a key, as logs and error messages show it."""

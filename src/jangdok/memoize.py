@@ -22,8 +22,8 @@ What a function can tell apart gets different keys; what it cannot, the same key
 
 - ``1``, ``1.0``, ``True`` and ``np.int64(1)`` differ (types); so do ``0.0`` and ``-0.0``, and
   NaNs with different bits (a float is keyed by its exact bits).
-- Dicts and sets are keyed independently of their order (insertion order varies while the
-  values are equal); an ``OrderedDict``'s order is part of its value (its ``==`` says so).
+- Dicts and sets are keyed independently of their order (which varies between equal values,
+  and between processes); an ``OrderedDict``'s order is part of its value (its ``==`` says so).
 - An enum member is keyed by its class and its value (the value encoded like any argument, so
   an enum whose values cannot be is refused): composite ``Flag`` values have no name of their
   own.
@@ -33,10 +33,10 @@ What a function can tell apart gets different keys; what it cannot, the same key
   its offset and name; the offset, DST and abbreviation this machine's time zone database gives
   the moment go in too. Other ``tzinfo`` classes (``ZoneInfo.from_file``, pytz, dateutil) are
   refused: nothing names their rules stably.
-- A numpy array is keyed by its dtype (byte order included: ``>i8`` and ``<i8`` compare
-  unequal), its shape and its elements in C order, not by its memory layout: a strided view
-  and its copy, or C and Fortran order, share a key. Bytes between the fields of a structured
-  dtype are not part of its value (copies leave them uninitialised) and are left out.
+- A numpy array is keyed by its dtype, shape and elements in C order, not by how numpy
+  stores them: a strided view and its copy, C and Fortran order, big- and little-endian
+  share a key (numpy's pickle does not keep byte order either). Bytes between the fields of a
+  structured dtype are not part of its value (copies leave them uninitialised) and are left out.
 """
 
 from __future__ import annotations
@@ -79,9 +79,8 @@ MEMOIZE_SCHEME = 2
 it changes only when an encoding would otherwise be misread, never for cosmetic reasons.
 
 2: enum members by class and value (composite Flag values collided), time zones in the key
-of datetimes and times, floats by their exact bits (NaN payloads), numpy byte order kept
-(a scheme-1 entry for a big-endian array was read for the little-endian one), structured
-arrays without the bytes between fields."""
+of datetimes and times, floats by their exact bits (NaN payloads), paths that hold
+surrogates, structured arrays without the bytes between fields."""
 
 # The function's folder is kept well under the 255-byte file name limit, leaving room for
 # the fallback folder's layout and for tools that append to names.
@@ -210,7 +209,9 @@ class _Encoder:
             self._tagged(b"w", f"{value.days},{value.seconds},{value.microseconds}".encode())
         elif isinstance(value, pathlib.PurePath):
             # The path's name, not the file's contents: editing the file does not change the key.
-            self._tagged(b"p", f"{type(value).__qualname__}\x00{value}".encode("utf-8", "surrogateescape"))
+            # surrogatepass, as for str: surrogateescape fails on a lone surrogate and writes
+            # 'é' and '\udcc3\udca9' (the bytes C3 A9 escaped) alike.
+            self._tagged(b"p", f"{type(value).__qualname__}\x00{value}".encode("utf-8", "surrogatepass"))
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             self._container(value, path, lambda: self._dataclass(value, path))
         elif not self._numpy(value, path):
@@ -322,16 +323,18 @@ class _Encoder:
         if array.dtype == object:
             self._container(array, path, lambda: self._object_array(array, shape, path))
             return
-        dtype = array.dtype
-        if dtype.hasobject:
+        if array.dtype.hasobject:
             raise _Unhashable(path, array, "is a structured array with Python-object fields")
-        # The dtype as it is, byte order included: '>i8' and '<i8' compare unequal, and
-        # tobytes() and np.save show the difference to the function.
+        # Little-endian whatever the machine: byte order is how numpy stores the values, not
+        # which values they are (== ignores it, and numpy's pickle, which carries arrays to
+        # other processes, gives them back in native order), so the same values give the same
+        # key everywhere.
+        dtype = array.dtype.newbyteorder("<")
         described = dtype.str if dtype.fields is None else repr(dtype.descr)
         self._tagged(b"y", described.encode())
         self._write(shape)
         if _every_byte_in_a_field(dtype):
-            self._array_bytes(array, np)
+            self._array_bytes(array if dtype == array.dtype else array.astype(dtype), np)
             return
         # The bytes between fields are not part of the value: a copy leaves them uninitialised,
         # and a multi-field view shows the fields it leaves out.
@@ -655,7 +658,11 @@ def memoize(cache: Cache, fn: Callable[P, R] | None = None, /, *, version: str |
       rename or a move, and tells apart functions of different ``__main__`` scripts.
 
     The key is the function's name and its arguments, nothing else: arguments are hashed by
-    value (see :func:`stable_hash`), a path by its name (not the file's contents); globals,
+    value (see :func:`stable_hash` and the module's notes), a path by its name (not the file's
+    contents), an enum member by its class and value, a ``datetime`` or ``time`` with its time
+    zone (the same instant in UTC and in Europe/London is two keys; a zone is named by its
+    ``zoneinfo`` key or ``datetime.timezone`` offset and name, and any other ``tzinfo`` is
+    refused); globals,
     and the variables a nested function reads from its enclosing function, are not part of it
     (they may be mutable, and would change the key as they change). So ``make(2).f(1)`` and
     ``make(3).f(1)``, closures of one nested ``f``, share an entry: pass such values as

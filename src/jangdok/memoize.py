@@ -456,7 +456,8 @@ def _source_hash(fn: Callable[..., Any], identity: str) -> str:
         if _defines(source, fn):
             # Line endings follow the checkout (git on Windows may write CRLF); the code does not.
             return xxhash.xxh3_128_hexdigest("\n".join(source.splitlines()).encode("utf-8", "surrogatepass"))
-        problem = f"but the text found for it is not its definition ({source.splitlines()[0].strip()[:80]!r}...)"
+        first_line = next(iter(source.splitlines()), "").strip()
+        problem = f"but the text found for it is not its definition ({first_line[:80]!r}...)"
     raise ConfigError(
         f"memoize: source=True needs the source of {identity}, {problem}; functions made by exec() "
         "have none: use version= to invalidate its entries instead"
@@ -661,14 +662,13 @@ def memoize(cache: Cache, fn: Callable[P, R] | None = None, /, *, version: str |
     value (see :func:`stable_hash` and the module's notes), a path by its name (not the file's
     contents), an enum member by its class and value, a ``datetime`` or ``time`` with its time
     zone (the same instant in UTC and in Europe/London is two keys; a zone is named by its
-    ``zoneinfo`` key or ``datetime.timezone`` offset and name, and any other ``tzinfo`` is
-    refused); globals,
-    and the variables a nested function reads from its enclosing function, are not part of it
-    (they may be mutable, and would change the key as they change). So ``make(2).f(1)`` and
-    ``make(3).f(1)``, closures of one nested ``f``, share an entry: pass such values as
-    arguments. An argument of an unsupported type raises
-    :class:`~jangdok.errors.InvalidValue` naming it. The cache never breaks the function:
-    a save that fails, or a store that cannot be reached, is logged at WARNING and the
+    ``zoneinfo`` key or its ``datetime.timezone`` offset and name, and any other ``tzinfo`` is
+    refused). Globals, and the variables a nested function reads from its enclosing function,
+    are not part of it (they may be mutable, and would change the key as they change). So
+    ``make(2).f(1)`` and ``make(3).f(1)``, closures of one nested ``f``, share an entry: pass
+    such values as arguments. An argument of an unsupported type raises
+    :class:`~jangdok.errors.InvalidValue` naming it. The cache never breaks the function: a
+    save that fails, or a store that cannot be reached, is logged at WARNING and the
     function's own result returned; the function's own exceptions propagate unchanged and
     nothing is stored for them.
     """

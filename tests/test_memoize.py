@@ -7,13 +7,16 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import functools
 import importlib
 import inspect
 import json
+import linecache
 import logging
 import math
 import os
 import pathlib
+import pickle
 import re
 import socket
 import struct
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import zoneinfo
 from collections import OrderedDict, namedtuple
 from pathlib import Path
 from typing import Any
@@ -28,12 +32,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+import jangdok
 from jangdok import Cache
 from jangdok.errors import AccessDenied, ConfigError, InvalidKey, InvalidValue, JangdokError
 from jangdok.location import normalize_key
 from jangdok.memoize import memoize, stable_hash
 
 HASH_FILE = r"[0-9a-f]{32}\.pkl"
+# The subprocesses import this jangdok, not whichever one is installed.
+JANGDOK_SOURCE = Path(jangdok.__file__ or "").parent.parent
 # The module itself, even if the package ever exports the function under the same name.
 memoize_module = importlib.import_module("jangdok.memoize")
 
@@ -132,11 +139,13 @@ def test_different_arguments_give_different_keys(cache: Cache) -> None:
     assert len(set(keys)) == len(keys), [v for v, k in zip(values, keys, strict=True) if keys.count(k) > 1]
 
 
-def test_floats_are_deterministic(cache: Cache) -> None:
+def test_floats_are_keyed_by_their_bits(cache: Cache) -> None:
     key = keyer(cache)
     other_nan = struct.unpack(">d", b"\x7f\xf8\x00\x00\x00\x00\x00\x01")[0]
-    assert math.isnan(other_nan)
-    assert key(float("nan")) == key(other_nan)  # every NaN is one key, whatever its bits
+    negative_nan = -float("nan")
+    assert math.isnan(other_nan) and math.copysign(1.0, negative_nan) == -1.0  # what a function can see
+    assert key(float("nan")) == key(math.nan)
+    assert len({key(float("nan")), key(other_nan), key(negative_nan)}) == 3
     assert key(-0.0) != key(0.0)
     assert key(0.1 + 0.2) != key(0.3)
     assert key(float("inf")) != key(float("-inf"))
@@ -176,8 +185,12 @@ def test_numpy_arrays_by_dtype_shape_and_content(cache: Cache) -> None:
     assert key(fortran) == key(grid)
     assert key(grid.T) == key(np.ascontiguousarray(grid.T))
     assert key(grid.T) != key(grid)
-    # Byte order is storage, not value: a big-endian array is the same key as a native one.
-    assert key(a.astype(">i8")) == key(a.astype("<i8"))
+    # Byte order is storage, not value: a big-endian array is the same key as a native one
+    # (numpy's pickle, which carries arrays to other processes, gives them back in native order).
+    big = a.astype(">i8")
+    assert pickle.loads(pickle.dumps(big, protocol=4)).dtype.str == "<i8"
+    assert key(big) == key(a.astype("<i8"))
+    assert key(big) != key(a.view(">i8"))  # the same bytes read the other way: other values
     assert key(np.zeros((0, 3))) != key(np.zeros((3, 0)))
     assert key(np.array(["a", "bc"])) == key(np.array(["a", "bc"]))
     assert key(np.array(["2024-01-01"], dtype="datetime64[D]")) != key(np.array(["2024-01-02"], dtype="datetime64[D]"))
@@ -263,6 +276,131 @@ def test_dataclasses_paths_enums_dates_namedtuples(cache: Cache) -> None:
     assert key(Point(1, 2)) != key((1, 2))
 
 
+class Perm(enum.Flag):
+    READ = 1
+    WRITE = 2
+    EXEC = 4
+
+
+class Mode(enum.IntFlag):  # boundary KEEP: values with undefined bits are members too
+    R = 1
+    W = 2
+
+
+class Shape(enum.Enum):
+    SQUARE = (4, "equal")
+    RECTANGLE = (4, "unequal")
+    QUAD = (4, "equal")  # an alias of SQUARE: the same member
+
+
+def test_flag_enums_are_keyed_by_class_and_value(cache: Cache) -> None:
+    """Composite Flag values have no name on 3.10 (and Flag(0), or bits outside the members,
+    none on any version): keyed by name, f(READ|WRITE) was served f(READ|EXEC)'s result."""
+    calls: list[Perm] = []
+
+    @memoize(cache)
+    def describe(perm: Perm) -> int:
+        calls.append(perm)
+        return perm.value
+
+    assert describe(Perm.READ | Perm.EXEC) == 5
+    assert describe(Perm.READ | Perm.WRITE) == 3
+    assert describe(Perm(0)) == 0
+    assert describe(Perm.READ | Perm.WRITE) == 3
+    assert calls == [Perm.READ | Perm.EXEC, Perm.READ | Perm.WRITE, Perm(0)]
+
+    key = keyer(cache)
+    members = [Perm.READ, Perm.READ | Perm.WRITE, Perm.READ | Perm.EXEC, Perm.WRITE | Perm.EXEC, Perm(0),
+               Mode(0), Mode(8), Mode(16), Mode.R | Mode.W, Mode(9), Level.LOW, Color.RED]
+    assert len({key(member) for member in members}) == len(members)
+    assert key(Perm.READ | Perm.WRITE) == key(Perm(3))
+    assert key(Mode(3)) != key(3)  # an IntFlag is not its int
+    assert key(Shape.QUAD) == key(Shape.SQUARE) != key(Shape.RECTANGLE)
+
+
+class Holder(enum.Enum):
+    LOCK = threading.Lock()
+
+
+def test_an_enum_whose_value_has_no_stable_encoding_is_refused(cache: Cache) -> None:
+    with pytest.raises(InvalidValue, match=r"value\.value \(a lock\)"):
+        keyer(cache)(Holder.LOCK)
+
+
+def test_datetimes_are_keyed_with_their_time_zone(cache: Cache) -> None:
+    """The same instant in UTC and in Europe/London on 1 January is +00:00 in both, but half a
+    year later London is +01:00: a function adding days gives different answers."""
+    calls: list[datetime.datetime] = []
+
+    @memoize(cache)
+    def half_a_year_later(start: datetime.datetime) -> str:
+        calls.append(start)
+        return (start + datetime.timedelta(days=182)).isoformat()
+
+    utc = datetime.datetime(2024, 1, 1, 12, tzinfo=datetime.timezone.utc)
+    london = datetime.datetime(2024, 1, 1, 12, tzinfo=zoneinfo.ZoneInfo("Europe/London"))
+    assert utc == london
+    assert half_a_year_later(utc) == "2024-07-01T12:00:00+00:00"
+    assert half_a_year_later(london) == "2024-07-01T12:00:00+01:00"
+    assert half_a_year_later(london) == "2024-07-01T12:00:00+01:00"
+    assert calls == [utc, london]
+
+    key = keyer(cache)
+    hour = datetime.timedelta(hours=1)
+    lisbon = london.replace(tzinfo=zoneinfo.ZoneInfo("Europe/Lisbon"))  # also GMT in winter
+    moments = [utc, london, lisbon, london.replace(tzinfo=zoneinfo.ZoneInfo("UTC")), utc.replace(tzinfo=None),
+               utc.astimezone(datetime.timezone(hour)), utc.astimezone(datetime.timezone(hour, "CET"))]
+    assert len({key(moment) for moment in moments}) == len(moments)
+    assert key(london) == key(datetime.datetime(2024, 1, 1, 12, tzinfo=zoneinfo.ZoneInfo.no_cache("Europe/London")))
+    assert key(utc) == key(datetime.datetime(2024, 1, 1, 12, tzinfo=datetime.timezone(datetime.timedelta(0))))
+    noon = datetime.time(12)
+    assert len({key(noon), key(noon.replace(tzinfo=datetime.timezone.utc)),
+                key(noon.replace(tzinfo=zoneinfo.ZoneInfo("Europe/London")))}) == 3
+
+
+class Fixed(datetime.tzinfo):
+    """A tzinfo that nothing names: its rules are whatever this code says."""
+
+    def utcoffset(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        return datetime.timedelta(hours=2)
+
+    def dst(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        return datetime.timedelta(0)
+
+    def tzname(self, dt: datetime.datetime | None) -> str:
+        return "FIX"
+
+
+def test_a_time_zone_without_a_stable_name_is_refused(cache: Cache) -> None:
+    key = keyer(cache)
+    with pytest.raises(InvalidValue, match=r"value\.tzinfo \(a Fixed\).*zoneinfo"):
+        key(datetime.datetime(2024, 1, 1, tzinfo=Fixed()))
+    london = next((Path(folder) / "Europe" / "London" for folder in zoneinfo.TZPATH
+                   if (Path(folder) / "Europe" / "London").is_file()), None)
+    if london is None:
+        pytest.skip("no time zone files on this system")
+    with london.open("rb") as tzfile:
+        unnamed = zoneinfo.ZoneInfo.from_file(tzfile)  # no key: it could be any file
+    with pytest.raises(InvalidValue, match=r"value\.tzinfo \(a ZoneInfo\)"):
+        key(datetime.datetime(2024, 1, 1, tzinfo=unnamed))
+
+
+def test_structured_arrays_are_keyed_by_their_fields_not_the_bytes_between(cache: Cache) -> None:
+    key = keyer(cache)
+    table = np.zeros(4, dtype=[("x", "<i4"), ("y", "<i4"), ("z", "<f8")])
+    other = table.copy()
+    other["y"] = 7
+    picked, other_picked = table[["x", "z"]], other[["x", "z"]]  # views with a gap where y was
+    assert picked.tobytes() != other_picked.tobytes()
+    assert key(picked) == key(other_picked) == key(picked.copy())
+    changed = table.copy()
+    changed["z"][2] = 1.5
+    assert key(changed[["x", "z"]]) != key(picked)
+    assert key(picked) != key(table)
+    aligned = np.zeros(2, dtype=np.dtype([("a", "u1"), ("b", "<i8")], align=True))
+    assert key(aligned) == key(aligned.copy()) != key(aligned.astype([("a", "u1"), ("b", "<i8")]))
+
+
 class Opaque:
     pass
 
@@ -308,13 +446,18 @@ def test_golden_hashes_never_change() -> None:
         "set": frozenset({"a", "b"}), "none": None, "flag": True,
         "array": np.arange(6, dtype="<i4").reshape(2, 3), "path": pathlib.PurePosixPath("a/b"),
         "date": datetime.date(2024, 1, 31),
+        "big_endian": np.arange(3, dtype=">f8"), "enum": re.RegexFlag.IGNORECASE | re.RegexFlag.MULTILINE,
+        "london": datetime.datetime(2024, 1, 31, 12, tzinfo=zoneinfo.ZoneInfo("Europe/London")),
+        "seoul": datetime.datetime(2024, 1, 31, 21, tzinfo=datetime.timezone(datetime.timedelta(hours=9), "KST")),
+        "escaped path": pathlib.PurePosixPath("\udcc3\udca9"), "negative nan": -math.nan,
     }
-    assert stable_hash(value) == GOLDEN_HASH
+    assert memoize_module.MEMOIZE_SCHEME == 2
+    assert stable_hash(value) == GOLDEN_HASH  # the same on 3.10, 3.11 and 3.13
     assert stable_hash(1) == GOLDEN_ONE
 
 
-GOLDEN_HASH = "9f4345a78daafe1c3c9d45e44d74e971"
-GOLDEN_ONE = "7ac582d0dd2af8072838eb85c3c81513"
+GOLDEN_HASH = "4ff9d229703dea8cc02819c5e79351aa"
+GOLDEN_ONE = "31bfc4cf9ae1e449b76fd3bc528d3a86"
 
 
 # -- options ------------------------------------------------------------------------------------
@@ -380,8 +523,9 @@ def _write_module(folder: Path, name: str, body: str) -> Path:
 
 
 def _in_subprocess(code: str, path: list[Path], seed: str = "0") -> str:
-    """Run ``code`` in a fresh interpreter with ``path`` importable; its last stdout line."""
-    env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=os.pathsep.join(map(str, path)))
+    """Run ``code`` in a fresh interpreter with ``path`` and the jangdok under test importable;
+    its last stdout line."""
+    env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=os.pathsep.join(map(str, [*path, JANGDOK_SOURCE])))
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
@@ -416,6 +560,69 @@ def test_source_true_needs_the_source(cache: Cache) -> None:
     with pytest.raises(ConfigError, match="source"):
         memoize(cache, namespace["made"], source=True)
     memoize(cache, namespace["made"])  # without source=True it is fine
+
+
+def test_source_true_refuses_text_that_is_not_the_definition(cache: Cache,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """inspect.getsource returns whatever linecache holds under the code's file name and line:
+    for a name such as '<string>' that is text someone else registered (Python 3.13 registers
+    the `python -c` program there), not this function's definition."""
+    namespace: dict[str, Any] = {}
+    exec(compile("def made(x):\n    return x\n", "<generated>", "exec"), namespace)
+    monkeypatch.setitem(linecache.cache, "<generated>", (22, None, ["import sys; run(sys.argv)\n"], "<generated>"))
+    with pytest.raises(ConfigError, match="not its definition"):
+        memoize(cache, namespace["made"], source=True)
+    # Another function of the same name, or with other parameters, is not this one's definition either.
+    for text in ("def other(x):\n    return x\n", "def made(y):\n    return y\n", "class made:\n    pass\n"):
+        monkeypatch.setitem(linecache.cache, "<generated>", (len(text), None, text.splitlines(True), "<generated>"))
+        with pytest.raises(ConfigError, match="not its definition"):
+            memoize(cache, namespace["made"], source=True)
+    registered = "def made(x):\n    return x\n"  # as doctest and IPython register cells: accepted
+    monkeypatch.setitem(linecache.cache, "<generated>", (len(registered), None, registered.splitlines(True),
+                                                         "<generated>"))
+    assert memoize(cache, namespace["made"], source=True).key(1) != memoize(cache, namespace["made"]).key(1)
+
+
+def test_source_true_in_a_python_c_process(tmp_path: Path) -> None:
+    """The case 3.13 broke: a function made by exec() inside a `python -c` program (as pytest-xdist
+    runs its workers) was hashed as that program's first line instead of being refused."""
+    code = f"""
+        from jangdok import Cache
+        from jangdok.errors import ConfigError
+        from jangdok.memoize import memoize
+        namespace = {{}}
+        exec("def made(x):\\n    return x\\n", namespace)
+        try:
+            memoize(Cache({str(tmp_path / "cache")!r}), namespace["made"], source=True)
+        except ConfigError:
+            print("refused")
+        else:
+            print("accepted")
+    """
+    assert _in_subprocess(code, []) == "refused"
+
+
+class Decorated:
+    @staticmethod
+    def _plain(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    @_plain
+    def method(self, a: int, /, b: int, *rest: int, c: int = 0, **more: int) -> str:
+        return f"""{a}
+{b}"""  # a string whose lines start at column 0, inside an indented method
+
+
+def test_source_true_accepts_real_definitions(cache: Cache) -> None:
+    # A method behind a decorator (getsource unwraps it), with every kind of parameter.
+    assert memoize(cache, Decorated.method, source=True, ignore="self").key(Decorated(), 1, 2)
+    assert memoize(cache, Decorated().method, source=True).key(1, 2)
+    halve = lambda x: x / 2  # noqa: E731
+    assert memoize(cache, halve, source=True, name="halve").key(4)
 
 
 # -- the wrapper --------------------------------------------------------------------------------

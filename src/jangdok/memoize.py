@@ -17,10 +17,31 @@ canonical, type-tagged encoding (:func:`stable_hash`) and hashed with xxh3-128. 
 value fully determines that encoding are accepted; anything else is refused with an error
 naming the argument, because a key that misses part of a value returns a stale result, which
 is worse than no cache at all.
+
+What a function can tell apart gets different keys; what it cannot, the same key:
+
+- ``1``, ``1.0``, ``True`` and ``np.int64(1)`` differ (types); so do ``0.0`` and ``-0.0``, and
+  NaNs with different bits (a float is keyed by its exact bits).
+- Dicts and sets are keyed independently of their order (which varies between equal values,
+  and between processes); an ``OrderedDict``'s order is part of its value (its ``==`` says so).
+- An enum member is keyed by its class and its value (the value encoded like any argument, so
+  an enum whose values cannot be is refused): composite ``Flag`` values have no name of their
+  own.
+- A ``datetime`` or ``time`` is keyed by its wall-clock fields, ``fold`` and time zone: the
+  same instant in UTC and in Europe/London differs (``+ timedelta(days=182)`` gives other wall
+  times). A zone is named by its ``zoneinfo.ZoneInfo`` key or, for ``datetime.timezone``, by
+  its offset and name; the offset, DST and abbreviation this machine's time zone database gives
+  the moment go in too. Other ``tzinfo`` classes (``ZoneInfo.from_file``, pytz, dateutil) are
+  refused: nothing names their rules stably.
+- A numpy array is keyed by its dtype, shape and elements in C order, not by how numpy
+  stores them: a strided view and its copy, C and Fortran order, big- and little-endian
+  share a key (numpy's pickle does not keep byte order either). Bytes between the fields of a
+  structured dtype are not part of its value (copies leave them uninitialised) and are left out.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime
 import enum
@@ -32,6 +53,7 @@ import pathlib
 import re
 import struct
 import sys
+import zoneinfo
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
@@ -52,9 +74,13 @@ P = ParamSpec("P")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 
-MEMOIZE_SCHEME = 1
+MEMOIZE_SCHEME = 2
 """Version of the key scheme (the encoding below). Bumping it changes every memoized key, so
-it changes only when an encoding would otherwise be misread, never for cosmetic reasons."""
+it changes only when an encoding would otherwise be misread, never for cosmetic reasons.
+
+2: enum members by class and value (composite Flag values collided), time zones in the key
+of datetimes and times, floats by their exact bits (NaN payloads), paths that hold
+surrogates, structured arrays without the bytes between fields."""
 
 # The function's folder is kept well under the 255-byte file name limit, leaving room for
 # the fallback folder's layout and for tools that append to names.
@@ -73,8 +99,11 @@ class Memoized(Protocol[P, R_co]):
     checked and completed exactly like the function it wraps.
     """
 
-    __wrapped__: Callable[P, R_co]
-    cache: Cache
+    @property
+    def __wrapped__(self) -> Callable[P, R_co]: ...
+
+    @property
+    def cache(self) -> Cache: ...
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
@@ -135,55 +164,82 @@ class _Encoder:
         return sub.hasher.digest()
 
     def encode(self, value: object, path: str) -> None:
-        kind = type(value)
         if value is None:
             self._write(b"N")
-        elif kind is bool:
+        elif type(value) is bool:
             self._write(b"T" if value else b"F")
-        elif kind is int:
+        elif type(value) is int:
             size = (value.bit_length() + 8) // 8  # one sign bit to spare
             self._tagged(b"i", value.to_bytes(size, "big", signed=True))
-        elif kind is float:
-            # One encoding for every NaN (their bit patterns vary); -0.0 keeps its sign bit.
-            self._tagged(b"f", b"nan" if math.isnan(value) else struct.pack(">d", value))
-        elif kind is complex:
+        elif type(value) is float:
+            # The exact bits: -0.0 keeps its sign, and a NaN its sign and payload, which
+            # math.copysign and struct show to the function.
+            self._tagged(b"f", struct.pack(">d", value))
+        elif type(value) is complex:
             self._write(b"c")
             self.encode(value.real, path)
             self.encode(value.imag, path)
-        elif kind is str:
+        elif type(value) is str:
             self._tagged(b"s", value.encode("utf-8", "surrogatepass"))
-        elif kind is bytes:
+        elif type(value) is bytes:
             self._tagged(b"b", value)
-        elif kind is bytearray:
+        elif type(value) is bytearray:
             self._tagged(b"B", bytes(value))
-        elif kind is tuple or kind is list:
-            self._sequence(b"t" if kind is tuple else b"l", value, path)
-        elif kind is dict:
+        elif type(value) is tuple or type(value) is list:
+            self._sequence(b"t" if type(value) is tuple else b"l", value, path)
+        elif type(value) is dict:
             self._mapping(b"d", value, path)
-        elif kind is set or kind is frozenset:
-            self._unordered(b"e" if kind is set else b"E", value, path)
+        elif type(value) is set or type(value) is frozenset:
+            self._unordered(b"e" if type(value) is set else b"E", value, path)
         elif isinstance(value, enum.Enum):  # before int and str: IntEnum, StrEnum
-            self._tagged(b"n", f"{_class_name(kind)}\x00{value.name}".encode())
-        elif kind is OrderedDict:  # equality is order-sensitive, so is the key
+            # By value, not by name: a composite Flag (READ|WRITE) has no name on 3.10 and
+            # Flag(0) none on any version, so names collide; the value tells members apart.
+            self._tagged(b"n", _class_name(type(value)).encode())
+            self.encode(value.value, f"{path}.value")
+        elif type(value) is OrderedDict:  # equality is order-sensitive, so is the key
             self._container(value, path, lambda: self._ordered_mapping(value, path))
-        elif isinstance(value, tuple) and hasattr(kind, "_fields"):  # a namedtuple
-            self._tagged(b"u", _class_name(kind).encode())
+        elif isinstance(value, tuple) and hasattr(type(value), "_fields"):  # a namedtuple
+            self._tagged(b"u", _class_name(type(value)).encode())
             self._sequence(b"t", value, path)
-        elif kind in (datetime.datetime, datetime.time):
-            # fold tells apart the two 01:30 of a night when clocks go back.
-            self._tagged(b"D" if kind is datetime.datetime else b"h",
-                         f"{value.isoformat()}|{value.fold}".encode())
-        elif kind is datetime.date:
+        elif type(value) is datetime.datetime or type(value) is datetime.time:
+            self._moment(value, path)
+        elif type(value) is datetime.date:
             self._tagged(b"a", value.isoformat().encode())
-        elif kind is datetime.timedelta:
+        elif type(value) is datetime.timedelta:
             self._tagged(b"w", f"{value.days},{value.seconds},{value.microseconds}".encode())
         elif isinstance(value, pathlib.PurePath):
             # The path's name, not the file's contents: editing the file does not change the key.
-            self._tagged(b"p", f"{kind.__qualname__}\x00{value}".encode("utf-8", "surrogateescape"))
+            # surrogatepass, as for str: surrogateescape fails on a lone surrogate and writes
+            # 'é' and '\udcc3\udca9' (the bytes C3 A9 escaped) alike.
+            self._tagged(b"p", f"{type(value).__qualname__}\x00{value}".encode("utf-8", "surrogatepass"))
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             self._container(value, path, lambda: self._dataclass(value, path))
         elif not self._numpy(value, path):
             raise _Unhashable(path, value)
+
+    def _moment(self, moment: datetime.datetime | datetime.time, path: str) -> None:
+        # fold tells apart the two 01:30 of a night when clocks go back.
+        wall = moment.replace(tzinfo=None).isoformat()
+        self._tagged(b"D" if type(moment) is datetime.datetime else b"h", f"{wall}|{moment.fold}".encode())
+        zone = moment.tzinfo
+        if zone is None:
+            self._write(b"N")
+            return
+        # Equal instants in different zones compare equal, but arithmetic on them does not
+        # agree (a day added across a DST change), so the zone is part of the value.
+        if type(zone) is datetime.timezone:
+            self._write(b"z")
+            self.encode(zone.utcoffset(None), path)
+            self.encode(zone.tzname(None), path)
+        elif type(zone) is zoneinfo.ZoneInfo and zone.key is not None:
+            self._tagged(b"Z", zone.key.encode("utf-8", "surrogatepass"))
+        else:
+            raise _Unhashable(f"{path}.tzinfo", zone, "a time zone with no stable name: use "
+                              "zoneinfo.ZoneInfo('Area/City') or a datetime.timezone")
+        # What this machine's time zone database says of the moment: another database
+        # version may give another offset, and so another result.
+        for observed in (moment.utcoffset(), moment.dst(), moment.tzname()):
+            self.encode(observed, path)
 
     def _container(self, value: object, path: str, write: Callable[[], None]) -> None:
         ident = id(value)
@@ -269,14 +325,22 @@ class _Encoder:
             return
         if array.dtype.hasobject:
             raise _Unhashable(path, array, "is a structured array with Python-object fields")
-        # Little-endian whatever the machine, so the same values give the same key everywhere.
+        # Little-endian whatever the machine: byte order is how numpy stores the values, not
+        # which values they are (== ignores it, and numpy's pickle, which carries arrays to
+        # other processes, gives them back in native order), so the same values give the same
+        # key everywhere.
         dtype = array.dtype.newbyteorder("<")
-        if dtype != array.dtype:
-            array = array.astype(dtype)
         described = dtype.str if dtype.fields is None else repr(dtype.descr)
         self._tagged(b"y", described.encode())
         self._write(shape)
-        self._array_bytes(array, np)
+        if _every_byte_in_a_field(dtype):
+            self._array_bytes(array if dtype == array.dtype else array.astype(dtype), np)
+            return
+        # The bytes between fields are not part of the value: a copy leaves them uninitialised,
+        # and a multi-field view shows the fields it leaves out.
+        for name in dtype.names:
+            self._tagged(b"s", name.encode("utf-8", "surrogatepass"))
+            self._array(array[name], f"{path}[{name!r}]")
 
     def _array_bytes(self, array: Any, np: Any) -> None:
         """The array's elements in C order, without copying a large array whole."""
@@ -294,6 +358,20 @@ class _Encoder:
             self.encode(item, f"{path}.flat[{index}]")
 
 
+def _every_byte_in_a_field(dtype: Any) -> bool:
+    """Whether every byte of an item belongs to some field (always, for an unstructured dtype)."""
+    if dtype.subdtype is not None:
+        return _every_byte_in_a_field(dtype.subdtype[0])
+    if dtype.fields is None:
+        return True
+    covered = bytearray(dtype.itemsize)
+    for field_dtype, offset, *_title in dtype.fields.values():
+        if not _every_byte_in_a_field(field_dtype):
+            return False
+        covered[offset:offset + field_dtype.itemsize] = b"\x01" * field_dtype.itemsize
+    return all(covered)
+
+
 def _new_hasher() -> Any:
     hasher = xxhash.xxh3_128()
     hasher.update(f"jangdok-memoize-{MEMOIZE_SCHEME}\x00".encode())
@@ -302,7 +380,8 @@ def _new_hasher() -> Any:
 
 _SUPPORTED = ("None, bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset, "
               "namedtuples, OrderedDict, Enum members, dataclass instances, pathlib paths, "
-              "datetime/date/time/timedelta, numpy arrays and scalars")
+              "datetime/date/time/timedelta (time zones: zoneinfo.ZoneInfo or datetime.timezone), "
+              "numpy arrays and scalars")
 
 
 def stable_hash(value: object) -> str:
@@ -372,13 +451,74 @@ def _source_hash(fn: Callable[..., Any], identity: str) -> str:
     try:
         source = inspect.getsource(fn)
     except (OSError, TypeError) as exc:
-        raise ConfigError(
-            f"memoize: source=True needs the source of {identity}, which is not available ({exc}); "
-            "functions typed into an interactive prompt or made by exec() have none: "
-            "use version= to invalidate its entries instead"
-        ) from None
-    # Line endings follow the checkout (git on Windows may write CRLF); the code does not.
-    return xxhash.xxh3_128_hexdigest("\n".join(source.splitlines()).encode("utf-8", "surrogatepass"))
+        problem = f"which is not available ({exc})"
+    else:
+        if _defines(source, fn):
+            # Line endings follow the checkout (git on Windows may write CRLF); the code does not.
+            return xxhash.xxh3_128_hexdigest("\n".join(source.splitlines()).encode("utf-8", "surrogatepass"))
+        first_line = next(iter(source.splitlines()), "").strip()
+        problem = f"but the text found for it is not its definition ({first_line[:80]!r}...)"
+    raise ConfigError(
+        f"memoize: source=True needs the source of {identity}, {problem}; functions made by exec() "
+        "have none: use version= to invalidate its entries instead"
+    )
+
+
+def _defines(source: str, fn: Callable[..., Any]) -> bool:
+    """Whether ``source`` is the definition of ``fn``: its name, and its parameters by name.
+
+    inspect.getsource finds text by file name and line number and never checks it: for code
+    compiled from a string, the "file" is a name such as ``<string>``, and whatever linecache
+    holds under that name is returned (Python 3.13 puts the ``python -c`` program there, so a
+    function made by exec() in such a process "has" that program's first line as its source).
+    """
+    target = inspect.unwrap(fn)  # as getsource does
+    target = getattr(target, "__func__", target)  # a bound method's function
+    statements = _statements(source)
+    if not statements:
+        return False
+    if inspect.isclass(target):
+        return len(statements) == 1 and isinstance(statements[0], ast.ClassDef) \
+            and statements[0].name == target.__name__
+    code = getattr(target, "__code__", None)
+    if code is None:
+        return False
+    nodes: list[ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda]
+    if code.co_name == "<lambda>":  # the lines holding it, which may hold other code too
+        nodes = [node for statement in statements for node in ast.walk(statement) if isinstance(node, ast.Lambda)]
+    elif len(statements) == 1 and isinstance(statements[0], (ast.FunctionDef, ast.AsyncFunctionDef)) \
+            and statements[0].name == code.co_name:
+        nodes = [statements[0]]
+    else:
+        return False
+    return any(_parameter_names(node.args) == _code_parameter_names(code) for node in nodes)
+
+
+def _statements(source: str) -> list[ast.stmt] | None:
+    """The statements of a definition's text; None if it does not parse."""
+    # An indented definition (a method) parses inside a block; dedenting instead would fail on
+    # a string literal whose lines start at column 0.
+    indented = source[:1].isspace()
+    try:
+        module = ast.parse("if 1:\n" + source if indented else source)
+    except (SyntaxError, ValueError):
+        return None
+    if not indented:
+        return module.body
+    block = module.body[0]
+    return block.body if isinstance(block, ast.If) else None
+
+
+def _parameter_names(args: ast.arguments) -> list[str]:
+    """Parameter names in the order a code object lists them: positional, keyword-only, *, **."""
+    names = [arg.arg for arg in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+    return names + [arg.arg for arg in (args.vararg, args.kwarg) if arg is not None]
+
+
+def _code_parameter_names(code: Any) -> list[str]:
+    count = code.co_argcount + code.co_kwonlyargcount
+    count += bool(code.co_flags & inspect.CO_VARARGS) + bool(code.co_flags & inspect.CO_VARKEYWORDS)
+    return list(code.co_varnames[:count])
 
 
 class _Memo(Generic[P, R]):
@@ -519,13 +659,16 @@ def memoize(cache: Cache, fn: Callable[P, R] | None = None, /, *, version: str |
       rename or a move, and tells apart functions of different ``__main__`` scripts.
 
     The key is the function's name and its arguments, nothing else: arguments are hashed by
-    value (see :func:`stable_hash`), a path by its name (not the file's contents); globals,
-    and the variables a nested function reads from its enclosing function, are not part of it
-    (they may be mutable, and would change the key as they change). So ``make(2).f(1)`` and
-    ``make(3).f(1)``, closures of one nested ``f``, share an entry: pass such values as
-    arguments. An argument of an unsupported type raises
-    :class:`~jangdok.errors.InvalidValue` naming it. The cache never breaks the function:
-    a save that fails, or a store that cannot be reached, is logged at WARNING and the
+    value (see :func:`stable_hash` and the module's notes), a path by its name (not the file's
+    contents), an enum member by its class and value, a ``datetime`` or ``time`` with its time
+    zone (the same instant in UTC and in Europe/London is two keys; a zone is named by its
+    ``zoneinfo`` key or its ``datetime.timezone`` offset and name, and any other ``tzinfo`` is
+    refused). Globals, and the variables a nested function reads from its enclosing function,
+    are not part of it (they may be mutable, and would change the key as they change). So
+    ``make(2).f(1)`` and ``make(3).f(1)``, closures of one nested ``f``, share an entry: pass
+    such values as arguments. An argument of an unsupported type raises
+    :class:`~jangdok.errors.InvalidValue` naming it. The cache never breaks the function: a
+    save that fails, or a store that cannot be reached, is logged at WARNING and the
     function's own result returned; the function's own exceptions propagate unchanged and
     nothing is stored for them.
     """

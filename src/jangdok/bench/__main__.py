@@ -1,0 +1,7 @@
+"""python -m jangdok.bench"""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

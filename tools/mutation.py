@@ -57,8 +57,8 @@ GROUPS = [
         "src/jangdok/stores/s3/store.py": ("S3Store.delete", "S3Store.delete_many", "S3Store.write_if"),
     }, ("tests/test_store_conformance.py", "tests/test_local_store.py", "tests/test_s3_consistency.py")),
     Group("leases", {
-        "src/jangdok/leases.py": ("ObjectLease.try_acquire", "ObjectLease._write_if", "ObjectLease._renew",
-                                  "ObjectLease.release", "FileLease.try_acquire", "remove_stale"),
+        "src/jangdok/leases.py": ("ObjectLease._try_acquire", "ObjectLease._write_if", "ObjectLease._renew",
+                                  "ObjectLease.release", "FileLease._try_acquire", "_stale_leases", "remove_stale"),
     }, ("tests/test_leases.py", "tests/test_shared.py")),
 ]
 

@@ -248,7 +248,12 @@ def _encode(value: Any, form: str) -> Callable[[IO[bytes]], None]:
             text = json.dumps(value, ensure_ascii=False, indent=2)
         except (TypeError, ValueError) as exc:
             raise Failure(f"the value is not JSON ({exc}); use --format pickle") from exc
-        return lambda file: file.write(text.encode("utf-8") + b"\n")
+        data = text.encode("utf-8") + b"\n"
+
+        def write_json(file: IO[bytes]) -> None:
+            file.write(data)
+
+        return write_json
     return lambda file: pickle.dump(value, file, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -355,13 +360,11 @@ def _rm_prefix(ctx: Context, prefix: str) -> int:
     listed = sorted((item for item in cache.store.list(prefix) if not is_reserved(item.key)), key=lambda i: i.key)
     if not listed:
         raise Failure(f"no entries under prefix {prefix!r} in {cache.location.url}", EXIT_MISSING)
-    removed: list[str] = []
     question = (f"Remove {_count(len(listed), 'entry', 'entries')} "
                 f"({human_size(sum(item.size for item in listed))}) under {prefix!r} from {cache.location.url}?")
-    if _confirmed(ctx, question):
-        removed = sorted(cache.store.delete_many(listed))
-    gone = set(removed)
-    kept = [item.key for item in listed if item.key not in gone] if removed else []
+    confirmed = _confirmed(ctx, question)
+    removed = sorted(cache.store.delete_many(listed)) if confirmed else []
+    kept = sorted(set(item.key for item in listed) - set(removed)) if confirmed else []
     if ctx.args.json:
         ctx.emit({"removed": removed, "missing": [], "kept": kept})
         return EXIT_OK
@@ -602,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     options(parser, None)
     parser.set_defaults(json=False, debug=False)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     options(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

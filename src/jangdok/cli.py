@@ -402,9 +402,9 @@ def cmd_prune(ctx: Context) -> int:
         report, declined = PruneReport((), 0, 0, False), True
     # Between the question and the real run the cache may change (a rewrite, a new entry):
     # the real run applies the same rule again, and any difference is said, never silent.
-    compared = plan is not None and not report.dry_run and not declined and plan is not report
-    added = sorted(set(report.removed) - set(plan.removed)) if compared and plan else []
-    kept = sorted(set(plan.removed) - set(report.removed)) if compared and plan else []
+    shown = plan.removed if plan is not None and plan is not report and not declined else None
+    added = sorted(set(report.removed) - set(shown)) if shown is not None else []
+    kept = sorted(set(shown) - set(report.removed)) if shown is not None else []
     if args.json:
         ctx.emit({**asdict(report), "declined": declined, "not_shown_before": added, "kept_since_shown": kept})
         return EXIT_OK

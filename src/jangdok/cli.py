@@ -40,7 +40,8 @@ from .stores import TieredStore
 
 __all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_PROBLEMS", "EXIT_MISSING"]
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PROBLEMS, EXIT_MISSING, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PROBLEMS, EXIT_MISSING = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143: stopped by the signal
 _PROBLEMS = ("damaged", "untrusted", "unsupported", "foreign")
 _BIG_TRANSFER = 32 * 1024 * 1024
 _MANY_KEYS = 50
@@ -48,7 +49,7 @@ _MANY_KEYS = 50
 
 # What an error is called in the JSON document a script reads, by exit status.
 _ERROR_TYPES = {EXIT_ERROR: "CommandError", EXIT_USAGE: "UsageError", EXIT_PROBLEMS: "ProblemsFound",
-                EXIT_MISSING: "MissingEntry", 128 + signal.SIGINT: "Interrupted", 128 + signal.SIGTERM: "Terminated"}
+                EXIT_MISSING: "MissingEntry", EXIT_INTERRUPTED: "Interrupted", EXIT_TERMINATED: "Terminated"}
 
 
 class Failure(Exception):
@@ -670,6 +671,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return interrupts.status
 
 
+def _drop_stdout() -> None:
+    """Send what is left for stdout nowhere: its reader has gone (``jangdok ls | head``), and
+    Python would otherwise complain again when it flushes stdout at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _run(argv: Sequence[str] | None, console: Console, interrupts: Interrupts) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     wants_json = "--json" in arguments  # before parsing, so that a usage error gets its document too
@@ -680,7 +687,10 @@ def _run(argv: Sequence[str] | None, console: Console, interrupts: Interrupts) -
         on stdout, unless the command already printed its own."""
         console.problem(shown or f"jangdok: {message}")
         if wants_json and not (ctx is not None and ctx.emitted):
-            console.line(as_json({"error": {"type": kind, "message": message, "exit": status}}))
+            try:
+                console.line(as_json({"error": {"type": kind, "message": message, "exit": status}}))
+            except BrokenPipeError:  # nobody reads stdout any more: the status still says it
+                _drop_stdout()
         return status
 
     try:
@@ -705,7 +715,7 @@ def _run(argv: Sequence[str] | None, console: Console, interrupts: Interrupts) -
     except KeyboardInterrupt:
         return failed(_ERROR_TYPES[interrupts.status], "interrupted", interrupts.status)
     except BrokenPipeError:  # `jangdok ls | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return EXIT_OK
     except Exception as exc:  # a bug: the traceback follows, and a script still gets its document
         if wants_json and not (ctx is not None and ctx.emitted):

@@ -7,13 +7,16 @@ environment variable ``CACHE_DIR`` or a ``.env`` file overrides the default belo
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 from jangdok import ConfigError, Settings
 
 PROJECT_DIR = Path(__file__).resolve().parent
 
 
+@functools.cache
 def _configured_cache_dir() -> str | None:
     """CACHE_DIR from the environment or .env, else "cache"; None while another setting is
     malformed, so that the program starts and reports that setting when it opens the cache."""
@@ -23,8 +26,16 @@ def _configured_cache_dir() -> str | None:
         return None
 
 
+def __getattr__(name: str) -> Any:
+    # CACHE_DIR is read on first use, not on import: importing config reads no .env file, and
+    # what reading one says (a warning) reaches the program's own log handler.
+    if name == "CACHE_DIR":
+        return _configured_cache_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Where label caches live: "cache" (local folder) or "s3://waterandfish-s3/cache/".
-CACHE_DIR: str | None = _configured_cache_dir()
+CACHE_DIR: str | None  # from the environment or .env (see __getattr__)
 
 # Input: one .npz of landmarks per video, labels.csv and chapters.json. Without real data
 # the program generates a deterministic sample dataset here on its first run.

@@ -24,6 +24,7 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -50,6 +51,7 @@ from chapter_generator import (  # noqa: E402
     train_chapter,
 )
 from jangdok import Cache, EntryInfo, JangdokError, TierStats  # noqa: E402
+from jangdok.console import Interrupts  # noqa: E402
 
 STORE_NAMES = {"S3": "S3", "local": "로컬", "local (fallback)": "로컬 대체", "local tier": "로컬 사본"}
 
@@ -294,19 +296,26 @@ def print_summary(tally: RunTally, results: list[dict[str, Any]], elapsed: float
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the program; its exit status. The first Ctrl-C (or SIGTERM) stops it where it is:
+    it unwinds (a computation's lease is released, a half-written entry removed) and says so
+    in one line, exit status 130 (143); a second one while it unwinds is ignored."""
     started = time.perf_counter()
-    args = parse_args(argv)
-    global QUIET
-    QUIET = args.quiet
-    printer = CacheEventPrinter()
+    printer = CacheEventPrinter()  # first: reading the settings may already warn (about .env)
     logging.getLogger("jangdok").addHandler(printer)
-    try:
-        return run(args, started)
-    except JangdokError as exc:  # e.g. S3 unreachable with JANGDOK_FALLBACK=0
-        print(f"❌ {exc}", file=sys.stderr)
-        return 1
-    finally:
-        logging.getLogger("jangdok").removeHandler(printer)
+    with Interrupts() as interrupts:
+        try:
+            args = parse_args(argv)
+            global QUIET
+            QUIET = args.quiet
+            return run(args, started)
+        except JangdokError as exc:  # e.g. S3 unreachable with JANGDOK_FALLBACK=0
+            print(f"❌ {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("⛔ interrupted (중단됨)", file=sys.stderr)
+            return interrupts.status
+        finally:
+            logging.getLogger("jangdok").removeHandler(printer)
 
 
 def run(args: argparse.Namespace, started: float) -> int:
@@ -348,4 +357,7 @@ def run(args: argparse.Namespace, started: float) -> int:
 
 
 if __name__ == "__main__":
+    # Ignored until main() takes over, and again once it returns: the process then only shuts
+    # down, where a Ctrl-C could only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(main())

@@ -269,7 +269,7 @@ def test_self_test_with_a_wrong_secret(seaweed: SeaweedServer, s3_url: str) -> N
     env = {**credentials_env(seaweed, (READ_WRITE[0], "wrong-secret-0000000000")), "CACHE_DIR": s3_url}
     result = self_test(env)
     assert result.returncode == 1
-    assert re.search(r"S3 error listing s3://\S+: Access Denied \(SignatureDoesNotMatch\)", result.stdout)
+    assert re.search(r"S3 error opening s3://\S+: Access Denied \(SignatureDoesNotMatch\)", result.stdout)
     assert "wrong-secret" not in result.stdout
 
 
@@ -288,7 +288,7 @@ def test_self_test_with_an_unreachable_endpoint(s3_url: str) -> None:
            "CACHE_DIR": s3_url, "JANGDOK_MAX_ATTEMPTS": "2"}
     result = self_test(env)
     assert result.returncode == 1
-    assert re.search(r"S3 error listing s3://\S+: Connection timeout", result.stdout)
+    assert re.search(r"S3 error opening s3://\S+: Connection timeout", result.stdout)
 
 
 def test_self_test_names_credentials_from_the_shared_credentials_file(seaweed: SeaweedServer, s3_url: str) -> None:
@@ -394,3 +394,22 @@ def test_a_warm_local_tier_serves_every_label_while_s3_is_down(seaweed: SeaweedS
     assert len(loaded) == len(labels) == 24 and all("(로컬 사본)" in line for line in loaded), warm
     assert not lines(warm, "💾") and "⚙️ computing label data: 0.00 s" in warm, warm
     assert "is unreachable" in warm and "fallback" not in warm
+
+
+def test_a_readable_dotenv_is_warned_about_once(sample_data: Path, tmp_path: Path) -> None:
+    """config.py and the cache each read the settings: one warning per file and process, shown
+    as the program's own line."""
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    dotenv = work / ".env"
+    dotenv.write_text("AWS_ACCESS_KEY_ID=DOTENVKEY0000001\nAWS_SECRET_ACCESS_KEY=dotenv-secret-00000000001\n")
+    dotenv.chmod(0o644)
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--chapter", CHAPTER, "--data-dir",
+                             str(sample_data), "--output-dir", str(tmp_path / "out"), "--cache-dir",
+                             str(tmp_path / "cache")], cwd=work, capture_output=True, text=True, timeout=300,
+                            env={name: value for name, value in os.environ.items() if not name.startswith("AWS_")})
+    assert result.returncode == 0, result.stderr
+    shown = result.stdout + result.stderr
+    assert shown.count("can be read by other users") == 1, shown
+    assert f"⚠️ {dotenv} holds AWS_SECRET_ACCESS_KEY" in result.stdout
+    assert "dotenv-secret" not in shown

@@ -22,28 +22,34 @@ import os
 import pickle
 import secrets
 import signal
+import stat
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn
 
 from . import __version__
-from .cache import Cache, EntryInfo, Verdict
-from .console import Console, human_age, human_size, parse_duration, parse_size
+from .cache import Cache, EntryInfo, PruneReport, Verdict
+from .console import Console, Interrupts, StopSignals, human_age, human_size, parse_duration, parse_size
 from .errors import JangdokError
 from .location import is_reserved
 from .stores import LOCAL_TIER
 
 __all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_PROBLEMS", "EXIT_MISSING"]
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PROBLEMS, EXIT_MISSING, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PROBLEMS, EXIT_MISSING = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143: stopped by the signal
 _PROBLEMS = ("damaged", "untrusted", "unsupported", "foreign")
 _BIG_TRANSFER = 32 * 1024 * 1024
 _MANY_KEYS = 50
+
+
+# What an error is called in the JSON document a script reads, by exit status.
+_ERROR_TYPES = {EXIT_ERROR: "CommandError", EXIT_USAGE: "UsageError", EXIT_PROBLEMS: "ProblemsFound",
+                EXIT_MISSING: "MissingEntry", EXIT_INTERRUPTED: "Interrupted", EXIT_TERMINATED: "Terminated"}
 
 
 class Failure(Exception):
@@ -54,10 +60,48 @@ class Failure(Exception):
         self.status = status
 
 
+class UsageError(Exception):
+    """A command line argparse refuses: its message, and the usage of the command it is for."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse would print and exit: --json needs a document too
+        raise UsageError(f"{self.prog}: error: {message}", self.format_usage())
+
+
+def _port(text: str) -> int:
+    port = int(text) if text.strip().isdigit() else 0
+    if not 0 < port < 65536:
+        raise ValueError(f"{text!r} is not a TCP port (1 to 65535)")
+    return port
+
+
+def _option(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a parser raising ValueError, keeping its message for the user."""
+
+    def parsed(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parsed.__name__ = parse.__name__
+    return parsed
+
+
+def as_json(document: Any) -> str:
+    return json.dumps(document, ensure_ascii=False, indent=2, default=str)
+
+
 class Context:
     def __init__(self, args: argparse.Namespace, console: Console) -> None:
         self.args = args
         self.console = console
+        self.emitted = False
         self._cache: Cache | None = None
 
     @property
@@ -69,7 +113,8 @@ class Context:
 
     def emit(self, document: Any) -> None:
         """The command's result for scripts: one JSON document on stdout."""
-        self.console.line(json.dumps(document, ensure_ascii=False, indent=2, default=str))
+        self.console.line(as_json(document))
+        self.emitted = True
 
     def close(self) -> None:
         if self._cache is not None:
@@ -189,25 +234,57 @@ def _describe(value: Any, depth: int = 0) -> str:
     return text if len(text) <= 80 else f"{type(value).__name__} ({len(text)} characters as repr)"
 
 
-def _write_value(value: Any, path: str, form: str) -> None:
+def _encode(value: Any, form: str) -> Callable[[IO[bytes]], None]:
+    """How to write the value in a format (checked before anything is written)."""
     if form == "npy":
         import numpy as np
 
         if not isinstance(value, np.ndarray):
             raise Failure(f"the value is a {_describe(value)}; --format npy holds one numpy array: "
                           "use --format pickle")
-        with open(path, "wb") as file:
-            np.save(file, value, allow_pickle=False)
-        return
+        return lambda file: np.save(file, value, allow_pickle=False)
     if form == "json":
         try:
             text = json.dumps(value, ensure_ascii=False, indent=2)
         except (TypeError, ValueError) as exc:
             raise Failure(f"the value is not JSON ({exc}); use --format pickle") from exc
-        Path(path).write_text(text + "\n", encoding="utf-8")
+        data = text.encode("utf-8") + b"\n"
+
+        def write_json(file: IO[bytes]) -> None:
+            file.write(data)
+
+        return write_json
+    return lambda file: pickle.dump(value, file, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def write_file(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file whole or not at all: into a temporary file beside it, renamed over it once
+    complete, so an interrupted or failed write (Ctrl-C, a full disk, a value that cannot be
+    pickled) leaves the path as it was, and no temporary file. A path that is not a regular
+    file (``/dev/stdout``, a pipe) is written as a stream: there is nothing to replace."""
+    target = os.path.realpath(path)  # through a symlink, as opening the path would write
+    try:
+        kind = os.stat(target).st_mode
+    except FileNotFoundError:
+        kind = stat.S_IFREG
+    if not stat.S_ISREG(kind):
+        with open(target, "wb") as stream:
+            write(stream)
         return
-    with open(path, "wb") as file:
-        pickle.dump(value, file, protocol=pickle.HIGHEST_PROTOCOL)
+    folder, name = os.path.split(target)
+    temp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.part")
+    # O_EXCL: never write through a file someone placed there; 0o666: the umask applies as to any new file.
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+        os.replace(temp, target)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def cmd_get(ctx: Context) -> int:
@@ -221,7 +298,7 @@ def cmd_get(ctx: Context) -> int:
         raise Failure(f"entry {key!r} could not be loaded (see the warning above)", EXIT_PROBLEMS)
     if ctx.args.output:
         try:
-            _write_value(found.value, ctx.args.output, ctx.args.format)
+            write_file(ctx.args.output, _encode(found.value, ctx.args.format))
         except OSError as exc:
             raise Failure(f"cannot write {ctx.args.output}: {exc.strerror or exc}") from exc
         except (pickle.PicklingError, TypeError, AttributeError, ImportError) as exc:
@@ -240,14 +317,15 @@ def cmd_get(ctx: Context) -> int:
 # -- changing --------------------------------------------------------------------------------
 
 
-def _confirm(ctx: Context, question: str) -> None:
+def _confirmed(ctx: Context, question: str) -> bool:
+    """Whether the user agreed (``--yes`` agrees for them). Without a terminal to ask on, a
+    usage error: a script must say ``--yes``."""
     if ctx.args.yes:
-        return
+        return True
     if not sys.stdin.isatty():
         raise Failure(f"{question} Refusing without confirmation: pass --yes", EXIT_USAGE)
     ctx.console.problem(f"{question} [y/N] ")
-    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-        raise Failure("nothing deleted", EXIT_OK)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def cmd_rm(ctx: Context) -> int:
@@ -255,15 +333,13 @@ def cmd_rm(ctx: Context) -> int:
     if bool(args.keys) == (args.prefix is not None):
         raise Failure("name keys to remove, or --prefix P (not both)", EXIT_USAGE)
     if args.prefix is not None:
-        keys = sorted(item.key for item in cache.store.list(args.prefix) if not is_reserved(item.key))
-    else:
-        keys = list(args.keys)
-    if not keys:
-        raise Failure(f"no entries under prefix {args.prefix!r} in {cache.location.url}", EXIT_MISSING)
-    _confirm(ctx, f"Remove {_count(len(keys), 'entry', 'entries')} from {cache.location.url}?")
-    removed, missing = [], []
-    for key in keys:
-        (removed if cache.delete(key) else missing).append(key)
+        return _rm_prefix(ctx, args.prefix)
+    keys = list(args.keys)
+    removed: list[str] = []
+    missing: list[str] = []
+    if _confirmed(ctx, f"Remove {_count(len(keys), 'entry', 'entries')} from {cache.location.url}?"):
+        for key in keys:
+            (removed if cache.delete(key) else missing).append(key)
     if args.json:
         ctx.emit({"removed": removed, "missing": missing})
     else:
@@ -271,28 +347,82 @@ def cmd_rm(ctx: Context) -> int:
             ctx.console.line(f"removed {key}")
         for key in missing:
             ctx.console.problem(f"jangdok: no entry {key!r}")
+        if not removed and not missing:
+            ctx.console.problem("nothing removed")
     return EXIT_MISSING if missing else EXIT_OK
 
 
-def cmd_prune(ctx: Context) -> int:
-    args = ctx.args
-    try:
-        older_than = None if args.older_than is None else parse_duration(args.older_than)
-        max_bytes = None if args.max_size is None else parse_size(args.max_size)
-    except ValueError as exc:
-        raise Failure(str(exc), EXIT_USAGE) from exc
+def _rm_prefix(ctx: Context, prefix: str) -> int:
+    """Every entry under a prefix, in the version listed: one listing request and one batch
+    delete per 1000 entries (where the store has batches), so an entry rewritten since the
+    listing is kept."""
     cache = ctx.cache
-    with ctx.console.progress("examining", None, "entries", _MANY_KEYS) as bar:  # the total comes with the listing
-        report = cache.prune(older_than=older_than, max_bytes=max_bytes, dry_run=args.dry_run, progress=bar.to)
+    listed = sorted((item for item in cache.store.list(prefix) if not is_reserved(item.key)), key=lambda i: i.key)
+    if not listed:
+        raise Failure(f"no entries under prefix {prefix!r} in {cache.location.url}", EXIT_MISSING)
+    question = (f"Remove {_count(len(listed), 'entry', 'entries')} "
+                f"({human_size(sum(item.size for item in listed))}) under {prefix!r} from {cache.location.url}?")
+    confirmed = _confirmed(ctx, question)
+    removed = sorted(cache.store.delete_many(listed)) if confirmed else []
+    kept = sorted(set(item.key for item in listed) - set(removed)) if confirmed else []
+    if ctx.args.json:
+        ctx.emit({"removed": removed, "missing": [], "kept": kept})
+        return EXIT_OK
+    for key in removed:
+        ctx.console.line(f"removed {key}")
+    for key in kept:
+        ctx.console.problem(f"kept {key}: rewritten or removed by another process since it was listed")
+    if not removed:
+        ctx.console.problem("nothing removed")
+    return EXIT_OK
+
+
+def cmd_prune(ctx: Context) -> int:
+    """Asks first, as rm does: what would go is examined (a dry run), and once confirmed the
+    same rule runs for real. Crash leftovers are removed by the real run only, and counted apart."""
+    args, cache = ctx.args, ctx.cache
+
+    def prune(dry_run: bool) -> PruneReport:
+        with ctx.console.progress("examining", None, "entries", _MANY_KEYS) as bar:  # the total comes with the listing
+            return cache.prune(older_than=args.older_than, max_bytes=args.max_size, dry_run=dry_run,
+                               progress=bar.to)
+
+    plan = None if args.yes and not args.dry_run else prune(dry_run=True)
+    declined = False
+    if plan is None:
+        report = prune(dry_run=False)
+    elif args.dry_run:
+        report = plan
+    elif not plan.removed:  # no entry to ask about: only the leftovers, which are never asked about
+        report = PruneReport((), 0, cache.cleanup(), False)
+    elif _confirmed(ctx, f"Remove {_count(len(plan.removed), 'entry', 'entries')} ({human_size(plan.bytes_freed)}) "
+                         f"from {cache.location.url}?"):
+        report = prune(dry_run=False)
+    else:
+        report, declined = PruneReport((), 0, 0, False), True
+    # Between the question and the real run the cache may change (a rewrite, a new entry):
+    # the real run applies the same rule again, and any difference is said, never silent.
+    shown = plan.removed if plan is not None and plan is not report and not declined else None
+    added = sorted(set(report.removed) - set(shown)) if shown is not None else []
+    kept = sorted(set(shown) - set(report.removed)) if shown is not None else []
     if args.json:
-        ctx.emit(asdict(report))
+        ctx.emit({**asdict(report), "declined": declined, "not_shown_before": added, "kept_since_shown": kept})
         return EXIT_OK
     verb = "would remove" if report.dry_run else "removed"
     for key in report.removed:
         ctx.console.line(f"{verb} {key}")
-    leftovers = "" if report.dry_run else f", and {report.leftovers} crash leftover(s)"
+    if report.dry_run:
+        leftovers = "; the real run also removes crash leftovers older than an hour, and counts them apart"
+    else:
+        leftovers = f", and {_count(report.leftovers, 'crash leftover', 'crash leftovers')}"
     ctx.console.line(f"{verb} {_count(len(report.removed), 'entry', 'entries')} ({human_size(report.bytes_freed)})"
                      f"{leftovers}")
+    if added:
+        ctx.console.problem(f"also removed, as the cache changed after it was examined: {', '.join(added)}")
+    if kept:
+        ctx.console.problem(f"kept, as they changed after the cache was examined: {', '.join(kept)}")
+    if declined:
+        ctx.console.problem("nothing removed")
     return EXIT_OK
 
 
@@ -373,53 +503,98 @@ def cmd_doctor(ctx: Context) -> int:
 
 
 def cmd_server(ctx: Context) -> int:
-    from .server import ADMIN_ACTIONS, Identity, start_seaweed
+    """Whatever happens, stopping the command stops everything it started: signals only set a
+    flag (see StopSignals), which the startup wait and the serving loop both watch."""
+    from .server import ADMIN_ACTIONS, Identity, Interrupted, ServerError, launch_seaweed
 
     args = ctx.args
+    if args.port is not None:
+        _check_port_free(args.port)
     keep = args.dir is not None
-    workdir = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="jangdok-server-"))
     # Keys of this server only, made anew each start: nothing to leak from a printed export.
     identity = Identity("jangdok-dev", "JDK" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30), ADMIN_ACTIONS)
-    stop = threading.Event()
-    previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        server = start_seaweed(workdir, port=args.port, access_keys=[identity])
+    with StopSignals() as stop:
+        workdir = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="jangdok-server-"))
         try:
-            server.client(identity.keys).create_bucket(Bucket=args.bucket)
-            exports = {"AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": identity.access_key,
-                       "AWS_SECRET_ACCESS_KEY": identity.secret_key, "AWS_DEFAULT_REGION": "us-east-1",
-                       "CACHE_DIR": f"s3://{args.bucket}/cache/"}
-            if args.json:
-                ctx.emit({"pid": server.pid, "workdir": str(workdir), "exports": exports})
-            else:
-                ctx.console.problem(f"SeaweedFS S3 server on {server.endpoint} (pid {server.pid}, data in {workdir}); "
-                                    "Ctrl-C stops it. In another shell:")
-                for name, value in exports.items():
-                    ctx.console.line(f"export {name}={value}")
-            sys.stdout.flush()
-            while not stop.wait(0.5):
-                if server.process.poll() is not None:
-                    raise Failure(f"the server exited by itself ({server.process.returncode}):\n{server.log_tail()}")
+            server = launch_seaweed(workdir, port=args.port, access_keys=[identity])
+            try:
+                ctx.console.problem(f"starting SeaweedFS (pid {server.pid}) in {workdir}; Ctrl-C stops it")
+                server.wait_ready(stop)
+                _ensure_bucket(server, args.bucket)
+                if stop():
+                    raise Interrupted("stopped before the server was announced")
+                _announce(ctx, server, workdir, args.bucket)
+                while not stop():
+                    if server.process.poll() is not None:
+                        raise Failure(f"the server exited by itself ({server.process.returncode}); "
+                                      f"its log is {workdir / 'weed.log'}")
+                    time.sleep(0.2)
+            finally:
+                server.stop()
+        except Interrupted as exc:
+            status = 128 + (stop.received or signal.SIGINT)
+            raise Failure("interrupted: the server was stopped while starting", status) from exc
+        except ServerError as exc:
+            raise Failure(f"SeaweedFS could not start: {exc}") from exc
+        except OSError as exc:
+            raise Failure(f"cannot run the server in {workdir}: {exc.strerror or exc}") from exc
         finally:
-            server.stop()
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        if not keep:
-            import shutil
+            if not keep:
+                import shutil
 
-            shutil.rmtree(workdir, ignore_errors=True)
+                shutil.rmtree(workdir, ignore_errors=True)
     ctx.console.problem("server stopped")
     return EXIT_OK
+
+
+def _check_port_free(port: int) -> None:
+    """Refuse a port something already listens on: the readiness probe would otherwise talk to
+    that other program until the startup deadline. (A check before the start, so a program
+    taking the port in between is still met by that deadline.)"""
+    import socket
+
+    probe = socket.socket()
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as weed does: a port in TIME_WAIT is free
+        probe.bind(("127.0.0.1", port))
+    except OSError as exc:
+        raise Failure(f"port {port} on 127.0.0.1 is not free ({exc.strerror or exc}); choose another --port",
+                      EXIT_USAGE) from exc
+    finally:
+        probe.close()
+
+
+def _ensure_bucket(server: Any, bucket: str) -> None:
+    """The bucket to serve, created unless a ``--dir`` used before already holds it."""
+    try:
+        server.ensure_bucket(bucket, server.client(connect_timeout=2, read_timeout=10))
+    except Exception as exc:  # botocore's errors, for a name S3 refuses: one line, not a traceback
+        raise Failure(f"cannot create bucket {bucket!r}: {exc}") from exc
+
+
+def _announce(ctx: Context, server: Any, workdir: Path, bucket: str) -> None:
+    access_key, secret_key = server.identity
+    exports = {"AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": access_key,
+               "AWS_SECRET_ACCESS_KEY": secret_key, "AWS_DEFAULT_REGION": "us-east-1",
+               "CACHE_DIR": f"s3://{bucket}/cache/"}
+    if ctx.args.json:
+        ctx.emit({"pid": server.pid, "workdir": str(workdir), "exports": exports})
+    else:
+        ctx.console.problem(f"SeaweedFS S3 server on {server.endpoint} (pid {server.pid}, data in {workdir}). "
+                            "In another shell:")
+        for name, value in exports.items():
+            ctx.console.line(f"export {name}={value}")
+    sys.stdout.flush()
 
 
 # -- the command line ------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jangdok", description="Inspect, verify and clean a jangdok cache; run a local S3 server.",
-        epilog="Exit status: 0 ok, 1 error, 2 usage, 3 problems found (verify, doctor), 4 missing key.")
+        epilog="Exit status: 0 ok, 1 error, 2 usage, 3 problems found (verify, doctor), 4 missing key, "
+               "130 interrupted (143 on SIGTERM).")
     parser.add_argument("--version", action="version", version=f"jangdok {__version__}")
 
     def options(target: argparse.ArgumentParser, default: Any) -> None:
@@ -431,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     options(parser, None)
     parser.set_defaults(json=False, debug=False)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     options(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -445,8 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("-l", "--long", action="store_true", help="also read each header: tier, format, signer")
     ls.add_argument("--sort", choices=("name", "size", "age"), default="name")
     ls.add_argument("-r", "--reverse", action="store_true")
-    stat = command("stat", "show one entry's header, metadata and checksum", cmd_stat)
-    stat.add_argument("key")
+    show = command("stat", "show one entry's header, metadata and checksum", cmd_stat)
+    show.add_argument("key")
     get = command("get", "load one entry and summarise it, or write it to a file", cmd_get)
     get.add_argument("key")
     get.add_argument("-o", "--output", metavar="FILE", help="write the value here")
@@ -456,10 +631,13 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("keys", nargs="*")
     rm.add_argument("--prefix", help="remove every entry under this prefix")
     rm.add_argument("-y", "--yes", action="store_true", help="do not ask")
-    prune = command("prune", "remove expired, old or excess entries and crash leftovers", cmd_prune)
-    prune.add_argument("--older-than", metavar="AGE", help="e.g. 30d, 12h, 90m")
-    prune.add_argument("--max-size", metavar="SIZE", help="keep the newest entries within this, e.g. 5GB")
+    prune = command("prune", "remove expired, old or excess entries and crash leftovers (asks first)", cmd_prune)
+    prune.add_argument("--older-than", metavar="AGE", type=_option(parse_duration),
+                       help="entries written longer ago than this, e.g. 30d, 12h, 90m (a unit is required)")
+    prune.add_argument("--max-size", metavar="SIZE", type=_option(parse_size),
+                       help="keep the newest entries within this, e.g. 5GB, 500MB (a unit is required)")
     prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    prune.add_argument("-y", "--yes", action="store_true", help="do not ask")
     verify = command("verify", "check every entry's checksum (and signature) without loading it", cmd_verify)
     verify.add_argument("prefix", nargs="?", default="")
     verify.add_argument("--delete", action="store_true", help="delete the damaged entries found")
@@ -467,37 +645,82 @@ def build_parser() -> argparse.ArgumentParser:
     command("doctor", "check configuration, credentials and permissions (as test_s3_cache.py)", cmd_doctor)
     server = command("server", "run a SeaweedFS S3 server on 127.0.0.1 for development", cmd_server)
     server.add_argument("--dir", help="keep its data here (default: a temporary folder, removed on exit)")
-    server.add_argument("--port", type=int, help="the S3 port (default: a free one)")
+    server.add_argument("--port", type=_option(_port), help="the S3 port (default: a free one)")
     server.add_argument("--bucket", default="jangdok", help="the bucket to create (default: jangdok)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; its exit status.
+
+    The first Ctrl-C (or SIGTERM) stops the command where it is, which then cleans up (a file
+    half written is removed) and says so in one line; any later one is ignored until it is done.
+    Called without ``argv`` this is the process's entry (the ``jangdok`` script, ``python -m
+    jangdok``): Ctrl-C then stays ignored once it returns, as the process only shuts down
+    (joining threads, closing connections), where an interrupt could only print a traceback.
+    Called with ``argv``, it restores the caller's signal handlers.
+    """
     console = Console()
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="jangdok: %(levelname)s: %(message)s")
-    if not args.debug:
-        logging.getLogger("botocore").setLevel(logging.WARNING)
-    ctx = Context(args, console)
+    if argv is None:  # the process's entry: what the handlers are restored to when main() returns
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with Interrupts() as interrupts:
+        try:
+            return _run(argv, console, interrupts)
+        except KeyboardInterrupt:  # the first one came as the command was closing its cache
+            console.problem("jangdok: interrupted")
+            return interrupts.status
+
+
+def _drop_stdout() -> None:
+    """Send what is left for stdout nowhere: its reader has gone (``jangdok ls | head``), and
+    Python would otherwise complain again when it flushes stdout at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _run(argv: Sequence[str] | None, console: Console, interrupts: Interrupts) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    wants_json = "--json" in arguments  # before parsing, so that a usage error gets its document too
+    ctx: Context | None = None
+
+    def failed(kind: str, message: str, status: int, shown: str | None = None) -> int:
+        """One line on stderr (``shown``, else the message) and, for scripts, one JSON document
+        on stdout, unless the command already printed its own."""
+        console.problem(shown or f"jangdok: {message}")
+        if wants_json and not (ctx is not None and ctx.emitted):
+            try:
+                console.line(as_json({"error": {"type": kind, "message": message, "exit": status}}))
+            except BrokenPipeError:  # nobody reads stdout any more: the status still says it
+                _drop_stdout()
+        return status
+
     try:
+        args = build_parser().parse_args(arguments)
+        wants_json = args.json
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                            format="jangdok: %(levelname)s: %(message)s")
+        if not args.debug:
+            logging.getLogger("botocore").setLevel(logging.WARNING)
+        ctx = Context(args, console)
         return args.handler(ctx)
+    except UsageError as exc:
+        console.problem(exc.usage.rstrip())
+        return failed("UsageError", str(exc), EXIT_USAGE, shown=str(exc))
     except Failure as exc:
-        if str(exc) and exc.status != EXIT_OK:
-            console.problem(f"jangdok: {exc}")
-        elif str(exc):
-            console.problem(str(exc))
-        return exc.status
+        return failed(_ERROR_TYPES.get(exc.status, "CommandError"), str(exc), exc.status)
     except JangdokError as exc:
-        if args.debug:
+        status = failed(type(exc).__name__, str(exc), EXIT_ERROR, shown=f"jangdok: error: {exc}")
+        if ctx is not None and ctx.args.debug:
             raise
-        console.problem(f"jangdok: error: {exc}")
-        return EXIT_ERROR
+        return status
     except KeyboardInterrupt:
-        console.problem("jangdok: interrupted")
-        return EXIT_INTERRUPTED
+        return failed(_ERROR_TYPES[interrupts.status], "interrupted", interrupts.status)
     except BrokenPipeError:  # `jangdok ls | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return EXIT_OK
+    except Exception as exc:  # a bug: the traceback follows, and a script still gets its document
+        if wants_json and not (ctx is not None and ctx.emitted):
+            console.line(as_json({"error": {"type": type(exc).__name__, "message": str(exc), "exit": EXIT_ERROR}}))
+        raise
     finally:
-        ctx.close()
+        if ctx is not None:
+            ctx.close()

@@ -1,32 +1,51 @@
 """What the command line shows: sizes and ages for people, colours on terminals only, progress
-bars on long work, and parsing of the sizes and durations people type.
+bars on long work, and parsing of the sizes and durations people type; and how an app stops
+on Ctrl-C and SIGTERM.
 
-Kept apart from the commands so that every command renders alike; only apps (the CLI) use it.
+Kept apart from the commands so that every command renders alike; only apps (the CLI,
+``main.py``) use it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from typing import IO, Any
 
-from .settings import parse_size
+from . import settings
 
-__all__ = ["Console", "human_size", "human_age", "parse_duration", "parse_size"]
+__all__ = ["Console", "Interrupts", "StopSignals", "human_size", "human_age", "parse_duration", "parse_size"]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
-_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNORECASE)
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_BARE_NUMBER = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*$")
 _COLOURS = {"ok": "32", "note": "33", "fail": "31", "dim": "2", "bold": "1"}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``30d``, ``12h``, ``90m``, ``45s`` or a bare number of seconds."""
+    """Seconds in ``30d``, ``12h``, ``90m`` or ``45s``. The unit is required: a bare ``30``
+    read as seconds would make ``prune --older-than 30`` remove nearly everything."""
+    bare = _BARE_NUMBER.match(text)
+    if bare:
+        raise ValueError(f"{text!r} has no unit; write e.g. {bare.group(1)}d for days, or {bare.group(1)}s for seconds")
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f"{text!r} is not a duration; use a number with s, m, h, d or w, e.g. 30d or 12h")
-    unit = match.group(2).lower() if match.group(2) else None
-    return float(match.group(1)) * _UNITS[unit]
+    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``500MB``, ``10GB``, ``2GiB`` or ``300B``. The unit is required: a bare ``5``
+    read as bytes would make ``prune --max-size 5`` remove every entry."""
+    bare = _BARE_NUMBER.match(text)
+    if bare:
+        raise ValueError(f"{text!r} has no unit; write e.g. {bare.group(1)}GB, or {bare.group(1)}B for bytes")
+    try:
+        return settings.parse_size(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size; write e.g. 500MB, 10GB or 2GiB") from None
 
 
 def human_size(size: float) -> str:
@@ -107,3 +126,74 @@ class Progress:
     def __exit__(self, *exc_info: object) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class _Signals:
+    """Handlers for some signals while the object is entered, the previous ones restored on exit.
+    Only the main thread can set handlers: elsewhere this does nothing."""
+
+    names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        """The first signal received, if any."""
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, number: int, frame: object) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        for name in self.names:
+            number = getattr(signal, name, None)  # SIGHUP is POSIX only
+            if number is None:
+                continue
+            try:
+                self._previous[number] = signal.signal(number, self._handle)
+            except ValueError:  # not the main thread
+                break
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+
+class Interrupts(_Signals):
+    """Ctrl-C (SIGINT) and SIGTERM for an app: the first raises KeyboardInterrupt where the
+    program is, so it unwinds through its cleanup (temporary files removed, uploads aborted);
+    any later one while it unwinds is ignored, so a second Ctrl-C cannot break that cleanup
+    into a traceback."""
+
+    names = ("SIGINT", "SIGTERM")
+
+    def _handle(self, number: int, frame: object) -> None:
+        if self.received is None:
+            self.received = number
+            raise KeyboardInterrupt
+
+    @property
+    def status(self) -> int:
+        """The exit status of a program stopped by the signal: 128 + its number (130 for Ctrl-C)."""
+        return 128 + (self.received or signal.SIGINT)
+
+    def __enter__(self) -> Interrupts:
+        return super().__enter__()
+
+
+class StopSignals(_Signals):
+    """SIGINT, SIGTERM and SIGHUP while an app owns a child process: each only notes that the
+    app should stop (call the object to ask). The app then stops its child in order at its next
+    check; an exception raised mid-step could instead leave the child running, in a session of
+    its own where no terminal signal reaches it."""
+
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __call__(self) -> bool:
+        return self.received is not None
+
+    def _handle(self, number: int, frame: object) -> None:
+        self.received = self.received or number
+
+    def __enter__(self) -> StopSignals:
+        return super().__enter__()

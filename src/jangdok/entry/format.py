@@ -1,91 +1,60 @@
-"""The entry format: a short self-describing header, then the serialized payload.
+"""The payload: how a value becomes an entry's bytes, and how they are verified and loaded.
 
-Format version 2, written by this version::
-
-    magic        8 bytes   b"\\x89JDK\\r\\n\\x1a\\n"
-    version      u16 BE    2
-    header_len   u32 BE    length of the JSON header that follows
-    header       JSON      serializer, checksum, digest, payload_length, stream_length, buffers,
-                           compressed, mac_length, created_at, metadata, key, expires_at;
-                           signed entries add mac ("hmac-sha256"), mac_chunk and key_id
-    header_hash  u32 BE    xxh32 of everything before it (magic to JSON header)
-    mac          mac_length bytes: HMAC-SHA256, with the key named by key_id, of the bytes from
-                 the magic to the end of the JSON header followed by the SHA-256 of each
-                 mac_chunk bytes of the payload (0 bytes when unsigned; see jangdok.entry.signing)
-    padding      zeros up to a multiple of 64 bytes from the start of the entry
-    payload      the pickle-5 stream (stream_length bytes), then each out-of-band buffer at a
-                 64-byte aligned offset; ``buffers`` lists their stored lengths in order, and
-                 ``compressed`` says how each compressed one was stored
-
+An entry is a header (:mod:`jangdok.entry.header`) followed by the payload: the serializer's
+stream (pickle 5, or :mod:`jangdok.entry.safe`'s JSON skeleton), then its out-of-band buffers.
 Numpy arrays (and anything else that offers pickle-5 buffers) travel out of band: their bytes
 are written from the arrays themselves and read back into one buffer that the loaded arrays
 then share, so a save makes no copy of the payload and a load exactly one (none with a memory
 map). The digest covers the whole payload, padding included. Buffers under 4 KB stay in the
 stream, where a table entry and padding would cost more than they save.
 
-Format version 1, still read: the same prefix, a JSON header (serializer, compression,
-payload_length, checksum, digest, created_at, metadata, key), its hash, and a plain pickle.
-
-The magic starts with a non-ASCII byte and contains CR LF, so text-mode mangling is caught,
-and it cannot start a pickle (protocol 2+ pickles start with ``\\x80``, older ones with ASCII).
-Anything without the magic is read as the seed's plain pickle. The payload digest is xxh3-128:
-non-cryptographic but it detects truncation and bit flips at memory speed. Against tampering,
-a reader holding signing keys (:mod:`jangdok.entry.signing`) also requires a valid MAC, checked
-with the digest before anything is unpickled or decompressed: damage fails the digest (and may
-be deleted), a forgery or another team's key fails only the MAC (and is kept). Readers ignore
-header fields they do not know.
+The payload digest is xxh3-128: non-cryptographic but it detects truncation and bit flips at
+memory speed. Against tampering, a reader holding signing keys (:mod:`jangdok.entry.signing`)
+also requires a valid MAC, checked with the digest before anything is unpickled or
+decompressed: damage fails the digest (and may be deleted), a forgery or another team's key
+fails only the MAC (and is kept).
 """
 
 from __future__ import annotations
 
-import datetime
 import hmac
 import io
-import json
 import mmap
 import pickle
 import struct
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import xxhash
 
 from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry, UntrustedEntry
 from . import safe
-from .signing import (
-    MAC_ALGORITHM,
-    MAC_CHUNK,
-    MAC_LENGTH,
-    MAX_MAC_CHUNK,
-    MIN_MAC_CHUNK,
-    PieceDigests,
-    Trust,
-    payload_mac,
+from .header import (
+    CHECKSUM,
+    FORMAT_VERSION,
+    PREFIX,
+    ZEROS,
+    EntryHeader,
+    StoredBuffer,
+    align,
+    check_key,
+    check_size,
+    check_usable,
+    header_from,
+    header_size,
+    lead,
+    metadata_json,
+    read_header,
+    read_into,
+    seal,
 )
+from .signing import MAC_ALGORITHM, MAC_CHUNK, MAC_LENGTH, PieceDigests, Trust, payload_mac
 
-__all__ = ["EntryHeader", "Decoded", "ForeignEntry", "ExpiredEntry", "Progress", "encode", "decode", "decode_buffer",
-           "read_header", "header_size", "check_key", "check_size", "keys_match", "verify", "FORMAT_VERSION", "MAGIC",
-           "MAX_METADATA_BYTES", "HEADER_PROBE_BYTES", "ALIGNMENT"]
+__all__ = ["Decoded", "Progress", "encode", "decode", "decode_buffer", "verify"]
 
-MAGIC = b"\x89JDK\r\n\x1a\n"
-FORMAT_VERSION = 2
-_PREFIX = struct.Struct(">8sHI")
-_HEADER_HASH = struct.Struct(">I")
-MAX_METADATA_BYTES = 1 << 20
-"""Metadata is for parameters and provenance; large data belongs in the value."""
-# A header holds metadata and one small number per out-of-band buffer; a length beyond this
-# is damage, not a header.
-_MAX_HEADER_BYTES = 16 << 20
-_MAX_MAC_BYTES = 64
-HEADER_PROBE_BYTES = 64 * 1024
-"""How much to fetch to read a header in one request; enough for any normal metadata."""
-ALIGNMENT = 64
-"""Payload and buffers start at multiples of this, so arrays on a memory map are aligned."""
 _SMALLEST_OUT_OF_BAND = 4096
-# Reads go in pieces that stay in the CPU cache while they are hashed.
-_READ_CHUNK = 1 << 20
 # Below this a plain bytearray; above it an anonymous map populated by the kernel in one call:
 # a bytearray's memset, or faulting pages in one by one as the read touches them, each cost
 # ~15 ms more for 50 MB (measured on a VM, where page faults are dear).
@@ -93,9 +62,6 @@ _MAPPED_ALLOCATION = 1 << 20
 # Entries up to this size are read whole in one call, rather than header and payload apart.
 _WHOLE_READ = 256 * 1024
 _POPULATED = (mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE) if hasattr(mmap, "MAP_POPULATE") else None
-_CHECKSUM = "xxh3_128"
-_SERIALIZERS = ("pickle", safe.NAME)
-_ZEROS = bytes(ALIGNMENT)
 
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes in all) as a large entry is read."""
@@ -106,117 +72,12 @@ Progress = Callable[[int, int], None]
 _DAMAGED = (pickle.UnpicklingError, EOFError, ValueError, IndexError, KeyError, TypeError,
             OverflowError, UnicodeDecodeError, struct.error)
 _READER_LIMITS = (MemoryError, RecursionError)
-# Versions are small integers; a value beyond this is a damaged field, not a future format.
-_MAX_PLAUSIBLE_VERSION = 255
-
-
-@dataclass(frozen=True)
-class StoredBuffer:
-    """Where one out-of-band buffer lies in the payload, and how it was stored."""
-
-    offset: int
-    stored_length: int
-    compression: Any = None
-    """A :class:`jangdok.entry.codec.Compression`, or ``None`` for bytes stored as they are."""
-
-
-@dataclass(frozen=True)
-class EntryHeader:
-    version: int
-    serializer: str
-    compression: str
-    """``none``, or the codec of any compressed buffer (``zstd``)."""
-    payload_length: int
-    checksum: str
-    digest: str
-    created_at: float
-    metadata: dict[str, Any] | None
-    header_size: int
-    """Bytes before the payload."""
-    key: str | None = None
-    """The key the entry was written under; ``None`` for entries older than this field."""
-    expires_at: float | None = None
-    """When the entry stops being a hit (seconds since the epoch); ``None``: never."""
-    stream_length: int | None = None
-    """Bytes of the pickle stream at the start of the payload; ``None`` in format 1, whose
-    payload is all stream."""
-    buffers: tuple[StoredBuffer, ...] = ()
-    mac: bytes = field(default=b"", repr=False)
-    key_id: str | None = None
-    """The id of the signing key that made ``mac``; ``None`` for an unsigned entry."""
-    mac_algorithm: str | None = None
-    mac_chunk: int = MAC_CHUNK
-    sealed: bytes = field(default=b"", repr=False)
-    """The header's bytes from the magic to the end of its JSON, which the MAC covers."""
-
-    @property
-    def entry_size(self) -> int:
-        return self.header_size + self.payload_length
-
 
 @dataclass(frozen=True)
 class Decoded:
     value: Any
     header: EntryHeader | None
     """``None`` for a legacy plain pickle, which has no header."""
-
-
-class ForeignEntry(Exception):
-    """An intact entry written for another key: a response that crossed over from another
-    request, or a file renamed by hand. Never a value to return, never damage to delete."""
-
-
-def keys_match(recorded: str, key: str) -> bool:
-    """Whether an entry recorded under ``recorded`` belongs at ``key``.
-
-    One object is reached under different keys from different roots (``x.pkl`` in
-    ``Cache("s3://b/cache/")``, ``cache/x.pkl`` through ``jangdok.load("s3://b/cache/x.pkl")``),
-    and a cache may be copied under another prefix, so the shorter key must be the longer
-    one's trailing segments.
-    """
-    if recorded == key:
-        return True
-    shorter, longer = sorted((recorded, key), key=len)
-    return longer.endswith("/" + shorter)
-
-
-def _align(position: int) -> int:
-    return -(-position // ALIGNMENT) * ALIGNMENT
-
-
-def _json_default(value: Any) -> Any:
-    """What numpy users put in metadata: numpy scalars become numbers, times ISO strings."""
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    item = getattr(value, "item", None)
-    if callable(item) and getattr(value, "shape", None) == ():  # a numpy scalar or 0-d array
-        return item()
-    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
-
-
-def _to_json(fields: Mapping[str, Any]) -> bytes:
-    return json.dumps(fields, ensure_ascii=False, sort_keys=True, allow_nan=False, separators=(",", ":"),
-                      default=_json_default).encode("utf-8")
-
-
-def _metadata(metadata: Mapping[str, Any] | None, key: str | None) -> Any:
-    """Metadata as every reader will see it (JSON types), checked for type and size."""
-    if metadata is None:
-        return None
-    if not isinstance(metadata, Mapping):
-        raise InvalidValue(f"metadata must be a mapping such as a dict, got {type(metadata).__name__}")
-    where = f" for key {key!r}" if key else ""
-    try:
-        text = _to_json(dict(metadata))
-    except (TypeError, ValueError) as exc:
-        raise InvalidValue(
-            f"entry metadata{where} must be JSON-serializable (str, int, float, bool, None, lists, dicts, "
-            f"numpy scalars, datetimes): {exc}"
-        ) from exc
-    if len(text) > MAX_METADATA_BYTES:
-        raise InvalidValue(f"entry metadata{where} is {len(text)} bytes as JSON; the limit is "
-                           f"{MAX_METADATA_BYTES}: store large data in the value, not in its metadata")
-    return json.loads(text)
 
 
 def _pickle(value: Any, key: str | None) -> tuple[bytes, list[tuple[memoryview, int]]]:
@@ -263,7 +124,7 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     Raises InvalidValue for a value the serializer cannot store, or metadata that is not a
     mapping, not JSON or too large; nothing is written then.
     """
-    stored_metadata = _metadata(metadata, key)
+    stored_metadata = metadata_json(metadata, key)
     stream, buffers = safe.dumps(value, key) if serializer == safe.NAME else _pickle(value, key)
     compress = _compressor(compression)
     payload: list[bytes | memoryview] = [stream]
@@ -271,9 +132,9 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     compressed: dict[str, Any] = {}
     position = len(stream)
     for index, (raw, itemsize) in enumerate(buffers):
-        padding = _align(position) - position
+        padding = align(position) - position
         if padding:
-            payload.append(_ZEROS[:padding])
+            payload.append(ZEROS[:padding])
             position += padding
         stored: bytes | memoryview = raw
         if compress is not None:
@@ -293,7 +154,7 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
             pieces.update(chunk)
     fields: dict[str, Any] = {
         "serializer": serializer,
-        "checksum": _CHECKSUM,
+        "checksum": CHECKSUM,
         "digest": digest.hexdigest(),
         "payload_length": position,
         "stream_length": len(stream),
@@ -309,84 +170,11 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
         fields["expires_at"] = expires_at
     if signer is not None:
         fields.update(mac=MAC_ALGORITHM, mac_chunk=MAC_CHUNK, key_id=signer[0], mac_length=MAC_LENGTH)
-    header_json = _to_json(fields)
-    sealed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json)) + header_json
+    sealed = seal(fields)
     mac = b"" if signer is None or pieces is None else payload_mac(signer[1], sealed, pieces)
-    lead = sealed + _HEADER_HASH.pack(xxhash.xxh32_intdigest(sealed)) + mac
-    lead += _ZEROS[: _align(len(lead)) - len(lead)]
-    header = _header_from(FORMAT_VERSION, fields, len(lead), mac, sealed)
-    return header, [lead, *payload]
-
-
-def _header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: bytes,
-                 sealed: bytes = b"") -> EntryHeader:
-    """Build a header from its JSON fields; raises KeyError, TypeError or ValueError if they
-    do not describe a well-formed entry (the caller calls that damage)."""
-    payload_length = _count(fields["payload_length"], "payload_length")
-    stream_length = None
-    buffers: tuple[StoredBuffer, ...] = ()
-    compression = "none"
-    if version >= 2:
-        stream_length = _count(fields["stream_length"], "stream_length")
-        buffers = _buffer_table(stream_length, fields["buffers"], fields.get("compressed") or {})
-        end = buffers[-1].offset + buffers[-1].stored_length if buffers else stream_length
-        if not 0 <= stream_length <= end == payload_length:
-            raise ValueError(f"its buffers end at byte {end} of a {payload_length}-byte payload")
-        compression = next((b.compression.codec for b in buffers if b.compression is not None), "none")
-    else:
-        compression = fields["compression"]
-    key = fields.get("key")
-    if key is not None and not isinstance(key, str):
-        raise TypeError(f"key {key!r} is not a string")
-    key_id = fields.get("key_id") if mac else None
-    mac_chunk = fields.get("mac_chunk", MAC_CHUNK) if mac else MAC_CHUNK
-    if mac and not isinstance(key_id, str):
-        raise TypeError(f"its signature names the key id {key_id!r}")
-    if not MIN_MAC_CHUNK <= _count(mac_chunk, "mac_chunk") <= MAX_MAC_CHUNK:
-        raise ValueError(f"mac_chunk {mac_chunk} is out of range")
-    return EntryHeader(
-        version=version,
-        serializer=fields["serializer"],
-        compression=compression,
-        payload_length=payload_length,
-        checksum=fields["checksum"],
-        digest=fields["digest"],
-        created_at=float(fields["created_at"]),
-        metadata=fields.get("metadata"),
-        header_size=header_size,
-        key=key,
-        expires_at=None if fields.get("expires_at") is None else float(fields["expires_at"]),
-        stream_length=stream_length,
-        buffers=buffers,
-        mac=mac,
-        key_id=key_id,
-        mac_algorithm=fields.get("mac") if mac else None,
-        mac_chunk=mac_chunk,
-        sealed=sealed,
-    )
-
-
-def _count(value: Any, name: str) -> int:
-    """A byte count from a header: a non-negative JSON integer, nothing else."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} {value!r} is not a byte count")
-    return value
-
-
-def _buffer_table(stream_length: int, lengths: list[int], compressed: Mapping[str, Any]) -> tuple[StoredBuffer, ...]:
-    table = []
-    position = stream_length
-    for index, length in enumerate(lengths):
-        _count(length, f"buffer {index}'s length")
-        position = _align(position)
-        how = compressed.get(str(index))
-        if how is not None:
-            from .codec import Compression
-
-            how = Compression.from_json(how)
-        table.append(StoredBuffer(position, length, how))
-        position += length
-    return tuple(table)
+    before_payload = lead(sealed, mac)
+    header = header_from(FORMAT_VERSION, fields, len(before_payload), mac, sealed)
+    return header, [before_payload, *payload]
 
 
 def _allocate(size: int) -> bytearray | mmap.mmap:
@@ -398,96 +186,6 @@ def _allocate(size: int) -> bytearray | mmap.mmap:
     return mmap.mmap(-1, size)
 
 
-def _read_into(reader: BinaryIO, target: memoryview, progress: Progress | None = None,
-               digest: Any = None) -> None:
-    """Fill ``target`` (feeding ``digest`` as it goes, while each piece is still in the CPU
-    cache) or raise CorruptEntry: the store guarantees a short read is real."""
-    size = target.nbytes
-    done = 0
-    while done < size:
-        piece = target[done : done + min(_READ_CHUNK, size - done)]
-        count = reader.readinto(piece)
-        if not count:
-            raise CorruptEntry(f"entry is truncated: expected {size} bytes, found {done}")
-        if digest is not None:
-            digest.update(piece[:count])
-        done += count
-        if progress is not None:
-            progress(done, size)
-
-
-def _read_exactly(reader: BinaryIO, size: int) -> bytearray:
-    buffer = bytearray(size)
-    _read_into(reader, memoryview(buffer))
-    return buffer
-
-
-def header_size(start: bytes) -> int | None:
-    """Bytes enough to parse a header, from an entry's first bytes; ``None`` if they hold no
-    complete prefix or no magic. Lets a reader fetch the header and little more."""
-    if len(start) < _PREFIX.size or not start.startswith(MAGIC):
-        return None
-    _, _, header_len = _PREFIX.unpack_from(start)
-    return _PREFIX.size + min(header_len, _MAX_HEADER_BYTES) + _HEADER_HASH.size + _MAX_MAC_BYTES + ALIGNMENT
-
-
-def read_header(reader: BinaryIO) -> EntryHeader | bytes:
-    """Parse a header from the start of a stream, leaving the stream at the payload.
-
-    Returns the header, or the bytes already consumed if the stream holds no magic (a legacy
-    plain pickle), so the caller can go on reading it. Raises CorruptEntry or UnsupportedEntry.
-    """
-    start = bytearray()
-    while len(start) < _PREFIX.size:
-        chunk = reader.read(_PREFIX.size - len(start))
-        if not chunk:
-            break
-        start += chunk
-        if not MAGIC.startswith(bytes(start[: len(MAGIC)])):
-            return bytes(start)
-    if len(start) < _PREFIX.size:
-        if MAGIC.startswith(bytes(start)) and start:
-            raise CorruptEntry(f"entry is truncated inside its header ({len(start)} bytes)")
-        return bytes(start)
-    _, version, header_len = _PREFIX.unpack(start)
-    if version < 1 or version > _MAX_PLAUSIBLE_VERSION or header_len > _MAX_HEADER_BYTES:
-        raise CorruptEntry(f"entry header is damaged (version {version}, header length {header_len})")
-    if version > FORMAT_VERSION:
-        raise UnsupportedEntry(
-            f"entry uses format version {version}; this jangdok reads up to {FORMAT_VERSION}: upgrade jangdok"
-        )
-    rest = _read_exactly(reader, header_len + _HEADER_HASH.size)
-    header_json = bytes(rest[:header_len])
-    (expected,) = _HEADER_HASH.unpack_from(rest, header_len)
-    if xxhash.xxh32_intdigest(bytes(start) + header_json) != expected:
-        raise CorruptEntry("entry header checksum mismatch")
-    parsed = _PREFIX.size + header_len + _HEADER_HASH.size
-    try:
-        fields = json.loads(header_json)
-        mac_length = int(fields.get("mac_length", 0)) if version >= 2 else 0
-        if not 0 <= mac_length <= _MAX_MAC_BYTES:
-            raise ValueError(f"mac_length {mac_length}")
-        size = _align(parsed + mac_length) if version >= 2 else parsed
-        mac = bytes(_read_exactly(reader, size - parsed)[:mac_length]) if size > parsed else b""
-        header = _header_from(version, fields, size, mac, bytes(start) + header_json)
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
-        raise CorruptEntry(f"entry header is unreadable: {exc}") from exc
-    unknown = [
-        f"{name} {value!r}"
-        for name, value, known in (
-            ("serializer", header.serializer, set(_SERIALIZERS) if header.version >= 2 else {"pickle"}),
-            # Format 1 never compressed; a v1 header that says so is not one this code wrote.
-            ("compression", header.compression, {"none", "zstd"} if header.version >= 2 else {"none"}),
-            ("checksum", header.checksum, {_CHECKSUM}),
-            ("signature", header.mac_algorithm, {None, MAC_ALGORITHM}),
-        )
-        if value not in known
-    ]
-    if unknown:
-        raise UnsupportedEntry(f"entry uses {', '.join(unknown)}, unknown to this jangdok: upgrade jangdok")
-    return header
-
-
 class _Both:
     """Feeds each piece read to two digests."""
 
@@ -497,32 +195,6 @@ class _Both:
     def update(self, piece: memoryview) -> None:
         self.first.update(piece)
         self.second.update(piece)
-
-
-class ExpiredEntry(Exception):
-    """An intact entry past its expiry time: a miss, left for prune (or the next put) to replace."""
-
-
-def check_key(header: EntryHeader, key: str | None) -> None:
-    """Raise ForeignEntry if the header names another key than the one being read."""
-    if key is not None and header.key is not None and not keys_match(header.key, key):
-        raise ForeignEntry(f"the entry read for key {key!r} was written for key {header.key!r}")
-
-
-def _check_usable(header: EntryHeader, key: str | None) -> None:
-    """Before any payload is read: the entry is this key's, and has not expired."""
-    check_key(header, key)
-    if header.expires_at is not None and header.expires_at <= time.time():
-        raise ExpiredEntry(f"the entry expired at {header.expires_at:.0f} (seconds since the epoch)")
-
-
-def check_size(header: EntryHeader, size: int) -> None:
-    """Raise CorruptEntry unless the stored entry is exactly as long as its header declares."""
-    if size != header.entry_size:
-        raise CorruptEntry(
-            f"entry is {size} bytes but its header declares {header.entry_size} "
-            f"({header.header_size} header + {header.payload_length} payload)"
-        )
 
 
 def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progress | None = None,
@@ -540,12 +212,12 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
     """
     if size <= _WHOLE_READ:  # one read call, then parsed in memory: small entries are latency
         whole = memoryview(bytearray(size))
-        _read_into(reader, whole, progress)
+        read_into(reader, whole, progress)
         return decode_buffer(whole, key, trust)
     header = read_header(reader)
     if not isinstance(header, EntryHeader):
         return Decoded(_load_legacy(header + reader.read(), trust), None)
-    _check_usable(header, key)
+    check_usable(header, key)
     signature = _signature(header, trust)
     check_size(header, size)
     payload, digest = _read_payload(reader, header, progress, signature)
@@ -558,7 +230,7 @@ def _read_payload(reader: BinaryIO, header: EntryHeader, progress: Progress | No
     hash its pieces for the signature meanwhile."""
     payload = memoryview(_allocate(header.payload_length))
     digest = xxhash.xxh3_128()
-    _read_into(reader, payload, progress, digest if signature is None else _Both(digest, signature))
+    read_into(reader, payload, progress, digest if signature is None else _Both(digest, signature))
     return payload, digest.hexdigest()
 
 
@@ -579,13 +251,13 @@ def verify(reader: BinaryIO, size: int, key: str | None = None, trust: Trust | N
 def decode_buffer(view: memoryview, key: str | None = None, trust: Trust | None = None) -> Decoded:
     """Verify and deserialize an entry held whole in memory (read whole, or a memory-mapped
     file): the loaded arrays are views of it, so nothing is copied."""
-    needed = header_size(bytes(view[: _PREFIX.size]))
+    needed = header_size(bytes(view[: PREFIX.size]))
     if needed is None:
         return Decoded(_load_legacy(view, trust), None)
     header = read_header(io.BytesIO(view[:needed]))  # a copy of the header only
     if not isinstance(header, EntryHeader):  # cannot happen: the magic was checked above
         raise CorruptEntry("entry header is unreadable")
-    _check_usable(header, key)
+    check_usable(header, key)
     signature = _signature(header, trust)
     check_size(header, view.nbytes)
     payload = view[header.header_size :]
@@ -688,3 +360,4 @@ def _load_legacy(data: bytes | memoryview, trust: Trust | None = None) -> Any:
         # Raised by the pickled objects' own code (a __setstate__, a constructor): without a
         # checksum there is no telling damage from a code mismatch, so keep the file.
         raise UnsupportedEntry(f"legacy pickle could not be loaded here ({type(exc).__name__}: {exc})") from exc
+

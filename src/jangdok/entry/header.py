@@ -1,0 +1,379 @@
+"""The entry header: what an entry says about itself, how it is sealed, parsed and checked.
+
+Format version 2, written by this version::
+
+    magic        8 bytes   b"\\x89JDK\\r\\n\\x1a\\n"
+    version      u16 BE    2
+    header_len   u32 BE    length of the JSON header that follows
+    header       JSON      serializer, checksum, digest, payload_length, stream_length, buffers,
+                           compressed, mac_length, created_at, metadata, key, expires_at;
+                           signed entries add mac ("hmac-sha256"), mac_chunk and key_id
+    header_hash  u32 BE    xxh32 of everything before it (magic to JSON header)
+    mac          mac_length bytes: HMAC-SHA256, with the key named by key_id, of the bytes from
+                 the magic to the end of the JSON header followed by the SHA-256 of each
+                 mac_chunk bytes of the payload (0 bytes when unsigned; see jangdok.entry.signing)
+    padding      zeros up to a multiple of 64 bytes from the start of the entry
+    payload      the pickle-5 stream (stream_length bytes), then each out-of-band buffer at a
+                 64-byte aligned offset; ``buffers`` lists their stored lengths in order, and
+                 ``compressed`` says how each compressed one was stored
+
+Format version 1, still read: the same prefix, a JSON header (serializer, compression,
+payload_length, checksum, digest, created_at, metadata, key), its hash, and a plain pickle.
+
+The magic starts with a non-ASCII byte and contains CR LF, so text-mode mangling is caught,
+and it cannot start a pickle (protocol 2+ pickles start with ``\\x80``, older ones with ASCII).
+Anything without the magic is read as the seed's plain pickle. Readers ignore header fields
+they do not know. The payload and its verified decoding are :mod:`jangdok.entry.format`'s.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import struct
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import xxhash
+
+from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry
+from . import safe
+from .signing import MAC_ALGORITHM, MAC_CHUNK, MAX_MAC_CHUNK, MIN_MAC_CHUNK
+
+__all__ = ["EntryHeader", "StoredBuffer", "ForeignEntry", "ExpiredEntry", "read_header", "header_size", "check_key",
+           "check_size", "keys_match", "FORMAT_VERSION", "MAGIC", "MAX_METADATA_BYTES", "HEADER_PROBE_BYTES",
+           "ALIGNMENT"]
+
+MAGIC = b"\x89JDK\r\n\x1a\n"
+FORMAT_VERSION = 2
+PREFIX = struct.Struct(">8sHI")
+HEADER_HASH = struct.Struct(">I")
+MAX_METADATA_BYTES = 1 << 20
+"""Metadata is for parameters and provenance; large data belongs in the value."""
+# A header holds metadata and one small number per out-of-band buffer; a length beyond this
+# is damage, not a header.
+_MAX_HEADER_BYTES = 16 << 20
+_MAX_MAC_BYTES = 64
+HEADER_PROBE_BYTES = 64 * 1024
+"""How much to fetch to read a header in one request; enough for any normal metadata."""
+ALIGNMENT = 64
+"""Payload and buffers start at multiples of this, so arrays on a memory map are aligned."""
+CHECKSUM = "xxh3_128"
+SERIALIZERS = ("pickle", safe.NAME)
+ZEROS = bytes(ALIGNMENT)
+# Reads go in pieces that stay in the CPU cache while they are hashed.
+_READ_CHUNK = 1 << 20
+# Versions are small integers; a value beyond this is a damaged field, not a future format.
+_MAX_PLAUSIBLE_VERSION = 255
+
+
+@dataclass(frozen=True)
+class StoredBuffer:
+    """Where one out-of-band buffer lies in the payload, and how it was stored."""
+
+    offset: int
+    stored_length: int
+    compression: Any = None
+    """A :class:`jangdok.entry.codec.Compression`, or ``None`` for bytes stored as they are."""
+
+
+@dataclass(frozen=True)
+class EntryHeader:
+    version: int
+    serializer: str
+    compression: str
+    """``none``, or the codec of any compressed buffer (``zstd``)."""
+    payload_length: int
+    checksum: str
+    digest: str
+    created_at: float
+    metadata: dict[str, Any] | None
+    header_size: int
+    """Bytes before the payload."""
+    key: str | None = None
+    """The key the entry was written under; ``None`` for entries older than this field."""
+    expires_at: float | None = None
+    """When the entry stops being a hit (seconds since the epoch); ``None``: never."""
+    stream_length: int | None = None
+    """Bytes of the pickle stream at the start of the payload; ``None`` in format 1, whose
+    payload is all stream."""
+    buffers: tuple[StoredBuffer, ...] = ()
+    mac: bytes = field(default=b"", repr=False)
+    key_id: str | None = None
+    """The id of the signing key that made ``mac``; ``None`` for an unsigned entry."""
+    mac_algorithm: str | None = None
+    mac_chunk: int = MAC_CHUNK
+    sealed: bytes = field(default=b"", repr=False)
+    """The header's bytes from the magic to the end of its JSON, which the MAC covers."""
+
+    @property
+    def entry_size(self) -> int:
+        return self.header_size + self.payload_length
+
+
+class ForeignEntry(Exception):
+    """An intact entry written for another key: a response that crossed over from another
+    request, or a file renamed by hand. Never a value to return, never damage to delete."""
+
+
+class ExpiredEntry(Exception):
+    """An intact entry past its expiry time: a miss, left for prune (or the next put) to replace."""
+
+
+def keys_match(recorded: str, key: str) -> bool:
+    """Whether an entry recorded under ``recorded`` belongs at ``key``.
+
+    One object is reached under different keys from different roots (``x.pkl`` in
+    ``Cache("s3://b/cache/")``, ``cache/x.pkl`` through ``jangdok.load("s3://b/cache/x.pkl")``),
+    and a cache may be copied under another prefix, so the shorter key must be the longer
+    one's trailing segments.
+    """
+    if recorded == key:
+        return True
+    shorter, longer = sorted((recorded, key), key=len)
+    return longer.endswith("/" + shorter)
+
+
+def align(position: int) -> int:
+    return -(-position // ALIGNMENT) * ALIGNMENT
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    """What numpy users put in metadata: numpy scalars become numbers, times ISO strings."""
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) == ():  # a numpy scalar or 0-d array
+        return item()
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+def _to_json(fields: Mapping[str, Any]) -> bytes:
+    return json.dumps(fields, ensure_ascii=False, sort_keys=True, allow_nan=False, separators=(",", ":"),
+                      default=_json_default).encode("utf-8")
+
+
+def metadata_json(metadata: Mapping[str, Any] | None, key: str | None) -> Any:
+    """Metadata as every reader will see it (JSON types), checked for type and size."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise InvalidValue(f"metadata must be a mapping such as a dict, got {type(metadata).__name__}")
+    where = f" for key {key!r}" if key else ""
+    try:
+        text = _to_json(dict(metadata))
+    except (TypeError, ValueError) as exc:
+        raise InvalidValue(
+            f"entry metadata{where} must be JSON-serializable (str, int, float, bool, None, lists, dicts, "
+            f"numpy scalars, datetimes): {exc}"
+        ) from exc
+    if len(text) > MAX_METADATA_BYTES:
+        raise InvalidValue(f"entry metadata{where} is {len(text)} bytes as JSON; the limit is "
+                           f"{MAX_METADATA_BYTES}: store large data in the value, not in its metadata")
+    return json.loads(text)
+
+
+def seal(fields: Mapping[str, Any]) -> bytes:
+    """The header's bytes from the magic to the end of its JSON: what the MAC covers."""
+    header_json = _to_json(fields)
+    return PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json)) + header_json
+
+
+def lead(sealed: bytes, mac: bytes) -> bytes:
+    """Everything before the payload: the sealed header, its hash, the MAC and the padding."""
+    done = sealed + HEADER_HASH.pack(xxhash.xxh32_intdigest(sealed)) + mac
+    return done + ZEROS[: align(len(done)) - len(done)]
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def read_into(reader: BinaryIO, target: memoryview, progress: Any = None, digest: Any = None) -> None:
+    """Fill ``target`` (feeding ``digest`` as it goes, while each piece is still in the CPU
+    cache, and calling ``progress(done, size)``) or raise CorruptEntry: the store guarantees a
+    short read is real."""
+    size = target.nbytes
+    done = 0
+    while done < size:
+        piece = target[done : done + min(_READ_CHUNK, size - done)]
+        count = reader.readinto(piece)
+        if not count:
+            raise CorruptEntry(f"entry is truncated: expected {size} bytes, found {done}")
+        if digest is not None:
+            digest.update(piece[:count])
+        done += count
+        if progress is not None:
+            progress(done, size)
+
+
+def _read_exactly(reader: BinaryIO, size: int) -> bytearray:
+    buffer = bytearray(size)
+    read_into(reader, memoryview(buffer))
+    return buffer
+
+
+def header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: bytes,
+                sealed: bytes = b"") -> EntryHeader:
+    """Build a header from its JSON fields; raises KeyError, TypeError or ValueError if they
+    do not describe a well-formed entry (the caller calls that damage)."""
+    payload_length = _count(fields["payload_length"], "payload_length")
+    stream_length = None
+    buffers: tuple[StoredBuffer, ...] = ()
+    compression = "none"
+    if version >= 2:
+        stream_length = _count(fields["stream_length"], "stream_length")
+        buffers = _buffer_table(stream_length, fields["buffers"], fields.get("compressed") or {})
+        end = buffers[-1].offset + buffers[-1].stored_length if buffers else stream_length
+        if not 0 <= stream_length <= end == payload_length:
+            raise ValueError(f"its buffers end at byte {end} of a {payload_length}-byte payload")
+        compression = next((b.compression.codec for b in buffers if b.compression is not None), "none")
+    else:
+        compression = fields["compression"]
+    key = fields.get("key")
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"key {key!r} is not a string")
+    key_id = fields.get("key_id") if mac else None
+    mac_chunk = fields.get("mac_chunk", MAC_CHUNK) if mac else MAC_CHUNK
+    if mac and not isinstance(key_id, str):
+        raise TypeError(f"its signature names the key id {key_id!r}")
+    if not MIN_MAC_CHUNK <= _count(mac_chunk, "mac_chunk") <= MAX_MAC_CHUNK:
+        raise ValueError(f"mac_chunk {mac_chunk} is out of range")
+    return EntryHeader(
+        version=version,
+        serializer=fields["serializer"],
+        compression=compression,
+        payload_length=payload_length,
+        checksum=fields["checksum"],
+        digest=fields["digest"],
+        created_at=float(fields["created_at"]),
+        metadata=fields.get("metadata"),
+        header_size=header_size,
+        key=key,
+        expires_at=None if fields.get("expires_at") is None else float(fields["expires_at"]),
+        stream_length=stream_length,
+        buffers=buffers,
+        mac=mac,
+        key_id=key_id,
+        mac_algorithm=fields.get("mac") if mac else None,
+        mac_chunk=mac_chunk,
+        sealed=sealed,
+    )
+
+
+def _count(value: Any, name: str) -> int:
+    """A byte count from a header: a non-negative JSON integer, nothing else."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} {value!r} is not a byte count")
+    return value
+
+
+def _buffer_table(stream_length: int, lengths: list[int], compressed: Mapping[str, Any]) -> tuple[StoredBuffer, ...]:
+    table = []
+    position = stream_length
+    for index, length in enumerate(lengths):
+        _count(length, f"buffer {index}'s length")
+        position = align(position)
+        how = compressed.get(str(index))
+        if how is not None:
+            from .codec import Compression
+
+            how = Compression.from_json(how)
+        table.append(StoredBuffer(position, length, how))
+        position += length
+    return tuple(table)
+
+
+def header_size(start: bytes) -> int | None:
+    """Bytes enough to parse a header, from an entry's first bytes; ``None`` if they hold no
+    complete prefix or no magic. Lets a reader fetch the header and little more."""
+    if len(start) < PREFIX.size or not start.startswith(MAGIC):
+        return None
+    _, _, header_len = PREFIX.unpack_from(start)
+    return PREFIX.size + min(header_len, _MAX_HEADER_BYTES) + HEADER_HASH.size + _MAX_MAC_BYTES + ALIGNMENT
+
+
+def read_header(reader: BinaryIO) -> EntryHeader | bytes:
+    """Parse a header from the start of a stream, leaving the stream at the payload.
+
+    Returns the header, or the bytes already consumed if the stream holds no magic (a legacy
+    plain pickle), so the caller can go on reading it. Raises CorruptEntry or UnsupportedEntry.
+    """
+    start = bytearray()
+    while len(start) < PREFIX.size:
+        chunk = reader.read(PREFIX.size - len(start))
+        if not chunk:
+            break
+        start += chunk
+        if not MAGIC.startswith(bytes(start[: len(MAGIC)])):
+            return bytes(start)
+    if len(start) < PREFIX.size:
+        if MAGIC.startswith(bytes(start)) and start:
+            raise CorruptEntry(f"entry is truncated inside its header ({len(start)} bytes)")
+        return bytes(start)
+    _, version, header_len = PREFIX.unpack(start)
+    if version < 1 or version > _MAX_PLAUSIBLE_VERSION or header_len > _MAX_HEADER_BYTES:
+        raise CorruptEntry(f"entry header is damaged (version {version}, header length {header_len})")
+    if version > FORMAT_VERSION:
+        raise UnsupportedEntry(
+            f"entry uses format version {version}; this jangdok reads up to {FORMAT_VERSION}: upgrade jangdok"
+        )
+    rest = _read_exactly(reader, header_len + HEADER_HASH.size)
+    header_json = bytes(rest[:header_len])
+    (expected,) = HEADER_HASH.unpack_from(rest, header_len)
+    if xxhash.xxh32_intdigest(bytes(start) + header_json) != expected:
+        raise CorruptEntry("entry header checksum mismatch")
+    parsed = PREFIX.size + header_len + HEADER_HASH.size
+    try:
+        fields = json.loads(header_json)
+        mac_length = int(fields.get("mac_length", 0)) if version >= 2 else 0
+        if not 0 <= mac_length <= _MAX_MAC_BYTES:
+            raise ValueError(f"mac_length {mac_length}")
+        size = align(parsed + mac_length) if version >= 2 else parsed
+        mac = bytes(_read_exactly(reader, size - parsed)[:mac_length]) if size > parsed else b""
+        header = header_from(version, fields, size, mac, bytes(start) + header_json)
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        raise CorruptEntry(f"entry header is unreadable: {exc}") from exc
+    unknown = [
+        f"{name} {value!r}"
+        for name, value, known in (
+            ("serializer", header.serializer, set(SERIALIZERS) if header.version >= 2 else {"pickle"}),
+            # Format 1 never compressed; a v1 header that says so is not one this code wrote.
+            ("compression", header.compression, {"none", "zstd"} if header.version >= 2 else {"none"}),
+            ("checksum", header.checksum, {CHECKSUM}),
+            ("signature", header.mac_algorithm, {None, MAC_ALGORITHM}),
+        )
+        if value not in known
+    ]
+    if unknown:
+        raise UnsupportedEntry(f"entry uses {', '.join(unknown)}, unknown to this jangdok: upgrade jangdok")
+    return header
+
+
+# -- checks before the payload is read ---------------------------------------------------------
+
+
+def check_key(header: EntryHeader, key: str | None) -> None:
+    """Raise ForeignEntry if the header names another key than the one being read."""
+    if key is not None and header.key is not None and not keys_match(header.key, key):
+        raise ForeignEntry(f"the entry read for key {key!r} was written for key {header.key!r}")
+
+
+def check_usable(header: EntryHeader, key: str | None) -> None:
+    """Before any payload is read: the entry is this key's, and has not expired."""
+    check_key(header, key)
+    if header.expires_at is not None and header.expires_at <= time.time():
+        raise ExpiredEntry(f"the entry expired at {header.expires_at:.0f} (seconds since the epoch)")
+
+
+def check_size(header: EntryHeader, size: int) -> None:
+    """Raise CorruptEntry unless the stored entry is exactly as long as its header declares."""
+    if size != header.entry_size:
+        raise CorruptEntry(
+            f"entry is {size} bytes but its header declares {header.entry_size} "
+            f"({header.header_size} header + {header.payload_length} payload)"
+        )

@@ -12,6 +12,8 @@ import logging
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -186,3 +188,42 @@ def test_a_header_declaring_tiny_signature_pieces_is_refused_at_once(tmp_path: P
     started = time.monotonic()
     assert Cache(str(folder), signing_keys=KEY).get("a.pkl") is None
     assert time.monotonic() - started < 5
+
+
+_THREADS_AFTER_SIGNED_WORK = """
+import os, sys, threading, warnings
+import numpy as np
+from jangdok import Cache
+
+folder, mmap = sys.argv[1], sys.argv[2] == "mmap"
+cache = Cache(folder, signing_keys="team-key-0123456789abcdef", mmap=mmap, fallback=False)
+value = np.arange(5 << 20, dtype=np.float32)  # 20 MB: several signature pieces, hashed by threads
+cache.put("a.pkl", value)
+assert np.array_equal(cache.get("a.pkl"), value)
+assert cache.verify("a.pkl").status == "ok"
+path = os.path.join(folder, "a.pkl")
+with open(path, "r+b") as file:  # damage found by the checksum, before the signature is judged
+    file.seek(-100, os.SEEK_END)
+    file.write(b"damage")
+assert cache.get("a.pkl") is None
+left = sorted(thread.name for thread in threading.enumerate() if thread is not threading.main_thread())
+print("threads:", left, flush=True)
+with warnings.catch_warnings(record=True) as seen:  # a warning raised by fork() would be swallowed
+    warnings.simplefilter("always")  # 3.12+: DeprecationWarning when forking a process with threads
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+os.waitpid(pid, 0)
+print("fork warnings:", [str(warning.message) for warning in seen], flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["read", "mmap"])
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_no_hashing_thread_outlives_a_signed_save_or_load(mode: str, tmp_path: Path) -> None:
+    """In a fresh interpreter (pytest's own workers run threads): after signed saves, loads, a
+    verify and a damaged load, no thread is left, and a fork warns of none (Python 3.12+ would)."""
+    result = subprocess.run([sys.executable, "-c", _THREADS_AFTER_SIGNED_WORK, str(tmp_path / "cache"), mode],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["threads: []", "fork warnings: []"], result.stdout + result.stderr[-2000:]

@@ -201,10 +201,10 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
            trust: Trust | None = None) -> Decoded:
     """Read, verify and deserialize a whole entry from a stream of ``size`` bytes.
 
-    The payload is read once, into one buffer that the loaded arrays then share. With
-    ``key``, an entry recorded under another key raises ForeignEntry before its payload is
-    read. Knowing the size up front is what lets a damaged length be refused before anything
-    is allocated for it, and it makes bytes after the payload a size mismatch.
+    The payload is read once, into one buffer of this process's own that the loaded arrays
+    then share. With ``key``, an entry recorded under another key raises ForeignEntry before
+    its payload is read. Knowing the size up front is what lets a damaged length be refused
+    before anything is allocated for it, and it makes bytes after the payload a size mismatch.
 
     Raises CorruptEntry for damage (the caller may delete the entry), UnsupportedEntry for
     intact entries this process cannot use, and UntrustedEntry, before anything is unpickled,
@@ -218,20 +218,25 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
     if not isinstance(header, EntryHeader):
         return Decoded(_load_legacy(header + reader.read(), trust), None)
     check_usable(header, key)
+    payload = _read_verified(reader, header, size, trust, progress)
+    return Decoded(_materialize(header, payload), header)
+
+
+def _read_verified(reader: BinaryIO, header: EntryHeader, size: int, trust: Trust | None,
+                   progress: Progress | None) -> memoryview:
+    """The payload, read into one buffer and verified (checksum, and signature with ``trust``)
+    as it arrived: threads hash its pieces for the signature meanwhile."""
     signature = _signature(header, trust)
-    check_size(header, size)
-    payload, digest = _read_payload(reader, header, progress, signature)
-    return Decoded(_materialize(header, payload, digest, signature), header)
-
-
-def _read_payload(reader: BinaryIO, header: EntryHeader, progress: Progress | None,
-                  signature: _Verifier | None) -> tuple[memoryview, str]:
-    """The payload, read into one buffer, and its checksum computed as it arrived; threads
-    hash its pieces for the signature meanwhile."""
-    payload = memoryview(_allocate(header.payload_length))
-    digest = xxhash.xxh3_128()
-    read_into(reader, payload, progress, digest if signature is None else _Both(digest, signature))
-    return payload, digest.hexdigest()
+    try:
+        check_size(header, size)
+        payload = memoryview(_allocate(header.payload_length))
+        digest = xxhash.xxh3_128()
+        read_into(reader, payload, progress, digest if signature is None else _Both(digest, signature))
+        _check_payload(header, digest.hexdigest(), signature)
+    finally:
+        if signature is not None:
+            signature.close()
+    return payload
 
 
 def verify(reader: BinaryIO, size: int, key: str | None = None, trust: Trust | None = None) -> EntryHeader | None:
@@ -242,15 +247,17 @@ def verify(reader: BinaryIO, size: int, key: str | None = None, trust: Trust | N
     if not isinstance(header, EntryHeader):
         return None
     check_key(header, key)
-    signature = _signature(header, trust)
-    check_size(header, size)
-    _check_payload(header, _read_payload(reader, header, None, signature)[1], signature)
+    _read_verified(reader, header, size, trust, None)
     return header
 
 
 def decode_buffer(view: memoryview, key: str | None = None, trust: Trust | None = None) -> Decoded:
-    """Verify and deserialize an entry held whole in memory (read whole, or a memory-mapped
-    file): the loaded arrays are views of it, so nothing is copied."""
+    """Verify and deserialize an entry held whole in memory: the loaded arrays are views of it,
+    so nothing is copied.
+
+    What is verified is what is loaded, so with signing keys in ``trust`` the view must be this
+    process's own memory: a view of a file another process can write (a memory map, even a
+    private one) could change between the check and the unpickling."""
     needed = header_size(bytes(view[: PREFIX.size]))
     if needed is None:
         return Decoded(_load_legacy(view, trust), None)
@@ -259,15 +266,21 @@ def decode_buffer(view: memoryview, key: str | None = None, trust: Trust | None 
         raise CorruptEntry("entry header is unreadable")
     check_usable(header, key)
     signature = _signature(header, trust)
-    check_size(header, view.nbytes)
-    payload = view[header.header_size :]
-    if signature is not None:
-        signature.update(payload)
-    return Decoded(_materialize(header, payload, None, signature), header)
+    try:
+        check_size(header, view.nbytes)
+        payload = view[header.header_size :]
+        if signature is not None:  # threads hash it while this one computes the checksum
+            signature.update(payload)
+        _check_payload(header, xxhash.xxh3_128_hexdigest(payload), signature)
+    finally:
+        if signature is not None:
+            signature.close()
+    return Decoded(_materialize(header, payload), header)
 
 
 class _Verifier:
-    """Checks one entry's MAC: fed the payload as it is read, judged before deserializing."""
+    """Checks one entry's MAC: fed the payload as it is read, judged before deserializing.
+    Its hashing threads live until :meth:`matches` is answered or :meth:`close` is called."""
 
     def __init__(self, key: bytes, header: EntryHeader) -> None:
         self._key = key
@@ -279,6 +292,9 @@ class _Verifier:
 
     def matches(self) -> bool:
         return hmac.compare_digest(payload_mac(self._key, self._header.sealed, self._pieces), self._header.mac)
+
+    def close(self) -> None:
+        self._pieces.close()
 
 
 def _signature(header: EntryHeader, trust: Trust | None) -> _Verifier | None:
@@ -305,12 +321,8 @@ def _check_payload(header: EntryHeader, digest: str, signature: _Verifier | None
                              "changed or forged by someone without the key; nothing of it was loaded")
 
 
-def _materialize(header: EntryHeader, payload: memoryview, digest: str | None = None,
-                 signature: _Verifier | None = None) -> Any:
-    """The value of a payload whose header has been checked: verify (unless ``digest`` was
-    computed as it was read) and check its signature (fed the payload by the caller), then
-    deserialize."""
-    _check_payload(header, digest or xxhash.xxh3_128_hexdigest(payload), signature)
+def _materialize(header: EntryHeader, payload: memoryview) -> Any:
+    """The value of a payload already verified against its header."""
     stream = payload if header.stream_length is None else payload[: header.stream_length]
     buffers = [_buffer(payload, stored) for stored in header.buffers]
     if header.serializer == safe.NAME:

@@ -227,3 +227,63 @@ def test_no_hashing_thread_outlives_a_signed_save_or_load(mode: str, tmp_path: P
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == ["threads: []", "fork warnings: []"], result.stdout + result.stderr[-2000:]
+
+
+# -- what is verified is what is unpickled ---------------------------------------------------------
+
+
+def test_a_signed_load_with_mmap_is_private_memory(tmp_path: Path) -> None:
+    """Someone who can write the folder rewrites the file in place after a signed load: the
+    loaded value must not change (a memory map, even copy-on-write, would show the write)."""
+    folder = tmp_path / "cache"
+    cache = Cache(str(folder), signing_keys=KEY, mmap=True, fallback=False)
+    value = np.arange(1 << 20, dtype=np.int64)  # 8 MB, travelling out of band
+    cache.put("a.pkl", value)
+    loaded = cache.get("a.pkl")
+    path = folder / "a.pkl"
+    header = read_header(io.BytesIO(path.read_bytes()))
+    with open(path, "r+b") as file:  # in place, as an attacker holding no key would
+        file.seek(header.header_size)
+        file.write(b"\xff" * header.payload_length)
+    assert np.array_equal(loaded, value)
+
+
+_FLIPPER = """
+import sys, time
+path, offset, genuine, evil = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3]), bytes.fromhex(sys.argv[4])
+deadline = time.monotonic() + 120
+with open(path, "r+b", buffering=0) as file:
+    print("flipping", flush=True)
+    while time.monotonic() < deadline:
+        file.seek(offset)
+        file.write(evil)
+        file.seek(offset)
+        file.write(genuine)
+"""
+
+
+def test_flipping_the_stream_in_place_during_signed_mmap_loads_runs_nothing(tmp_path: Path) -> None:
+    """The review's attack: a process without the key flips a signed entry's pickle stream
+    between our own bytes and its payload, in place, while a signed reader with mmap=True loads
+    it again and again. The bytes verified must be the bytes unpickled: the payload never runs."""
+    folder, marker = tmp_path / "cache", tmp_path / "marker"
+    cache = Cache(str(folder), signing_keys=KEY, mmap=True, fallback=False)
+    value = {"note": "n" * 400, "data": np.zeros(8 << 20, dtype=np.uint8)}  # hashing 8 MB opens the window
+    cache.put("model.pkl", value)
+    path = folder / "model.pkl"
+    header = read_header(io.BytesIO(path.read_bytes()))
+    genuine = path.read_bytes()[header.header_size:][:header.stream_length]
+    evil = pickle.dumps(Payload(str(marker)), protocol=5)
+    assert len(evil) < len(genuine)  # pickle ignores what follows its STOP opcode
+    flipper = subprocess.Popen([sys.executable, "-c", _FLIPPER, str(path), str(header.header_size), genuine.hex(),
+                                evil.hex()], stdout=subprocess.PIPE, text=True)
+    try:
+        assert flipper.stdout is not None and flipper.stdout.readline() == "flipping\n"
+        for _ in range(60):
+            loaded = cache.get("model.pkl")
+            assert loaded is None or loaded["note"] == value["note"]
+            assert not marker.exists(), "the planted payload ran"
+    finally:
+        flipper.kill()
+        flipper.wait()
+    assert not marker.exists()

@@ -8,6 +8,7 @@ with their own key, and with a forged signature under our key id. The marker mus
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import pickle
@@ -287,3 +288,71 @@ def test_flipping_the_stream_in_place_during_signed_mmap_loads_runs_nothing(tmp_
         flipper.kill()
         flipper.wait()
     assert not marker.exists()
+
+
+# -- a forged header costs little before its signature is judged ----------------------------------
+
+
+PEAK_MEMORY = """
+def peak():  # this process's peak resident memory since the last reset (Linux)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+"""
+MEASURABLE = os.path.exists("/proc/self/clear_refs")
+
+_LOAD_AND_MEASURE = PEAK_MEMORY + """
+import json, sys, time
+from jangdok import Cache
+
+cache = Cache(sys.argv[1], signing_keys=sys.argv[2], fallback=False)
+figures = {}
+for key in ("honest.pkl", "forged.pkl"):
+    reset_peak()
+    before = peak()
+    started = time.perf_counter()
+    value = cache.get(key)
+    figures[key] = {"seconds": time.perf_counter() - started, "memory": peak() - before, "hit": value is not None}
+    del value
+figures["untrusted"] = cache.stats()["local"].untrusted
+print(json.dumps(figures))
+"""
+
+
+def _forge_buffer_table(data: bytes, count: int) -> bytes:
+    """A signed entry's header rewritten to declare ``count`` empty buffers (two bytes of JSON
+    each), its hash redone: what anyone without the key can write."""
+    header = read_header(io.BytesIO(data))
+    fields = json.loads(header.sealed[14:])
+    fields.update(buffers=[0] * count, stream_length=count)  # a stream long enough to refer to them all
+    blob = json.dumps(fields, separators=(",", ":")).encode()
+    sealed = header.sealed[:10] + struct.pack(">I", len(blob)) + blob
+    lead = sealed + struct.pack(">I", xxhash.xxh32_intdigest(sealed)) + header.mac
+    lead += bytes(-len(lead) % 64)
+    return lead + data[header.header_size:]
+
+
+@pytest.mark.skipif(not MEASURABLE, reason="measures peak memory through Linux's /proc")
+def test_a_forged_buffer_table_is_refused_before_it_costs_time_or_memory(tmp_path: Path) -> None:
+    """The review's forged entry: a 16 MB header declaring millions of buffers, consistent
+    enough to reach the signature check. A signing reader refuses it for its signature, about
+    as fast as it loads an honest entry, and without building the table (the review measured
+    13 s and 1.1 GB for it)."""
+    folder = tmp_path / "cache"
+    cache = Cache(str(folder), signing_keys=KEY, fallback=False)
+    for key in ("honest.pkl", "forged.pkl"):
+        cache.put(key, [np.zeros(16 << 20, dtype=np.uint8)])
+    signed = (folder / "forged.pkl").read_bytes()
+    (folder / "forged.pkl").write_bytes(_forge_buffer_table(signed, 8_000_000))  # 16 MB of header
+    result = subprocess.run([sys.executable, "-c", _LOAD_AND_MEASURE, str(folder), KEY], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    honest_cost, forged_cost = figures["honest.pkl"], figures["forged.pkl"]
+    assert honest_cost["hit"] and not forged_cost["hit"] and figures["untrusted"] == 1, figures
+    # Parsing the header's JSON is the one cost left: linear, a fraction of a second.
+    assert forged_cost["seconds"] < 2 + 20 * honest_cost["seconds"], figures
+    assert forged_cost["memory"] < 300e6, figures  # 1.1 GB before the fix

@@ -314,7 +314,7 @@ class Entries:
                     return None
                 data, found = head  # all from the second read, so from one version of the object
             try:
-                header = entry.read_header(io.BytesIO(data))
+                header = entry.read_header(io.BytesIO(data), found.size)
                 if isinstance(header, entry.EntryHeader):
                     entry.check_size(header, found.size)
                     entry.check_key(header, key)
@@ -412,7 +412,7 @@ class Entries:
         if head is None:
             return False
         try:
-            header = entry.read_header(io.BytesIO(head[0]))
+            header = entry.read_header(io.BytesIO(head[0]), head[1].size)
         except JangdokError:
             return False
         return isinstance(header, entry.EntryHeader) and header.expires_at is not None and header.expires_at <= now

@@ -23,21 +23,21 @@ import mmap
 import pickle
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import xxhash
 
-from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry, UntrustedEntry
+from ..errors import CorruptEntry, InvalidValue, JangdokError, UnsupportedEntry, UntrustedEntry
 from . import safe
 from .header import (
     CHECKSUM,
     FORMAT_VERSION,
     PREFIX,
     ZEROS,
+    BufferTable,
     EntryHeader,
-    StoredBuffer,
     align,
     check_key,
     check_size,
@@ -50,6 +50,7 @@ from .header import (
     read_into,
     seal,
 )
+from .limits import cut
 from .signing import MAC_ALGORITHM, MAC_CHUNK, MAC_LENGTH, PieceDigests, Trust, payload_mac
 
 __all__ = ["Decoded", "Progress", "encode", "decode", "decode_buffer", "verify"]
@@ -214,7 +215,7 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
         whole = memoryview(bytearray(size))
         read_into(reader, whole, progress)
         return decode_buffer(whole, key, trust)
-    header = read_header(reader)
+    header = read_header(reader, size)
     if not isinstance(header, EntryHeader):
         return Decoded(_load_legacy(header + reader.read(), trust), None)
     check_usable(header, key)
@@ -243,7 +244,7 @@ def verify(reader: BinaryIO, size: int, key: str | None = None, trust: Trust | N
     """Check a whole entry as :func:`decode` would (checksum, key, signature with ``trust``)
     without deserializing it, so nothing of it runs. ``None`` for a legacy plain pickle, which
     has nothing to check. Raises as :func:`decode` does; expiry is not judged."""
-    header = read_header(reader)
+    header = read_header(reader, size)
     if not isinstance(header, EntryHeader):
         return None
     check_key(header, key)
@@ -261,7 +262,7 @@ def decode_buffer(view: memoryview, key: str | None = None, trust: Trust | None 
     needed = header_size(bytes(view[: PREFIX.size]))
     if needed is None:
         return Decoded(_load_legacy(view, trust), None)
-    header = read_header(io.BytesIO(view[:needed]))  # a copy of the header only
+    header = read_header(io.BytesIO(view[:needed]), view.nbytes)  # a copy of the header only
     if not isinstance(header, EntryHeader):  # cannot happen: the magic was checked above
         raise CorruptEntry("entry header is unreadable")
     check_usable(header, key)
@@ -322,34 +323,50 @@ def _check_payload(header: EntryHeader, digest: str, signature: _Verifier | None
 
 
 def _materialize(header: EntryHeader, payload: memoryview) -> Any:
-    """The value of a payload already verified against its header."""
+    """The value of a payload already verified against its header. The buffer table is built
+    only now, and only as far as the stream refers to it."""
     stream = payload if header.stream_length is None else payload[: header.stream_length]
-    buffers = [_buffer(payload, stored) for stored in header.buffers]
+    buffers = _Buffers(header, payload)
     if header.serializer == safe.NAME:
         return safe.loads(stream, buffers)
     try:
-        return pickle.loads(stream, buffers=buffers)
-    except _READER_LIMITS:
+        return pickle.loads(stream, buffers=iter(buffers))
+    except (JangdokError, *_READER_LIMITS):  # a buffer the table misplaces; the reader's own limits
         raise
     except Exception as exc:
         # The checksum matched: the bytes are what was written, so the failure lies with this
         # reader (a missing module, an older library version). Other machines may read it.
         raise UnsupportedEntry(
-            f"entry could not be unpickled here ({type(exc).__name__}: {exc}); its bytes are intact, "
+            f"entry could not be unpickled here ({type(exc).__name__}: {cut(str(exc))}); its bytes are intact, "
             "so this process probably lacks or has another version of the code that wrote it"
         ) from exc
 
 
-def _buffer(payload: memoryview, stored: StoredBuffer) -> memoryview:
-    view = payload[stored.offset : stored.offset + stored.stored_length]
-    if stored.compression is None:
-        return view
-    from .codec import check_frame, decompress_into
+class _Buffers:
+    """The payload's out-of-band buffers, as the serializer asks for them: views of the
+    payload, or decompressed copies. Each is made on first use; none is made twice."""
 
-    check_frame(view, stored.compression)  # before allocating what the description claims
-    target = memoryview(_allocate(stored.compression.length))
-    decompress_into(view, stored.compression, target)
-    return target
+    def __init__(self, header: EntryHeader, payload: memoryview) -> None:
+        self._table = BufferTable(header)
+        self._payload = payload
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __getitem__(self, index: int) -> memoryview:
+        stored = self._table[index]
+        view = self._payload[stored.offset : stored.offset + stored.stored_length]
+        if stored.compression is None:
+            return view
+        from .codec import check_frame, decompress_into
+
+        check_frame(view, stored.compression)  # before allocating what the description claims
+        target = memoryview(_allocate(stored.compression.length))
+        decompress_into(view, stored.compression, target)
+        return target
+
+    def __iter__(self) -> Iterator[memoryview]:
+        return (self[index] for index in range(len(self)))
 
 
 def _load_legacy(data: bytes | memoryview, trust: Trust | None = None) -> Any:

@@ -29,10 +29,11 @@ they do not know. The payload and its verified decoding are :mod:`jangdok.entry.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -40,9 +41,10 @@ import xxhash
 
 from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry
 from . import safe
+from .limits import cut, shown
 from .signing import MAC_ALGORITHM, MAC_CHUNK, MAX_MAC_CHUNK, MIN_MAC_CHUNK
 
-__all__ = ["EntryHeader", "StoredBuffer", "ForeignEntry", "ExpiredEntry", "read_header", "header_size", "check_key",
+__all__ = ["EntryHeader", "ForeignEntry", "ExpiredEntry", "read_header", "header_size", "check_key",
            "check_size", "keys_match", "FORMAT_VERSION", "MAGIC", "MAX_METADATA_BYTES", "HEADER_PROBE_BYTES",
            "ALIGNMENT"]
 
@@ -99,7 +101,11 @@ class EntryHeader:
     stream_length: int | None = None
     """Bytes of the pickle stream at the start of the payload; ``None`` in format 1, whose
     payload is all stream."""
-    buffers: tuple[StoredBuffer, ...] = ()
+    stored_lengths: Sequence[Any] = field(default=(), repr=False)
+    """The ``buffers`` field as read: each buffer's stored length, checked only as far as a
+    :class:`BufferTable` is asked (after the payload is verified)."""
+    compressed: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """The ``compressed`` field as read: how each compressed buffer was stored, by index."""
     mac: bytes = field(default=b"", repr=False)
     key_id: str | None = None
     """The id of the signing key that made ``mac``; ``None`` for an unsigned entry."""
@@ -111,6 +117,62 @@ class EntryHeader:
     @property
     def entry_size(self) -> int:
         return self.header_size + self.payload_length
+
+    @functools.cached_property
+    def buffers(self) -> tuple[StoredBuffer, ...]:
+        """Every out-of-band buffer, checked to lie in order within the payload and to fill it;
+        raises CorruptEntry or UnsupportedEntry. Loading uses a :class:`BufferTable` instead,
+        which builds only what the stream asks for."""
+        table = BufferTable(self)
+        buffers = tuple(table[index] for index in range(len(table)))
+        end = buffers[-1].offset + buffers[-1].stored_length if buffers else (self.stream_length or 0)
+        if self.version >= 2 and end != self.payload_length:
+            raise CorruptEntry(f"entry header is unreadable: its buffers end at byte {end} of a "
+                               f"{self.payload_length}-byte payload")
+        return buffers
+
+
+class BufferTable:
+    """Where each out-of-band buffer lies in the payload, worked out only as far as asked.
+
+    A header may declare millions of buffers in a few megabytes of JSON. Building them all as
+    the header is read cost a reader seconds and a gigabyte per forged header, before its
+    signature was even looked at; so a header is read with O(1) checks, and its table is built
+    after the payload is verified, and then only as far as the stream refers to it (each
+    buffer costs the stream at least a byte, so the work is bounded by the entry's size).
+    """
+
+    def __init__(self, header: EntryHeader) -> None:
+        self._lengths = header.stored_lengths
+        self._compressed = header.compressed
+        self._payload_length = header.payload_length
+        self._offsets: list[int] = []
+        self._end = header.stream_length or 0
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def __getitem__(self, index: int) -> StoredBuffer:
+        """Buffer ``index`` (0 <= index < len); raises CorruptEntry if the table puts it outside
+        the payload, UnsupportedEntry for a compression this version cannot read."""
+        while len(self._offsets) <= index:
+            at = len(self._offsets)
+            length = self._lengths[at]
+            if not _is_count(length):
+                raise CorruptEntry(f"entry header is unreadable: buffer {at}'s length {shown(length)} is not a "
+                                   "byte count")
+            offset = align(self._end)
+            if offset + length > self._payload_length:
+                raise CorruptEntry(f"entry header is unreadable: buffer {at} ends at byte {offset + length} of a "
+                                   f"{self._payload_length}-byte payload")
+            self._offsets.append(offset)
+            self._end = offset + length
+        how = self._compressed.get(str(index))
+        if how is not None:
+            from .codec import Compression
+
+            how = Compression.from_json(how)
+        return StoredBuffer(self._offsets[index], self._lengths[index], how)
 
 
 class ForeignEntry(Exception):
@@ -219,30 +281,38 @@ def _read_exactly(reader: BinaryIO, size: int) -> bytearray:
 
 def header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: bytes,
                 sealed: bytes = b"") -> EntryHeader:
-    """Build a header from its JSON fields; raises KeyError, TypeError or ValueError if they
-    do not describe a well-formed entry (the caller calls that damage)."""
+    """Build a header from its JSON fields, with checks that cost nothing however much the
+    fields declare (the buffer table is checked as it is used: :class:`BufferTable`). Raises
+    KeyError, TypeError or ValueError if they do not describe a well-formed entry (the
+    caller calls that damage)."""
     payload_length = _count(fields["payload_length"], "payload_length")
     stream_length = None
-    buffers: tuple[StoredBuffer, ...] = ()
-    compression = "none"
+    lengths: Sequence[Any] = ()
+    compressed: Mapping[str, Any] = {}
     if version >= 2:
         stream_length = _count(fields["stream_length"], "stream_length")
-        buffers = _buffer_table(stream_length, fields["buffers"], fields.get("compressed") or {})
-        end = buffers[-1].offset + buffers[-1].stored_length if buffers else stream_length
-        if not 0 <= stream_length <= end == payload_length:
-            raise ValueError(f"its buffers end at byte {end} of a {payload_length}-byte payload")
-        compression = next((b.compression.codec for b in buffers if b.compression is not None), "none")
+        lengths = _of(fields["buffers"], list, "buffers")
+        compressed = _of(fields.get("compressed") or {}, dict, "compressed")
+        if stream_length > payload_length:
+            raise ValueError(f"its stream of {stream_length} bytes exceeds its {payload_length}-byte payload")
+        # The stream refers to every buffer (a byte at least), and describes each one once.
+        if len(lengths) > stream_length or len(compressed) > len(lengths):
+            raise ValueError(f"it declares {len(lengths)} buffers ({len(compressed)} compressed) for a "
+                             f"{stream_length}-byte stream")
+        first = next(iter(compressed.values()), None)
+        compression = "none" if first is None else _of(_of(first, dict, "a compression").get("codec"), str, "codec")
     else:
         compression = fields["compression"]
+    metadata = fields.get("metadata")
     key = fields.get("key")
     if key is not None and not isinstance(key, str):
-        raise TypeError(f"key {key!r} is not a string")
+        raise TypeError(f"key {shown(key)} is not a string")
     key_id = fields.get("key_id") if mac else None
     mac_chunk = fields.get("mac_chunk", MAC_CHUNK) if mac else MAC_CHUNK
     if mac and not isinstance(key_id, str):
-        raise TypeError(f"its signature names the key id {key_id!r}")
+        raise TypeError(f"its signature names the key id {shown(key_id)}")
     if not MIN_MAC_CHUNK <= _count(mac_chunk, "mac_chunk") <= MAX_MAC_CHUNK:
-        raise ValueError(f"mac_chunk {mac_chunk} is out of range")
+        raise ValueError(f"mac_chunk {shown(mac_chunk)} is out of range")
     return EntryHeader(
         version=version,
         serializer=fields["serializer"],
@@ -250,13 +320,14 @@ def header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: 
         payload_length=payload_length,
         checksum=fields["checksum"],
         digest=fields["digest"],
-        created_at=float(fields["created_at"]),
-        metadata=fields.get("metadata"),
+        created_at=_seconds(fields["created_at"], "created_at"),
+        metadata=_of(metadata, dict, "metadata") if metadata is not None else None,
         header_size=header_size,
         key=key,
-        expires_at=None if fields.get("expires_at") is None else float(fields["expires_at"]),
+        expires_at=None if fields.get("expires_at") is None else _seconds(fields["expires_at"], "expires_at"),
         stream_length=stream_length,
-        buffers=buffers,
+        stored_lengths=lengths,
+        compressed=compressed,
         mac=mac,
         key_id=key_id,
         mac_algorithm=fields.get("mac") if mac else None,
@@ -265,27 +336,33 @@ def header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: 
     )
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _count(value: Any, name: str) -> int:
     """A byte count from a header: a non-negative JSON integer, nothing else."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} {value!r} is not a byte count")
+    if not _is_count(value):
+        raise ValueError(f"{name} {shown(value)} is not a byte count")
     return value
 
 
-def _buffer_table(stream_length: int, lengths: list[int], compressed: Mapping[str, Any]) -> tuple[StoredBuffer, ...]:
-    table = []
-    position = stream_length
-    for index, length in enumerate(lengths):
-        _count(length, f"buffer {index}'s length")
-        position = align(position)
-        how = compressed.get(str(index))
-        if how is not None:
-            from .codec import Compression
+def _seconds(value: Any, name: str) -> float:
+    """A time from a header: a JSON number (seconds since the epoch)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} {shown(value)} is not a number")
+    return float(value)
 
-            how = Compression.from_json(how)
-        table.append(StoredBuffer(position, length, how))
-        position += length
-    return tuple(table)
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")  # writers never write NaN or Infinity
+
+
+def _of(value: Any, kind: type, name: str) -> Any:
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} {shown(value)} is a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
 
 
 def header_size(start: bytes) -> int | None:
@@ -297,11 +374,13 @@ def header_size(start: bytes) -> int | None:
     return PREFIX.size + min(header_len, _MAX_HEADER_BYTES) + HEADER_HASH.size + _MAX_MAC_BYTES + ALIGNMENT
 
 
-def read_header(reader: BinaryIO) -> EntryHeader | bytes:
+def read_header(reader: BinaryIO, size: int | None = None) -> EntryHeader | bytes:
     """Parse a header from the start of a stream, leaving the stream at the payload.
 
-    Returns the header, or the bytes already consumed if the stream holds no magic (a legacy
-    plain pickle), so the caller can go on reading it. Raises CorruptEntry or UnsupportedEntry.
+    ``size``, the whole entry's (when known), bounds what the header may declare before any of
+    it is read. Returns the header, or the bytes already consumed if the stream holds no magic
+    (a legacy plain pickle), so the caller can go on reading it. Raises CorruptEntry or
+    UnsupportedEntry.
     """
     start = bytearray()
     while len(start) < PREFIX.size:
@@ -316,8 +395,10 @@ def read_header(reader: BinaryIO) -> EntryHeader | bytes:
             raise CorruptEntry(f"entry is truncated inside its header ({len(start)} bytes)")
         return bytes(start)
     _, version, header_len = PREFIX.unpack(start)
-    if version < 1 or version > _MAX_PLAUSIBLE_VERSION or header_len > _MAX_HEADER_BYTES:
-        raise CorruptEntry(f"entry header is damaged (version {version}, header length {header_len})")
+    room = _MAX_HEADER_BYTES if size is None else min(_MAX_HEADER_BYTES, size - PREFIX.size - HEADER_HASH.size)
+    if version < 1 or version > _MAX_PLAUSIBLE_VERSION or header_len > room:
+        raise CorruptEntry(f"entry header is damaged (version {version}, header length {header_len}"
+                           + (f", in an entry of {size} bytes)" if size is not None else ")"))
     if version > FORMAT_VERSION:
         raise UnsupportedEntry(
             f"entry uses format version {version}; this jangdok reads up to {FORMAT_VERSION}: upgrade jangdok"
@@ -329,17 +410,17 @@ def read_header(reader: BinaryIO) -> EntryHeader | bytes:
         raise CorruptEntry("entry header checksum mismatch")
     parsed = PREFIX.size + header_len + HEADER_HASH.size
     try:
-        fields = json.loads(header_json)
-        mac_length = int(fields.get("mac_length", 0)) if version >= 2 else 0
-        if not 0 <= mac_length <= _MAX_MAC_BYTES:
-            raise ValueError(f"mac_length {mac_length}")
-        size = align(parsed + mac_length) if version >= 2 else parsed
-        mac = bytes(_read_exactly(reader, size - parsed)[:mac_length]) if size > parsed else b""
-        header = header_from(version, fields, size, mac, bytes(start) + header_json)
+        fields = _of(json.loads(header_json, parse_constant=_no_constant), dict, "the header")
+        mac_length = _count(fields.get("mac_length", 0), "mac_length") if version >= 2 else 0
+        if mac_length > _MAX_MAC_BYTES:
+            raise ValueError(f"mac_length {mac_length} is out of range")
+        lead_size = align(parsed + mac_length) if version >= 2 else parsed
+        mac = bytes(_read_exactly(reader, lead_size - parsed)[:mac_length]) if lead_size > parsed else b""
+        header = header_from(version, fields, lead_size, mac, bytes(start) + header_json)
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
-        raise CorruptEntry(f"entry header is unreadable: {exc}") from exc
+        raise CorruptEntry(f"entry header is unreadable: {cut(str(exc))}") from exc
     unknown = [
-        f"{name} {value!r}"
+        f"{name} {shown(value)}"
         for name, value, known in (
             ("serializer", header.serializer, set(SERIALIZERS) if header.version >= 2 else {"pickle"}),
             # Format 1 never compressed; a v1 header that says so is not one this code wrote.
@@ -360,7 +441,7 @@ def read_header(reader: BinaryIO) -> EntryHeader | bytes:
 def check_key(header: EntryHeader, key: str | None) -> None:
     """Raise ForeignEntry if the header names another key than the one being read."""
     if key is not None and header.key is not None and not keys_match(header.key, key):
-        raise ForeignEntry(f"the entry read for key {key!r} was written for key {header.key!r}")
+        raise ForeignEntry(f"the entry read for key {key!r} was written for key {shown(header.key, 300)}")
 
 
 def check_usable(header: EntryHeader, key: str | None) -> None:

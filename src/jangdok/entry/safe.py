@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry
+from .limits import cut
 
 __all__ = ["NAME", "dumps", "loads"]
 
@@ -113,7 +115,7 @@ def dumps(value: Any, key: str | None = None) -> tuple[bytes, list[tuple[memoryv
 
 
 class _Reader:
-    def __init__(self, buffers: list[memoryview]) -> None:
+    def __init__(self, buffers: Sequence[memoryview]) -> None:
         self.buffers = buffers
         self.used: set[int] = set()
         self.numpy: Any = None
@@ -166,7 +168,7 @@ def _of(value: Any, kind: type) -> Any:
     return value
 
 
-def loads(stream: memoryview | bytes, buffers: list[memoryview]) -> Any:
+def loads(stream: memoryview | bytes, buffers: Sequence[memoryview]) -> Any:
     """The value of a skeleton and its buffers; raises CorruptEntry for anything malformed, and
     UnsupportedEntry if it holds arrays and numpy is missing. Arrays are views of their buffers
     (no copy)."""
@@ -175,4 +177,4 @@ def loads(stream: memoryview | bytes, buffers: list[memoryview]) -> Any:
     except ImportError as exc:
         raise UnsupportedEntry(f"safe entry holds numpy arrays, and numpy cannot be imported here: {exc}") from exc
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
-        raise CorruptEntry(f"safe entry is malformed: {type(exc).__name__}: {exc}") from exc
+        raise CorruptEntry(f"safe entry is malformed: {type(exc).__name__}: {cut(str(exc))}") from exc

@@ -32,6 +32,7 @@ import xxhash
 from ..errors import CorruptEntry, InvalidValue, JangdokError, UnsupportedEntry, UntrustedEntry
 from . import safe
 from .header import (
+    ALIGNMENT,
     CHECKSUM,
     FORMAT_VERSION,
     PREFIX,
@@ -50,7 +51,7 @@ from .header import (
     read_into,
     seal,
 )
-from .limits import cut
+from .limits import MAX_EXPANSION, check_memory, cut
 from .signing import MAC_ALGORITHM, MAC_CHUNK, MAC_LENGTH, PieceDigests, Trust, payload_mac
 
 __all__ = ["Decoded", "Progress", "encode", "decode", "decode_buffer", "verify"]
@@ -105,6 +106,14 @@ def _pickle(value: Any, key: str | None) -> tuple[bytes, list[tuple[memoryview, 
                            "store plain data (numbers, strings, lists, dicts, arrays) instead") from exc
 
 
+def _laid_out(stream_length: int, lengths: list[int]) -> int:
+    """The payload's length: the stream, then each buffer at an aligned offset."""
+    position = stream_length
+    for length in lengths:
+        position = align(position) + length
+    return position
+
+
 def _compressor(compression: str) -> Callable[[memoryview, int], Any] | None:
     if compression == "none":
         return None
@@ -122,30 +131,40 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     they are written. ``key`` is recorded so that a reader can tell an entry that reached it by
     mistake. ``compression`` is ``none`` or ``zstd``; ``serializer`` is ``pickle`` or ``safe``
     (:mod:`jangdok.entry.safe`). With signing keys in ``trust``, the entry is signed with the first.
-    Raises InvalidValue for a value the serializer cannot store, or metadata that is not a
+    An entry whose buffers compress beyond what readers accept (:mod:`jangdok.entry.limits`)
+    is padded to it. Raises InvalidValue for a value the serializer cannot store, or metadata that is not a
     mapping, not JSON or too large; nothing is written then.
     """
     stored_metadata = metadata_json(metadata, key)
     stream, buffers = safe.dumps(value, key) if serializer == safe.NAME else _pickle(value, key)
     compress = _compressor(compression)
-    payload: list[bytes | memoryview] = [stream]
-    lengths: list[int] = []
+    stored: list[bytes | memoryview] = []
     compressed: dict[str, Any] = {}
-    position = len(stream)
+    expanded = 0
     for index, (raw, itemsize) in enumerate(buffers):
-        padding = align(position) - position
-        if padding:
-            payload.append(ZEROS[:padding])
-            position += padding
-        stored: bytes | memoryview = raw
-        if compress is not None:
-            done = compress(stored, itemsize)
-            if done is not None:
-                stored, how = done
-                compressed[str(index)] = how.to_json()
-        payload.append(stored)
-        lengths.append(len(stored) if isinstance(stored, bytes) else stored.nbytes)
-        position += lengths[-1]
+        done = None if compress is None else compress(raw, itemsize)
+        if done is None:
+            stored.append(raw)
+        else:
+            stored.append(done[0])
+            compressed[str(index)] = done[1].to_json()
+            expanded += done[1].length
+    lengths = [len(chunk) if isinstance(chunk, bytes) else chunk.nbytes for chunk in stored]
+    head = [stream]
+    # Readers refuse buffers that expand to more than MAX_EXPANSION times the payload (a bomb);
+    # only runs of one value (an all-zero array) compress that well. Such an entry gets spaces
+    # after its stream, which both serializers ignore: 0.1% of the buffer's size.
+    short = -(-expanded // MAX_EXPANSION) - _laid_out(len(stream), lengths)
+    if short > 0:
+        head.append(b" " * (short + ALIGNMENT))  # whatever alignment the shift takes back
+    stream_length = sum(len(chunk) for chunk in head)
+    payload: list[bytes | memoryview] = head
+    position = stream_length
+    for chunk, length in zip(stored, lengths, strict=True):
+        if align(position) > position:
+            payload.append(ZEROS[: align(position) - position])
+        payload.append(chunk)
+        position = align(position) + length
     signer = trust.signer if trust is not None and trust.signing else None
     pieces = PieceDigests(MAC_CHUNK) if signer is not None else None
     digest = xxhash.xxh3_128()
@@ -158,7 +177,7 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
         "checksum": CHECKSUM,
         "digest": digest.hexdigest(),
         "payload_length": position,
-        "stream_length": len(stream),
+        "stream_length": stream_length,
         "buffers": lengths,
         "compressed": compressed,
         "mac_length": 0,
@@ -178,13 +197,19 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     return header, [before_payload, *payload]
 
 
-def _allocate(size: int) -> bytearray | mmap.mmap:
-    """A writable buffer of ``size`` bytes whose contents are about to be overwritten."""
-    if size < _MAPPED_ALLOCATION:
-        return bytearray(size)
-    if _POPULATED is not None:
-        return mmap.mmap(-1, size, flags=_POPULATED)
-    return mmap.mmap(-1, size)
+def _allocate(size: int, what: str) -> bytearray | mmap.mmap:
+    """A writable buffer of ``size`` bytes whose contents are about to be overwritten; raises
+    UnsupportedEntry, naming ``what`` needs it, if this process cannot have that much."""
+    check_memory(size, what)
+    try:
+        if size < _MAPPED_ALLOCATION:
+            return bytearray(size)
+        if _POPULATED is not None:
+            return mmap.mmap(-1, size, flags=_POPULATED)
+        return mmap.mmap(-1, size)
+    except (MemoryError, OSError) as exc:  # OSError: mmap's ENOMEM
+        raise UnsupportedEntry(f"{what} needs {size:,} bytes of memory, which this process could not get now "
+                               f"({type(exc).__name__}: {exc}); it was not loaded") from exc
 
 
 class _Both:
@@ -217,7 +242,7 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
         return decode_buffer(whole, key, trust)
     header = read_header(reader, size)
     if not isinstance(header, EntryHeader):
-        return Decoded(_load_legacy(header + reader.read(), trust), None)
+        return Decoded(_load_legacy(lambda: header + reader.read(), size, trust), None)
     check_usable(header, key)
     payload = _read_verified(reader, header, size, trust, progress)
     return Decoded(_materialize(header, payload), header)
@@ -230,7 +255,7 @@ def _read_verified(reader: BinaryIO, header: EntryHeader, size: int, trust: Trus
     signature = _signature(header, trust)
     try:
         check_size(header, size)
-        payload = memoryview(_allocate(header.payload_length))
+        payload = memoryview(_allocate(header.payload_length, "the entry's payload"))
         digest = xxhash.xxh3_128()
         read_into(reader, payload, progress, digest if signature is None else _Both(digest, signature))
         _check_payload(header, digest.hexdigest(), signature)
@@ -261,7 +286,7 @@ def decode_buffer(view: memoryview, key: str | None = None, trust: Trust | None 
     private one) could change between the check and the unpickling."""
     needed = header_size(bytes(view[: PREFIX.size]))
     if needed is None:
-        return Decoded(_load_legacy(view, trust), None)
+        return Decoded(_load_legacy(lambda: view, view.nbytes, trust), None)
     header = read_header(io.BytesIO(view[:needed]), view.nbytes)  # a copy of the header only
     if not isinstance(header, EntryHeader):  # cannot happen: the magic was checked above
         raise CorruptEntry("entry header is unreadable")
@@ -327,12 +352,14 @@ def _materialize(header: EntryHeader, payload: memoryview) -> Any:
     only now, and only as far as the stream refers to it."""
     stream = payload if header.stream_length is None else payload[: header.stream_length]
     buffers = _Buffers(header, payload)
-    if header.serializer == safe.NAME:
-        return safe.loads(stream, buffers)
     try:
+        if header.serializer == safe.NAME:
+            return safe.loads(stream, buffers)
         return pickle.loads(stream, buffers=iter(buffers))
-    except (JangdokError, *_READER_LIMITS):  # a buffer the table misplaces; the reader's own limits
+    except JangdokError:  # from the buffers: one the table misplaces, or that expands too much
         raise
+    except _READER_LIMITS as exc:
+        raise _beyond_limits(exc) from exc
     except Exception as exc:
         # The checksum matched: the bytes are what was written, so the failure lies with this
         # reader (a missing module, an older library version). Other machines may read it.
@@ -342,13 +369,25 @@ def _materialize(header: EntryHeader, payload: memoryview) -> Any:
         ) from exc
 
 
+def _beyond_limits(exc: BaseException) -> UnsupportedEntry:
+    """An intact entry this process cannot load: out of memory, or nested beyond its recursion
+    limit. Not damage (another reader may load it), and never a bare MemoryError."""
+    reason = "not enough memory" if isinstance(exc, MemoryError) else "nested beyond this reader's recursion limit"
+    return UnsupportedEntry(f"entry could not be loaded here: {reason} ({type(exc).__name__}); it was kept")
+
+
 class _Buffers:
     """The payload's out-of-band buffers, as the serializer asks for them: views of the
-    payload, or decompressed copies. Each is made on first use; none is made twice."""
+    payload, or decompressed copies. Each is made on first use; none is made twice.
+
+    What decompression may allocate is bounded before it is allocated: in all, at most
+    :data:`~jangdok.entry.limits.MAX_EXPANSION` times the payload, and never more than the
+    process can have."""
 
     def __init__(self, header: EntryHeader, payload: memoryview) -> None:
         self._table = BufferTable(header)
         self._payload = payload
+        self._expanded = 0
 
     def __len__(self) -> int:
         return len(self._table)
@@ -356,37 +395,50 @@ class _Buffers:
     def __getitem__(self, index: int) -> memoryview:
         stored = self._table[index]
         view = self._payload[stored.offset : stored.offset + stored.stored_length]
-        if stored.compression is None:
+        how = stored.compression
+        if how is None:
             return view
         from .codec import check_frame, decompress_into
 
-        check_frame(view, stored.compression)  # before allocating what the description claims
-        target = memoryview(_allocate(stored.compression.length))
-        decompress_into(view, stored.compression, target)
+        check_frame(view, how)  # before allocating what the description claims
+        self._expanded += how.length
+        if self._expanded > MAX_EXPANSION * self._payload.nbytes:
+            raise UnsupportedEntry(
+                f"entry declares {self._expanded:,} bytes in compressed buffers (buffer {index} and those before "
+                f"it), more than {MAX_EXPANSION} times its {self._payload.nbytes:,}-byte payload: no jangdok writer "
+                "makes that (a decompression bomb, or an older jangdok's all-zero array); it was not loaded")
+        check_memory(self._payload.nbytes + self._expanded, "the entry's payload and its decompressed buffers")
+        target = memoryview(_allocate(how.length, f"compressed buffer {index}"))
+        try:
+            decompress_into(view, how, target)
+        except MemoryError as exc:  # the temporary that un-shuffling needs
+            raise _beyond_limits(exc) from exc
         return target
 
     def __iter__(self) -> Iterator[memoryview]:
         return (self[index] for index in range(len(self)))
 
 
-def _load_legacy(data: bytes | memoryview, trust: Trust | None = None) -> Any:
-    """A plain pickle as the seed wrote it: no header, no checksum."""
-    if not len(data):
+def _load_legacy(read: Callable[[], bytes | memoryview], size: int, trust: Trust | None = None) -> Any:
+    """A plain pickle as the seed wrote it (no header, no checksum), of ``size`` bytes that
+    ``read`` returns: called only once this reader may load it at all."""
+    if not size:
         raise CorruptEntry("entry is empty")
     if trust is not None and trust.signing and not trust.allow_legacy:
         raise UntrustedEntry("entry is a plain pickle (no jangdok header), which cannot carry a signature, and "
                              "this cache requires signed entries; if you trust whoever wrote it, set "
                              "JANGDOK_ALLOW_LEGACY=1 (allow_legacy=True) to load plain pickles")
+    check_memory(size, "the plain pickle")
     try:
-        return pickle.loads(data)
+        return pickle.loads(read())
     except _DAMAGED as exc:
-        raise CorruptEntry(f"legacy pickle is damaged: {type(exc).__name__}: {exc}") from exc
+        raise CorruptEntry(f"legacy pickle is damaged: {type(exc).__name__}: {cut(str(exc))}") from exc
     except (ImportError, AttributeError) as exc:
-        raise UnsupportedEntry(f"legacy pickle needs code this process lacks: {exc}") from exc
-    except _READER_LIMITS:
-        raise
+        raise UnsupportedEntry(f"legacy pickle needs code this process lacks: {cut(str(exc))}") from exc
+    except _READER_LIMITS as exc:
+        raise _beyond_limits(exc) from exc
     except Exception as exc:
         # Raised by the pickled objects' own code (a __setstate__, a constructor): without a
         # checksum there is no telling damage from a code mismatch, so keep the file.
-        raise UnsupportedEntry(f"legacy pickle could not be loaded here ({type(exc).__name__}: {exc})") from exc
-
+        raise UnsupportedEntry(f"legacy pickle could not be loaded here ({type(exc).__name__}: "
+                               f"{cut(str(exc))})") from exc

@@ -277,3 +277,22 @@ def test_all_zero_arrays_compress_within_what_readers_accept(serializer: str) ->
     loaded = entry.decode(io.BytesIO(data), len(data)).value
     assert not loaded[0].any() and loaded[0].shape == (64 << 20,) and np.array_equal(loaded[1], value[1])
     assert loaded[2] == "text"
+
+
+@pytest.mark.parametrize("metadata, named, why", [
+    ({"note": "lone \udc80"}, "metadata['note']", "lone surrogate"),
+    ({"params": {"\udfff": 1}}, "the key '\\udfff' of metadata['params']", "lone surrogate"),
+    ({"seeds": [1, 10**4400]}, "metadata['seeds'][1]", "4401 digits"),
+])
+def test_metadata_no_reader_could_parse_is_refused_naming_where(metadata: dict, named: str, why: str) -> None:
+    with pytest.raises(InvalidValue, match="metadata for key 'x.pkl'") as raised:
+        entry.encode(1, metadata, key="x.pkl")
+    assert named in str(raised.value) and why in str(raised.value), str(raised.value)
+
+
+def test_metadata_nested_too_deeply_is_refused_not_a_recursion_error() -> None:
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(InvalidValue, match="nested too deeply"):
+        entry.encode(1, {"deep": deep}, key="x.pkl")

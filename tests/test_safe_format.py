@@ -262,3 +262,28 @@ def test_an_entry_needing_more_memory_than_the_process_can_have_is_a_clear_miss(
     assert "more than this process can have (2,147,483,648 bytes)" in result.stderr, result.stderr
     assert f"compressed buffer 0 needs {3 << 29:,} bytes of memory, which this process could not get" \
         in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("value, named, why", [
+    ({"a": ["ok", "lone \udc80 surrogate"]}, "value under key 'x.pkl'['a'][1]", "lone surrogate"),
+    ({"ok": {"\ud800": 1}}, "the key '\\ud800' of value under key 'x.pkl'['ok']", "lone surrogate"),
+    ([1, 10**5000], "value under key 'x.pkl'[1]", "5001 digits"),
+    ((-(10**4300),), "value under key 'x.pkl'[0]", "4301 digits"),
+])
+def test_text_and_integers_no_reader_could_parse_are_refused_at_put(value: Any, named: str, why: str,
+                                                                   tmp_path: Path) -> None:
+    """A lone surrogate cannot be UTF-8, and Python reads at most 4300 digits of an integer from
+    text: both escaped put as UnicodeEncodeError and ValueError (on Python 3.10 the integer
+    was written, and every newer reader took the entry for damage)."""
+    cache = Cache(str(tmp_path / "cache"), serializer="safe")
+    with pytest.raises(InvalidValue, match="safe serializer cannot store") as raised:
+        cache.put("x.pkl", value)
+    assert named in str(raised.value) and why in str(raised.value), str(raised.value)
+    assert not cache.exists("x.pkl")
+
+
+def test_integers_up_to_4300_digits_round_trip(tmp_path: Path) -> None:
+    cache = Cache(str(tmp_path / "cache"), serializer="safe")
+    value = [10**4299, -(10**4300 - 1), 2**14284]
+    cache.put("x.pkl", value)
+    assert cache.get("x.pkl") == value

@@ -41,7 +41,7 @@ import xxhash
 
 from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry
 from . import safe
-from .limits import cut, shown
+from .limits import cut, json_problem, shown
 from .signing import MAC_ALGORITHM, MAC_CHUNK, MAX_MAC_CHUNK, MIN_MAC_CHUNK
 
 __all__ = ["EntryHeader", "ForeignEntry", "ExpiredEntry", "read_header", "header_size", "check_key",
@@ -221,14 +221,20 @@ def _to_json(fields: Mapping[str, Any]) -> bytes:
 
 
 def metadata_json(metadata: Mapping[str, Any] | None, key: str | None) -> Any:
-    """Metadata as every reader will see it (JSON types), checked for type and size."""
+    """Metadata as every reader will see it (JSON types), checked for type and size; raises
+    InvalidValue naming where in the metadata anything no reader could parse is."""
     if metadata is None:
         return None
     if not isinstance(metadata, Mapping):
         raise InvalidValue(f"metadata must be a mapping such as a dict, got {type(metadata).__name__}")
     where = f" for key {key!r}" if key else ""
     try:
+        _check_readable(metadata, "metadata", where)
         text = _to_json(dict(metadata))
+    except InvalidValue:
+        raise
+    except RecursionError as exc:
+        raise InvalidValue(f"entry metadata{where} is nested too deeply; flatten it") from exc
     except (TypeError, ValueError) as exc:
         raise InvalidValue(
             f"entry metadata{where} must be JSON-serializable (str, int, float, bool, None, lists, dicts, "
@@ -238,6 +244,22 @@ def metadata_json(metadata: Mapping[str, Any] | None, key: str | None) -> Any:
         raise InvalidValue(f"entry metadata{where} is {len(text)} bytes as JSON; the limit is "
                            f"{MAX_METADATA_BYTES}: store large data in the value, not in its metadata")
     return json.loads(text)
+
+
+def _check_readable(value: Any, path: str, where: str) -> None:
+    """Refuse text and integers no reader could parse back (:func:`~jangdok.entry.limits.json_problem`)."""
+    problem = json_problem(value)
+    if problem is not None:
+        raise InvalidValue(f"entry metadata{where} cannot hold {path}: {problem}")
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            problem = json_problem(name)
+            if problem is not None:
+                raise InvalidValue(f"entry metadata{where} cannot hold the key {name!r} of {path}: {problem}")
+            _check_readable(item, f"{path}[{name!r}]", where)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_readable(item, f"{path}[{index}]", where)
 
 
 def seal(fields: Mapping[str, Any]) -> bytes:

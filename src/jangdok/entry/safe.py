@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry
-from .limits import cut
+from .limits import cut, json_problem
 
 __all__ = ["NAME", "dumps", "loads"]
 
@@ -56,6 +56,9 @@ class _Writer:
     def encode(self, value: Any, path: str) -> Any:
         kind = type(value)
         if value is None or kind in (bool, int, str):
+            problem = json_problem(value)
+            if problem is not None:
+                raise _refuse(path, value, f": {problem}")
             return value
         if kind is float:
             return value if math.isfinite(value) else {"$f": "nan" if math.isnan(value) else
@@ -69,6 +72,9 @@ class _Writer:
             for name, item in value.items():
                 if type(name) is not str:
                     raise _refuse(f"the key {name!r} of {path}", name, ": dict keys must be str")
+                problem = json_problem(name)
+                if problem is not None:
+                    raise _refuse(f"the key {name!r} of {path}", name, f": {problem}")
                 encoded[name] = self.encode(item, f"{path}[{name!r}]")
             return {"$d": encoded}
         if kind in (bytes, bytearray):
@@ -108,9 +114,9 @@ def dumps(value: Any, key: str | None = None) -> tuple[bytes, list[tuple[memoryv
     where = f"value under key {key!r}" if key else "value"
     try:
         skeleton = writer.encode(value, where)
+        text = json.dumps(skeleton, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except RecursionError as exc:
         raise InvalidValue(f"{where} is nested too deeply to store; flatten it") from exc
-    text = json.dumps(skeleton, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     return text.encode("utf-8"), writer.buffers
 
 

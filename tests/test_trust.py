@@ -356,3 +356,63 @@ def test_a_forged_buffer_table_is_refused_before_it_costs_time_or_memory(tmp_pat
     # Parsing the header's JSON is the one cost left: linear, a fraction of a second.
     assert forged_cost["seconds"] < 2 + 20 * honest_cost["seconds"], figures
     assert forged_cost["memory"] < 300e6, figures  # 1.1 GB before the fix
+
+
+# -- an entry is its own key's only -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_an_entry_copied_under_another_key_is_refused(signed: bool, cache_url: str, make_settings: Any,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone who can write the cache copies ``a/b/cfg.pkl``'s entry (signed by us) to
+    ``b/cfg.pkl``: keys match exactly, so it is never served there (the trailing segments did)."""
+    cache = Cache.from_settings(make_settings(cache_url, signing_keys=(KEY,) if signed else ()))
+    cache.put("a/b/cfg.pkl", {"lr": 0.1})
+    with cache.store.read("a/b/cfg.pkl") as reader:
+        cache.store.write("b/cfg.pkl", reader.read())
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get("b/cfg.pkl") is None
+        assert cache.stat("b/cfg.pkl") is None
+    assert cache.verify("b/cfg.pkl").status == "foreign"
+    assert "was written for key 'a/b/cfg.pkl'" in caplog.text
+    assert cache.exists("b/cfg.pkl")  # kept: it may be the only copy of a/b/cfg.pkl's entry
+    assert cache.get_or_compute("b/cfg.pkl", lambda: {"lr": 0.5}) == {"lr": 0.5}
+    assert cache.get("a/b/cfg.pkl") == {"lr": 0.1}
+
+
+def test_a_signed_entry_that_names_no_key_belongs_to_none(tmp_path: Path) -> None:
+    """Written without a key (encode's own API), a signed entry could be replayed anywhere."""
+    folder = tmp_path / "cache"
+    cache = Cache(str(folder), signing_keys=KEY, fallback=False)
+    trust = Trust.from_secrets([Secret(KEY)])
+    cache.store.write("a.pkl", _stored(encode("anywhere", trust=trust)[1]))
+    assert cache.get("a.pkl") is None and cache.verify("a.pkl").status == "foreign"
+    cache.store.write("b.pkl", _stored(encode("unsigned, older than keys", key=None)[1]))
+    assert Cache(str(folder), fallback=False).get("b.pkl") == "unsigned, older than keys"
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_path_level_and_cache_level_reach_the_same_entries(signed: bool, cache_url: str, backend_env: None,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path is keyed as the user's cache keys it: from CACHE_DIR when it lies under it, else
+    from its own folder, for S3 as for folders. So ``jangdok.load(path)`` and
+    ``Cache(root).get(key)`` find each other's entries, and a copy under another key neither."""
+    import jangdok
+
+    if signed:
+        monkeypatch.setenv("JANGDOK_SIGNING_KEY", KEY)
+    cache = Cache(cache_url)
+    cache.put("top.pkl", [1])  # directly in a folder: keyed from that folder, whatever CACHE_DIR is
+    assert jangdok.load(jangdok.join(cache_url, "top.pkl")) == [1]
+    monkeypatch.setenv("CACHE_DIR", cache_url)
+    monkeypatch.setattr(jangdok.paths, "_caches", {})  # as a new process would see it
+    monkeypatch.setattr(jangdok.paths, "_settings", None)
+    cache.put("chapters/x.pkl", [2])
+    path = jangdok.join(cache_url, "chapters", "x.pkl")
+    assert jangdok.load(path) == [2] and jangdok.stat(path).key == "chapters/x.pkl"
+    jangdok.save(path, [3])
+    assert cache.get("chapters/x.pkl") == [3]
+    assert jangdok.paths.cache_for(path)[0] is jangdok.paths.cache_for(jangdok.join(cache_url, "top.pkl"))[0]
+    with cache.store.read("chapters/x.pkl") as reader:  # replayed one folder up, at path level
+        cache.store.write("x.pkl", reader.read())
+    assert jangdok.load(jangdok.join(cache_url, "x.pkl"), "miss") == "miss"

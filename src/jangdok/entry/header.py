@@ -185,17 +185,14 @@ class ExpiredEntry(Exception):
 
 
 def keys_match(recorded: str, key: str) -> bool:
-    """Whether an entry recorded under ``recorded`` belongs at ``key``.
+    """Whether an entry recorded under ``recorded`` belongs at ``key``: exactly the same key.
 
-    One object is reached under different keys from different roots (``x.pkl`` in
-    ``Cache("s3://b/cache/")``, ``cache/x.pkl`` through ``jangdok.load("s3://b/cache/x.pkl")``),
-    and a cache may be copied under another prefix, so the shorter key must be the longer
-    one's trailing segments.
+    Keys are relative to the cache root an entry was written through, so a cache copied whole
+    to another prefix, or from S3 to a folder, stays valid. Matching trailing segments instead
+    (as earlier versions did) let anyone who can write the cache replay ``a/b/cfg.pkl``'s
+    signed entry as ``b/cfg.pkl``.
     """
-    if recorded == key:
-        return True
-    shorter, longer = sorted((recorded, key), key=len)
-    return longer.endswith("/" + shorter)
+    return recorded == key
 
 
 def align(position: int) -> int:
@@ -461,8 +458,13 @@ def read_header(reader: BinaryIO, size: int | None = None) -> EntryHeader | byte
 
 
 def check_key(header: EntryHeader, key: str | None) -> None:
-    """Raise ForeignEntry if the header names another key than the one being read."""
-    if key is not None and header.key is not None and not keys_match(header.key, key):
+    """Raise ForeignEntry if the header names another key than the one being read, or is signed
+    without naming one (older unsigned entries, from before keys were recorded, name none)."""
+    if key is None:
+        return
+    if header.key is None and header.mac:
+        raise ForeignEntry(f"the entry read for key {key!r} is signed but names no key, so it could be anyone's")
+    if header.key is not None and not keys_match(header.key, key):
         raise ForeignEntry(f"the entry read for key {key!r} was written for key {shown(header.key, 300)}")
 
 

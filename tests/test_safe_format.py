@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import xxhash
-from forge import entry_bytes, rle_frame, zstd_description
+from forge import entry_bytes, rle_frame, same, zstd_description
 
 from jangdok import Cache, InvalidValue
 from jangdok.entry import ALIGNMENT, FORMAT_VERSION, MAGIC, read_header
@@ -44,22 +44,10 @@ VALUE = {
 }
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(a, np.generic):
-        return type(a) is type(b) and a.dtype == b.dtype and np.shape(a) == np.shape(b) and np.array_equal(a, b)
-    if isinstance(a, float) and math.isnan(a):
-        return isinstance(b, float) and math.isnan(b)
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
-    if isinstance(a, dict):
-        return type(b) is dict and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return type(a) is type(b) and (a == b) and (not isinstance(a, float) or math.copysign(1, a) == math.copysign(1, b))
-
-
 def test_plain_data_and_arrays_round_trip(safe_cache: Cache) -> None:
     safe_cache.put("v.pkl", VALUE)
     loaded = safe_cache.get("v.pkl")
-    assert _same(VALUE, loaded)
+    assert same(VALUE, loaded)
     nan = safe_cache.put("nan.pkl", [math.nan]) and safe_cache.get("nan.pkl")
     assert math.isnan(nan[0])
 

@@ -25,7 +25,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import xxhash
 
@@ -39,6 +39,7 @@ from .header import (
     ZEROS,
     BufferTable,
     EntryHeader,
+    Stream,
     align,
     check_key,
     check_size,
@@ -51,10 +52,10 @@ from .header import (
     read_into,
     seal,
 )
-from .limits import MAX_EXPANSION, check_memory, cut
+from .limits import MAX_EXPANSION, check_memory, cut, shown
 from .signing import MAC_ALGORITHM, MAC_CHUNK, MAC_LENGTH, PieceDigests, Trust, payload_mac
 
-__all__ = ["Decoded", "Progress", "encode", "decode", "decode_buffer", "verify"]
+__all__ = ["Decoded", "Progress", "Stream", "encode", "decode", "decode_buffer", "verify"]
 
 _SMALLEST_OUT_OF_BAND = 4096
 # Below this a plain bytearray; above it an anonymous map populated by the kernel in one call:
@@ -150,7 +151,7 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
             compressed[str(index)] = done[1].to_json()
             expanded += done[1].length
     lengths = [len(chunk) if isinstance(chunk, bytes) else chunk.nbytes for chunk in stored]
-    head = [stream]
+    head: list[bytes | memoryview] = [stream]
     # Readers refuse buffers that expand to more than MAX_EXPANSION times the payload (a bomb);
     # only runs of one value (an all-zero array) compress that well. Such an entry gets spaces
     # after its stream, which both serializers ignore: 0.1% of the buffer's size.
@@ -223,7 +224,7 @@ class _Both:
         self.second.update(piece)
 
 
-def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progress | None = None,
+def decode(reader: Stream, size: int, key: str | None = None, progress: Progress | None = None,
            trust: Trust | None = None) -> Decoded:
     """Read, verify and deserialize a whole entry from a stream of ``size`` bytes.
 
@@ -242,13 +243,13 @@ def decode(reader: BinaryIO, size: int, key: str | None = None, progress: Progre
         return decode_buffer(whole, key, trust)
     header = read_header(reader, size)
     if not isinstance(header, EntryHeader):
-        return Decoded(_load_legacy(lambda: header + reader.read(), size, trust), None)
+        return Decoded(_load_legacy(lambda: header + (reader.read() or b""), size, trust), None)
     check_usable(header, key)
     payload = _read_verified(reader, header, size, trust, progress)
     return Decoded(_materialize(header, payload), header)
 
 
-def _read_verified(reader: BinaryIO, header: EntryHeader, size: int, trust: Trust | None,
+def _read_verified(reader: Stream, header: EntryHeader, size: int, trust: Trust | None,
                    progress: Progress | None) -> memoryview:
     """The payload, read into one buffer and verified (checksum, and signature with ``trust``)
     as it arrived: threads hash its pieces for the signature meanwhile."""
@@ -265,7 +266,7 @@ def _read_verified(reader: BinaryIO, header: EntryHeader, size: int, trust: Trus
     return payload
 
 
-def verify(reader: BinaryIO, size: int, key: str | None = None, trust: Trust | None = None) -> EntryHeader | None:
+def verify(reader: Stream, size: int, key: str | None = None, trust: Trust | None = None) -> EntryHeader | None:
     """Check a whole entry as :func:`decode` would (checksum, key, signature with ``trust``)
     without deserializing it, so nothing of it runs. ``None`` for a legacy plain pickle, which
     has nothing to check. Raises as :func:`decode` does; expiry is not judged."""
@@ -333,7 +334,7 @@ def _signature(header: EntryHeader, trust: Trust | None) -> _Verifier | None:
                              f"(key ids {', '.join(trust.ids)}); it was written without JANGDOK_SIGNING_KEY")
     key = trust.key(header.key_id or "")
     if key is None:
-        raise UntrustedEntry(f"entry is signed with key id {header.key_id}, which this cache does not hold "
+        raise UntrustedEntry(f"entry is signed with key id {shown(header.key_id)}, which this cache does not hold "
                              f"(it holds {', '.join(trust.ids)}); add that key to JANGDOK_SIGNING_KEY to trust it")
     return _Verifier(key, header)
 
@@ -343,7 +344,7 @@ def _check_payload(header: EntryHeader, digest: str, signature: _Verifier | None
     if digest != header.digest:
         raise CorruptEntry("entry payload checksum mismatch (xxh3_128): the bytes were damaged")
     if signature is not None and not signature.matches():
-        raise UntrustedEntry(f"entry signature does not match its bytes (key id {header.key_id}): it was "
+        raise UntrustedEntry(f"entry signature does not match its bytes (key id {shown(header.key_id)}): it was "
                              "changed or forged by someone without the key; nothing of it was loaded")
 
 

@@ -35,7 +35,7 @@ import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import xxhash
 
@@ -69,6 +69,14 @@ ZEROS = bytes(ALIGNMENT)
 _READ_CHUNK = 1 << 20
 # Versions are small integers; a value beyond this is a damaged field, not a future format.
 _MAX_PLAUSIBLE_VERSION = 255
+
+
+class Stream(Protocol):
+    """What an entry is read from: a store's reader, a file, a BytesIO."""
+
+    def read(self, size: int = -1, /) -> bytes | None: ...
+
+    def readinto(self, buffer: Any, /) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -274,7 +282,7 @@ def lead(sealed: bytes, mac: bytes) -> bytes:
 # -- reading -----------------------------------------------------------------------------------
 
 
-def read_into(reader: BinaryIO, target: memoryview, progress: Any = None, digest: Any = None) -> None:
+def read_into(reader: Stream, target: memoryview, progress: Any = None, digest: Any = None) -> None:
     """Fill ``target`` (feeding ``digest`` as it goes, while each piece is still in the CPU
     cache, and calling ``progress(done, size)``) or raise CorruptEntry: the store guarantees a
     short read is real."""
@@ -292,7 +300,7 @@ def read_into(reader: BinaryIO, target: memoryview, progress: Any = None, digest
             progress(done, size)
 
 
-def _read_exactly(reader: BinaryIO, size: int) -> bytearray:
+def _read_exactly(reader: Stream, size: int) -> bytearray:
     buffer = bytearray(size)
     read_into(reader, memoryview(buffer))
     return buffer
@@ -321,7 +329,7 @@ def header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: 
         first = next(iter(compressed.values()), None)
         compression = "none" if first is None else _of(_of(first, dict, "a compression").get("codec"), str, "codec")
     else:
-        compression = fields["compression"]
+        compression = _of(fields["compression"], str, "compression")
     metadata = fields.get("metadata")
     key = fields.get("key")
     if key is not None and not isinstance(key, str):
@@ -334,11 +342,11 @@ def header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: 
         raise ValueError(f"mac_chunk {shown(mac_chunk)} is out of range")
     return EntryHeader(
         version=version,
-        serializer=fields["serializer"],
+        serializer=_of(fields["serializer"], str, "serializer"),
         compression=compression,
         payload_length=payload_length,
-        checksum=fields["checksum"],
-        digest=fields["digest"],
+        checksum=_of(fields["checksum"], str, "checksum"),
+        digest=_of(fields["digest"], str, "digest"),
         created_at=_seconds(fields["created_at"], "created_at"),
         metadata=_of(metadata, dict, "metadata") if metadata is not None else None,
         header_size=header_size,
@@ -349,7 +357,7 @@ def header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: 
         compressed=compressed,
         mac=mac,
         key_id=key_id,
-        mac_algorithm=fields.get("mac") if mac else None,
+        mac_algorithm=_of(fields.get("mac"), str, "mac") if mac else None,
         mac_chunk=mac_chunk,
         sealed=sealed,
     )
@@ -393,7 +401,7 @@ def header_size(start: bytes) -> int | None:
     return PREFIX.size + min(header_len, _MAX_HEADER_BYTES) + HEADER_HASH.size + _MAX_MAC_BYTES + ALIGNMENT
 
 
-def read_header(reader: BinaryIO, size: int | None = None) -> EntryHeader | bytes:
+def read_header(reader: Stream, size: int | None = None) -> EntryHeader | bytes:
     """Parse a header from the start of a stream, leaving the stream at the payload.
 
     ``size``, the whole entry's (when known), bounds what the header may declare before any of

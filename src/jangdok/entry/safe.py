@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry
 from .limits import cut, json_problem
@@ -99,7 +98,7 @@ class _Writer:
         shape = list(array.shape)  # before ascontiguousarray, which makes 0-d arrays 1-d
         array = np.ascontiguousarray(array)
         # As bytes: buffers cannot export every dtype (datetime64), but any array views as uint8.
-        raw = memoryview(array.reshape(-1).view(np.uint8))
+        raw = array.reshape(-1).view(np.uint8).data
         tag: dict[str, Any] = {"$a": self.buffer(raw, array.dtype.itemsize),
                                "dtype": array.dtype.str, "shape": shape}
         if scalar:
@@ -120,8 +119,16 @@ def dumps(value: Any, key: str | None = None) -> tuple[bytes, list[tuple[memoryv
     return text.encode("utf-8"), writer.buffers
 
 
+class Buffers(Protocol):
+    """The out-of-band buffers a skeleton refers to, by index (a list, or views made on demand)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> memoryview: ...
+
+
 class _Reader:
-    def __init__(self, buffers: Sequence[memoryview]) -> None:
+    def __init__(self, buffers: Buffers) -> None:
         self.buffers = buffers
         self.used: set[int] = set()
         self.numpy: Any = None
@@ -174,7 +181,7 @@ def _of(value: Any, kind: type) -> Any:
     return value
 
 
-def loads(stream: memoryview | bytes, buffers: Sequence[memoryview]) -> Any:
+def loads(stream: memoryview | bytes, buffers: Buffers) -> Any:
     """The value of a skeleton and its buffers; raises CorruptEntry for anything malformed, and
     UnsupportedEntry if it holds arrays and numpy is missing. Arrays are views of their buffers
     (no copy)."""

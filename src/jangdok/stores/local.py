@@ -32,7 +32,6 @@ No ``OSError`` leaves this module: failures become :mod:`jangdok.errors` types n
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import mmap
 import os
@@ -222,7 +221,7 @@ def _is_missing(exc: OSError) -> bool:
 class _FileReader(Reader):
     """A file limited to ``[start, stop)``, so local and S3 range reads behave the same."""
 
-    def __init__(self, key: str, file: io.BufferedReader, start: int, stop: int | None,
+    def __init__(self, key: str, file: IO[bytes], start: int, stop: int | None,
                  error: Callable[[OSError], Exception]) -> None:
         super().__init__()
         self._file = file

@@ -132,9 +132,9 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     they are written. ``key`` is recorded so that a reader can tell an entry that reached it by
     mistake. ``compression`` is ``none`` or ``zstd``; ``serializer`` is ``pickle`` or ``safe``
     (:mod:`jangdok.entry.safe`). With signing keys in ``trust``, the entry is signed with the first.
-    An entry whose buffers compress beyond what readers accept (:mod:`jangdok.entry.limits`)
-    is padded to it. Raises InvalidValue for a value the serializer cannot store, or metadata that is not a
-    mapping, not JSON or too large; nothing is written then.
+    An entry whose buffers compress beyond what readers accept (:mod:`jangdok.entry.limits`) is
+    padded up to it. Raises InvalidValue for a value the serializer cannot store, or metadata
+    that is not a mapping, not JSON or too large; nothing is written then.
     """
     stored_metadata = metadata_json(metadata, key)
     stream, buffers = safe.dumps(value, key) if serializer == safe.NAME else _pickle(value, key)

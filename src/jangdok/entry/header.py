@@ -163,6 +163,8 @@ class BufferTable:
     def __getitem__(self, index: int) -> StoredBuffer:
         """Buffer ``index`` (0 <= index < len); raises CorruptEntry if the table puts it outside
         the payload, UnsupportedEntry for a compression this version cannot read."""
+        if not 0 <= index < len(self._lengths):
+            raise IndexError(f"buffer {index} of {len(self._lengths)}")
         while len(self._offsets) <= index:
             at = len(self._offsets)
             length = self._lengths[at]

@@ -42,6 +42,7 @@ from forge import same
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from memory import peak, reset_peak
 
 import jangdok.entry.format as entry_format
 from jangdok import CorruptEntry, InvalidValue, Secret, UnsupportedEntry, UntrustedEntry, entry
@@ -227,22 +228,6 @@ def mutations(draw: st.DrawFn, data: bytes) -> tuple[str, bytes]:
 # -- the decoder's answers ---------------------------------------------------------------------
 
 
-def _peak() -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return None
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-    except OSError:
-        pass
-
-
 class Answer(NamedTuple):
     door: str
     outcome: str
@@ -265,8 +250,8 @@ def _answers(data: bytes, reader_signs: bool, key: str | None = "k.pkl") -> list
     ]
     answers = []
     for door, ask, context in doors:
-        _reset_peak()
-        before, started = _peak(), time.monotonic()
+        reset_peak()
+        before, started = peak(), time.monotonic()
         with context:
             try:
                 answer = Answer(door, "value", ask())
@@ -274,7 +259,7 @@ def _answers(data: bytes, reader_signs: bool, key: str | None = "k.pkl") -> list
                 answer = Answer(door, "refused", exc)
             except MISSES as exc:
                 answer = Answer(door, "miss", exc)
-        elapsed, after = time.monotonic() - started, _peak()
+        elapsed, after = time.monotonic() - started, peak()
         # Bounds by the entry's size: generous enough for two busy cores, far below a blow-up.
         assert elapsed < 2 + len(data) * 20e-6, f"{door} took {elapsed:.1f} s for {len(data)} bytes"
         if before is not None and after is not None:

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import memory
 import numpy as np
 import pytest
 import xxhash
@@ -166,16 +167,13 @@ def test_without_numpy_an_entry_with_arrays_is_unsupported_not_an_import_error(t
 # -- decompression bombs ----------------------------------------------------------------------------
 
 
-_LOAD_ONE = """
-import json, logging, sys
+_LOAD_ONE = memory.IMPORT + """
+import json, logging
 from jangdok import Cache
-
-def peak():  # this process's peak resident memory (Linux)
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 cache = Cache(sys.argv[1], fallback=False)
+reset_peak()
 before = peak()
 value = cache.get("bomb.pkl")
 stats = cache.stats()["local"]
@@ -186,7 +184,7 @@ print(json.dumps({"miss": value is None, "memory": peak() - before, "skipped": s
 _OUT_OF_BAND = pickle.dumps(pickle.PickleBuffer(bytearray(8)), protocol=5, buffer_callback=lambda buffer: False)
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="measures memory through Linux's /proc")
+@pytest.mark.skipif(not memory.MEASURABLE, reason="measures memory through Linux's /proc")
 @pytest.mark.parametrize("serializer", ["safe", "pickle"])
 @pytest.mark.parametrize("declared", [1_100_000_000, 64 << 30], ids=["33 kB declaring 1.1 GB", "2 MB declaring 64 GB"])
 def test_a_decompression_bomb_is_refused_before_anything_is_allocated(serializer: str, declared: int,

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import memory
 import numpy as np
 import pytest
 import xxhash
@@ -293,19 +294,8 @@ def test_flipping_the_stream_in_place_during_signed_mmap_loads_runs_nothing(tmp_
 # -- a forged header costs little before its signature is judged ----------------------------------
 
 
-PEAK_MEMORY = """
-def peak():  # this process's peak resident memory since the last reset (Linux)
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-
-def reset_peak():
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
-"""
-MEASURABLE = os.path.exists("/proc/self/clear_refs")
-
-_LOAD_AND_MEASURE = PEAK_MEMORY + """
-import json, sys, time
+_LOAD_AND_MEASURE = memory.IMPORT + """
+import json, time
 from jangdok import Cache
 
 cache = Cache(sys.argv[1], signing_keys=sys.argv[2], fallback=False)
@@ -335,7 +325,7 @@ def _forge_buffer_table(data: bytes, count: int) -> bytes:
     return lead + data[header.header_size:]
 
 
-@pytest.mark.skipif(not MEASURABLE, reason="measures peak memory through Linux's /proc")
+@pytest.mark.skipif(not memory.MEASURABLE, reason="measures peak memory through Linux's /proc")
 def test_a_forged_buffer_table_is_refused_before_it_costs_time_or_memory(tmp_path: Path) -> None:
     """The review's forged entry: a 16 MB header declaring millions of buffers, consistent
     enough to reach the signature check. A signing reader refuses it for its signature, about

@@ -47,9 +47,11 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    # The path-level functions keep one cache per bucket or folder for the process's life;
-    # each test configures its own environment, so each starts without them.
+    # The path-level functions keep one cache per root, and the settings they were resolved
+    # with, for the process's life; each test configures its own environment, so each starts
+    # without them.
     monkeypatch.setattr(jangdok.paths, "_caches", {})
+    monkeypatch.setattr(jangdok.paths, "_settings", None)
     return work
 
 

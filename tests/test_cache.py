@@ -214,10 +214,11 @@ def test_an_entry_written_for_another_key_is_never_returned_nor_deleted(cache: C
 
 
 def test_one_entry_is_found_under_the_keys_of_every_root(cache: Cache, cache_url: str, backend: str,
-                                                         backend_env: None) -> None:
+                                                         backend_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CACHE_DIR", cache_url)
     cache.put("chapters/x.pkl", [1, 2, 3])
     path = jangdok.join(cache_url, "chapters", "x.pkl")
-    assert jangdok.load(path) == [1, 2, 3]  # keyed from the bucket root or the folder
+    assert jangdok.load(path) == [1, 2, 3]  # keyed from the configured root, as the cache keys it
     jangdok.save(path, [4])
     assert cache.get("chapters/x.pkl") == [4]
 

@@ -140,7 +140,7 @@ def test_reader_limits_are_not_mistaken_for_damage(monkeypatch: pytest.MonkeyPat
         raise MemoryError
 
     monkeypatch.setattr(entry.format.pickle, "loads", out_of_memory)
-    with pytest.raises(MemoryError):
+    with pytest.raises(UnsupportedEntry, match="not enough memory"):  # kept, and no bare MemoryError
         entry.decode(io.BytesIO(data), len(data))
 
 
@@ -156,11 +156,12 @@ def test_entries_record_their_key_and_readers_ignore_unknown_fields() -> None:
 
 @pytest.mark.parametrize(("recorded", "reading", "belongs"), [
     ("x.pkl", "x.pkl", True),
-    ("x.pkl", "cache/x.pkl", True),       # written through Cache("s3://b/cache/"), read by path
-    ("cache/x.pkl", "x.pkl", True),       # and the other way round
+    ("x.pkl", "cache/x.pkl", False),      # keys are relative to one root: exactly the same key
+    ("cache/x.pkl", "x.pkl", False),
     ("x.pkl", "y.pkl", False),
-    ("x.pkl", "cache/ax.pkl", False),     # a suffix, but not whole segments
+    ("x.pkl", "cache/ax.pkl", False),
     ("a/x.pkl", "b/x.pkl", False),
+    ("a/b/cfg.pkl", "b/cfg.pkl", False),  # a signed entry replayed under its trailing segments
 ])
 def test_an_entry_for_another_key_is_refused_before_its_payload(recorded: str, reading: str, belongs: bool) -> None:
     _, chunks = entry.encode(["payload"], key=recorded)
@@ -257,3 +258,42 @@ def test_a_compressed_length_its_frame_cannot_hold_is_refused_before_allocating(
     damaged = make_golden.with_header(data, compressed={"0": {**described, "length": 10**13}})
     with pytest.raises(CorruptEntry, match="cannot hold|declares"):
         entry.decode(io.BytesIO(damaged), len(damaged))
+
+
+@pytest.mark.parametrize("serializer", ["pickle", "safe"])
+def test_all_zero_arrays_compress_within_what_readers_accept(serializer: str) -> None:
+    """zstd turns 64 MiB of zeros into ~2 kB, beyond the expansion readers accept from any
+    entry (entry.limits.MAX_EXPANSION): the writer pads the stream, which both serializers
+    ignore, so the entry holds at least 1/1024 of what it expands to, and loads."""
+    import numpy as np
+
+    from jangdok.entry.limits import MAX_EXPANSION
+
+    value = [np.zeros(64 << 20, dtype=np.uint8), np.arange(100_000, dtype=np.int64), "text"]
+    header, chunks = entry.encode(value, compression="zstd", serializer=serializer)
+    data = b"".join(bytes(c) for c in chunks)
+    expanded = sum(buffer.compression.length for buffer in header.buffers if buffer.compression is not None)
+    assert expanded >= 64 << 20 and header.payload_length * MAX_EXPANSION >= expanded
+    assert len(data) < 2 * (64 << 20) // MAX_EXPANSION  # what padding costs: 0.1% of the zeros
+    loaded = entry.decode(io.BytesIO(data), len(data)).value
+    assert not loaded[0].any() and loaded[0].shape == (64 << 20,) and np.array_equal(loaded[1], value[1])
+    assert loaded[2] == "text"
+
+
+@pytest.mark.parametrize("metadata, named, why", [
+    ({"note": "lone \udc80"}, "metadata['note']", "lone surrogate"),
+    ({"params": {"\udfff": 1}}, "the key '\\udfff' of metadata['params']", "lone surrogate"),
+    ({"seeds": [1, 10**4400]}, "metadata['seeds'][1]", "4401 digits"),
+])
+def test_metadata_no_reader_could_parse_is_refused_naming_where(metadata: dict, named: str, why: str) -> None:
+    with pytest.raises(InvalidValue, match="metadata for key 'x.pkl'") as raised:
+        entry.encode(1, metadata, key="x.pkl")
+    assert named in str(raised.value) and why in str(raised.value), str(raised.value)
+
+
+def test_metadata_nested_too_deeply_is_refused_not_a_recursion_error() -> None:
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(InvalidValue, match="nested too deeply"):
+        entry.encode(1, {"deep": deep}, key="x.pkl")

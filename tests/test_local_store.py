@@ -849,3 +849,60 @@ def test_progress_counts_bytes_as_they_reach_the_file(tmp_path: Path) -> None:
     calls = []
     store.write("empty.pkl", b"", calls.append)
     assert calls == [] and read_all(store, "empty.pkl") == b""
+
+
+# --- things that are not regular files, planted where an entry should be ------------------------
+
+
+def _plant(kind: str, path: Path) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link to /dev/zero":
+        os.symlink("/dev/zero", path)
+    else:  # a unix socket, bound and left there
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(path))
+
+
+NOT_FILES = [pytest.param(kind, marks=pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only"))
+             for kind in ("fifo", "link to /dev/zero", "socket")]
+
+
+@pytest.mark.timeout(30)  # before the fix, opening a FIFO with no writer blocked forever
+@pytest.mark.parametrize("kind", NOT_FILES)
+def test_a_fifo_device_or_socket_at_an_entry_is_a_miss_at_once(kind: str, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "cache"
+    root.mkdir()
+    _plant(kind, root / "planted.pkl")
+    store = open_local(root)
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert store.read("planted.pkl") is None
+        assert store.read("planted.pkl", 0, 100) is None
+        assert store.map("planted.pkl") is None
+    assert "is not a regular file" in caplog.text and str(root / "planted.pkl") in caplog.text
+    assert store.stat("planted.pkl") is None and store.exists("planted.pkl") is False
+    assert [info.key for info in store.list()] == []
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("signing", [False, True])
+@pytest.mark.parametrize("mmap", [False, True])
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only")
+def test_a_fifo_at_an_entry_never_hangs_a_cache(signing: bool, mmap: bool, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    from jangdok import Cache
+
+    root = tmp_path / "cache"
+    (root / "chapter").mkdir(parents=True)
+    os.mkfifo(root / "chapter" / "x.pkl")
+    cache = Cache(str(root), fallback=False, mmap=mmap, signing_keys="team-key-0123456789abcdef" if signing else None)
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get("chapter/x.pkl", "miss") == "miss"
+        assert cache.stat("chapter/x.pkl") is None
+        assert cache.verify("chapter/x.pkl").status == "missing"
+        assert cache.get_or_compute("chapter/x.pkl", lambda: [1, 2]) == [1, 2]  # computed, saved over it
+    assert str(root / "chapter" / "x.pkl") in caplog.text
+    assert cache.get("chapter/x.pkl") == [1, 2] and (root / "chapter" / "x.pkl").is_file()

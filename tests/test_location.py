@@ -205,13 +205,31 @@ def test_is_s3_path_and_join() -> None:
     assert join("cache", "label.pkl") == os.path.join("cache", "label.pkl")
 
 
-def test_split_path_keys_s3_entries_from_the_bucket_root() -> None:
+def test_split_path_keys_entries_from_the_configured_root_or_their_folder() -> None:
     location, key = split_path("s3://b12/cache/김치.pkl")
-    assert (location.url, key) == ("s3://b12/", "cache/김치.pkl")
+    assert (location.url, key) == ("s3://b12/cache/", "김치.pkl")
+    location, key = split_path("s3://b12/x.pkl")
+    assert (location.url, key) == ("s3://b12/", "x.pkl")
     location, key = split_path(os.path.join("cache", "x.pkl"))
     assert (location.url, key) == ("cache", "x.pkl")
     location, key = split_path("x.pkl")
     assert (location.url, key) == (".", "x.pkl")
+    for root, path, expected in [
+        ("s3://b12/", "s3://b12/cache/sub/x.pkl", ("s3://b12/", "cache/sub/x.pkl")),
+        ("s3://b12/cache", "s3://b12/cache/sub/x.pkl", ("s3://b12/cache/", "sub/x.pkl")),
+        ("s3://b12/cache", "s3://b12/cachex/x.pkl", ("s3://b12/cachex/", "x.pkl")),  # not under it
+        ("s3://other/cache", "s3://b12/cache/x.pkl", ("s3://b12/cache/", "x.pkl")),
+        ("cache", "s3://b12/cache/sub/x.pkl", ("s3://b12/cache/sub/", "x.pkl")),
+        ("cache", os.path.join("cache", "sub", "x.pkl"), ("cache", "sub/x.pkl")),
+        ("cache", os.path.abspath(os.path.join("cache", "x.pkl")), ("cache", "x.pkl")),
+        (os.path.abspath("cache"), os.path.join("cache", "sub", "x.pkl"), (os.path.abspath("cache"), "sub/x.pkl")),
+        ("cache", os.path.join("cachex", "x.pkl"), ("cachex", "x.pkl")),
+        ("s3://b12/cache/", os.path.join("cache", "x.pkl"), ("cache", "x.pkl")),
+    ]:
+        location, key = split_path(path, parse_location(root))
+        assert (location.url, key) == expected, (root, path)
+    with pytest.raises(InvalidKey, match="reserved"):
+        split_path(os.path.join("cache", ".jangdok", "leases", "x"), parse_location("cache"))
     with pytest.raises(InvalidKey):
         split_path("s3://b12/cache/../x")
     with pytest.raises(InvalidKey):
@@ -263,6 +281,8 @@ def test_s3_prefixes_are_nfc_but_local_folders_are_kept_as_given() -> None:
 
 def test_split_path_normalises_keys_not_folders() -> None:
     location, key = split_path(f"s3://b12/{KIMCHI_NFD}/x.pkl")
+    assert (location.url, key) == (f"s3://b12/{KIMCHI_NFC}/", "x.pkl")
+    location, key = split_path(f"s3://b12/{KIMCHI_NFD}/x.pkl", parse_location("s3://b12/"))
     assert (location.url, key) == ("s3://b12/", f"{KIMCHI_NFC}/x.pkl")
     location, key = split_path(f"{KIMCHI_NFD}/{KIMCHI_NFD}.pkl")
     assert (location.root, key) == (KIMCHI_NFD, f"{KIMCHI_NFC}.pkl")

@@ -87,6 +87,7 @@ def test_store_errors_become_false_and_none_never_exceptions(seaweed: SeaweedSer
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("JANGDOK_MAX_ATTEMPTS", "1")
     monkeypatch.setattr("jangdok.paths._caches", {})
+    monkeypatch.setattr("jangdok.paths._settings", None)
     assert s3_utils.cache_load_pickle(path) is None
     assert s3_utils.cache_exists(path) is False
     assert s3_utils.cache_remove(path) is False

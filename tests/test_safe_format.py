@@ -6,15 +6,20 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import pickle
 import struct
+import subprocess
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import memory
 import numpy as np
 import pytest
 import xxhash
+from forge import entry_bytes, rle_frame, same, zstd_description
 
 from jangdok import Cache, InvalidValue
 from jangdok.entry import ALIGNMENT, FORMAT_VERSION, MAGIC, read_header
@@ -40,22 +45,10 @@ VALUE = {
 }
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(a, np.generic):
-        return type(a) is type(b) and a.dtype == b.dtype and np.shape(a) == np.shape(b) and np.array_equal(a, b)
-    if isinstance(a, float) and math.isnan(a):
-        return isinstance(b, float) and math.isnan(b)
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
-    if isinstance(a, dict):
-        return type(b) is dict and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return type(a) is type(b) and (a == b) and (not isinstance(a, float) or math.copysign(1, a) == math.copysign(1, b))
-
-
 def test_plain_data_and_arrays_round_trip(safe_cache: Cache) -> None:
     safe_cache.put("v.pkl", VALUE)
     loaded = safe_cache.get("v.pkl")
-    assert _same(VALUE, loaded)
+    assert same(VALUE, loaded)
     nan = safe_cache.put("nan.pkl", [math.nan]) and safe_cache.get("nan.pkl")
     assert math.isnan(nan[0])
 
@@ -169,3 +162,114 @@ def test_without_numpy_an_entry_with_arrays_is_unsupported_not_an_import_error(t
               "assert c.stats()['local'].skipped == 1 and c.exists('v.pkl')\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# -- decompression bombs ----------------------------------------------------------------------------
+
+
+_LOAD_ONE = memory.IMPORT + """
+import json, logging
+from jangdok import Cache
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+cache = Cache(sys.argv[1], fallback=False)
+reset_peak()
+before = peak()
+value = cache.get("bomb.pkl")
+stats = cache.stats()["local"]
+print(json.dumps({"miss": value is None, "memory": peak() - before, "skipped": stats.skipped,
+                  "deleted": stats.corrupt_deleted, "kept": cache.exists("bomb.pkl")}))
+"""
+
+_OUT_OF_BAND = pickle.dumps(pickle.PickleBuffer(bytearray(8)), protocol=5, buffer_callback=lambda buffer: False)
+
+
+@pytest.mark.skipif(not memory.MEASURABLE, reason="measures memory through Linux's /proc")
+@pytest.mark.parametrize("serializer", ["safe", "pickle"])
+@pytest.mark.parametrize("declared", [1_100_000_000, 64 << 30], ids=["33 kB declaring 1.1 GB", "2 MB declaring 64 GB"])
+def test_a_decompression_bomb_is_refused_before_anything_is_allocated(serializer: str, declared: int,
+                                                                     tmp_path: Path) -> None:
+    """zstd's RLE blocks expand 32000:1: the review's unsigned entries made a reader allocate
+    1.1 GB, or raise OSError (Cannot allocate memory). Now each is a miss, kept, named in a
+    WARNING, and costs the reader next to nothing."""
+    frame = rle_frame(declared)
+    stream = b'{"$b":0}' if serializer == "safe" else _OUT_OF_BAND
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "bomb.pkl").write_bytes(entry_bytes(stream, [frame], {"0": zstd_description(declared)},
+                                                  serializer=serializer, key="bomb.pkl"))
+    result = subprocess.run([sys.executable, "-c", _LOAD_ONE, str(folder)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    assert figures == {**figures, "miss": True, "skipped": 1, "deleted": 0, "kept": True}, figures
+    assert figures["memory"] < 100e6, figures
+    assert f"declares {declared:,} bytes" in result.stderr and "1024 times" in result.stderr, result.stderr
+
+
+_UNDER_A_MEMORY_LIMIT = """
+import json, logging, resource, sys
+folder, limit, ballast = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+from jangdok import Cache
+
+held = bytearray(ballast)  # memory this process uses for other things
+cache = Cache(folder, fallback=False)
+misses = [cache.get(key) is None for key in ("beyond.pkl", "not-now.pkl")]
+print(json.dumps({"misses": misses, "skipped": cache.stats()["local"].skipped}))
+"""
+
+
+def _expanding(declared: int, key: str) -> bytes:
+    """A safe entry of one compressed buffer declaring ``declared`` bytes, padded to the expansion
+    readers accept: what an honest writer makes of that many zeros."""
+    from jangdok.entry.limits import MAX_EXPANSION
+
+    frame = rle_frame(declared)
+    stream = b'{"$b":0}'.ljust(declared // MAX_EXPANSION + 1, b" ")
+    return entry_bytes(stream, [frame], {"0": zstd_description(declared)}, key=key)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs RLIMIT_AS (Linux)")
+def test_an_entry_needing_more_memory_than_the_process_can_have_is_a_clear_miss(tmp_path: Path) -> None:
+    """Within the expansion bound, an entry may still need more than this machine gives: 3 GB
+    under a 2 GB address-space limit is refused before anything is allocated, and 1.5 GB while
+    1 GB is in use fails to allocate; both are misses kept for other readers, never an
+    OSError or MemoryError."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "beyond.pkl").write_bytes(_expanding(3 << 30, "beyond.pkl"))
+    (folder / "not-now.pkl").write_bytes(_expanding(3 << 29, "not-now.pkl"))
+    result = subprocess.run([sys.executable, "-c", _UNDER_A_MEMORY_LIMIT, str(folder), str(2 << 30), str(1 << 30)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == {"misses": [True, True], "skipped": 2}
+    assert "more than this process can have (2,147,483,648 bytes)" in result.stderr, result.stderr
+    assert f"compressed buffer 0 needs {3 << 29:,} bytes of memory, which this process could not get" \
+        in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("value, named, why", [
+    ({"a": ["ok", "lone \udc80 surrogate"]}, "value under key 'x.pkl'['a'][1]", "lone surrogate"),
+    ({"ok": {"\ud800": 1}}, "the key '\\ud800' of value under key 'x.pkl'['ok']", "lone surrogate"),
+    ([1, 10**5000], "value under key 'x.pkl'[1]", "5001 digits"),
+    ((-(10**4300),), "value under key 'x.pkl'[0]", "4301 digits"),
+])
+def test_text_and_integers_no_reader_could_parse_are_refused_at_put(value: Any, named: str, why: str,
+                                                                   tmp_path: Path) -> None:
+    """A lone surrogate cannot be UTF-8, and Python reads at most 4300 digits of an integer from
+    text: both escaped put as UnicodeEncodeError and ValueError (on Python 3.10 the integer
+    was written, and every newer reader took the entry for damage)."""
+    cache = Cache(str(tmp_path / "cache"), serializer="safe")
+    with pytest.raises(InvalidValue, match="safe serializer cannot store") as raised:
+        cache.put("x.pkl", value)
+    assert named in str(raised.value) and why in str(raised.value), str(raised.value)
+    assert not cache.exists("x.pkl")
+
+
+def test_integers_up_to_4300_digits_round_trip(tmp_path: Path) -> None:
+    cache = Cache(str(tmp_path / "cache"), serializer="safe")
+    value = [10**4299, -(10**4300 - 1), 2**14284]
+    cache.put("x.pkl", value)
+    assert cache.get("x.pkl") == value

@@ -8,14 +8,18 @@ with their own key, and with a forged signature under our key id. The marker mus
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import memory
 import numpy as np
 import pytest
 import xxhash
@@ -186,3 +190,219 @@ def test_a_header_declaring_tiny_signature_pieces_is_refused_at_once(tmp_path: P
     started = time.monotonic()
     assert Cache(str(folder), signing_keys=KEY).get("a.pkl") is None
     assert time.monotonic() - started < 5
+
+
+_THREADS_AFTER_SIGNED_WORK = """
+import os, sys, threading, warnings
+import numpy as np
+from jangdok import Cache
+
+folder, mmap = sys.argv[1], sys.argv[2] == "mmap"
+cache = Cache(folder, signing_keys="team-key-0123456789abcdef", mmap=mmap, fallback=False)
+value = np.arange(5 << 20, dtype=np.float32)  # 20 MB: several signature pieces, hashed by threads
+cache.put("a.pkl", value)
+assert np.array_equal(cache.get("a.pkl"), value)
+assert cache.verify("a.pkl").status == "ok"
+path = os.path.join(folder, "a.pkl")
+with open(path, "r+b") as file:  # damage found by the checksum, before the signature is judged
+    file.seek(-100, os.SEEK_END)
+    file.write(b"damage")
+assert cache.get("a.pkl") is None
+left = sorted(thread.name for thread in threading.enumerate() if thread is not threading.main_thread())
+print("threads:", left, flush=True)
+with warnings.catch_warnings(record=True) as seen:  # a warning raised by fork() would be swallowed
+    warnings.simplefilter("always")  # 3.12+: DeprecationWarning when forking a process with threads
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+os.waitpid(pid, 0)
+print("fork warnings:", [str(warning.message) for warning in seen], flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["read", "mmap"])
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_no_hashing_thread_outlives_a_signed_save_or_load(mode: str, tmp_path: Path) -> None:
+    """In a fresh interpreter (pytest's own workers run threads): after signed saves, loads, a
+    verify and a damaged load, no thread is left, and a fork warns of none (Python 3.12+ would)."""
+    result = subprocess.run([sys.executable, "-c", _THREADS_AFTER_SIGNED_WORK, str(tmp_path / "cache"), mode],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["threads: []", "fork warnings: []"], result.stdout + result.stderr[-2000:]
+
+
+# -- what is verified is what is unpickled ---------------------------------------------------------
+
+
+def test_a_signed_load_with_mmap_is_private_memory(tmp_path: Path) -> None:
+    """Someone who can write the folder rewrites the file in place after a signed load: the
+    loaded value must not change (a memory map, even copy-on-write, would show the write)."""
+    folder = tmp_path / "cache"
+    cache = Cache(str(folder), signing_keys=KEY, mmap=True, fallback=False)
+    value = np.arange(1 << 20, dtype=np.int64)  # 8 MB, travelling out of band
+    cache.put("a.pkl", value)
+    loaded = cache.get("a.pkl")
+    path = folder / "a.pkl"
+    header = read_header(io.BytesIO(path.read_bytes()))
+    with open(path, "r+b") as file:  # in place, as an attacker holding no key would
+        file.seek(header.header_size)
+        file.write(b"\xff" * header.payload_length)
+    assert np.array_equal(loaded, value)
+
+
+_FLIPPER = """
+import sys, time
+path, offset, genuine, evil = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3]), bytes.fromhex(sys.argv[4])
+deadline = time.monotonic() + 120
+with open(path, "r+b", buffering=0) as file:
+    print("flipping", flush=True)
+    while time.monotonic() < deadline:
+        file.seek(offset)
+        file.write(evil)
+        file.seek(offset)
+        file.write(genuine)
+"""
+
+
+def test_flipping_the_stream_in_place_during_signed_mmap_loads_runs_nothing(tmp_path: Path) -> None:
+    """The review's attack: a process without the key flips a signed entry's pickle stream
+    between our own bytes and its payload, in place, while a signed reader with mmap=True loads
+    it again and again. The bytes verified must be the bytes unpickled: the payload never runs."""
+    folder, marker = tmp_path / "cache", tmp_path / "marker"
+    cache = Cache(str(folder), signing_keys=KEY, mmap=True, fallback=False)
+    value = {"note": "n" * 400, "data": np.zeros(8 << 20, dtype=np.uint8)}  # hashing 8 MB opens the window
+    cache.put("model.pkl", value)
+    path = folder / "model.pkl"
+    header = read_header(io.BytesIO(path.read_bytes()))
+    genuine = path.read_bytes()[header.header_size:][:header.stream_length]
+    evil = pickle.dumps(Payload(str(marker)), protocol=5)
+    assert len(evil) < len(genuine)  # pickle ignores what follows its STOP opcode
+    flipper = subprocess.Popen([sys.executable, "-c", _FLIPPER, str(path), str(header.header_size), genuine.hex(),
+                                evil.hex()], stdout=subprocess.PIPE, text=True)
+    try:
+        assert flipper.stdout is not None and flipper.stdout.readline() == "flipping\n"
+        for _ in range(60):
+            loaded = cache.get("model.pkl")
+            assert loaded is None or loaded["note"] == value["note"]
+            assert not marker.exists(), "the planted payload ran"
+    finally:
+        flipper.kill()
+        flipper.wait()
+    assert not marker.exists()
+
+
+# -- a forged header costs little before its signature is judged ----------------------------------
+
+
+_LOAD_AND_MEASURE = memory.IMPORT + """
+import json, time
+from jangdok import Cache
+
+cache = Cache(sys.argv[1], signing_keys=sys.argv[2], fallback=False)
+figures = {}
+for key in ("honest.pkl", "forged.pkl"):
+    reset_peak()
+    before = peak()
+    started = time.perf_counter()
+    value = cache.get(key)
+    figures[key] = {"seconds": time.perf_counter() - started, "memory": peak() - before, "hit": value is not None}
+    del value
+figures["untrusted"] = cache.stats()["local"].untrusted
+print(json.dumps(figures))
+"""
+
+
+def _forge_buffer_table(data: bytes, count: int) -> bytes:
+    """A signed entry's header rewritten to declare ``count`` empty buffers (two bytes of JSON
+    each), its hash redone: what anyone without the key can write."""
+    header = read_header(io.BytesIO(data))
+    fields = json.loads(header.sealed[14:])
+    fields.update(buffers=[0] * count, stream_length=count)  # a stream long enough to refer to them all
+    blob = json.dumps(fields, separators=(",", ":")).encode()
+    sealed = header.sealed[:10] + struct.pack(">I", len(blob)) + blob
+    lead = sealed + struct.pack(">I", xxhash.xxh32_intdigest(sealed)) + header.mac
+    lead += bytes(-len(lead) % 64)
+    return lead + data[header.header_size:]
+
+
+@pytest.mark.skipif(not memory.MEASURABLE, reason="measures peak memory through Linux's /proc")
+def test_a_forged_buffer_table_is_refused_before_it_costs_time_or_memory(tmp_path: Path) -> None:
+    """The review's forged entry: a 16 MB header declaring millions of buffers, consistent
+    enough to reach the signature check. A signing reader refuses it for its signature, about
+    as fast as it loads an honest entry, and without building the table (the review measured
+    13 s and 1.1 GB for it)."""
+    folder = tmp_path / "cache"
+    cache = Cache(str(folder), signing_keys=KEY, fallback=False)
+    for key in ("honest.pkl", "forged.pkl"):
+        cache.put(key, [np.zeros(16 << 20, dtype=np.uint8)])
+    signed = (folder / "forged.pkl").read_bytes()
+    (folder / "forged.pkl").write_bytes(_forge_buffer_table(signed, 8_000_000))  # 16 MB of header
+    result = subprocess.run([sys.executable, "-c", _LOAD_AND_MEASURE, str(folder), KEY], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    honest_cost, forged_cost = figures["honest.pkl"], figures["forged.pkl"]
+    assert honest_cost["hit"] and not forged_cost["hit"] and figures["untrusted"] == 1, figures
+    # Parsing the header's JSON is the one cost left: linear, a fraction of a second.
+    assert forged_cost["seconds"] < 2 + 20 * honest_cost["seconds"], figures
+    assert forged_cost["memory"] < 300e6, figures  # 1.1 GB before the fix
+
+
+# -- an entry is its own key's only -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_an_entry_copied_under_another_key_is_refused(signed: bool, cache_url: str, make_settings: Any,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone who can write the cache copies ``a/b/cfg.pkl``'s entry (signed by us) to
+    ``b/cfg.pkl``: keys match exactly, so it is never served there (the trailing segments did)."""
+    cache = Cache.from_settings(make_settings(cache_url, signing_keys=(KEY,) if signed else ()))
+    cache.put("a/b/cfg.pkl", {"lr": 0.1})
+    with cache.store.read("a/b/cfg.pkl") as reader:
+        cache.store.write("b/cfg.pkl", reader.read())
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get("b/cfg.pkl") is None
+        assert cache.stat("b/cfg.pkl") is None
+    assert cache.verify("b/cfg.pkl").status == "foreign"
+    assert "was written for key 'a/b/cfg.pkl'" in caplog.text
+    assert cache.exists("b/cfg.pkl")  # kept: it may be the only copy of a/b/cfg.pkl's entry
+    assert cache.get_or_compute("b/cfg.pkl", lambda: {"lr": 0.5}) == {"lr": 0.5}
+    assert cache.get("a/b/cfg.pkl") == {"lr": 0.1}
+
+
+def test_a_signed_entry_that_names_no_key_belongs_to_none(tmp_path: Path) -> None:
+    """Written without a key (encode's own API), a signed entry could be replayed anywhere."""
+    folder = tmp_path / "cache"
+    cache = Cache(str(folder), signing_keys=KEY, fallback=False)
+    trust = Trust.from_secrets([Secret(KEY)])
+    cache.store.write("a.pkl", _stored(encode("anywhere", trust=trust)[1]))
+    assert cache.get("a.pkl") is None and cache.verify("a.pkl").status == "foreign"
+    cache.store.write("b.pkl", _stored(encode("unsigned, older than keys", key=None)[1]))
+    assert Cache(str(folder), fallback=False).get("b.pkl") == "unsigned, older than keys"
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_path_level_and_cache_level_reach_the_same_entries(signed: bool, cache_url: str, backend_env: None,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path is keyed as the user's cache keys it: from CACHE_DIR when it lies under it, else
+    from its own folder, for S3 as for folders. So ``jangdok.load(path)`` and
+    ``Cache(root).get(key)`` find each other's entries, and a copy under another key neither."""
+    import jangdok
+
+    if signed:
+        monkeypatch.setenv("JANGDOK_SIGNING_KEY", KEY)
+    cache = Cache(cache_url)
+    cache.put("top.pkl", [1])  # directly in a folder: keyed from that folder, whatever CACHE_DIR is
+    assert jangdok.load(jangdok.join(cache_url, "top.pkl")) == [1]
+    monkeypatch.setenv("CACHE_DIR", cache_url)
+    monkeypatch.setattr(jangdok.paths, "_caches", {})  # as a new process would see it
+    monkeypatch.setattr(jangdok.paths, "_settings", None)
+    cache.put("chapters/x.pkl", [2])
+    path = jangdok.join(cache_url, "chapters", "x.pkl")
+    assert jangdok.load(path) == [2] and jangdok.stat(path).key == "chapters/x.pkl"
+    jangdok.save(path, [3])
+    assert cache.get("chapters/x.pkl") == [3]
+    assert jangdok.paths.cache_for(path)[0] is jangdok.paths.cache_for(jangdok.join(cache_url, "top.pkl"))[0]
+    with cache.store.read("chapters/x.pkl") as reader:  # replayed one folder up, at path level
+        cache.store.write("x.pkl", reader.read())
+    assert jangdok.load(jangdok.join(cache_url, "x.pkl"), "miss") == "miss"

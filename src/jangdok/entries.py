@@ -180,7 +180,10 @@ class Entries:
         """The value and its :class:`EntryInfo`, or ``None`` on a miss (see ``Cache.get_entry``)."""
         path = self.store.path(key)
         started = time.perf_counter()
-        mapping = self.settings.mmap and self.store.capabilities.mapping
+        # With signing keys, what is verified must be what is unpickled: a map, even a private
+        # one, shows later writes to the file in every page not yet copied, so bytes could change
+        # between the check and the load. Signed loads are read into this process's own memory.
+        mapping = self.settings.mmap and self.store.capabilities.mapping and not self.trust.signing
 
         def read_once() -> tuple[entry.Decoded, ObjectInfo, int, str] | None:
             if mapping:
@@ -314,7 +317,7 @@ class Entries:
                     return None
                 data, found = head  # all from the second read, so from one version of the object
             try:
-                header = entry.read_header(io.BytesIO(data))
+                header = entry.read_header(io.BytesIO(data), found.size)
                 if isinstance(header, entry.EntryHeader):
                     entry.check_size(header, found.size)
                     entry.check_key(header, key)

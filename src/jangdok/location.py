@@ -315,20 +315,28 @@ def parse_location(text: str | os.PathLike[str]) -> Location:
     return Location("local", text)
 
 
-def split_path(path: str | os.PathLike[str]) -> tuple[Location, str]:
-    """Split a full entry path into the location that holds it and its key (normalised).
+def split_path(path: str | os.PathLike[str], root: Location | None = None) -> tuple[Location, str]:
+    """Split a full entry path into the root of the cache that holds it and its key there.
 
-    ``s3://b/cache/x.pkl`` -> (``s3://b/``, ``cache/x.pkl``): S3 entries are keyed from the
-    bucket root, so one client serves every path in a bucket. ``cache/x.pkl`` ->
-    (``cache``, ``x.pkl``). The key is returned by :func:`normalize_key`; the local folder
-    is kept as given.
+    An entry records its key relative to the cache root it was written through, and is read
+    back only under exactly that key; so a path is keyed as the user's cache keys it: from
+    ``root`` (the configured cache, ``CACHE_DIR``) when the path lies under it, else from the
+    path's own folder, for S3 as for local folders. ``s3://b/cache/x.pkl`` -> (``s3://b/cache/``,
+    ``x.pkl``); under ``root`` ``s3://b/``, (``s3://b/``, ``cache/x.pkl``). ``cache/x.pkl`` ->
+    (``cache``, ``x.pkl``). The key is returned by :func:`normalize_key`; a local folder is kept
+    as given (``root``'s own, when it holds the path).
     """
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if is_s3_path(path):
-        bucket, _, key = path[5:].partition("/")
-        location = parse_location(f"s3://{bucket}/")
-        key = normalize_key(key)
+        bucket, _, object_key = path[5:].partition("/")
+        parse_location(f"s3://{bucket}/")  # the bucket name's own error first
+        object_key = normalize_key(object_key)
+        if root is not None and root.is_s3 and root.root == bucket and object_key.startswith(root.prefix):
+            location, key = root, object_key[len(root.prefix):]
+        else:
+            folder, _, key = object_key.rpartition("/")
+            location = parse_location(f"s3://{bucket}/{folder}")
         location.object_key(key)
         return location, key
     if not isinstance(path, str) or not path:
@@ -340,8 +348,23 @@ def split_path(path: str | os.PathLike[str]) -> tuple[Location, str]:
     folder, name = os.path.split(local)
     if not name:
         raise InvalidKey(f"cache path {path!r} names a folder, not an entry")
-    location = parse_location(folder or ".")
-    return location, normalize_key(name)
+    if root is not None and not root.is_s3:
+        relative = _relative_to(local, root.root)
+        if relative is not None:
+            return root, normalize_key(relative)
+    return parse_location(folder or "."), normalize_key(name)
+
+
+def _relative_to(path: str, folder: str) -> str | None:
+    """``path``'s name relative to ``folder`` with ``/`` separators, if it lies under it."""
+    whole, base = os.path.abspath(path), os.path.abspath(folder)
+    try:
+        if os.path.commonpath([os.path.normcase(whole), os.path.normcase(base)]) != os.path.normcase(base):
+            return None
+    except ValueError:  # Windows: another drive
+        return None
+    relative = os.path.relpath(whole, base)
+    return None if relative == os.curdir else relative.replace(os.sep, "/")
 
 
 def join(root: str | os.PathLike[str], *parts: str) -> str:

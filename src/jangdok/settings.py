@@ -364,7 +364,9 @@ class Settings:
     """Load local entries by mapping their files instead of reading them: several times faster
     for large arrays, which then share pages with the file (copy-on-write). Opt-in, because a
     program that truncates the file in place (not jangdok, which replaces files) makes later
-    access to those arrays crash the process with SIGBUS."""
+    access to those arrays crash the process with SIGBUS. With signing keys entries are read,
+    never mapped: a map shows later writes to the file, so the bytes unpickled could differ
+    from the bytes whose signature was checked."""
     compression: str = "none"
     """``zstd`` compresses entries as they are written (numeric arrays byte-shuffled first),
     skipping a buffer when a sample of it shrinks by less than 10%; ``none`` stores them as is.

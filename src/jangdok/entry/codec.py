@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import ConfigError, CorruptEntry, UnsupportedEntry
+from .limits import shown
 
 __all__ = ["Compression", "compress", "check_frame", "decompress_into", "CODECS", "MIN_SIZE"]
 
@@ -80,23 +81,23 @@ class Compression:
         and :class:`~jangdok.errors.CorruptEntry` for anything malformed.
         """
         if not isinstance(obj, dict):
-            raise CorruptEntry(f"compression description must be a JSON object, got {_show(obj)}")
+            raise CorruptEntry(f"compression description must be a JSON object, got {shown(obj)}")
         codec = obj.get("codec")
         if not isinstance(codec, str):
-            raise CorruptEntry(f"compression description has no valid codec name: {_show(obj)}")
+            raise CorruptEntry(f"compression description has no valid codec name: {shown(obj)}")
         # Checked before the other fields: another codec may well have other fields.
         if codec not in CODECS:
-            raise UnsupportedEntry(f"buffer is compressed with {codec!r}, which this version of jangdok "
+            raise UnsupportedEntry(f"buffer is compressed with {shown(codec)}, which this version of jangdok "
                                    f"cannot read (known: {', '.join(CODECS)}); a newer version may")
         unknown = sorted(str(k) for k in obj if k not in _JSON_FIELDS)
         if unknown:
             raise UnsupportedEntry(f"compression description has fields this version of jangdok does not "
-                                   f"know: {', '.join(unknown)}; it was probably written by a newer version")
+                                   f"know: {shown(unknown)}; it was probably written by a newer version")
         shuffle, length = obj.get("shuffle"), obj.get("length")
         if not _is_int(length) or length < 0:
-            raise CorruptEntry(f"compression length must be a non-negative integer, got {_show(length)}")
+            raise CorruptEntry(f"compression length must be a non-negative integer, got {shown(length)}")
         if not _is_int(shuffle) or shuffle < 0 or shuffle == 1:
-            raise CorruptEntry(f"compression shuffle must be 0 or an element size >= 2, got {_show(shuffle)}")
+            raise CorruptEntry(f"compression shuffle must be 0 or an element size >= 2, got {shown(shuffle)}")
         if shuffle and length % shuffle:
             raise CorruptEntry(f"compression length {length} is not a multiple of its shuffle element "
                                f"size {shuffle}")
@@ -168,7 +169,7 @@ def decompress_into(data: memoryview, compression: Compression, target: memoryvi
     ``target`` is read-only.
     """
     if compression.codec not in CODECS:
-        raise UnsupportedEntry(f"buffer is compressed with {compression.codec!r}, which this version of "
+        raise UnsupportedEntry(f"buffer is compressed with {shown(compression.codec)}, which this version of "
                                f"jangdok cannot read (known: {', '.join(CODECS)})")
     zstd = _zstandard()
     if zstd is None:
@@ -326,10 +327,6 @@ def _numpy() -> Any:
     return numpy
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry
+from .limits import cut, json_problem
 
 __all__ = ["NAME", "dumps", "loads"]
 
@@ -54,6 +55,9 @@ class _Writer:
     def encode(self, value: Any, path: str) -> Any:
         kind = type(value)
         if value is None or kind in (bool, int, str):
+            problem = json_problem(value)
+            if problem is not None:
+                raise _refuse(path, value, f": {problem}")
             return value
         if kind is float:
             return value if math.isfinite(value) else {"$f": "nan" if math.isnan(value) else
@@ -67,6 +71,9 @@ class _Writer:
             for name, item in value.items():
                 if type(name) is not str:
                     raise _refuse(f"the key {name!r} of {path}", name, ": dict keys must be str")
+                problem = json_problem(name)
+                if problem is not None:
+                    raise _refuse(f"the key {name!r} of {path}", name, f": {problem}")
                 encoded[name] = self.encode(item, f"{path}[{name!r}]")
             return {"$d": encoded}
         if kind in (bytes, bytearray):
@@ -91,7 +98,7 @@ class _Writer:
         shape = list(array.shape)  # before ascontiguousarray, which makes 0-d arrays 1-d
         array = np.ascontiguousarray(array)
         # As bytes: buffers cannot export every dtype (datetime64), but any array views as uint8.
-        raw = memoryview(array.reshape(-1).view(np.uint8))
+        raw = array.reshape(-1).view(np.uint8).data
         tag: dict[str, Any] = {"$a": self.buffer(raw, array.dtype.itemsize),
                                "dtype": array.dtype.str, "shape": shape}
         if scalar:
@@ -106,14 +113,22 @@ def dumps(value: Any, key: str | None = None) -> tuple[bytes, list[tuple[memoryv
     where = f"value under key {key!r}" if key else "value"
     try:
         skeleton = writer.encode(value, where)
+        text = json.dumps(skeleton, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except RecursionError as exc:
         raise InvalidValue(f"{where} is nested too deeply to store; flatten it") from exc
-    text = json.dumps(skeleton, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     return text.encode("utf-8"), writer.buffers
 
 
+class Buffers(Protocol):
+    """The out-of-band buffers a skeleton refers to, by index (a list, or views made on demand)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> memoryview: ...
+
+
 class _Reader:
-    def __init__(self, buffers: list[memoryview]) -> None:
+    def __init__(self, buffers: Buffers) -> None:
         self.buffers = buffers
         self.used: set[int] = set()
         self.numpy: Any = None
@@ -166,7 +181,7 @@ def _of(value: Any, kind: type) -> Any:
     return value
 
 
-def loads(stream: memoryview | bytes, buffers: list[memoryview]) -> Any:
+def loads(stream: memoryview | bytes, buffers: Buffers) -> Any:
     """The value of a skeleton and its buffers; raises CorruptEntry for anything malformed, and
     UnsupportedEntry if it holds arrays and numpy is missing. Arrays are views of their buffers
     (no copy)."""
@@ -175,4 +190,4 @@ def loads(stream: memoryview | bytes, buffers: list[memoryview]) -> Any:
     except ImportError as exc:
         raise UnsupportedEntry(f"safe entry holds numpy arrays, and numpy cannot be imported here: {exc}") from exc
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
-        raise CorruptEntry(f"safe entry is malformed: {type(exc).__name__}: {exc}") from exc
+        raise CorruptEntry(f"safe entry is malformed: {type(exc).__name__}: {cut(str(exc))}") from exc

@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..perprocess import PerProcess
 from ..settings import Secret
 
 __all__ = ["Trust", "PieceDigests", "MAC_ALGORITHM", "MAC_LENGTH", "MAC_CHUNK", "MIN_MAC_CHUNK", "MAX_MAC_CHUNK",
@@ -41,9 +40,10 @@ MIN_MAC_CHUNK = 1 << 20
 make a reader spend minutes and gigabytes (one digest and one task per piece) before the MAC
 check refuses it."""
 MAX_MAC_CHUNK = 1 << 30
-# Threads that hash payload pieces; made anew in a forked child, whose threads did not survive.
-_HASHERS = PerProcess(lambda: ThreadPoolExecutor(max(1, min(4, (os.cpu_count() or 1))),
-                                                 thread_name_prefix="jangdok-mac"))
+# Threads hashing one payload's pieces: they live only while that payload is hashed, so a
+# process forked later never copies them (a fork of a process with threads may deadlock, and
+# Python 3.12+ warns about it).
+_HASHING_THREADS = max(1, min(4, os.cpu_count() or 1))
 _ID_DOMAIN = b"jangdok signing key id\0"
 
 
@@ -99,13 +99,18 @@ def _sha256(pieces: list[memoryview]) -> bytes:
 
 class PieceDigests:
     """The SHA-256 of each ``chunk``-byte piece of a stream fed in any slices, hashed by
-    threads as the pieces complete. The slices must stay unchanged until :meth:`digests`."""
+    threads as the pieces complete. The slices must stay unchanged until :meth:`digests`.
+
+    The threads start with the first complete piece (a small payload never starts any) and
+    are stopped by :meth:`digests` or :meth:`close`, whichever comes first: call ``close``
+    when the digests will not be asked for (a read that failed half way)."""
 
     def __init__(self, chunk: int = MAC_CHUNK) -> None:
         self.chunk = chunk
         self._pending: list[memoryview] = []
         self._pending_bytes = 0
         self._done: list[Future[bytes] | bytes] = []
+        self._threads: ThreadPoolExecutor | None = None
 
     def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
@@ -121,7 +126,9 @@ class PieceDigests:
         pieces, self._pending, self._pending_bytes = self._pending, [], 0
         if threaded:
             try:
-                self._done.append(_HASHERS.get().submit(_sha256, pieces))
+                if self._threads is None:
+                    self._threads = ThreadPoolExecutor(_HASHING_THREADS, thread_name_prefix="jangdok-mac")
+                self._done.append(self._threads.submit(_sha256, pieces))
                 return
             except RuntimeError:  # the interpreter is shutting down (an atexit handler): no threads
                 pass
@@ -129,9 +136,18 @@ class PieceDigests:
 
     def digests(self) -> bytes:
         """The pieces' digests in order (the last piece may be short; no piece, no digest)."""
-        if self._pending:
-            self._flush(threaded=False)
-        return b"".join(done if isinstance(done, bytes) else done.result() for done in self._done)
+        try:
+            if self._pending:
+                self._flush(threaded=False)
+            return b"".join(done if isinstance(done, bytes) else done.result() for done in self._done)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the threads, and wait until they have: none may outlive the work."""
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=True, cancel_futures=True)
 
 
 def payload_mac(key: bytes, sealed: bytes, pieces: PieceDigests) -> bytes:

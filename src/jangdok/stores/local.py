@@ -17,6 +17,10 @@ What the folder may hold besides entries, and how each operation treats it:
   is not an entry: ``read``/``stat`` miss, ``list`` skips it (a loop with a WARNING naming it),
   ``write`` replaces the link itself and ``delete`` removes it. Links to folders are not followed
   by ``list``.
+- A named pipe (FIFO), a device or a socket under an entry's name (or a link to one: anyone who
+  can write the folder can plant one) is not an entry: ``read``/``map`` miss at once, with a
+  WARNING naming the path, instead of blocking on the pipe or reading the device; ``stat`` and
+  ``list`` skip it; ``write`` replaces it.
 - Names starting with :data:`~jangdok.location.TEMP_MARKER` are writes (or deletes) in progress,
   or what a killed process left; they are never listed and ``cleanup`` removes the old ones. A
   process killed between an exchange and its unlink leaves the *replaced* entry under such a
@@ -28,7 +32,6 @@ No ``OSError`` leaves this module: failures become :mod:`jangdok.errors` types n
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import mmap
 import os
@@ -36,7 +39,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from stat import S_ISDIR, S_ISREG
+from stat import S_IFMT, S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import IO
 
 from ..errors import AccessDenied, InvalidKey, StoreUnavailable
@@ -55,6 +58,22 @@ _LINK_NAME: dict[str, bool] = {"follow_symlinks": False} if os.link in os.suppor
 
 # Python 3.13+ can map without keeping a duplicate descriptor open for each map's lifetime.
 _MAP_OPTIONS: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+
+# Entries are opened without blocking (a FIFO), without becoming a controlling terminal (a tty)
+# and without leaking into child processes; O_BINARY is Windows' "no newline translation".
+_NON_BLOCKING = getattr(os, "O_NONBLOCK", 0)
+_OPEN_FOR_READING = (os.O_RDONLY | _NON_BLOCKING | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_BINARY", 0))
+
+
+def _file_kind(mode: int) -> str:
+    if S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if S_ISCHR(mode) or S_ISBLK(mode):
+        return "a device"
+    if S_ISSOCK(mode):
+        return "a socket"
+    return f"file type {S_IFMT(mode):o}"
 
 
 def _iov_max() -> int:
@@ -202,7 +221,7 @@ def _is_missing(exc: OSError) -> bool:
 class _FileReader(Reader):
     """A file limited to ``[start, stop)``, so local and S3 range reads behave the same."""
 
-    def __init__(self, key: str, file: io.BufferedReader, start: int, stop: int | None,
+    def __init__(self, key: str, file: IO[bytes], start: int, stop: int | None,
                  error: Callable[[OSError], Exception]) -> None:
         super().__init__()
         self._file = file
@@ -259,16 +278,41 @@ class LocalStore(Store):
         return os.path.join(folder, f"{TEMP_MARKER}{secrets.token_hex(8)}")
 
     def _open_entry(self, path: str, buffering: int = -1) -> IO[bytes] | None:
-        """The entry's file opened for reading, or ``None`` where there is no entry (missing, a
-        folder, a dangling link or a link loop)."""
+        """The entry's file opened for reading, or ``None`` where there is no entry: missing, a
+        folder, a dangling link or a link loop, or anything but a regular file.
+
+        Anyone who can write the folder can plant a FIFO, a device or a socket under an entry's
+        name. Opening is non-blocking (a FIFO without a writer would block ``open`` forever,
+        and a read of it until one appears), and what was opened is judged by ``fstat`` of the
+        descriptor itself, so nothing can be swapped in between."""
         try:
-            return open(path, "rb", buffering=buffering)
-        except IsADirectoryError:
+            fd = os.open(path, _OPEN_FOR_READING)
+        except IsADirectoryError:  # Windows, which cannot open folders
             return None
         except OSError as exc:
             if _is_missing(exc):
                 return None
+            if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
+                self._not_a_file(path, "a socket or an absent device")
+                return None
             raise self._os_error(exc, "loading", path) from exc
+        try:
+            mode = os.fstat(fd).st_mode
+            if not S_ISREG(mode):
+                if not S_ISDIR(mode):  # a folder is not an entry either, but nothing odd
+                    self._not_a_file(path, _file_kind(mode))
+                os.close(fd)
+                return None
+            if _NON_BLOCKING:
+                os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb", buffering=buffering)
+        except OSError as exc:
+            os.close(fd)
+            raise self._os_error(exc, "loading", path) from exc
+
+    def _not_a_file(self, path: str, kind: str) -> None:
+        log.warning("Cache entry %s is not a regular file (%s): not an entry, treated as a miss; remove it",
+                    path, kind, extra={"jangdok_event": "not_a_file", "jangdok_path": path})
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
         check_range(start, stop)

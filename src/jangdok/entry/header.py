@@ -1,0 +1,495 @@
+"""The entry header: what an entry says about itself, how it is sealed, parsed and checked.
+
+Format version 2, written by this version::
+
+    magic        8 bytes   b"\\x89JDK\\r\\n\\x1a\\n"
+    version      u16 BE    2
+    header_len   u32 BE    length of the JSON header that follows
+    header       JSON      serializer, checksum, digest, payload_length, stream_length, buffers,
+                           compressed, mac_length, created_at, metadata, key, expires_at;
+                           signed entries add mac ("hmac-sha256"), mac_chunk and key_id
+    header_hash  u32 BE    xxh32 of everything before it (magic to JSON header)
+    mac          mac_length bytes: HMAC-SHA256, with the key named by key_id, of the bytes from
+                 the magic to the end of the JSON header followed by the SHA-256 of each
+                 mac_chunk bytes of the payload (0 bytes when unsigned; see jangdok.entry.signing)
+    padding      zeros up to a multiple of 64 bytes from the start of the entry
+    payload      the pickle-5 stream (stream_length bytes), then each out-of-band buffer at a
+                 64-byte aligned offset; ``buffers`` lists their stored lengths in order, and
+                 ``compressed`` says how each compressed one was stored
+
+Format version 1, still read: the same prefix, a JSON header (serializer, compression,
+payload_length, checksum, digest, created_at, metadata, key), its hash, and a plain pickle.
+
+The magic starts with a non-ASCII byte and contains CR LF, so text-mode mangling is caught,
+and it cannot start a pickle (protocol 2+ pickles start with ``\\x80``, older ones with ASCII).
+Anything without the magic is read as the seed's plain pickle. Readers ignore header fields
+they do not know. The payload and its verified decoding are :mod:`jangdok.entry.format`'s.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import struct
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import xxhash
+
+from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry
+from . import safe
+from .limits import cut, json_problem, shown
+from .signing import MAC_ALGORITHM, MAC_CHUNK, MAX_MAC_CHUNK, MIN_MAC_CHUNK
+
+__all__ = ["EntryHeader", "ForeignEntry", "ExpiredEntry", "read_header", "header_size", "check_key",
+           "check_size", "keys_match", "FORMAT_VERSION", "MAGIC", "MAX_METADATA_BYTES", "HEADER_PROBE_BYTES",
+           "ALIGNMENT"]
+
+MAGIC = b"\x89JDK\r\n\x1a\n"
+FORMAT_VERSION = 2
+PREFIX = struct.Struct(">8sHI")
+HEADER_HASH = struct.Struct(">I")
+MAX_METADATA_BYTES = 1 << 20
+"""Metadata is for parameters and provenance; large data belongs in the value."""
+# A header holds metadata and one small number per out-of-band buffer; a length beyond this
+# is damage, not a header.
+_MAX_HEADER_BYTES = 16 << 20
+_MAX_MAC_BYTES = 64
+HEADER_PROBE_BYTES = 64 * 1024
+"""How much to fetch to read a header in one request; enough for any normal metadata."""
+ALIGNMENT = 64
+"""Payload and buffers start at multiples of this, so arrays on a memory map are aligned."""
+CHECKSUM = "xxh3_128"
+SERIALIZERS = ("pickle", safe.NAME)
+ZEROS = bytes(ALIGNMENT)
+# Reads go in pieces that stay in the CPU cache while they are hashed.
+_READ_CHUNK = 1 << 20
+# Versions are small integers; a value beyond this is a damaged field, not a future format.
+_MAX_PLAUSIBLE_VERSION = 255
+
+
+class Stream(Protocol):
+    """What an entry is read from: a store's reader, a file, a BytesIO."""
+
+    def read(self, size: int = -1, /) -> bytes | None: ...
+
+    def readinto(self, buffer: Any, /) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class StoredBuffer:
+    """Where one out-of-band buffer lies in the payload, and how it was stored."""
+
+    offset: int
+    stored_length: int
+    compression: Any = None
+    """A :class:`jangdok.entry.codec.Compression`, or ``None`` for bytes stored as they are."""
+
+
+@dataclass(frozen=True)
+class EntryHeader:
+    version: int
+    serializer: str
+    compression: str
+    """``none``, or the codec of any compressed buffer (``zstd``)."""
+    payload_length: int
+    checksum: str
+    digest: str
+    created_at: float
+    metadata: dict[str, Any] | None
+    header_size: int
+    """Bytes before the payload."""
+    key: str | None = None
+    """The key the entry was written under; ``None`` for entries older than this field."""
+    expires_at: float | None = None
+    """When the entry stops being a hit (seconds since the epoch); ``None``: never."""
+    stream_length: int | None = None
+    """Bytes of the pickle stream at the start of the payload; ``None`` in format 1, whose
+    payload is all stream."""
+    stored_lengths: Sequence[Any] = field(default=(), repr=False)
+    """The ``buffers`` field as read: each buffer's stored length, checked only as far as a
+    :class:`BufferTable` is asked (after the payload is verified)."""
+    compressed: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """The ``compressed`` field as read: how each compressed buffer was stored, by index."""
+    mac: bytes = field(default=b"", repr=False)
+    key_id: str | None = None
+    """The id of the signing key that made ``mac``; ``None`` for an unsigned entry."""
+    mac_algorithm: str | None = None
+    mac_chunk: int = MAC_CHUNK
+    sealed: bytes = field(default=b"", repr=False)
+    """The header's bytes from the magic to the end of its JSON, which the MAC covers."""
+
+    @property
+    def entry_size(self) -> int:
+        return self.header_size + self.payload_length
+
+    @functools.cached_property
+    def buffers(self) -> tuple[StoredBuffer, ...]:
+        """Every out-of-band buffer, checked to lie in order within the payload and to fill it;
+        raises CorruptEntry or UnsupportedEntry. Loading uses a :class:`BufferTable` instead,
+        which builds only what the stream asks for."""
+        table = BufferTable(self)
+        buffers = tuple(table[index] for index in range(len(table)))
+        end = buffers[-1].offset + buffers[-1].stored_length if buffers else (self.stream_length or 0)
+        if self.version >= 2 and end != self.payload_length:
+            raise CorruptEntry(f"entry header is unreadable: its buffers end at byte {end} of a "
+                               f"{self.payload_length}-byte payload")
+        return buffers
+
+
+class BufferTable:
+    """Where each out-of-band buffer lies in the payload, worked out only as far as asked.
+
+    A header may declare millions of buffers in a few megabytes of JSON. Building them all as
+    the header is read cost a reader seconds and a gigabyte per forged header, before its
+    signature was even looked at; so a header is read with O(1) checks, and its table is built
+    after the payload is verified, and then only as far as the stream refers to it (each
+    buffer costs the stream at least a byte, so the work is bounded by the entry's size).
+    """
+
+    def __init__(self, header: EntryHeader) -> None:
+        self._lengths = header.stored_lengths
+        self._compressed = header.compressed
+        self._payload_length = header.payload_length
+        self._offsets: list[int] = []
+        self._end = header.stream_length or 0
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def __getitem__(self, index: int) -> StoredBuffer:
+        """Buffer ``index`` (0 <= index < len); raises CorruptEntry if the table puts it outside
+        the payload, UnsupportedEntry for a compression this version cannot read."""
+        if not 0 <= index < len(self._lengths):
+            raise IndexError(f"buffer {index} of {len(self._lengths)}")
+        while len(self._offsets) <= index:
+            at = len(self._offsets)
+            length = self._lengths[at]
+            if not _is_count(length):
+                raise CorruptEntry(f"entry header is unreadable: buffer {at}'s length {shown(length)} is not a "
+                                   "byte count")
+            offset = align(self._end)
+            if offset + length > self._payload_length:
+                raise CorruptEntry(f"entry header is unreadable: buffer {at} ends at byte {offset + length} of a "
+                                   f"{self._payload_length}-byte payload")
+            self._offsets.append(offset)
+            self._end = offset + length
+        how = self._compressed.get(str(index))
+        if how is not None:
+            from .codec import Compression
+
+            how = Compression.from_json(how)
+        return StoredBuffer(self._offsets[index], self._lengths[index], how)
+
+
+class ForeignEntry(Exception):
+    """An intact entry written for another key: a response that crossed over from another
+    request, or a file renamed by hand. Never a value to return, never damage to delete."""
+
+
+class ExpiredEntry(Exception):
+    """An intact entry past its expiry time: a miss, left for prune (or the next put) to replace."""
+
+
+def keys_match(recorded: str, key: str) -> bool:
+    """Whether an entry recorded under ``recorded`` belongs at ``key``: exactly the same key.
+
+    Keys are relative to the cache root an entry was written through, so a cache copied whole
+    to another prefix, or from S3 to a folder, stays valid. Matching trailing segments instead
+    (as earlier versions did) let anyone who can write the cache replay ``a/b/cfg.pkl``'s
+    signed entry as ``b/cfg.pkl``.
+    """
+    return recorded == key
+
+
+def align(position: int) -> int:
+    return -(-position // ALIGNMENT) * ALIGNMENT
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    """What numpy users put in metadata: numpy scalars become numbers, times ISO strings."""
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) == ():  # a numpy scalar or 0-d array
+        return item()
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+def _to_json(fields: Mapping[str, Any]) -> bytes:
+    return json.dumps(fields, ensure_ascii=False, sort_keys=True, allow_nan=False, separators=(",", ":"),
+                      default=_json_default).encode("utf-8")
+
+
+def metadata_json(metadata: Mapping[str, Any] | None, key: str | None) -> Any:
+    """Metadata as every reader will see it (JSON types), checked for type and size; raises
+    InvalidValue naming where in the metadata anything no reader could parse is."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise InvalidValue(f"metadata must be a mapping such as a dict, got {type(metadata).__name__}")
+    where = f" for key {key!r}" if key else ""
+    try:
+        _check_readable(metadata, "metadata", where)
+        text = _to_json(dict(metadata))
+    except InvalidValue:
+        raise
+    except RecursionError as exc:
+        raise InvalidValue(f"entry metadata{where} is nested too deeply; flatten it") from exc
+    except (TypeError, ValueError) as exc:
+        raise InvalidValue(
+            f"entry metadata{where} must be JSON-serializable (str, int, float, bool, None, lists, dicts, "
+            f"numpy scalars, datetimes): {exc}"
+        ) from exc
+    if len(text) > MAX_METADATA_BYTES:
+        raise InvalidValue(f"entry metadata{where} is {len(text)} bytes as JSON; the limit is "
+                           f"{MAX_METADATA_BYTES}: store large data in the value, not in its metadata")
+    return json.loads(text)
+
+
+def _check_readable(value: Any, path: str, where: str) -> None:
+    """Refuse text and integers no reader could parse back (:func:`~jangdok.entry.limits.json_problem`)."""
+    problem = json_problem(value)
+    if problem is not None:
+        raise InvalidValue(f"entry metadata{where} cannot hold {path}: {problem}")
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            problem = json_problem(name)
+            if problem is not None:
+                raise InvalidValue(f"entry metadata{where} cannot hold the key {name!r} of {path}: {problem}")
+            _check_readable(item, f"{path}[{name!r}]", where)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_readable(item, f"{path}[{index}]", where)
+
+
+def seal(fields: Mapping[str, Any]) -> bytes:
+    """The header's bytes from the magic to the end of its JSON: what the MAC covers."""
+    header_json = _to_json(fields)
+    return PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json)) + header_json
+
+
+def lead(sealed: bytes, mac: bytes) -> bytes:
+    """Everything before the payload: the sealed header, its hash, the MAC and the padding."""
+    done = sealed + HEADER_HASH.pack(xxhash.xxh32_intdigest(sealed)) + mac
+    return done + ZEROS[: align(len(done)) - len(done)]
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def read_into(reader: Stream, target: memoryview, progress: Any = None, digest: Any = None) -> None:
+    """Fill ``target`` (feeding ``digest`` as it goes, while each piece is still in the CPU
+    cache, and calling ``progress(done, size)``) or raise CorruptEntry: the store guarantees a
+    short read is real."""
+    size = target.nbytes
+    done = 0
+    while done < size:
+        piece = target[done : done + min(_READ_CHUNK, size - done)]
+        count = reader.readinto(piece)
+        if not count:
+            raise CorruptEntry(f"entry is truncated: expected {size} bytes, found {done}")
+        if digest is not None:
+            digest.update(piece[:count])
+        done += count
+        if progress is not None:
+            progress(done, size)
+
+
+def _read_exactly(reader: Stream, size: int) -> bytearray:
+    buffer = bytearray(size)
+    read_into(reader, memoryview(buffer))
+    return buffer
+
+
+def header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: bytes,
+                sealed: bytes = b"") -> EntryHeader:
+    """Build a header from its JSON fields, with checks that cost nothing however much the
+    fields declare (the buffer table is checked as it is used: :class:`BufferTable`). Raises
+    KeyError, TypeError or ValueError if they do not describe a well-formed entry (the
+    caller calls that damage)."""
+    payload_length = _count(fields["payload_length"], "payload_length")
+    stream_length = None
+    lengths: Sequence[Any] = ()
+    compressed: Mapping[str, Any] = {}
+    if version >= 2:
+        stream_length = _count(fields["stream_length"], "stream_length")
+        lengths = _of(fields["buffers"], list, "buffers")
+        compressed = _of(fields.get("compressed") or {}, dict, "compressed")
+        if stream_length > payload_length:
+            raise ValueError(f"its stream of {stream_length} bytes exceeds its {payload_length}-byte payload")
+        # The stream refers to every buffer (a byte at least), and describes each one once.
+        if len(lengths) > stream_length or len(compressed) > len(lengths):
+            raise ValueError(f"it declares {len(lengths)} buffers ({len(compressed)} compressed) for a "
+                             f"{stream_length}-byte stream")
+        first = next(iter(compressed.values()), None)
+        compression = "none" if first is None else _of(_of(first, dict, "a compression").get("codec"), str, "codec")
+    else:
+        compression = _of(fields["compression"], str, "compression")
+    metadata = fields.get("metadata")
+    key = fields.get("key")
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"key {shown(key)} is not a string")
+    key_id = fields.get("key_id") if mac else None
+    mac_chunk = fields.get("mac_chunk", MAC_CHUNK) if mac else MAC_CHUNK
+    if mac and not isinstance(key_id, str):
+        raise TypeError(f"its signature names the key id {shown(key_id)}")
+    if not MIN_MAC_CHUNK <= _count(mac_chunk, "mac_chunk") <= MAX_MAC_CHUNK:
+        raise ValueError(f"mac_chunk {shown(mac_chunk)} is out of range")
+    return EntryHeader(
+        version=version,
+        serializer=_of(fields["serializer"], str, "serializer"),
+        compression=compression,
+        payload_length=payload_length,
+        checksum=_of(fields["checksum"], str, "checksum"),
+        digest=_of(fields["digest"], str, "digest"),
+        created_at=_seconds(fields["created_at"], "created_at"),
+        metadata=_of(metadata, dict, "metadata") if metadata is not None else None,
+        header_size=header_size,
+        key=key,
+        expires_at=None if fields.get("expires_at") is None else _seconds(fields["expires_at"], "expires_at"),
+        stream_length=stream_length,
+        stored_lengths=lengths,
+        compressed=compressed,
+        mac=mac,
+        key_id=key_id,
+        mac_algorithm=_of(fields.get("mac"), str, "mac") if mac else None,
+        mac_chunk=mac_chunk,
+        sealed=sealed,
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _count(value: Any, name: str) -> int:
+    """A byte count from a header: a non-negative JSON integer, nothing else."""
+    if not _is_count(value):
+        raise ValueError(f"{name} {shown(value)} is not a byte count")
+    return value
+
+
+def _seconds(value: Any, name: str) -> float:
+    """A time from a header: a JSON number (seconds since the epoch)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} {shown(value)} is not a number")
+    return float(value)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")  # writers never write NaN or Infinity
+
+
+def _of(value: Any, kind: type, name: str) -> Any:
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} {shown(value)} is a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+
+def header_size(start: bytes) -> int | None:
+    """Bytes enough to parse a header, from an entry's first bytes; ``None`` if they hold no
+    complete prefix or no magic. Lets a reader fetch the header and little more."""
+    if len(start) < PREFIX.size or not start.startswith(MAGIC):
+        return None
+    _, _, header_len = PREFIX.unpack_from(start)
+    return PREFIX.size + min(header_len, _MAX_HEADER_BYTES) + HEADER_HASH.size + _MAX_MAC_BYTES + ALIGNMENT
+
+
+def read_header(reader: Stream, size: int | None = None) -> EntryHeader | bytes:
+    """Parse a header from the start of a stream, leaving the stream at the payload.
+
+    ``size``, the whole entry's (when known), bounds what the header may declare before any of
+    it is read. Returns the header, or the bytes already consumed if the stream holds no magic
+    (a legacy plain pickle), so the caller can go on reading it. Raises CorruptEntry or
+    UnsupportedEntry.
+    """
+    start = bytearray()
+    while len(start) < PREFIX.size:
+        chunk = reader.read(PREFIX.size - len(start))
+        if not chunk:
+            break
+        start += chunk
+        if not MAGIC.startswith(bytes(start[: len(MAGIC)])):
+            return bytes(start)
+    if len(start) < PREFIX.size:
+        if MAGIC.startswith(bytes(start)) and start:
+            raise CorruptEntry(f"entry is truncated inside its header ({len(start)} bytes)")
+        return bytes(start)
+    _, version, header_len = PREFIX.unpack(start)
+    room = _MAX_HEADER_BYTES if size is None else min(_MAX_HEADER_BYTES, size - PREFIX.size - HEADER_HASH.size)
+    if version < 1 or version > _MAX_PLAUSIBLE_VERSION or header_len > room:
+        raise CorruptEntry(f"entry header is damaged (version {version}, header length {header_len}"
+                           + (f", in an entry of {size} bytes)" if size is not None else ")"))
+    if version > FORMAT_VERSION:
+        raise UnsupportedEntry(
+            f"entry uses format version {version}; this jangdok reads up to {FORMAT_VERSION}: upgrade jangdok"
+        )
+    rest = _read_exactly(reader, header_len + HEADER_HASH.size)
+    header_json = bytes(rest[:header_len])
+    (expected,) = HEADER_HASH.unpack_from(rest, header_len)
+    if xxhash.xxh32_intdigest(bytes(start) + header_json) != expected:
+        raise CorruptEntry("entry header checksum mismatch")
+    parsed = PREFIX.size + header_len + HEADER_HASH.size
+    try:
+        fields = _of(json.loads(header_json, parse_constant=_no_constant), dict, "the header")
+        mac_length = _count(fields.get("mac_length", 0), "mac_length") if version >= 2 else 0
+        if mac_length > _MAX_MAC_BYTES:
+            raise ValueError(f"mac_length {mac_length} is out of range")
+        lead_size = align(parsed + mac_length) if version >= 2 else parsed
+        mac = bytes(_read_exactly(reader, lead_size - parsed)[:mac_length]) if lead_size > parsed else b""
+        header = header_from(version, fields, lead_size, mac, bytes(start) + header_json)
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        raise CorruptEntry(f"entry header is unreadable: {cut(str(exc))}") from exc
+    unknown = [
+        f"{name} {shown(value)}"
+        for name, value, known in (
+            ("serializer", header.serializer, set(SERIALIZERS) if header.version >= 2 else {"pickle"}),
+            # Format 1 never compressed; a v1 header that says so is not one this code wrote.
+            ("compression", header.compression, {"none", "zstd"} if header.version >= 2 else {"none"}),
+            ("checksum", header.checksum, {CHECKSUM}),
+            ("signature", header.mac_algorithm, {None, MAC_ALGORITHM}),
+        )
+        if value not in known
+    ]
+    if unknown:
+        raise UnsupportedEntry(f"entry uses {', '.join(unknown)}, unknown to this jangdok: upgrade jangdok")
+    return header
+
+
+# -- checks before the payload is read ---------------------------------------------------------
+
+
+def check_key(header: EntryHeader, key: str | None) -> None:
+    """Raise ForeignEntry if the header names another key than the one being read, or is signed
+    without naming one (older unsigned entries, from before keys were recorded, name none)."""
+    if key is None:
+        return
+    if header.key is None and header.mac:
+        raise ForeignEntry(f"the entry read for key {key!r} is signed but names no key, so it could be anyone's")
+    if header.key is not None and not keys_match(header.key, key):
+        raise ForeignEntry(f"the entry read for key {key!r} was written for key {shown(header.key, 300)}")
+
+
+def check_usable(header: EntryHeader, key: str | None, now: float | None = None) -> None:
+    """Before any payload is read: the entry is this key's, and has not expired at ``now``
+    (default: the current time)."""
+    check_key(header, key)
+    if header.expires_at is not None and header.expires_at <= (time.time() if now is None else now):
+        raise ExpiredEntry(f"the entry expired at {header.expires_at:.0f} (seconds since the epoch)")
+
+
+def check_size(header: EntryHeader, size: int) -> None:
+    """Raise CorruptEntry unless the stored entry is exactly as long as its header declares."""
+    if size != header.entry_size:
+        raise CorruptEntry(
+            f"entry is {size} bytes but its header declares {header.entry_size} "
+            f"({header.header_size} header + {header.payload_length} payload)"
+        )

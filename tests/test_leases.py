@@ -243,3 +243,18 @@ def test_a_dead_owners_lease_of_a_long_key_is_a_leftover_that_cleanup_removes(
         assert time.monotonic() < deadline, "the dead owner's lease was never removed"
         time.sleep(0.5)
     assert removed == 1 and _reserved(cache) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_planted_at_a_lock_file_never_hangs_a_computation(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone who can write the folder can put a FIFO where a lock file goes: the lock cannot
+    be taken then, so the value is computed without coordinating, with a WARNING."""
+    with Cache.from_settings(Settings(cache_dir=str(tmp_path / "cache"), fallback=False)) as cache:
+        locks = tmp_path / "cache" / RESERVED_FOLDER / "locks"
+        locks.mkdir(parents=True)
+        os.mkfifo(locks / "k.pkl.lock")
+        with caplog.at_level("WARNING", logger="jangdok"):
+            assert cache.get_or_compute("k.pkl", lambda: "computed") == "computed"
+        assert "not a regular file" in caplog.text and "without coordinating" in caplog.text
+        assert cache.get("k.pkl") == "computed"

@@ -9,10 +9,14 @@ checks that the file it locked is still the one under the name, and tries again 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 
 __all__ = ["FileLock"]
+
+_NO_TTY = getattr(os, "O_NOCTTY", 0)
 
 
 class FileLock:
@@ -26,12 +30,13 @@ class FileLock:
 
     def acquire(self, blocking: bool = True) -> bool:
         """Take the lock; without ``blocking``, ``False`` at once if another holder has it.
-        Raises ``OSError`` if the folder cannot hold a lock file."""
+        Raises ``OSError`` if the folder cannot hold a lock file, or if something else than a
+        regular file has its name (a FIFO planted there would block whoever reads it)."""
         if self._fd is not None:
             raise RuntimeError(f"lock {self.path} is already held by this object")
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | _NO_TTY, 0o644)
             except FileNotFoundError:  # no folder yet, or a releasing holder just removed it
                 try:
                     os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -39,6 +44,8 @@ class FileLock:
                     pass
                 continue
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file", self.path)
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
                 os.close(fd)

@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -188,8 +189,8 @@ class FileLease(Lease):
         try:
             acquired = self._lock.acquire(blocking=False)
         except OSError as exc:
-            if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
-                self.reason = f"the cache folder cannot be written ({exc.strerror or exc})"
+            if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EINVAL):
+                self.reason = f"the lock file {self.path} cannot be used ({exc.strerror or exc})"
                 return Claim.UNCOORDINATED
             raise StoreUnavailable(f"Local error locking {self.path}: {exc.strerror or exc}; check the "
                                    "disk and the cache folder") from exc
@@ -205,11 +206,20 @@ class FileLease(Lease):
         return Claim.OWNER
 
     def _fields(self) -> dict[str, Any]:
+        """What the lock file says (its holder, an unsaved mark); opened non-blocking and read
+        only if it is a regular file: a FIFO swapped in would otherwise block this read."""
         try:
-            with open(self.path, "rb") as file:
-                fields = json.loads(file.read(_MAX_LEASE_BYTES))
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return {}
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return {}
+            fields = json.loads(os.read(fd, _MAX_LEASE_BYTES))
         except (OSError, ValueError):
             return {}
+        finally:
+            os.close(fd)
         return fields if isinstance(fields, dict) else {}
 
     def _write(self, fields: dict[str, Any]) -> None:

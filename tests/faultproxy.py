@@ -144,12 +144,12 @@ class FaultProxy:
                 headers = "".join(f"{name}: {value}\r\n" for name, value in sent_headers.items())
                 body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault[2]}</Code>{extra}'
                         "</Error>").encode()
+                self._fire(f"status {fault[1]} {fault[2]}")  # before the client can read it and go on
                 client.sendall(
                     f"HTTP/1.1 {fault[1]} Injected\r\nContent-Type: application/xml\r\n{headers}"
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
                 )
                 client.close()
-                self._fire(f"status {fault[1]} {fault[2]}")
                 return
             upstream = socket.create_connection(self.upstream)
             with self._lock:

@@ -44,13 +44,6 @@ class Clock:
 
 
 @pytest.fixture
-def proxy(seaweed: SeaweedServer) -> Iterator[FaultProxy]:
-    running = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
-    yield running
-    running.close()
-
-
-@pytest.fixture
 def remote(seaweed: SeaweedServer, s3_url: str) -> Iterator[S3Store]:
     """Another machine's view of the bucket: S3 itself, no tier."""
     store = S3Store(parse_location(s3_url), s3_settings(seaweed, s3_url))

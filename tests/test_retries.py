@@ -20,13 +20,6 @@ BIG = np.random.default_rng(7).standard_normal(1_000_000).astype(np.float32)  # 
 
 
 @pytest.fixture
-def proxy(seaweed) -> Iterator[FaultProxy]:
-    running = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
-    yield running
-    running.close()
-
-
-@pytest.fixture
 def cache_via_proxy(seaweed, s3_url: str, proxy: FaultProxy) -> Iterator[Cache]:
     """A cache whose first request opens the first proxied connection (the opening listing is
     skipped), so the first fault queued meets the first request of the test."""

@@ -3,6 +3,7 @@ that hold secrets kept private, and secrets that never show in a repr."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -310,9 +311,10 @@ def test_no_log_record_of_a_whole_s3_session_at_debug_shows_a_credential(moto: S
         caplog.set_level(logging.DEBUG, logger=name)
     on_botocore = _Records()
     logging.getLogger("botocore").addHandler(on_botocore)
-    proxy = FaultProxy(int(moto.endpoint.rsplit(":", 1)[1]))
+    proxy, refusing = (FaultProxy(int(moto.endpoint.rsplit(":", 1)[1])) for _ in range(2))
     settings = s3_settings(moto, s3_url, identity=(ACCESS_KEY, SECRET), session_token=TOKEN,
                            endpoint_url=proxy.endpoint, max_attempts=1)
+    refusing_settings = dataclasses.replace(settings, endpoint_url=refusing.endpoint)
     try:
         with Cache.from_settings(settings) as cache:
             cache.put("a.pkl", list(range(100)))
@@ -322,13 +324,16 @@ def test_no_log_record_of_a_whole_s3_session_at_debug_shows_a_credential(moto: S
             assert cache.get_or_compute("b.pkl", lambda: "b") == "b"  # a lease: conditional writes, a delete
             assert cache.delete("a.pkl")
             assert len(cache.prune(older_than=0).removed) == 1
-        proxy.faults.append(_aws_signature_error())  # the next connection: a fresh cache's opening
-        with Cache.from_settings(settings) as refused, pytest.raises(CredentialsError):
+        # A proxy of its own, whose first connection is the fresh cache's opening (the first
+        # cache's pool may still reach the other proxy while it shuts down).
+        refusing.faults.append(_aws_signature_error())
+        with Cache.from_settings(refusing_settings) as refused, pytest.raises(CredentialsError):
             refused.get("a.pkl")
-        assert proxy.fired == ["status 403 SignatureDoesNotMatch"]
+        assert refusing.fired == ["status 403 SignatureDoesNotMatch"]
     finally:
         logging.getLogger("botocore").removeHandler(on_botocore)
         proxy.close()
+        refusing.close()
     records = caplog.records + on_botocore.records
     sources = {record.name.partition(".")[0] for record in records}
     assert {"botocore", "urllib3", "jangdok"} <= sources, sources

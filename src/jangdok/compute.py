@@ -40,11 +40,11 @@ def get_or_compute(entries: Entries, key: str, compute: Callable[[], T], metadat
     call = _Call(entries, key, progress, accept)
     found = call.usable(look_first=False)
     if found is not None:
-        return found.value  # type: ignore[no-any-return]
+        return found.value
     lease = lease_for(entries.store, key, entries.settings.lease_seconds)
     turn = call.wait_for_turn(lease, timeout)
     if isinstance(turn, Entry):
-        return turn.value  # type: ignore[no-any-return]
+        return turn.value
     if turn is not Claim.OWNER:
         value = compute()
         if call.save(value, metadata, ttl) is None and turn is Claim.UNSAVED:
@@ -54,7 +54,7 @@ def get_or_compute(entries: Entries, key: str, compute: Callable[[], T], metadat
     try:
         found = call.new_version()  # saved while this one waited
         if found is not None:
-            return found.value  # type: ignore[no-any-return]
+            return found.value
         value = compute()
         unsaved = call.save(value, metadata, ttl)
         return value

@@ -618,7 +618,7 @@ class _Memo(Generic[P, R]):
                 # The value is good and the caller needs it; the cache is only an optimisation.
                 log.warning("memoize: %s computed but not saved under %s: %s", self.identity, key, exc,
                             extra={"jangdok_event": "memoize_save_failed", "jangdok_path": key})
-                return state["result"]  # type: ignore[no-any-return]
+                return state["result"]
             if "started" in state:
                 raise  # from the function itself: its errors are the caller's business
             log.warning("memoize: cache unusable for %s (%s), computing without it: %s", self.identity, key, exc,

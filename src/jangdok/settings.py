@@ -186,12 +186,12 @@ def _dotenv_files() -> tuple[Path | None, Path | None]:
     """The project folder's ``.env`` (the running script's folder) and the current folder's,
     each None when absent; one file that is both counts as the project's."""
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    project = Path(main_file).resolve().parent / ".env" if main_file else None
+    project: Path | None = Path(main_file).resolve().parent / ".env" if main_file else None
     if project is not None and not project.is_file():
         project = None
-    current: Path | None = Path.cwd() / ".env"
+    current = Path.cwd() / ".env"
     if not current.is_file() or (project is not None and current.resolve() == project):
-        current = None
+        return project, None
     return project, current
 
 

@@ -32,6 +32,7 @@ No ``OSError`` leaves this module: failures become :mod:`jangdok.errors` types n
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import mmap
 import os
@@ -40,7 +41,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from stat import S_IFMT, S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
-from typing import IO
+from typing import cast
 
 from ..errors import AccessDenied, InvalidKey, StoreUnavailable
 from ..location import TEMP_MARKER, Location, validate_key
@@ -221,7 +222,7 @@ def _is_missing(exc: OSError) -> bool:
 class _FileReader(Reader):
     """A file limited to ``[start, stop)``, so local and S3 range reads behave the same."""
 
-    def __init__(self, key: str, file: IO[bytes], start: int, stop: int | None,
+    def __init__(self, key: str, file: io.BufferedIOBase | io.RawIOBase, start: int, stop: int | None,
                  error: Callable[[OSError], Exception]) -> None:
         super().__init__()
         self._file = file
@@ -232,7 +233,7 @@ class _FileReader(Reader):
         self._remaining = self.size
         file.seek(start)
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")[: self._remaining]
         try:
             count = self._file.readinto(view)
@@ -277,7 +278,7 @@ class LocalStore(Store):
         # A random suffix keeps concurrent writers (and deleters) out of each other's files.
         return os.path.join(folder, f"{TEMP_MARKER}{secrets.token_hex(8)}")
 
-    def _open_entry(self, path: str, buffering: int = -1) -> IO[bytes] | None:
+    def _open_entry(self, path: str, buffering: int = -1) -> io.BufferedIOBase | io.RawIOBase | None:
         """The entry's file opened for reading, or ``None`` where there is no entry: missing, a
         folder, a dangling link or a link loop, or anything but a regular file.
 
@@ -305,7 +306,8 @@ class LocalStore(Store):
                 return None
             if _NON_BLOCKING:
                 os.set_blocking(fd, True)
-            return os.fdopen(fd, "rb", buffering=buffering)
+            # A FileIO unbuffered, else a BufferedReader: typeshed says only BinaryIO.
+            return cast("io.BufferedIOBase | io.RawIOBase", os.fdopen(fd, "rb", buffering=buffering))
         except OSError as exc:
             os.close(fd)
             raise self._os_error(exc, "loading", path) from exc

@@ -42,7 +42,7 @@ class ChunkFile(io.RawIOBase):
         self._pos = min(max(0, base + offset), self._size)
         return self._pos
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer) -> int:
         target = memoryview(buffer).cast("B")
         written = 0
         index = bisect.bisect_right(self._starts, self._pos) - 1

@@ -114,7 +114,7 @@ class _S3Reader(Reader):
             raise ShortBody(f"connection closed at byte {self._pos} of {self._end}")
         return count
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer) -> int:
         target = memoryview(buffer).cast("B")[: self._end - self._pos]
         if not target.nbytes:
             return 0

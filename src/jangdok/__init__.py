@@ -20,7 +20,7 @@ from .memoize import Memoized, stable_hash
 from .paths import exists, load, remove, save, stat
 from .settings import Secret, Settings, mask_secret
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Cache",

@@ -19,6 +19,7 @@ from jangdok import (
     NoCredentials,
     Settings,
     StoreUnavailable,
+    mask_secret,
     parse_location,
 )
 from jangdok.stores.s3 import S3Store
@@ -63,6 +64,7 @@ def test_wrong_secret_is_detected_when_the_cache_opens(seaweed, s3_url: str) -> 
     assert f"S3 error opening {s3_url}: Access Denied (SignatureDoesNotMatch)" in message
     assert "check the secret key" in message
     assert "not-the-secret" not in message and READ_WRITE[1] not in message
+    assert message.count(mask_secret(READ_WRITE[0])) == 1, "the key and where it came from, said once"
 
 
 def test_read_only_identity_gets_access_denied_naming_path_and_permission(seaweed, s3_url: str) -> None:

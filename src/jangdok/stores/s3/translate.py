@@ -82,6 +82,13 @@ class Target:
     session_token: bool
     """Whether a session token is sent with the keys."""
 
+    @property
+    def key_and_source(self) -> str:
+        """``access key ****ABCD from environment``: the key, and where it came from, once."""
+        if self.credentials_source.startswith(f"access key {self.identity}"):
+            return self.credentials_source
+        return f"access key {self.identity} ({self.credentials_source})"
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -185,21 +192,21 @@ def _unknown_key(answer: Answer) -> str:
     token = (" A session token is sent too: temporary keys work only at the endpoint that issued them, and "
              "only with their own token (AWS_SESSION_TOKEN)." if target.session_token else "")
     return (f"{answer.lead}: Access Denied ({answer.code}): the endpoint {target.endpoint} does not know the "
-            f"access key id {target.identity} ({target.credentials_source}); check AWS_ACCESS_KEY_ID: a typo, a "
+            f"{target.key_and_source.replace('access key', 'access key id', 1)}; check AWS_ACCESS_KEY_ID: a typo, a "
             f"deleted key, or a key of another account or endpoint.{token}")
 
 
 def _wrong_secret(answer: Answer) -> str:
     target = answer.target
-    return (f"{answer.lead}: Access Denied (SignatureDoesNotMatch): the secret key is not the one of access key "
-            f"{target.identity} ({target.credentials_source}); check the secret key (AWS_SECRET_ACCESS_KEY): a "
+    return (f"{answer.lead}: Access Denied (SignatureDoesNotMatch): the secret key is not the one of "
+            f"{target.key_and_source}; check the secret key (AWS_SECRET_ACCESS_KEY): a "
             "character missing or extra, or the secret of another key.")
 
 
 def _invalid_token(answer: Answer) -> str:
     target = answer.target
     return (f"{answer.lead}: Access Denied ({answer.code}): the endpoint {target.endpoint} rejected the session "
-            f"token sent with access key {target.identity} ({target.credentials_source}); check "
+            f"token sent with {target.key_and_source}; check "
             "AWS_SESSION_TOKEN: it must be the token issued together with these keys.")
 
 

@@ -181,3 +181,21 @@ def test_prune_by_size_is_linear_in_the_entries(monkeypatch: pytest.MonkeyPatch)
         seconds = time.process_time() - started
     assert report.removed == tuple(f"{n:07d}.pkl" for n in range(count // 2))
     assert seconds < 8, f"pruning {count} listed entries took {seconds:.1f} s of CPU"
+
+
+def test_an_entry_saved_again_while_prune_judges_it_is_kept(cache: Cache, clock: Clock,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Expired in the version prune read; saved again (without a TTL, as get_or_compute does after
+    an expiry) before prune lists the entries: the new version is another entry, and stays."""
+    cache.put("model.pkl", "v1", ttl=5)
+    clock.now += 6
+    judge = cache.entries.info
+
+    def judged_then_saved_again(key: str, repair: bool = True) -> Any:
+        found = judge(key, repair)
+        cache.put("model.pkl", "v2")  # another writer, just after the header was read
+        return found
+
+    monkeypatch.setattr(cache.entries, "info", judged_then_saved_again)
+    assert cache.prune().removed == ()
+    assert cache.get("model.pkl") == "v2"

@@ -278,7 +278,9 @@ class Cache:
         listed = [found for found in self.store.list() if not is_reserved(found.key)]
         for done, found in enumerate(listed, 1):
             old = older_than is not None and now - found.modified > older_than
-            (doomed if old or found.key in expired else kept).append(found)
+            # Expired only in the version judged: one saved again since is another entry.
+            judged = expired.get(found.key)
+            (doomed if old or (judged is not None and judged[0] == found.version) else kept).append(found)
             if progress is not None:
                 progress(done, len(listed))
         if max_bytes is not None:
@@ -294,16 +296,16 @@ class Cache:
         gone = set(self.store.delete_many(doomed))
         removed = [found for found in doomed if found.key in gone]
         # An expired entry's markers go with it; one kept (rewritten meanwhile) keeps them for the next prune.
-        self.store.delete_many([*stale_markers, *(marker for key in gone for marker in expired.get(key, ()))])
+        self.store.delete_many([*stale_markers, *(marker for key in gone for marker in expired.get(key, ("", []))[1])])
         freed = sum(found.size for found in removed)
         leftovers = self.cleanup(CLEANUP_AGE)
         log.info("prune removed %d entries (%s) and %d leftover(s) under %s", len(removed), megabytes(freed),
                  leftovers, self.store.location.url)
         return PruneReport(tuple(found.key for found in removed), freed, leftovers, False)
 
-    def _expired(self, now: float) -> tuple[dict[str, list[ObjectInfo]], list[ObjectInfo]]:
-        """The keys whose entries have expired, with their due markers; and the due markers
-        that are stale."""
+    def _expired(self, now: float) -> tuple[dict[str, tuple[str, list[ObjectInfo]]], list[ObjectInfo]]:
+        """The keys whose entries have expired, with the version judged and their due markers;
+        and the due markers that are stale."""
         due: dict[str, list[ObjectInfo]] = {}
         stale: list[ObjectInfo] = []
         for found in expiry.due_markers(self.store, now):
@@ -311,11 +313,11 @@ class Cache:
                 stale.append(found.marker)
             else:
                 due.setdefault(found.key, []).append(found.marker)
-        expired: dict[str, list[ObjectInfo]] = {}
+        expired: dict[str, tuple[str, list[ObjectInfo]]] = {}
         for key, markers in due.items():
             info = self.entries.info(key, repair=False)  # prune judges expiry; reads judge damage
             if info is not None and info.expires_at is not None and info.expires_at <= now:
-                expired[key] = markers
+                expired[key] = (info.object_version, markers)
             else:  # gone, or rewritten without a TTL or with a later one (and a marker not yet due)
                 stale += markers
         return expired, stale

@@ -81,7 +81,12 @@ class EntryInfo:
     serializer: str | None = None
     """``pickle`` or ``safe``; ``None`` for a legacy plain pickle (pickle, without a header)."""
     signed_by: str | None = None
-    """The id of the signing key that signed the entry; ``None``: unsigned."""
+    """The id of the signing key the entry's header names; ``None``: unsigned. A load or
+    ``verify`` checks the signature; ``stat`` and listings read the header alone, so there it is
+    only what the header claims."""
+    object_version: str = ""
+    """The stored object's version when it was read (an S3 ETag, or a file's identity): it
+    changes whenever the entry is replaced, so an action can be pinned to the entry judged."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +220,7 @@ class Entries:
             self.count(misses=1)
             return None
         decoded, object_info, size, label = found
-        info = self._info(key, path, size, decoded.header, object_info.modified, label)
+        info = self._info(key, path, size, decoded.header, object_info.modified, object_info.version, label)
         seconds = time.perf_counter() - started
         self.count(hits=1, bytes_read=size, seconds_reading=seconds, label=label)
         log.info("cache loaded (%s): %s, %s in %.1f ms", label, path, megabytes(size),
@@ -293,12 +298,12 @@ class Entries:
         return deleted
 
     def _info(self, key: str, path: str, size: int, header: entry.EntryHeader | None, modified: float,
-              label: str | None = None) -> EntryInfo:
+              version: str, label: str | None = None) -> EntryInfo:
         label = label or self.store.name
         if header is None:  # a legacy pickle knows nothing about itself; its file time will do
-            return EntryInfo(key, path, label, size, modified, None, None)
+            return EntryInfo(key, path, label, size, modified, None, None, object_version=version)
         return EntryInfo(key, path, label, size, header.created_at, header.metadata, header.version,
-                         header.expires_at, header.serializer, header.key_id)
+                         header.expires_at, header.serializer, header.key_id, version)
 
     def info(self, key: str, repair: bool = True) -> EntryInfo | None:
         """Size, creation time, metadata and store of an entry, reading only its header
@@ -324,7 +329,7 @@ class Entries:
             except (entry.ForeignEntry, CorruptEntry, UnsupportedEntry) as exc:
                 raise _Rejected(exc, found.version) from exc
             parsed = header if isinstance(header, entry.EntryHeader) else None
-            return self._info(key, path, found.size, parsed, found.modified)
+            return self._info(key, path, found.size, parsed, found.modified, found.version)
 
         return self._verified(key, path, read_once, repair=repair)
 
@@ -353,11 +358,11 @@ class Entries:
         if reader is None:
             return Verdict(key, "missing", "no entry under this key"), None
         with reader:
-            version, size, modified, label = reader.info.version, reader.size, reader.info.modified, reader.source
-            verdict = self._judge(key, reader, size, modified, label)
-        return verdict, version
+            verdict = self._judge(key, reader)
+        return verdict, reader.info.version
 
-    def _judge(self, key: str, reader: Reader, size: int, modified: float, label: str) -> Verdict:
+    def _judge(self, key: str, reader: Reader) -> Verdict:
+        size, modified, version, label = reader.size, reader.info.modified, reader.info.version, reader.source
         try:
             header = entry.verify(reader, size, key, self.trust)
         except CorruptEntry as exc:
@@ -368,7 +373,7 @@ class Entries:
             return Verdict(key, "unsupported", str(exc))
         except entry.ForeignEntry as exc:
             return Verdict(key, "foreign", str(exc))
-        info = self._info(key, self.store.path(key), size, header, modified, label or None)
+        info = self._info(key, self.store.path(key), size, header, modified, version, label or None)
         if header is None and self.trust.signing and not self.trust.allow_legacy:
             return Verdict(key, "untrusted", "a plain pickle, which cannot carry a signature; this cache "
                            "requires signed entries (JANGDOK_ALLOW_LEGACY=1 loads plain pickles)", info=info)
@@ -394,14 +399,14 @@ class Entries:
         total = header.entry_size
         if header.expires_at is not None:  # first: a crash in between leaves a stale marker, not a lost one
             store.write(*expiry.marker_for(store, key, header.expires_at))
-        store.write(key, chunks, None if progress is None else lambda done: progress(done, total))
+        version = store.write(key, chunks, None if progress is None else lambda done: progress(done, total))
         seconds = time.perf_counter() - started
         self.count(puts=1, bytes_written=total, seconds_writing=seconds)
         log.info("cache saved (%s): %s, %s in %.1f ms", store.name, path, megabytes(total),
                  seconds * 1e3, extra=event("saved", path))
         if random.random() < CLEANUP_CHANCE:
             self._tidy(key.rpartition("/")[0] + "/" if "/" in key else "")
-        return self._info(key, path, header.entry_size, header, header.created_at)
+        return self._info(key, path, header.entry_size, header, header.created_at, version)
 
     def _tidy(self, prefix: str) -> None:
         """Opportunistic cleanup from ``save``: a failure here must never fail the write."""

@@ -206,8 +206,8 @@ def test_is_s3_path_and_join() -> None:
 
 
 def test_split_path_keys_entries_from_the_configured_root_or_their_folder() -> None:
-    location, key = split_path("s3://b12/cache/김치.pkl")
-    assert (location.url, key) == ("s3://b12/cache/", "김치.pkl")
+    location, key = split_path("s3://b12/cache/김치.pkl")  # outside any configured root: from the bucket
+    assert (location.url, key) == ("s3://b12/", "cache/김치.pkl")
     location, key = split_path("s3://b12/x.pkl")
     assert (location.url, key) == ("s3://b12/", "x.pkl")
     location, key = split_path(os.path.join("cache", "x.pkl"))
@@ -217,9 +217,9 @@ def test_split_path_keys_entries_from_the_configured_root_or_their_folder() -> N
     for root, path, expected in [
         ("s3://b12/", "s3://b12/cache/sub/x.pkl", ("s3://b12/", "cache/sub/x.pkl")),
         ("s3://b12/cache", "s3://b12/cache/sub/x.pkl", ("s3://b12/cache/", "sub/x.pkl")),
-        ("s3://b12/cache", "s3://b12/cachex/x.pkl", ("s3://b12/cachex/", "x.pkl")),  # not under it
-        ("s3://other/cache", "s3://b12/cache/x.pkl", ("s3://b12/cache/", "x.pkl")),
-        ("cache", "s3://b12/cache/sub/x.pkl", ("s3://b12/cache/sub/", "x.pkl")),
+        ("s3://b12/cache", "s3://b12/cachex/x.pkl", ("s3://b12/", "cachex/x.pkl")),  # not under it
+        ("s3://other/cache", "s3://b12/cache/x.pkl", ("s3://b12/", "cache/x.pkl")),
+        ("cache", "s3://b12/cache/sub/x.pkl", ("s3://b12/", "cache/sub/x.pkl")),
         ("cache", os.path.join("cache", "sub", "x.pkl"), ("cache", "sub/x.pkl")),
         ("cache", os.path.abspath(os.path.join("cache", "x.pkl")), ("cache", "x.pkl")),
         (os.path.abspath("cache"), os.path.join("cache", "sub", "x.pkl"), (os.path.abspath("cache"), "sub/x.pkl")),
@@ -280,7 +280,7 @@ def test_s3_prefixes_are_nfc_but_local_folders_are_kept_as_given() -> None:
 
 
 def test_split_path_normalises_keys_not_folders() -> None:
-    location, key = split_path(f"s3://b12/{KIMCHI_NFD}/x.pkl")
+    location, key = split_path(f"s3://b12/{KIMCHI_NFD}/x.pkl", parse_location(f"s3://b12/{KIMCHI_NFD}/"))
     assert (location.url, key) == (f"s3://b12/{KIMCHI_NFC}/", "x.pkl")
     location, key = split_path(f"s3://b12/{KIMCHI_NFD}/x.pkl", parse_location("s3://b12/"))
     assert (location.url, key) == ("s3://b12/", f"{KIMCHI_NFC}/x.pkl")

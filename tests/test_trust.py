@@ -384,16 +384,23 @@ def test_a_signed_entry_that_names_no_key_belongs_to_none(tmp_path: Path) -> Non
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_path_level_and_cache_level_reach_the_same_entries(signed: bool, cache_url: str, backend_env: None,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """A path is keyed as the user's cache keys it: from CACHE_DIR when it lies under it, else
-    from its own folder, for S3 as for folders. So ``jangdok.load(path)`` and
-    ``Cache(root).get(key)`` find each other's entries, and a copy under another key neither."""
+    """A path is keyed as the user's cache keys it: from CACHE_DIR when it lies under it. So
+    ``jangdok.load(path)`` and ``Cache(root).get(key)`` find each other's entries, and a copy
+    under another key neither. Outside CACHE_DIR an S3 path is keyed from its bucket (its whole
+    object key), and a local path from its own folder."""
     import jangdok
 
     if signed:
         monkeypatch.setenv("JANGDOK_SIGNING_KEY", KEY)
     cache = Cache(cache_url)
-    cache.put("top.pkl", [1])  # directly in a folder: keyed from that folder, whatever CACHE_DIR is
-    assert jangdok.load(jangdok.join(cache_url, "top.pkl")) == [1]
+    cache.put("top.pkl", [1])
+    outside = jangdok.load(jangdok.join(cache_url, "top.pkl"), "another key's")
+    assert outside == ([1] if not cache_url.startswith("s3://") else "another key's")
+    if cache_url.startswith("s3://"):  # keyed from the bucket: a copy elsewhere in it is refused too
+        jangdok.save(jangdok.join(cache_url, "a", "b", "cfg.pkl"), "a/b's")
+        with cache.store.read("a/b/cfg.pkl") as reader:
+            cache.store.write("b/cfg.pkl", reader.read())
+        assert jangdok.load(jangdok.join(cache_url, "b", "cfg.pkl"), "miss") == "miss"
     monkeypatch.setenv("CACHE_DIR", cache_url)
     monkeypatch.setattr(jangdok.paths, "_caches", {})  # as a new process would see it
     monkeypatch.setattr(jangdok.paths, "_settings", None)

@@ -320,11 +320,14 @@ def split_path(path: str | os.PathLike[str], root: Location | None = None) -> tu
 
     An entry records its key relative to the cache root it was written through, and is read
     back only under exactly that key; so a path is keyed as the user's cache keys it: from
-    ``root`` (the configured cache, ``CACHE_DIR``) when the path lies under it, else from the
-    path's own folder, for S3 as for local folders. ``s3://b/cache/x.pkl`` -> (``s3://b/cache/``,
-    ``x.pkl``); under ``root`` ``s3://b/``, (``s3://b/``, ``cache/x.pkl``). ``cache/x.pkl`` ->
-    (``cache``, ``x.pkl``). The key is returned by :func:`normalize_key`; a local folder is kept
-    as given (``root``'s own, when it holds the path).
+    ``root`` (the configured cache, ``CACHE_DIR``) when the path lies under it. Any other S3
+    path is keyed from its bucket (its whole object key: no two objects share a name there, so
+    an entry copied elsewhere in the bucket is never taken for another's), and any other local
+    path from its own folder (a folder outside the configured cache is a cache of its own).
+    ``s3://b/cache/x.pkl`` -> (``s3://b/``, ``cache/x.pkl``), or under ``root`` ``s3://b/cache/``,
+    (``s3://b/cache/``, ``x.pkl``). ``cache/x.pkl`` -> (``cache``, ``x.pkl``). The key is
+    returned by :func:`normalize_key`; a local folder is kept as given (``root``'s own, when it
+    holds the path).
     """
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
@@ -335,8 +338,7 @@ def split_path(path: str | os.PathLike[str], root: Location | None = None) -> tu
         if root is not None and root.is_s3 and root.root == bucket and object_key.startswith(root.prefix):
             location, key = root, object_key[len(root.prefix):]
         else:
-            folder, _, key = object_key.rpartition("/")
-            location = parse_location(f"s3://{bucket}/{folder}")
+            location, key = parse_location(f"s3://{bucket}/"), object_key
         location.object_key(key)
         return location, key
     if not isinstance(path, str) or not path:

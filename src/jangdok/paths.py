@@ -5,12 +5,12 @@
 environment, so clients and fallback decisions are made once per root, not per call.
 
 A path is keyed as the user's cache keys it (:func:`~jangdok.location.split_path`): from the
-configured cache root (``CACHE_DIR``) when it lies under it, else from its own folder. An entry
-records the key it was written under and is read back only under exactly that key, so
-``Cache(root).put("chapters/x.pkl", ...)`` and ``load(root + "/chapters/x.pkl")`` reach each
-other's entries when ``root`` is the configured one (or the path's own folder); a path under
-another root is its folder's own cache. On S3 each such folder opens its own store: one
-client, and one listing request when first used.
+configured cache root (``CACHE_DIR``) when it lies under it; else an S3 path from its bucket and
+a local path from its own folder. An entry records the key it was written under and is read back
+only under exactly that key, so ``Cache(root).put("chapters/x.pkl", ...)`` and
+``load(root + "/chapters/x.pkl")`` reach each other's entries when ``root`` is the configured
+one. One store is opened per root (per bucket, outside ``CACHE_DIR``): one client, and one
+listing request when first used.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from fleet import fleet_env, member, results, start, wait_for
 from helpers import s3_settings
 from seaweed import SeaweedServer, credentials_env
 
-from jangdok import Cache, Settings, WaitTimeout
+from jangdok import Cache, ConfigError, Settings, WaitTimeout
 from jangdok.stores import LOCAL_TIER, TieredStore
 
 VALUE = {"arrays": [np.arange(50_000, dtype=np.float32) * i for i in range(3)], "label": "김치"}
@@ -455,3 +455,22 @@ def test_a_lease_write_that_landed_but_lost_its_answer_is_ours(seaweed: SeaweedS
     assert proxy.requests.count(lease_line) == 2, "the write, then its retry refused by the lease it made"
     assert time.monotonic() - started < 10
     assert "taken over" not in caplog.text and cache.stats()["S3"].computed == 1
+
+
+@pytest.mark.parametrize("lifetime", [1e300, 7200, float("inf"), -1, "forever"])
+def test_a_planted_lease_with_a_lifetime_no_jangdok_writes_holds_up_nothing(seaweed: SeaweedServer, s3_url: str,
+                                                                            lifetime: Any) -> None:
+    """Anyone who can write the bucket can plant a lease; one recording a lifetime longer than
+    any jangdok writes (or none at all) is not a lease: taken over at once, still conditionally."""
+    cache = Cache.from_settings(s3_settings(seaweed, s3_url))
+    planted = json.dumps({"owner": "nobody", "lease_seconds": lifetime}).encode()
+    cache.store.write(".jangdok/leases/report.pkl", planted)
+    started = time.monotonic()
+    assert cache.get_or_compute("report.pkl", lambda: "computed", timeout=60) == "computed"
+    assert time.monotonic() - started < 30, "no wait for the planted lease's lifetime"
+    assert cache.cleanup(0) == 0 and not list(cache.store.list(".jangdok/leases/")), "released, not left behind"
+
+
+def test_a_lease_longer_than_an_hour_is_refused_where_it_is_set() -> None:
+    with pytest.raises(ConfigError, match=r"lease_seconds .* must be a finite number of seconds >= 0.1 and <= 3600"):
+        Settings(cache_dir="cache", lease_seconds=7200)

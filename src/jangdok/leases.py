@@ -44,6 +44,7 @@ from typing import Any
 from .errors import AccessDenied, InvalidKey, JangdokError, StoreUnavailable
 from .filelock import FileLock
 from .location import RESERVED_FOLDER
+from .settings import MAX_LEASE_SECONDS
 from .stores import ObjectInfo, Store
 
 __all__ = ["Claim", "Lease", "FileLease", "ObjectLease", "lease_for", "remove_stale"]
@@ -115,12 +116,12 @@ def _read_lease(store: Store, name: str) -> tuple[str, dict[str, Any]] | None:
 
 def _lifetime(fields: dict[str, Any]) -> float:
     """The lifetime a lease records (its owner renews it every third of that); 0 if none can
-    be read."""
+    be read, or if it is one no jangdok writes (a planted lease must not hold a key for ever)."""
     try:
         lifetime = float(fields["lease_seconds"])
     except (KeyError, TypeError, ValueError):
         return 0.0
-    return lifetime if math.isfinite(lifetime) and lifetime > 0 else 0.0
+    return lifetime if math.isfinite(lifetime) and 0 < lifetime <= MAX_LEASE_SECONDS else 0.0
 
 
 def _unsaved_reason(fields: dict[str, Any], holder: str) -> str:

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "Secret", "mask_secret", "reveal", "parse_size", "environment_variables"]
+__all__ = ["Settings", "Secret", "mask_secret", "reveal", "parse_size", "environment_variables", "MAX_LEASE_SECONDS"]
 
 log = logging.getLogger("jangdok")
 
@@ -94,6 +94,11 @@ _FALSE = {"0", "false", "no", "off"}
 def environment_variables() -> tuple[str, ...]:
     """Every environment variable a setting is read from, credentials included."""
     return (*(name for names in _ENV_NAMES.values() for name in names), *_CREDENTIAL_NAMES.values())
+
+
+MAX_LEASE_SECONDS = 3600.0
+"""The longest compute lease: renewed every 20 minutes, and a dead owner's key waits an hour. A
+lease recording a longer lifetime was not written by jangdok, and is not honoured."""
 
 
 def mask_secret(secret: str | None) -> str:
@@ -423,7 +428,7 @@ class Settings:
         else:
             self._set("local_max_entry_bytes", self._byte_size("local_max_entry_bytes"))
         self._set("local_trust_seconds", self._number("local_trust_seconds", float, minimum=0))
-        self._set("lease_seconds", self._number("lease_seconds", float, minimum=0.1))
+        self._set("lease_seconds", self._number("lease_seconds", float, minimum=0.1, maximum=MAX_LEASE_SECONDS))
         self._set("wait_timeout", self._number("wait_timeout", float, minimum=0))
         self._set("signing_keys", self._signing_keys())
         self._set("serializer", self._choice("serializer", SERIALIZERS))
@@ -459,18 +464,19 @@ class Settings:
             )
         return text in _TRUE
 
-    def _number(self, name: str, kind: type, minimum: float) -> Any:
+    def _number(self, name: str, kind: type, minimum: float, maximum: float = math.inf) -> Any:
         value = getattr(self, name)
         try:
             # A fractional attempt count would be truncated silently; NaN and inf would disable the checks.
             number = None if kind is int and isinstance(value, float) and not value.is_integer() else kind(value)
         except (TypeError, ValueError, OverflowError):
             number = None
-        if number is None or not math.isfinite(number) or number < minimum:
+        if number is None or not math.isfinite(number) or not minimum <= number <= maximum:
             what = "a whole number" if kind is int else "a finite number of seconds"
+            bounds = f">= {minimum:g}" + (f" and <= {maximum:g}" if maximum < math.inf else "")
             raise ConfigError(
                 f"setting {name} ({_ENV_NAMES[name][0]}) = {value!r} (from {self.sources.get(name, 'argument')}) "
-                f"must be {what} >= {minimum:g}"
+                f"must be {what} {bounds}"
             )
         return number
 

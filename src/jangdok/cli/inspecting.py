@@ -67,7 +67,8 @@ def cmd_ls(ctx: Context) -> int:
     for row in rows:
         size, age = human_size(row["size"]), human_age(row["age_seconds"])
         if args.long:
-            signed = f"signed {row['signed_by']}" if row["signed_by"] else "unsigned"
+            # The header's claim: ls reads headers only (verify checks signatures).
+            signed = f"key {row['signed_by']}?" if row["signed_by"] else "unsigned"
             ctx.console.line(f"{size:>10}  {age:>5}  {row['tier']:<16} {row['format']:<22} {signed:<20} {row['key']}")
         else:
             ctx.console.line(f"{size:>10}  {age:>5}  {row['key']}")
@@ -107,7 +108,7 @@ def cmd_stat(ctx: Context) -> int:
             left = info.expires_at - now
             show(f"expires:     {'expired ' + human_age(-left) + ' ago' if left <= 0 else 'in ' + human_age(left)}")
         show(f"format:      {document['format']}")
-        show(f"signed by:   {info.signed_by or 'nobody (unsigned)'}")
+        show(f"signed by:   {info.signed_by + ' (as the header says; see check)' if info.signed_by else 'nobody'}")
         status = ctx.console.paint(verdict.status, "ok" if verdict.status in ("ok", "legacy") else "fail")
         show(f"check:       {status}: {verdict.detail}")
         if info.metadata is not None:

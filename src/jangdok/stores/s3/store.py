@@ -20,7 +20,7 @@ from ...errors import AccessDenied, ConfigError, JangdokError, StoreUnavailable
 from ...location import TEMP_MARKER, Location, validate_key
 from ...perprocess import PerProcess
 from ...retry import RetryBudget, RetryExhausted, RetryPolicy
-from ...settings import Settings
+from ...settings import Settings, mask_url
 from ..base import UNCHANGED, Chunks, ObjectInfo, Reader, Store, Unchanged, check_range
 from .bodies import ChunkFile, Sent, split_into_parts
 from .capabilities import ProbedCapabilities
@@ -162,7 +162,7 @@ class S3Store(Store):
             attempt_timeout=settings.connect_timeout + settings.read_timeout,
         )
         self._bucket = location.root
-        endpoint = client.meta.endpoint_url
+        endpoint = mask_url(client.meta.endpoint_url)  # as messages quote it
         self.capabilities = ProbedCapabilities(endpoint, self._bucket, {
             "conditional_write": self._probe_conditional_write,
             "conditional_delete": self._probe_conditional_delete,
@@ -170,7 +170,8 @@ class S3Store(Store):
         })
         self._target = Target(bucket=self._bucket, endpoint=endpoint, region=client.meta.region_name,
                               identity=self.identity, credentials_source=settings.credentials_source,
-                              endpoint_setting=settings.endpoint_url, session_token=bool(settings.session_token))
+                              endpoint_setting=settings.endpoint_url and mask_url(settings.endpoint_url),
+                              session_token=bool(settings.session_token))
 
     @property
     def client(self) -> Any:
@@ -231,7 +232,7 @@ class S3Store(Store):
         honoured = self._probe(trial, "conditional write")
         if honoured is False:
             log.warning("S3 endpoint %s ignores %s on PutObject: leases (compute once) are best effort, and two "
-                        "processes may compute the same entry at the same time", self.client.meta.endpoint_url,
+                        "processes may compute the same entry at the same time", self._target.endpoint,
                         " and ".join(found))
         return honoured
 
@@ -243,7 +244,7 @@ class S3Store(Store):
         if honoured is False:
             log.warning("S3 endpoint %s ignores If-Match on DeleteObject: a damaged entry is deleted after a "
                         "check, and a good entry written in that instant could be deleted with it",
-                        self.client.meta.endpoint_url)
+                        self._target.endpoint)
         return honoured
 
     def _probe_conditional_batch_delete(self) -> bool | None:
@@ -257,7 +258,7 @@ class S3Store(Store):
         honoured = self._probe(trial, "batch delete")
         if honoured is False:
             log.info("S3 endpoint %s ignores ETag conditions in DeleteObjects; prune deletes one key at a time",
-                     self.client.meta.endpoint_url)
+                     self._target.endpoint)
         return honoured
 
     # -- error handling -------------------------------------------------------------------

@@ -15,6 +15,8 @@ next request whose request line matches, while its answer is dropped and the con
 the client cannot tell whether the request took effect. :meth:`drop_headers` removes request
 headers on the way (``If-Match`` on PUT, say): in front of a server that does not check
 signatures (moto), that server then really never sees them, as one that ignores them would not.
+:meth:`rewrite_answers` plays a man in the middle on an ``http://`` path, who holds no
+credential (the requests stay signed and untouched) but rewrites the bodies of chosen answers.
 
 The client sees genuine resets, short bodies, 503s and timeouts from its own sockets.
 Request lines and Range headers passing through are recorded for assertions, and so is
@@ -28,6 +30,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 _REQUEST_LINE = re.compile(rb"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/1\.1")
@@ -72,6 +75,7 @@ class FaultProxy:
         self._lose_answer: re.Pattern[bytes] | None = None
         self._after_continue = False
         self._after_loss: tuple[tuple[Any, ...], ...] = ()
+        self._rewrites: list[tuple[re.Pattern[bytes], _Rewrite]] = []
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
     def _accept_loop(self) -> None:
@@ -98,6 +102,22 @@ class FaultProxy:
         self._lose_answer = re.compile(request_line.encode())
         self._after_loss = then
         self._after_continue = after_continue
+
+    def rewrite_answers(self, request_line: str, rewrite: Callable[[bytes], bytes], status: int | None = None) -> None:
+        """From now on, replace the body of the answer to every request whose line
+        (``GET /bucket?list-type=2&prefix=...``) matches this regular expression with
+        ``rewrite(body)`` (the body as the server sent it, unchunked), its Content-Length set
+        to match, and its status with ``status`` if given. Each rewrite is recorded in
+        :attr:`fired` (``"rewrote: GET /b?..."``).
+
+        Answers are parsed only on connections opened after the first rule, with no other
+        fault: register rules before the client's first request."""
+        with self._lock:
+            self._rewrites.append((re.compile(request_line.encode()), _Rewrite(rewrite, status)))
+
+    def _rewrite_for(self, request_line: bytes) -> _Rewrite | None:
+        with self._lock:
+            return next((rewrite for pattern, rewrite in self._rewrites if pattern.search(request_line)), None)
 
     def drop_headers(self, method: str, *names: str) -> None:
         """Remove these headers from every ``method`` request from now on (none: stop)."""
@@ -154,6 +174,13 @@ class FaultProxy:
             upstream = socket.create_connection(self.upstream)
             with self._lock:
                 self._open.append(upstream)
+                rewriting = bool(self._rewrites) and kind == "pass"
+            if rewriting:
+                asked: deque[tuple[bytes, _Rewrite | None]] = deque()
+                threading.Thread(target=self._pump_requests, args=(client, upstream, threading.Event(),
+                                                                    threading.Event(), asked), daemon=True).start()
+                _Answers(upstream, client, asked, self._fire).pump()
+                return
             budget = fault[1] if kind == "cut" else None
             before_cut = fault[2] if kind == "cut" and len(fault) > 2 else None
             flip_at = fault[1] if kind == "flip" else None
@@ -165,8 +192,15 @@ class FaultProxy:
             pass
 
     def _pump_requests(self, client: socket.socket, upstream: socket.socket, lost: threading.Event,
-                       continues: threading.Event) -> None:
-        headers = _HeaderFilter(self._drop_from)
+                       continues: threading.Event,
+                       asked: deque[tuple[bytes, _Rewrite | None]] | None = None) -> None:
+        """Forward requests; with ``asked``, note each one's line and its rewrite, if any,
+        before it reaches the server (so before its answer can come back)."""
+        def seen(request_line: bytes) -> None:
+            if asked is not None:
+                asked.append((request_line, self._rewrite_for(request_line)))
+
+        headers = _HeaderFilter(self._drop_from, seen)
         try:
             while data := client.recv(65536):
                 self._record(data)
@@ -261,8 +295,10 @@ class _HeaderFilter:
     whole and rewritten, and the Content-Length bytes of body after it pass untouched.
     (Requests with a chunked body are not parsed; no test sends one through a filter.)"""
 
-    def __init__(self, drop_from: Callable[[bytes, list[str]], frozenset[str]]) -> None:
+    def __init__(self, drop_from: Callable[[bytes, list[str]], frozenset[str]],
+                 seen: Callable[[bytes], None] = lambda request_line: None) -> None:
         self._drop_from = drop_from
+        self._seen = seen
         self._head = b""
         self._body_left = 0
 
@@ -286,5 +322,103 @@ class _HeaderFilter:
             kept = [line for name, line in fields if name.lower() not in dropped]
             self._body_left = next((int(line.split(b":", 1)[1]) for name, line in fields
                                     if name.lower() == "content-length"), 0)
+            self._seen(request_line)
             out.append(b"\r\n".join([request_line, *kept]) + _HEADERS_END)
         return b"".join(out)
+
+
+@dataclass(frozen=True)
+class _Rewrite:
+    body: Callable[[bytes], bytes]
+    status: int | None
+
+
+class _Answers:
+    """The answers on one connection, parsed one by one (HTTP/1.1: Content-Length, chunked,
+    or until the server closes; none after HEAD, 1xx, 204 and 304) so that chosen bodies can
+    be replaced; every other byte is forwarded as it came."""
+
+    def __init__(self, upstream: socket.socket, client: socket.socket,
+                 asked: deque[tuple[bytes, _Rewrite | None]], fire: Callable[[str], None]) -> None:
+        self._upstream = upstream
+        self._client = client
+        self._asked = asked
+        self._fire = fire
+        self._buffer = b""
+
+    def _more(self) -> bool:
+        data = self._upstream.recv(65536)
+        self._buffer += data
+        return bool(data)
+
+    def _take(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            if not self._more():
+                raise EOFError
+        taken, self._buffer = self._buffer[:size], self._buffer[size:]
+        return taken
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self._buffer:
+            if not self._more():
+                raise EOFError
+        line, self._buffer = self._buffer.split(b"\r\n", 1)
+        return line
+
+    def _chunked(self) -> tuple[bytes, bytes]:
+        """The body unchunked, and the bytes as sent."""
+        body, raw = [], []
+        while True:
+            size_line = self._line()
+            raw.append(size_line + b"\r\n")
+            size = int(size_line.split(b";", 1)[0], 16)
+            if size == 0:
+                while True:  # trailers, up to the empty line
+                    trailer = self._line()
+                    raw.append(trailer + b"\r\n")
+                    if not trailer:
+                        return b"".join(body), b"".join(raw)
+            chunk = self._take(size + 2)
+            body.append(chunk[:-2])
+            raw.append(chunk)
+
+    def pump(self) -> None:
+        try:
+            while True:
+                while _HEADERS_END not in self._buffer:
+                    if not self._more():
+                        self._client.sendall(self._buffer)
+                        return
+                head, self._buffer = self._buffer.split(_HEADERS_END, 1)
+                status = int(head.split(b" ", 2)[1])
+                if 100 <= status < 200:
+                    self._client.sendall(head + _HEADERS_END)
+                    continue
+                request_line, rewrite = self._asked.popleft() if self._asked else (b"GET", None)
+                status_line, *lines = head.split(b"\r\n")
+                fields = {line.split(b":", 1)[0].strip().lower(): line.split(b":", 1)[1].strip() for line in lines}
+                if request_line.startswith(b"HEAD ") or status in (204, 304):
+                    body = raw = b""
+                elif b"content-length" in fields:
+                    body = raw = self._take(int(fields[b"content-length"]))
+                elif fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+                    body, raw = self._chunked()
+                else:  # until the server closes
+                    while self._more():
+                        pass
+                    body = raw = self._take(len(self._buffer))
+                if rewrite is None:
+                    self._client.sendall(head + _HEADERS_END + raw)
+                    continue
+                body = rewrite.body(body)
+                if rewrite.status is not None:
+                    status_line = b"HTTP/1.1 %d Rewritten" % rewrite.status
+                kept = [line for line in lines
+                        if line.split(b":", 1)[0].strip().lower() not in (b"content-length", b"transfer-encoding")]
+                self._fire(f"rewrote: {request_line.rsplit(b' ', 1)[0].decode()}")
+                self._client.sendall(b"\r\n".join([status_line, *kept, b"Content-Length: %d" % len(body)])
+                                     + _HEADERS_END + body)
+        except (OSError, EOFError):
+            pass
+        finally:
+            self._client.close()

@@ -145,6 +145,8 @@ def _put(key: str, value: Any = 1, **settings: Any) -> Callable[[pytest.FixtureR
     return lambda request, tmp_path: Cache(str(tmp_path / "cache"), **settings).put(key, value)
 
 
+# A log line an endpoint (or anyone on an http:// path) would like every log to show.
+FORGED_LINES = "\n2026-01-01 INFO jangdok: cache loaded (S3): s3://b/cache/x.pkl\u2028"
 SKEWED = {"RequestTime": "20261126T120000Z", "ServerTime": "2026-11-26T12:20:00.000Z",
           "MaxAllowedSkewMilliseconds": "900000"}
 CASES = [
@@ -169,6 +171,17 @@ CASES = [
          ("SlowDown (HTTP 503) after 1 attempt", "overloaded or failing"), "overloaded or failing"),
     Case("an answer no rule knows", _through_proxy(("status", 400, "InvalidArgument", {"Message": "Bad thing"})),
          JangdokError, ("InvalidArgument (HTTP 400): Bad thing",), "any other answer"),
+    Case("an error document whose Message is 2 MB holding forged log lines",
+         _through_proxy(("status", 400, "InvalidObjectState", {"Message": "A" * 2_000_000 + FORGED_LINES})),
+         JangdokError, ("InvalidObjectState (HTTP 400): AAAA", "(2,000,064 characters)"), "any other answer",
+         never_says=("cache loaded", "\u2028")),
+    Case("an error document whose Code is 100 kB and Message a forged log line",
+         _through_proxy(("status", 400, "X" * 100_000, {"Message": FORGED_LINES})),
+         JangdokError, ("XXXX... (100,000 characters) (HTTP 400): \\n2026-01-01 INFO jangdok: cache loaded",
+                        "\\u2028"), "any other answer", never_says=("\u2028",)),
+    Case("a bucket in another region, named in a 10 kB header",
+         _through_proxy(("status", 400, "AuthorizationHeaderMalformed", {}, {"x-amz-bucket-region": "r" * 10_000})),
+         ConfigError, ("is in region 'rrrr", "(10,000 characters)"), "bucket in another region"),
     Case("a bucket in another region",
          _through_proxy(("status", 400, "AuthorizationHeaderMalformed",
                          {"Message": "the region 'us-east-1' is wrong; expecting 'ap-northeast-2'"})),

@@ -365,6 +365,24 @@ def test_split_path_hint_names_the_whole_path() -> None:
         split_path("s3:/bucket/cache/x.pkl")
 
 
+PASSWORD = "SuperSecretPassw0rd123"
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    (f"s3://user:{PASSWORD}@bucket/cache/", "'s3://****d123@bucket/cache/' holds a user name or password"),
+    (f"s3://{PASSWORD}@bucket", "'s3://****d123@bucket' holds a user name or password"),
+    (f"s3:user:{PASSWORD}@bucket", "did you mean 's3://****d123@bucket'?"),
+    (f"file://me:{PASSWORD}@localhost/cache", "'file://****d123@localhost/cache' holds a user name or password"),
+    (f"https://me:{PASSWORD}@s3.example.com/b/", "'https://****d123@s3.example.com/b/' uses the unsupported"),
+])
+def test_a_location_holding_a_password_is_refused_without_showing_it(text: str, says: str) -> None:
+    for refuse in (parse_location, lambda text: split_path(text + "x.pkl"), Cache):
+        with pytest.raises(InvalidLocation) as caught:
+            refuse(text)
+        assert PASSWORD[:-4] not in str(caught.value), str(caught.value)
+    assert says in str(pytest.raises(InvalidLocation, parse_location, text).value)
+
+
 @pytest.mark.parametrize("root", ["s3://", "S3://", "s3:///x"])
 def test_join_refuses_an_s3_url_without_a_bucket(root: str) -> None:
     with pytest.raises(InvalidLocation, match="no bucket"):

@@ -376,3 +376,39 @@ def test_a_short_credential_does_not_mask_ordinary_words(caplog: pytest.LogCaptu
     assert [record.getMessage() for record in caplog.records] == [
         "loaded s3://jangdok-test/test_cache/x.pkl", "Credential=****/20261205/us-east-1/s3/aws4_request",
         "signing as ****KEY1"]
+
+
+class _OneLine(logging.Formatter):
+    """An app's formatter that prints tracebacks its own way."""
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        return f"[{ei[0].__name__}: {ei[1]}]"
+
+
+def test_tracebacks_are_left_to_the_apps_formatter_unless_they_hold_a_credential() -> None:
+    """Once jangdok made a client, an app's formatException still formats the tracebacks of
+    jangdok's, botocore's and urllib3's records; only one that shows a credential is replaced
+    by a masked one."""
+    redact.protect("AKIAJANGDOKTRACEBACK1")  # as making an S3 client does
+    handler = _Records()
+    handler.setFormatter(_OneLine("%(name)s %(message)s"))
+    names = ("jangdok.stores.test", "botocore.test", "urllib3.test")
+    for name in names:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        for name in names:
+            try:
+                1 / 0  # noqa: B018
+            except ZeroDivisionError:
+                logging.getLogger(name).error("failed", exc_info=True)
+        try:
+            raise PermissionError("signed as AKIAJANGDOKTRACEBACK1")
+        except PermissionError:
+            logging.getLogger(names[0]).error("refused", exc_info=True)
+    finally:
+        for name in names:
+            logging.getLogger(name).removeHandler(handler)
+    assert handler.texts[:3] == [f"{name} failed\n[ZeroDivisionError: division by zero]" for name in names]
+    refused = handler.texts[3]
+    assert refused.startswith("jangdok.stores.test refused\nTraceback (most recent call last):"), refused
+    assert "PermissionError: signed as ****ACK1" in refused and "AKIAJANGDOKTRACEBACK1" not in refused

@@ -13,7 +13,7 @@ import pytest
 from seaweed import READ_WRITE
 
 from jangdok import Cache, ConfigError, CredentialsError, Settings, mask_secret
-from jangdok.settings import Secret, reveal
+from jangdok.settings import Secret, mask_url, reveal
 
 
 def write_env(folder: Path, **values: str) -> Path:
@@ -294,6 +294,41 @@ def test_a_malformed_endpoint_is_refused_from_every_source(isolated_env: Path) -
     path = write_env(isolated_env, AWS_ENDPOINT_URL="127.0.0.1:8333", AWS_ACCESS_KEY_ID="K", AWS_SECRET_ACCESS_KEY="S")
     with pytest.raises(ConfigError, match=f"AWS_ENDPOINT_URL in .env file {path}"):
         Settings.resolve()
+
+
+PASSWORD = "SuperSecretPassw0rd123"
+
+
+@pytest.mark.parametrize("url", [
+    f"http://me:{PASSWORD}@127.0.0.1:9", f"http://{PASSWORD}@127.0.0.1:9", f"http://me:p@ss{PASSWORD}@127.0.0.1:9",
+    f"http://me:{PASSWORD}@127.0.0.1:notaport", f"me:{PASSWORD}@127.0.0.1:9",
+])
+def test_an_endpoint_holding_a_password_is_refused_without_showing_it(monkeypatch: pytest.MonkeyPatch,
+                                                                       url: str) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    for resolve in (Settings.resolve, lambda: Settings(endpoint_url=url)):
+        with pytest.raises(ConfigError) as caught:
+            resolve()
+        message = str(caught.value)
+        assert "****" in message and PASSWORD[:-4] not in message and "p@ss" not in message, message
+        assert "has no scheme" in message or "holds a user name or password" in message
+
+
+def test_the_command_refuses_an_endpoint_holding_a_password_without_showing_it(tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "JANGDOK_", "CACHE_"))}
+    env.update(AWS_ENDPOINT_URL=f"http://me:{PASSWORD}@127.0.0.1:9", CACHE_DIR="s3://b/c/",
+               AWS_EC2_METADATA_DISABLED="true")
+    result = subprocess.run([sys.executable, "-m", "jangdok", "ls"], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0
+    assert "endpoint 'http://****d123@127.0.0.1:9'" in result.stderr, result.stderr
+    assert PASSWORD[:-4] not in result.stdout + result.stderr
+
+
+def test_mask_url_masks_only_user_information() -> None:
+    assert mask_url(f"http://me:{PASSWORD}@h:9/x@y") == "http://****d123@h:9/x@y"
+    for url in ("http://h:9", "s3://bucket/pre@fix/", "cache@v2", "/data/me@host", "C:\\Users\\me@corp"):
+        assert mask_url(url) == url
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8333", "https://s3.example.com", "https://s3.example.com/base/",

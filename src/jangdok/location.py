@@ -19,6 +19,7 @@ from typing import Literal
 from urllib.parse import unquote
 
 from .errors import InvalidKey, InvalidLocation
+from .settings import mask_url
 
 __all__ = [
     "Location",
@@ -170,7 +171,7 @@ def validate_key(key: str) -> list[str]:
 
 
 def _no_bucket(text: str) -> InvalidLocation:
-    return InvalidLocation(f"S3 location {text!r} has no bucket name; use s3://bucket/prefix/")
+    return InvalidLocation(f"S3 location {mask_url(text)!r} has no bucket name; use s3://bucket/prefix/")
 
 
 def _check_bucket(bucket: str, text: str) -> None:
@@ -187,7 +188,7 @@ def _check_bucket(bucket: str, text: str) -> None:
     if problem:
         meant = bucket.lower().replace("_", "-")
         hint = f" (did you mean {meant!r}?)" if meant != bucket and _BUCKET.match(meant) else ""
-        raise InvalidLocation(f"S3 location {text!r}: invalid bucket name {bucket!r}{hint}; "
+        raise InvalidLocation(f"S3 location {mask_url(text)!r}: invalid bucket name {bucket!r}{hint}; "
                               f"bucket names are {problem}")
 
 
@@ -258,16 +259,25 @@ def _refuse_mistyped_s3(text: str, what: str) -> None:
     if _S3_TYPO.match(text):
         rest = text[3:].lstrip(":/\\").replace("\\", "/")
         meant = f"s3://{rest}" if rest else "s3://bucket/prefix/"
-        raise InvalidLocation(f"{what} {text!r} looks like a mistyped S3 URL; did you mean {meant!r}?")
+        raise InvalidLocation(f"{what} {mask_url(text)!r} looks like a mistyped S3 URL; did you mean "
+                              f"{mask_url(meant)!r}?")
+
+
+def _refuse_user_info(text: str, authority: str, what: str) -> None:
+    """Refuse a URL naming a user (and password): it would show in every message and log."""
+    if "@" in authority:
+        raise InvalidLocation(f"cache location {mask_url(text)!r} holds a user name or password; {what}")
 
 
 def _parse_s3(text: str) -> Location:
     bucket, _, prefix = text[5:].partition("/")
+    _refuse_user_info(text, bucket, "S3 credentials are access keys (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
+                                    "never part of the URL: use s3://bucket/prefix/")
     _check_bucket(bucket, text)
     # The prefix is part of every object key, so it follows the key rules, NFC included.
     prefix = unicodedata.normalize("NFC", prefix.removesuffix("/"))
     if prefix:
-        _segments(prefix, f"S3 location {text!r}: prefix", InvalidLocation)
+        _segments(prefix, f"S3 location {mask_url(text)!r}: prefix", InvalidLocation)
         prefix += "/"
     return Location("s3", bucket, prefix)
 
@@ -275,6 +285,7 @@ def _parse_s3(text: str) -> Location:
 def _file_url_path(text: str) -> str:
     """The local path of a ``file://`` URL: ``file:///p`` and ``file://localhost/p`` are ``/p``."""
     host, slash, path = text[len("file://") :].partition("/")
+    _refuse_user_info(text, host, "a file:// URL names a folder on this machine: file:///path")
     if host and host.lower() != "localhost":
         raise InvalidLocation(
             f"cache location {text!r} names the host {host!r}; a file:// URL must be on this "
@@ -285,7 +296,7 @@ def _file_url_path(text: str) -> str:
     if _URL_DRIVE.match(path):
         path = path[1:]
     if not path:
-        raise InvalidLocation(f"cache location {text!r} names no folder")
+        raise InvalidLocation(f"cache location {mask_url(text)!r} names no folder")
     return path
 
 
@@ -306,12 +317,12 @@ def parse_location(text: str | os.PathLike[str]) -> Location:
     if scheme:
         if scheme.group(1).lower() != "file":
             raise InvalidLocation(
-                f"cache location {text!r} uses the unsupported scheme {scheme.group(1)!r}; "
+                f"cache location {mask_url(text)!r} uses the unsupported scheme {scheme.group(1)!r}; "
                 "use a local folder or s3://bucket/prefix/"
             )
         text = _file_url_path(text)
     if _CONTROL.search(text):
-        raise InvalidLocation(f"cache location {text!r} contains a NUL or control character")
+        raise InvalidLocation(f"cache location {mask_url(text)!r} contains a NUL or control character")
     return Location("local", text)
 
 
@@ -349,7 +360,7 @@ def split_path(path: str | os.PathLike[str], root: Location | None = None) -> tu
     local = _file_url_path(path) if scheme and scheme.group(1).lower() == "file" else path
     folder, name = os.path.split(local)
     if not name:
-        raise InvalidKey(f"cache path {path!r} names a folder, not an entry")
+        raise InvalidKey(f"cache path {mask_url(path)!r} names a folder, not an entry")
     if root is not None and not root.is_s3:
         relative = _relative_to(local, root.root)
         if relative is not None:

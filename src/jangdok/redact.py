@@ -17,7 +17,9 @@ sees them, however they propagate. Two things are masked to their last 4 charact
   (roles, SSO) are not known in advance.
 
 Only records that a logger is enabled for are ever made, so with DEBUG off this costs nothing;
-a record is formatted once more when it is made. A factory set later by the app without
+a record is formatted once more when it is made. A record's traceback is formatted once to look
+for credentials, and replaced (``exc_text``) only if it held one: every other traceback is left
+to the app's own formatter (one-line or JSON tracebacks). A factory set later by the app without
 wrapping the current one (``logging.getLogRecordFactory()``) ends this protection.
 """
 
@@ -83,8 +85,13 @@ def _clean(record: logging.LogRecord) -> None:
     if clean != text:
         record.msg, record.args = clean, ()
     if record.exc_info and not record.exc_text:
-        # Formatters use exc_text when it is set, so the traceback they print is this one.
-        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        # Formatters print exc_text instead of formatting the exception when it is set: so it is
+        # set only to a traceback that held a credential, and every other traceback is left to
+        # the app's own formatter (one-line, JSON).
+        text = logging.Formatter().formatException(record.exc_info)
+        clean = redact(text)
+        if clean != text:
+            record.exc_text = clean
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
 

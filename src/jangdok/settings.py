@@ -41,7 +41,16 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "Secret", "mask_secret", "reveal", "parse_size", "environment_variables", "MAX_LEASE_SECONDS"]
+__all__ = [
+    "Settings",
+    "Secret",
+    "mask_secret",
+    "mask_url",
+    "reveal",
+    "parse_size",
+    "environment_variables",
+    "MAX_LEASE_SECONDS",
+]
 
 log = logging.getLogger("jangdok")
 
@@ -106,6 +115,19 @@ def mask_secret(secret: str | None) -> str:
     if not secret:
         return "(none)"
     return "****" + secret[-4:] if len(secret) >= 12 else "****"
+
+
+# The user information of a URL (``http://user:password@host``), and of the forms a URL takes
+# when mistyped (``s3:user:password@bucket``): from the scheme to the last '@' before any '/'
+# (a password may hold an '@' of its own).
+_USER_INFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*)([^/\\]+)@")
+
+
+def mask_url(url: str) -> str:
+    """A URL for a message, with any user name and password in it masked as one secret
+    (``http://me:hunter2secret@host`` -> ``http://****cret@host``): every message that quotes
+    a URL quotes it through this."""
+    return _USER_INFO.sub(lambda match: f"{match.group(1)}{mask_secret(match.group(2))}@", url, count=1)
 
 
 class Secret:
@@ -281,24 +303,28 @@ def _check_endpoint(url: Any, where: str) -> None:
     """Accept ``http(s)://host[:port][/path]``; boto3 would fail later with a bare 'Invalid endpoint'."""
     problem = _endpoint_problem(url)
     if problem:
-        raise ConfigError(f"endpoint {url!r} ({where}) {problem}")
+        raise ConfigError(f"endpoint {mask_url(url) if isinstance(url, str) else url!r} ({where}) {problem}")
 
 
 def _endpoint_problem(url: Any) -> str | None:
     if not isinstance(url, str):
         return f"must be a URL string, not {type(url).__name__}"
     if "://" not in url:
-        return f"has no scheme; use http://{url} (or https://{url} if the server uses TLS)"
+        shown = mask_url(f"http://{url}").removeprefix("http://")
+        return f"has no scheme; use http://{shown} (or https://{shown} if the server uses TLS)"
     try:
         parts = urlsplit(url)
+    except ValueError as exc:
+        return f"is not a valid URL ({exc}); use http(s)://host[:port]"
+    if "@" in parts.netloc:  # before the port is parsed: its error would quote the password
+        # User info would be sent nowhere useful and would show in logs; credentials go elsewhere.
+        return "holds a user name or password; remove it and set the credentials as access keys"
+    try:
         parts.port  # noqa: B018 -- parsing the port is what raises on a bad one
     except ValueError as exc:
         return f"is not a valid URL ({exc}); use http(s)://host[:port]"
     if parts.scheme.lower() not in ("http", "https"):
         return f"uses the scheme {parts.scheme!r}; S3 endpoints are http:// or https://"
-    if "@" in parts.netloc:
-        # User info would be sent nowhere useful and would show in logs; credentials go elsewhere.
-        return "holds a user name or password; remove it and set the credentials as access keys"
     if not parts.hostname:
         return "has no host; use http(s)://host[:port], e.g. http://127.0.0.1:8333"
     if parts.query or parts.fragment:

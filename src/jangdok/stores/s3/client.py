@@ -12,7 +12,7 @@ from botocore.config import Config
 
 from ...errors import ConfigError, NoCredentials
 from ...redact import protect
-from ...settings import Settings, mask_secret, reveal
+from ...settings import Settings, mask_secret, mask_url, reveal
 
 __all__ = ["make_client"]
 
@@ -78,6 +78,7 @@ def make_client(settings: Settings) -> tuple[Any, str]:
     try:
         client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
     except (bce.BotoCoreError, ValueError) as exc:
+        endpoint = mask_url(settings.endpoint_url) if settings.endpoint_url else None
         raise ConfigError(f"S3 client initialization failed: {exc}; check AWS_REGION "
-                          f"({settings.region!r}) and AWS_ENDPOINT_URL ({settings.endpoint_url!r})") from exc
+                          f"({settings.region!r}) and AWS_ENDPOINT_URL ({endpoint!r})") from exc
     return client, mask_secret(frozen.access_key)

@@ -15,18 +15,28 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import botocore.exceptions as bce
-from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ...errors import AccessDenied, ConfigError, JangdokError, StoreUnavailable
 from ...location import TEMP_MARKER, Location, validate_key
 from ...perprocess import PerProcess
 from ...retry import RetryBudget, RetryExhausted, RetryPolicy
-from ...settings import Settings
+from ...settings import Settings, mask_url
 from ..base import UNCHANGED, Chunks, ObjectInfo, Reader, Store, Unchanged, check_range
 from .bodies import ChunkFile, Sent, split_into_parts
 from .capabilities import ProbedCapabilities
 from .client import make_client
-from .translate import MISSING_CODES, ShortBody, Target, error_code, is_transient, not_s3, translate
+from .listing import OBJECTS, UPLOADS, Paging, pages
+from .translate import (
+    MISSING_CODES,
+    ShortBody,
+    Target,
+    content_type,
+    error_code,
+    is_transient,
+    not_s3,
+    quoted,
+    translate,
+)
 
 __all__ = ["S3Store", "MIN_PART_SIZE", "DEFAULT_PART_SIZE"]
 
@@ -152,7 +162,7 @@ class S3Store(Store):
             attempt_timeout=settings.connect_timeout + settings.read_timeout,
         )
         self._bucket = location.root
-        endpoint = client.meta.endpoint_url
+        endpoint = mask_url(client.meta.endpoint_url)  # as messages quote it
         self.capabilities = ProbedCapabilities(endpoint, self._bucket, {
             "conditional_write": self._probe_conditional_write,
             "conditional_delete": self._probe_conditional_delete,
@@ -160,7 +170,8 @@ class S3Store(Store):
         })
         self._target = Target(bucket=self._bucket, endpoint=endpoint, region=client.meta.region_name,
                               identity=self.identity, credentials_source=settings.credentials_source,
-                              endpoint_setting=settings.endpoint_url, session_token=bool(settings.session_token))
+                              endpoint_setting=settings.endpoint_url and mask_url(settings.endpoint_url),
+                              session_token=bool(settings.session_token))
 
     @property
     def client(self) -> Any:
@@ -185,8 +196,8 @@ class S3Store(Store):
             log.debug("%s probe on %s failed (%s); asking again later", what, self.location.url, exc)
             verdict = None
         try:
-            self.client.delete_object(Bucket=self._bucket, Key=probe)
-        except (bce.BotoCoreError, bce.ClientError, Urllib3Error, OSError) as exc:
+            self._call("deleting", None, lambda: self.client.delete_object(Bucket=self._bucket, Key=probe))
+        except JangdokError as exc:  # cleanup removes it later: its name marks it as a probe
             log.debug("could not remove the probe object %s: %s", probe, exc)
         return verdict
 
@@ -221,7 +232,7 @@ class S3Store(Store):
         honoured = self._probe(trial, "conditional write")
         if honoured is False:
             log.warning("S3 endpoint %s ignores %s on PutObject: leases (compute once) are best effort, and two "
-                        "processes may compute the same entry at the same time", self.client.meta.endpoint_url,
+                        "processes may compute the same entry at the same time", self._target.endpoint,
                         " and ".join(found))
         return honoured
 
@@ -233,7 +244,7 @@ class S3Store(Store):
         if honoured is False:
             log.warning("S3 endpoint %s ignores If-Match on DeleteObject: a damaged entry is deleted after a "
                         "check, and a good entry written in that instant could be deleted with it",
-                        self.client.meta.endpoint_url)
+                        self._target.endpoint)
         return honoured
 
     def _probe_conditional_batch_delete(self) -> bool | None:
@@ -247,13 +258,16 @@ class S3Store(Store):
         honoured = self._probe(trial, "batch delete")
         if honoured is False:
             log.info("S3 endpoint %s ignores ETag conditions in DeleteObjects; prune deletes one key at a time",
-                     self.client.meta.endpoint_url)
+                     self._target.endpoint)
         return honoured
 
     # -- error handling -------------------------------------------------------------------
 
-    def _call(self, verb: str, key: str | None, operation: Callable[[], T], budget: RetryBudget | None = None) -> T:
-        path = self.path(key) if key is not None else self.location.url
+    def _call(self, verb: str, key: str | None, operation: Callable[[], T], budget: RetryBudget | None = None,
+              path: str | None = None) -> T:
+        """Run ``operation`` under the retry policy, raising a jangdok error naming ``path``
+        (by default the key's, or the location's)."""
+        path = path or (self.path(key) if key is not None else self.location.url)
         try:
             return (budget or self.policy.budget()).call(operation, is_transient, f"{verb} {path}")
         except RetryExhausted as exc:
@@ -287,7 +301,7 @@ class S3Store(Store):
             log.debug("listing refused on %s (%s); the object operations will tell", self.location.url, exc)
             return
         if "IsTruncated" not in listing:  # every S3 listing says; a web server's 200 page does not
-            content = listing.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("content-type") or "no"
+            content = content_type(listing.get("ResponseMetadata", {}).get("HTTPHeaders", {}))
             raise ConfigError(not_s3(self._target, "opening", self.location.url,
                                      f"a listing with HTTP 200 and {content} content"))
 
@@ -345,7 +359,7 @@ class S3Store(Store):
             try:
                 self.client.abort_multipart_upload(Bucket=self._bucket, Key=object_key, UploadId=upload_id)
             except Exception as exc:  # the original error matters more; S3 lifecycle rules clean up
-                log.warning("could not abort multipart upload of %s: %s", self.path(key), exc)
+                log.warning("could not abort multipart upload of %s: %s", self.path(key), quoted(exc))
             raise
 
     def _complete(self, key: str, object_key: str, upload_id: str, parts: list[dict[str, Any]], token: str) -> str:
@@ -430,11 +444,14 @@ class S3Store(Store):
         it. Where it does not, or that is not known yet, the object is checked first and the
         condition still sent: a check-then-delete on a server that ignores it, and atomic on
         one that honours it, so an unknown answer is never less safe than a known one."""
-        object_key = self.location.object_key(key)
+        return self._delete(self.location.object_key(key), self.path(key), version)
+
+    def _delete(self, object_key: str, path: str, version: str | None) -> bool:
+        """:meth:`delete` of any object under the bucket (``path`` names it in messages)."""
         if version is None or self.capabilities.conditional_delete is not True:
             # S3 deletes succeed whether or not the key existed; ask first so callers can tell.
-            current = self.stat(key)
-            if current is None or (version is not None and current.version != version):
+            current = self._head(object_key, path)
+            if current is None or (version is not None and (current.get("ETag") or "") != version):
                 return False
         condition = {} if version is None else {"IfMatch": version}
 
@@ -448,7 +465,7 @@ class S3Store(Store):
                 raise
             return True
 
-        return self._call("deleting", key, delete_object)
+        return self._call("deleting", None, delete_object, path=path)
 
     def delete_many(self, found: Iterable[ObjectInfo]) -> list[str]:
         """DeleteObjects, 1000 keys a request, each pinned to its listed ETag, where the server
@@ -468,8 +485,10 @@ class S3Store(Store):
                         if done.get("Key") in by_object_key]
             for error in response.get("Errors", []):
                 if error.get("Code") not in ("PreconditionFailed", *MISSING_CODES):
-                    log.warning("could not delete %s: %s %s", self.path(by_object_key.get(error.get("Key"), "?")),
-                                error.get("Code"), error.get("Message", ""))
+                    asked = by_object_key.get(error.get("Key"))
+                    log.warning("could not delete %s: %s %s",
+                                self.path(asked) if asked is not None else quoted(error.get("Key"), 120),
+                                quoted(error.get("Code"), 64), quoted(error.get("Message", "")))
         return deleted
 
     def cleanup(self, older_than: float, prefix: str = "") -> int:
@@ -477,18 +496,21 @@ class S3Store(Store):
         seconds (the parts of writers killed mid-upload, which S3 keeps and bills forever; a
         slow live upload keeps adding parts), and remove stale probe objects."""
         cutoff = _now() - older_than
-        request = {"Bucket": self._bucket, "Prefix": self.location.prefix + prefix}
         removed = 0
-        while True:
-            page = self._call("listing", None, lambda: self.client.list_multipart_uploads(**request))
-            for upload in page.get("Uploads", []):
-                if self._last_progress(upload) < cutoff and self._abort(upload["Key"], upload["UploadId"]):
-                    removed += 1
-            markers = {"KeyMarker": page.get("NextKeyMarker"), "UploadIdMarker": page.get("NextUploadIdMarker")}
-            if not page.get("IsTruncated") or not all(markers.values()):
-                break
-            request.update(markers)
+        for upload in self._listed(self.client.list_multipart_uploads, UPLOADS, self.location.prefix + prefix):
+            if self._last_progress(upload) < cutoff and self._abort(upload["Key"], upload["UploadId"]):
+                removed += 1
         return removed + self._remove_stale_probes(cutoff)
+
+    def _listed(self, operation: Callable[..., dict[str, Any]], paging: Paging, prefix: str,
+                **request: Any) -> Iterator[dict[str, Any]]:
+        """The items of a listing under ``prefix`` (see :mod:`.listing`: nothing outside it, and
+        no listing without end), each page retried on its own."""
+        def fetch(page_request: dict[str, Any]) -> dict[str, Any]:
+            return self._call("listing", None, lambda: operation(**page_request))
+
+        return pages(fetch, {"Bucket": self._bucket, "Prefix": prefix, **request}, paging, prefix,
+                     self.location.url, self._target.endpoint)
 
     def _last_progress(self, upload: dict[str, Any]) -> float:
         """When an upload last received a part (one listing of up to 1000 parts); now, if it
@@ -505,16 +527,17 @@ class S3Store(Store):
         found = self._call("listing", None, parts)
         if found is None:
             return _now()
-        return max([upload["Initiated"].timestamp(), *(part["LastModified"].timestamp() for part in found)])
+        return max([upload["Initiated"].timestamp(),
+                    *(part["LastModified"].timestamp() for part in found if "LastModified" in part)])
 
     def _remove_stale_probes(self, cutoff: float) -> int:
-        prefix = self.location.prefix + TEMP_MARKER
-        page = self._call("listing", None, lambda: self.client.list_objects_v2(Bucket=self._bucket, Prefix=prefix))
-        stale = [item["Key"] for item in page.get("Contents", []) if item["LastModified"].timestamp() < cutoff]
-        for object_key in stale:
-            self._call("deleting", None, functools.partial(self.client.delete_object, Bucket=self._bucket,
-                                                           Key=object_key))
-        return len(stale)
+        """Remove probe objects a crash left, each only in the version listed: a listing is
+        believed only as far as its ETag, so a forged one deletes nothing."""
+        removed = 0
+        for item in self._listed(self.client.list_objects_v2, OBJECTS, self.location.prefix + TEMP_MARKER):
+            if item.get("ETag") and item["LastModified"].timestamp() < cutoff:  # no ETag: nothing to pin to
+                removed += self._delete(item["Key"], f"s3://{self._bucket}/{item['Key']}", item["ETag"])
+        return removed
 
     def _abort(self, object_key: str, upload_id: str) -> bool:
         def abort() -> bool:
@@ -531,9 +554,8 @@ class S3Store(Store):
             log.info("aborted an incomplete multipart upload of s3://%s/%s", self._bucket, object_key)
         return aborted
 
-    def stat(self, key: str) -> ObjectInfo | None:
-        object_key = self.location.object_key(key)
-
+    def _head(self, object_key: str, path: str) -> dict[str, Any] | None:
+        """HeadObject's answer for any object under the bucket, ``None`` if it is missing."""
         def head() -> dict[str, Any] | None:
             try:
                 return self.client.head_object(Bucket=self._bucket, Key=object_key)
@@ -542,7 +564,10 @@ class S3Store(Store):
                     return None
                 raise
 
-        response = self._call("checking", key, head)
+        return self._call("checking", None, head, path=path)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        response = self._head(self.location.object_key(key), self.path(key))
         if response is None:
             return None
         return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp(),
@@ -550,21 +575,15 @@ class S3Store(Store):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Paged by hand, not with a boto3 paginator, so a failed page is retried alone.
-        request = {"Bucket": self._bucket, "Prefix": self.location.prefix + prefix, "MaxKeys": self.list_page_size}
         skip = len(self.location.prefix)
-        while True:
-            page = self._call("listing", None, lambda: self.client.list_objects_v2(**request))
-            for item in page.get("Contents", []):
-                key = item["Key"][skip:]
-                try:
-                    validate_key(key)
-                except JangdokError:
-                    continue  # folder markers and foreign names that are not cache keys
-                yield ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp(), item.get("ETag") or "")
-            token = page.get("NextContinuationToken")
-            if not (page.get("IsTruncated") and token):
-                return
-            request["ContinuationToken"] = token
+        for item in self._listed(self.client.list_objects_v2, OBJECTS, self.location.prefix + prefix,
+                                 MaxKeys=self.list_page_size):
+            key = item["Key"][skip:]
+            try:
+                validate_key(key)
+            except JangdokError:
+                continue  # folder markers and foreign names that are not cache keys
+            yield ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp(), item.get("ETag") or "")
 
     def close(self) -> None:
         client = self._clients.mine()

@@ -4,6 +4,10 @@ One table of rules (:data:`RULES`), tried in order, gives the error type and the
 every error document or bare status a server can send; a failure below HTTP (a reset, a
 timeout, a refused connection) is an outage. Each message says what failed, on which path, and
 what to check, and names the access key only masked.
+
+Whatever the server wrote (an error code, its message, a header) is quoted only through
+:func:`quoted`: anyone on an ``http://`` path can write it, so it could otherwise put megabytes,
+or a forged log line, into every message and log record that shows the error.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ...errors import AccessDenied, ConfigError, CredentialsError, JangdokError, NoCredentials, StoreUnavailable
 
-__all__ = ["Answer", "Rule", "RULES", "ShortBody", "Target", "error_code", "is_transient", "not_s3", "rule_for",
-           "translate", "MISSING_CODES"]
+__all__ = ["Answer", "Rule", "RULES", "ShortBody", "Target", "content_type", "error_code", "is_transient", "not_s3",
+           "quoted", "rule_for", "translate", "MISSING_CODES"]
 
 MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _TRANSIENT_CODES = frozenset({
@@ -36,6 +40,29 @@ _PERMISSION = {
     "listing": "s3:ListBucket",
     "probing": "s3:PutObject and s3:DeleteObject",
 }
+
+
+# Server text quoted in one message stays within these, so the whole line stays under the 700
+# characters docs/security.md promises.
+_CODE_LIMIT = 64
+_TEXT_LIMIT = 240
+
+
+def quoted(text: object, limit: int = _TEXT_LIMIT) -> str:
+    """Text a server chose, for a message or a log record: one line (every character that is
+    not printable, line breaks and Unicode separators included, escaped as ``\\n``,
+    ``\\u2028``), at most ``limit`` characters, and the length of the whole when cut."""
+    text = str(text)
+    head = text[:limit]
+    shown = "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in head)
+    if len(text) <= limit and len(shown) <= limit:
+        return shown
+    return f"{shown[: limit - 28]}... ({len(text):,} characters)"
+
+
+def content_type(headers: Mapping[str, str]) -> str:
+    """An answer's Content-Type as a message quotes it (``no`` when it has none)."""
+    return quoted(headers.get("content-type") or "no", _CODE_LIMIT)
 
 
 class ShortBody(Exception):
@@ -106,8 +133,13 @@ class Answer:
     target: Target
 
     @property
+    def shown_code(self) -> str:
+        return quoted(self.code, _CODE_LIMIT)
+
+    @property
     def message(self) -> str:
-        return str(self.fields.get("Message", ""))
+        """The error document's Message, as a message may quote it (see :func:`quoted`)."""
+        return quoted(self.fields.get("Message", ""))
 
     @property
     def lead(self) -> str:
@@ -131,7 +163,7 @@ def _codes(*codes: str) -> Callable[[Answer], bool]:
 
 def _not_an_s3_document(answer: Answer) -> bool:
     # A proxy's 502/503 page in front of S3 is an outage, not a wrong endpoint.
-    not_xml = not answer.fields.get("Code") or answer.headers.get("content-type", "").startswith("text/html")
+    not_xml = not answer.fields.get("Code") or str(answer.headers.get("content-type", "")).startswith("text/html")
     return not_xml and not _overloaded("", answer.status)
 
 
@@ -144,7 +176,7 @@ def not_s3(target: Target, verb: str, path: str, answered: str) -> str:
 
 def _expected_region(message: str) -> str | None:
     """The region AWS names in "the region 'us-east-1' is wrong; expecting 'eu-west-1'"."""
-    match = re.search(r"expecting '([a-z0-9-]+)'", message)
+    match = re.search(r"expecting '([a-z0-9-]{1,64})'", message)
     return match.group(1) if match else None
 
 
@@ -161,14 +193,15 @@ def _skew(fields: Mapping[str, Any]) -> str:
 
 
 def _wrong_region(answer: Answer) -> str:
-    region = answer.headers.get("x-amz-bucket-region") or _expected_region(answer.message)
-    return (f"{answer.lead}: {answer.code}: bucket {answer.target.bucket!r} is in "
+    found = answer.headers.get("x-amz-bucket-region") or _expected_region(answer.message)
+    region = quoted(found, _CODE_LIMIT) if found else None
+    return (f"{answer.lead}: {answer.shown_code}: bucket {answer.target.bucket!r} is in "
             f"{'region ' + repr(region) if region else 'another region'}, not {answer.target.region!r}; "
             f"set AWS_REGION={region or '<its region>'}.")
 
 
 def _expired(answer: Answer) -> str:
-    return (f"{answer.lead}: {answer.code}: the session token has expired ({answer.target.credentials_source}); "
+    return (f"{answer.lead}: {answer.shown_code}: the session token has expired ({answer.target.credentials_source}); "
             "get new temporary credentials (aws sso login, aws sts assume-role, or your identity provider) and set "
             "AWS_SESSION_TOKEN and its keys again.")
 
@@ -191,7 +224,7 @@ def _unknown_key(answer: Answer) -> str:
     target = answer.target
     token = (" A session token is sent too: temporary keys work only at the endpoint that issued them, and "
              "only with their own token (AWS_SESSION_TOKEN)." if target.session_token else "")
-    return (f"{answer.lead}: Access Denied ({answer.code}): the endpoint {target.endpoint} does not know the "
+    return (f"{answer.lead}: Access Denied ({answer.shown_code}): the endpoint {target.endpoint} does not know the "
             f"{target.key_and_source.replace('access key', 'access key id', 1)}; check AWS_ACCESS_KEY_ID: a typo, a "
             f"deleted key, or a key of another account or endpoint.{token}")
 
@@ -205,7 +238,7 @@ def _wrong_secret(answer: Answer) -> str:
 
 def _invalid_token(answer: Answer) -> str:
     target = answer.target
-    return (f"{answer.lead}: Access Denied ({answer.code}): the endpoint {target.endpoint} rejected the session "
+    return (f"{answer.lead}: Access Denied ({answer.shown_code}): the endpoint {target.endpoint} rejected the session "
             f"token sent with {target.key_and_source}; check "
             "AWS_SESSION_TOKEN: it must be the token issued together with these keys.")
 
@@ -221,7 +254,7 @@ def _missing_bucket(answer: Answer) -> str:
 RULES: tuple[Rule, ...] = (
     Rule("not an S3 server", _not_an_s3_document, ConfigError, lambda answer: not_s3(
         answer.target, answer.verb, answer.path,
-        f"HTTP {answer.status} with {answer.headers.get('content-type') or 'no'} content")),
+        f"HTTP {answer.status} with {content_type(answer.headers)} content")),
     Rule("bucket in another region",
          _codes("PermanentRedirect", "301", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"),
          ConfigError, _wrong_region),
@@ -242,10 +275,10 @@ RULES: tuple[Rule, ...] = (
          StoreUnavailable, lambda answer: f"{answer.lead}: the object was replaced while it was being read; "
                                           "load it again."),
     Rule("overloaded or failing", lambda answer: _overloaded(answer.code, answer.status), StoreUnavailable,
-         lambda answer: f"{answer.lead}: {answer.code} (HTTP {answer.status}) after {answer.tally}; the service "
+         lambda answer: f"{answer.lead}: {answer.shown_code} (HTTP {answer.status}) after {answer.tally}; the service "
                         "is overloaded or failing. Try again later."),
     Rule("any other answer", lambda answer: True, JangdokError,
-         lambda answer: f"{answer.lead}: {answer.code} (HTTP {answer.status}): {answer.message}"),
+         lambda answer: f"{answer.lead}: {answer.shown_code} (HTTP {answer.status}): {answer.message}"),
 )
 """Every answer meets the first rule that applies; the last applies to all."""
 
@@ -265,7 +298,7 @@ def translate(exc: BaseException, verb: str, path: str, tally: str, target: Targ
     if isinstance(exc, bce.NoCredentialsError):
         return NoCredentials(f"S3 client initialization failed: Unable to locate credentials ({path})")
     return StoreUnavailable(
-        f"S3 error {verb} {path}: Connection timeout or failure ({type(exc).__name__}: {exc}) after {tally}. "
+        f"S3 error {verb} {path}: Connection timeout or failure ({type(exc).__name__}: {quoted(exc)}) after {tally}. "
         f"Check that the endpoint {target.endpoint} is reachable from this machine (network, AWS_ENDPOINT_URL, "
         "proxy), or use a local cache folder."
     )

@@ -23,6 +23,7 @@ import pytest
 import jangdok.stores.local as local_module
 from jangdok import StoreUnavailable
 from jangdok.errors import InvalidRange, JangdokError
+from jangdok.folders import Folder
 from jangdok.location import TEMP_MARKER, parse_location
 from jangdok.stores.local import LocalStore
 
@@ -252,13 +253,13 @@ def test_prefix_naming_a_folder_reads_only_that_folder(tmp_path: Path, monkeypat
     store.write("chapters/음식/버거.pkl", b"burger")
     store.write("chapters/label.pkl", b"label")
     scanned: list[str] = []
-    real_scandir = os.scandir
+    real_entries = Folder.entries
 
-    def counting_scandir(path: Any = ".") -> Any:
-        scanned.append(os.path.relpath(os.fspath(path), root))
-        return real_scandir(path)
+    def counting_entries(folder: Folder) -> Any:
+        scanned.append(os.path.relpath(folder.path, root))
+        return real_entries(folder)
 
-    monkeypatch.setattr(os, "scandir", counting_scandir)  # what os.walk reads folders with
+    monkeypatch.setattr(Folder, "entries", counting_entries)  # what the walk reads folders with
     assert sorted(info.key for info in store.list("chapters/")) == ["chapters/label.pkl", "chapters/음식/버거.pkl"]
     assert store.cleanup(0, prefix="chapters/") == 0
     assert sorted(info.key for info in store.list("chapters/음")) == ["chapters/음식/버거.pkl"]
@@ -349,7 +350,7 @@ def test_symlink_loops_are_skipped_by_list_with_a_warning_and_miss_on_read(
     # Read and stat agree with the listing: a link that resolves to no file is no entry.
     for key in ("loop", "ping", "loop/below.pkl"):
         assert store.read(key) is None and store.stat(key) is None and store.exists(key) is False
-    assert read_all(store, "sub/up/sub/inner.pkl") == b"inner"  # keys may still go through links
+    assert store.read("sub/up/sub/inner.pkl") is None  # never through a link to a folder, even one inside
     store.write("loop", b"healed")  # a write replaces the broken link with an entry
     assert read_all(store, "loop") == b"healed"
     assert store.delete("ping") is True and not os.path.lexists(root / "ping")
@@ -476,24 +477,27 @@ def test_writing_over_an_entry_exchanges_the_names_then_unlinks_the_old_file(tmp
     trace = tmp_path / "trace"
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     completed = subprocess.run(
-        ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=fsync,rename,renameat,renameat2,unlink,unlinkat",
-         sys.executable, "-c", EXCHANGE_WRITER, str(root), durable],
+        ["strace", "-f", "-qq", "-y", "-o", str(trace), "-e",
+         "trace=fsync,rename,renameat,renameat2,unlink,unlinkat", sys.executable, "-c", EXCHANGE_WRITER, str(root),
+         durable],
         env=env, capture_output=True, text=True,
     )
     if completed.returncode != 0 and "ptrace" in completed.stderr:
         pytest.skip(f"strace cannot trace here: {completed.stderr.strip()}")
     assert completed.returncode == 0, completed.stderr
     lines = [line for line in trace.read_text().splitlines() if str(root) in line or "fsync(" in line]
-    entry = str(root / "sub" / "entry.pkl")
     exchanges = [i for i, line in enumerate(lines) if "RENAME_EXCHANGE" in line]
     if not exchanges and any("RENAME_EXCHANGE" in line and "= -1" in line for line in trace.read_text().splitlines()):
         pytest.skip("this kernel or file system cannot exchange names")
     [exchange] = exchanges  # only the second write replaces an entry; the first makes a new one
-    assert re.search(r'renameat2\(AT_FDCWD, "([^"]+)", AT_FDCWD, "' + re.escape(entry) + r'", RENAME_EXCHANGE\) = 0',
-                     lines[exchange]), lines
-    temp = re.search(r'renameat2\(AT_FDCWD, "([^"]+)"', lines[exchange]).group(1)
-    assert os.path.basename(temp).startswith(TEMP_MARKER)
-    unlinks = [i for i, line in enumerate(lines) if re.search(r'unlink(at)?\(.*"' + re.escape(temp) + '"', line)]
+    # Both names relative to the descriptor of the entry's folder (strace -y shows its path).
+    folder = re.escape(f"<{root / 'sub'}>")
+    swapped = re.search(rf'renameat2\(\d+{folder}, "([^"]+)", \d+{folder}, "entry.pkl", RENAME_EXCHANGE\) = 0',
+                        lines[exchange])
+    assert swapped, lines
+    temp = swapped.group(1)
+    assert temp.startswith(TEMP_MARKER)
+    unlinks = [i for i, line in enumerate(lines) if re.search(rf'unlinkat\(\d+{folder}, "{re.escape(temp)}"', line)]
     assert unlinks and unlinks[0] > exchange and " = 0" in lines[unlinks[0]], lines
     if durable == "on":  # data synced before the exchange, the folder after the unlink
         assert "fsync(" in lines[exchange - 1], lines

@@ -193,7 +193,8 @@ class FileLease(Lease):
             acquired = self._lock.acquire(blocking=False)
         except OSError as exc:
             if isinstance(exc, PermissionError) or exc.errno in _UNUSABLE_LOCK:
-                self.reason = f"the lock file {self.path} cannot be used ({exc.strerror or exc})"
+                where = f" at {exc.filename}" if exc.filename and exc.filename != self.path else ""
+                self.reason = f"the lock file {self.path} cannot be used ({exc.strerror or exc}{where})"
                 return Claim.UNCOORDINATED
             raise StoreUnavailable(f"Local error locking {self.path}: {exc.strerror or exc}; check the "
                                    "disk and the cache folder") from exc

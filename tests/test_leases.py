@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -258,3 +259,82 @@ def test_a_fifo_planted_at_a_lock_file_never_hangs_a_computation(tmp_path: Path,
             assert cache.get_or_compute("k.pkl", lambda: "computed") == "computed"
         assert "not a regular file" in caplog.text and "without coordinating" in caplog.text
         assert cache.get("k.pkl") == "computed"
+
+
+# -- a writer of the folder who plants links where lock files go -----------------------------------
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+PLANTED_AT_LOCKS = ["a link to a file", "a dangling link", "a hard link to a file", "a link where its folder goes"]
+
+
+@pytest.mark.parametrize("planted", PLANTED_AT_LOCKS)
+def test_a_link_planted_where_a_lock_file_goes_is_never_written_through(planted: str, tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Whoever can write the cache folder (but not the reader's home) plants one name where the
+    lock of ``report.pkl`` goes. The reader computes without coordinating, and nothing of its
+    own changes: not during the computation (when the lock's text is written), not after."""
+    home = tmp_path / "victim-home"
+    home.mkdir()
+    (home / ".bashrc").write_text("export PATH=$HOME/bin:$PATH  # precious\n")
+    root = tmp_path / "cache"
+    locks = root / RESERVED_FOLDER / "locks"
+    locks.parent.mkdir(parents=True)
+    if planted == "a link where its folder goes":
+        os.symlink(home, locks)
+        blocker = locks
+    else:
+        locks.mkdir()
+        blocker = locks / "report.pkl.lock"
+        if planted == "a link to a file":
+            os.symlink(home / ".bashrc", blocker)
+        elif planted == "a dangling link":
+            os.symlink(home / "created-by-the-reader", blocker)
+        else:
+            os.link(home / ".bashrc", blocker)
+    before = _files(home)
+    during: list[dict[str, bytes]] = []
+
+    def compute() -> int:
+        during.append(_files(home))
+        return 42
+
+    cache = Cache(str(root), fallback=False)
+    with caplog.at_level("WARNING", logger="jangdok"):
+        assert cache.get_or_compute("report.pkl", compute) == 42
+    assert during == [before] and _files(home) == before
+    assert "without coordinating" in caplog.text and str(blocker) in caplog.text
+    assert cache.get("report.pkl") == 42
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only")
+def test_a_fifo_renamed_over_a_held_lock_file_never_hangs_its_owner(tmp_path: Path) -> None:
+    """A folder at the entry's name makes the save fail, so the owner leaves its lock file
+    marked unsaved; meanwhile a FIFO was renamed over the lock file. The mark goes through the
+    descriptor the lock was taken on, never by opening the name, which would block for ever."""
+    root = tmp_path / "cache"
+    (root / "report.pkl").mkdir(parents=True)
+    lock = root / RESERVED_FOLDER / "locks" / "report.pkl.lock"
+
+    def compute() -> int:
+        assert lock.is_file()  # held, while this computes
+        os.mkfifo(tmp_path / "fifo")
+        os.rename(tmp_path / "fifo", lock)
+        return 42
+
+    cache = Cache(str(root), fallback=False)
+    values: list[int] = []
+    owner = threading.Thread(target=lambda: values.append(cache.get_or_compute("report.pkl", compute)), daemon=True)
+    owner.start()
+    owner.join(timeout=60)  # a hang detector: the computation itself takes no time
+    if owner.is_alive():
+        reader = os.open(lock, os.O_RDONLY | os.O_NONBLOCK)  # lets the blocked open through, so the test ends
+        owner.join(timeout=30)
+        os.close(reader)
+        pytest.fail("the owner blocked opening the FIFO at its lock file's name")
+    assert values == [42]
+    assert stat.S_ISFIFO(os.lstat(lock).st_mode)  # the planted FIFO is left as it is

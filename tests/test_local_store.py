@@ -20,10 +20,12 @@ from typing import Any
 
 import pytest
 
+import jangdok.folders as folders_module
 import jangdok.stores.local as local_module
 from jangdok import StoreUnavailable
 from jangdok.errors import InvalidRange, JangdokError
-from jangdok.location import TEMP_MARKER, parse_location
+from jangdok.folders import Folder
+from jangdok.location import TEMP_MARKER, is_reserved, parse_location
 from jangdok.stores.local import LocalStore
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -252,13 +254,13 @@ def test_prefix_naming_a_folder_reads_only_that_folder(tmp_path: Path, monkeypat
     store.write("chapters/음식/버거.pkl", b"burger")
     store.write("chapters/label.pkl", b"label")
     scanned: list[str] = []
-    real_scandir = os.scandir
+    real_entries = Folder.entries
 
-    def counting_scandir(path: Any = ".") -> Any:
-        scanned.append(os.path.relpath(os.fspath(path), root))
-        return real_scandir(path)
+    def counting_entries(folder: Folder) -> Any:
+        scanned.append(os.path.relpath(folder.path, root))
+        return real_entries(folder)
 
-    monkeypatch.setattr(os, "scandir", counting_scandir)  # what os.walk reads folders with
+    monkeypatch.setattr(Folder, "entries", counting_entries)  # what the walk reads folders with
     assert sorted(info.key for info in store.list("chapters/")) == ["chapters/label.pkl", "chapters/음식/버거.pkl"]
     assert store.cleanup(0, prefix="chapters/") == 0
     assert sorted(info.key for info in store.list("chapters/음")) == ["chapters/음식/버거.pkl"]
@@ -349,7 +351,7 @@ def test_symlink_loops_are_skipped_by_list_with_a_warning_and_miss_on_read(
     # Read and stat agree with the listing: a link that resolves to no file is no entry.
     for key in ("loop", "ping", "loop/below.pkl"):
         assert store.read(key) is None and store.stat(key) is None and store.exists(key) is False
-    assert read_all(store, "sub/up/sub/inner.pkl") == b"inner"  # keys may still go through links
+    assert store.read("sub/up/sub/inner.pkl") is None  # never through a link to a folder, even one inside
     store.write("loop", b"healed")  # a write replaces the broken link with an entry
     assert read_all(store, "loop") == b"healed"
     assert store.delete("ping") is True and not os.path.lexists(root / "ping")
@@ -476,24 +478,27 @@ def test_writing_over_an_entry_exchanges_the_names_then_unlinks_the_old_file(tmp
     trace = tmp_path / "trace"
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     completed = subprocess.run(
-        ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=fsync,rename,renameat,renameat2,unlink,unlinkat",
-         sys.executable, "-c", EXCHANGE_WRITER, str(root), durable],
+        ["strace", "-f", "-qq", "-y", "-o", str(trace), "-e",
+         "trace=fsync,rename,renameat,renameat2,unlink,unlinkat", sys.executable, "-c", EXCHANGE_WRITER, str(root),
+         durable],
         env=env, capture_output=True, text=True,
     )
     if completed.returncode != 0 and "ptrace" in completed.stderr:
         pytest.skip(f"strace cannot trace here: {completed.stderr.strip()}")
     assert completed.returncode == 0, completed.stderr
     lines = [line for line in trace.read_text().splitlines() if str(root) in line or "fsync(" in line]
-    entry = str(root / "sub" / "entry.pkl")
     exchanges = [i for i, line in enumerate(lines) if "RENAME_EXCHANGE" in line]
     if not exchanges and any("RENAME_EXCHANGE" in line and "= -1" in line for line in trace.read_text().splitlines()):
         pytest.skip("this kernel or file system cannot exchange names")
     [exchange] = exchanges  # only the second write replaces an entry; the first makes a new one
-    assert re.search(r'renameat2\(AT_FDCWD, "([^"]+)", AT_FDCWD, "' + re.escape(entry) + r'", RENAME_EXCHANGE\) = 0',
-                     lines[exchange]), lines
-    temp = re.search(r'renameat2\(AT_FDCWD, "([^"]+)"', lines[exchange]).group(1)
-    assert os.path.basename(temp).startswith(TEMP_MARKER)
-    unlinks = [i for i, line in enumerate(lines) if re.search(r'unlink(at)?\(.*"' + re.escape(temp) + '"', line)]
+    # Both names relative to the descriptor of the entry's folder (strace -y shows its path).
+    folder = re.escape(f"<{root / 'sub'}>")
+    swapped = re.search(rf'renameat2\(\d+{folder}, "([^"]+)", \d+{folder}, "entry.pkl", RENAME_EXCHANGE\) = 0',
+                        lines[exchange])
+    assert swapped, lines
+    temp = swapped.group(1)
+    assert temp.startswith(TEMP_MARKER)
+    unlinks = [i for i, line in enumerate(lines) if re.search(rf'unlinkat\(\d+{folder}, "{re.escape(temp)}"', line)]
     assert unlinks and unlinks[0] > exchange and " = 0" in lines[unlinks[0]], lines
     if durable == "on":  # data synced before the exchange, the folder after the unlink
         assert "fsync(" in lines[exchange - 1], lines
@@ -906,3 +911,172 @@ def test_a_fifo_at_an_entry_never_hangs_a_cache(signing: bool, mmap: bool, tmp_p
         assert cache.get_or_compute("chapter/x.pkl", lambda: [1, 2]) == [1, 2]  # computed, saved over it
     assert str(root / "chapter" / "x.pkl") in caplog.text
     assert cache.get("chapter/x.pkl") == [1, 2] and (root / "chapter" / "x.pkl").is_file()
+
+
+# --- links planted below the root: never followed where a folder goes ----------------------------
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _victim_folder(tmp_path: Path) -> Path:
+    """A folder of the reader's own, outside the cache, holding files named like entries and
+    like a killed writer's leftovers."""
+    private = tmp_path / "victim-project" / "chapters"
+    private.mkdir(parents=True)
+    (private / "chapter_1.pkl").write_text("not a pickle: the victim's own notes\n")
+    (private / "chapter_2.pkl").write_text("victim data 2\n")
+    (private / f"{TEMP_MARKER}0123456789abcdef").write_text("the victim's, named like a leftover\n")
+    old = time.time() - 7200
+    os.utime(private / f"{TEMP_MARKER}0123456789abcdef", (old, old))
+    return private
+
+
+@pytest.mark.parametrize("folder", ["chapters", "deep/chapters"])
+def test_a_link_planted_where_a_folder_goes_never_leads_outside_the_cache(folder: str, tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The review's case: whoever can write the cache folder makes ``chapters`` a link to the
+    reader's own project. Nothing outside the cache is read as an entry, deleted as damage,
+    overwritten, listed or cleaned up; the keys below the link are misses, saves fail naming
+    the link, and a computation still gives its value."""
+    from jangdok import Cache
+
+    private = _victim_folder(tmp_path)
+    root = tmp_path / "cache"
+    (root / folder).parent.mkdir(parents=True)
+    os.symlink(private, root / folder)
+    before = _files(private)
+    cache = Cache(str(root), fallback=False)
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get(f"{folder}/chapter_1.pkl", "miss") == "miss"
+        assert cache.stat(f"{folder}/chapter_1.pkl") is None and not cache.exists(f"{folder}/chapter_1.pkl")
+        with pytest.raises(StoreUnavailable, match=re.escape(f"{root / folder} is in the way (a symbolic link")):
+            cache.put(f"{folder}/chapter_2.pkl", [1, 2, 3])
+        assert cache.get_or_compute(f"{folder}/chapter_2.pkl", lambda: [1, 2, 3]) == [1, 2, 3]
+        assert cache.delete(f"{folder}/chapter_2.pkl") is False
+        assert cache.store.delete(f"{folder}/chapter_2.pkl", version="1-2-3") is False
+        assert [info.key for info in cache.store.list() if not is_reserved(info.key)] == []
+        assert list(cache.store.list(f"{folder}/")) == []
+        assert cache.store.cleanup(0) == 0 and cache.store.cleanup(0, prefix=f"{folder}/") == 0
+        assert cache.store.map(f"{folder}/chapter_1.pkl") is None
+    assert _files(private) == before
+    assert f"Cache folder {root / folder} is a symbolic link" in caplog.text
+
+
+def _swap_for_link(root: Path, private: Path) -> Callable[[], None]:
+    def swap() -> None:  # the folder, already reached, is moved away and a link takes its name
+        os.rename(root / "chapters", root / "moved")
+        os.symlink(private, root / "chapters")
+
+    return swap
+
+
+SWAPS = [("read", "open"), ("stat", "stat"), ("write", "open"), ("write", "lstat"), ("delete", "unlink"),
+         ("versioned delete", "rename"), ("cleanup", "lstat")]
+
+
+@pytest.mark.parametrize(("operation", "call"), SWAPS, ids=[f"{op}-before-{call}" for op, call in SWAPS])
+def test_a_folder_swapped_for_a_link_after_it_was_reached_redirects_nothing(
+        operation: str, call: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The swap happens right before the store's first use of a name in the folder: every
+    operation still acts on the folder it reached (now at ``moved``), never through the link."""
+    private = _victim_folder(tmp_path)
+    (private / "chapter_1.pkl").rename(private / "x.pkl")
+    root = tmp_path / "cache"
+    store = open_local(root)
+    store.write("chapters/x.pkl", b"the cache's entry")
+    version = store.stat("chapters/x.pkl").version
+    leftover = root / "chapters" / f"{TEMP_MARKER}0123456789abcdef"
+    leftover.write_text("a killed writer's\n")
+    os.utime(leftover, (time.time() - 7200,) * 2)
+    before = _files(private)
+    hooked = HookedOs(call, "before", _swap_for_link(root, private))
+    with monkeypatch.context() as patch:
+        patch.setattr(local_module, "os", hooked)
+        if operation == "read":
+            outcome: Any = read_all(store, "chapters/x.pkl")
+        elif operation == "stat":
+            outcome = store.stat("chapters/x.pkl").size
+        elif operation == "write":
+            store.write("chapters/x.pkl", b"a new value")
+            outcome = (root / "moved" / "x.pkl").read_bytes()
+        elif operation == "delete":
+            outcome = store.delete("chapters/x.pkl"), (root / "moved" / "x.pkl").exists()
+        elif operation == "versioned delete":
+            outcome = store.delete("chapters/x.pkl", version=version), (root / "moved" / "x.pkl").exists()
+        else:
+            outcome = store.cleanup(3600, prefix="chapters/"), (root / "moved" / leftover.name).exists()
+    assert hooked.fired
+    assert _files(private) == before
+    assert outcome == {"read": b"the cache's entry", "stat": len(b"the cache's entry"), "write": b"a new value",
+                       "delete": (True, False), "versioned delete": (True, False), "cleanup": (1, False)}[operation]
+
+
+def test_a_root_that_is_a_link_is_the_users_choice_and_followed(tmp_path: Path) -> None:
+    """CACHE_DIR may point at a folder on another disk through a link: only what lies below
+    the root is judged."""
+    (tmp_path / "other-disk").mkdir()
+    os.symlink(tmp_path / "other-disk", tmp_path / "cache")
+    store = open_local(tmp_path / "cache")
+    store.write("top.pkl", b"top")
+    store.write("chapters/deep/x.pkl", b"deep")
+    assert read_all(store, "top.pkl") == b"top" and read_all(store, "chapters/deep/x.pkl") == b"deep"
+    assert sorted(info.key for info in store.list()) == ["chapters/deep/x.pkl", "top.pkl"]
+    assert (tmp_path / "other-disk" / "chapters" / "deep" / "x.pkl").read_bytes() == b"deep"
+    assert store.delete("chapters/deep/x.pkl") is True and store.stat("chapters/deep/x.pkl") is None
+
+
+def test_damage_found_through_a_linked_entry_removes_the_link_never_what_it_points_to(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A link at an entry's own name is read as the file it points to (reading writes nothing);
+    judged damaged, the link is removed, and the file it points to stays."""
+    from jangdok import Cache
+
+    notes = tmp_path / "victim-notes.pkl"
+    notes.write_text("not a pickle: the victim's own notes\n")
+    root = tmp_path / "cache"
+    root.mkdir()
+    os.symlink(notes, root / "notes.pkl")
+    cache = Cache(str(root), fallback=False)
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get("notes.pkl", "miss") == "miss"
+    assert not os.path.lexists(root / "notes.pkl")
+    assert notes.read_text() == "not a pickle: the victim's own notes\n"
+
+
+def test_a_linked_entry_is_read_as_its_file_and_a_write_replaces_the_link(tmp_path: Path) -> None:
+    from jangdok import Cache
+
+    elsewhere = Cache(str(tmp_path / "elsewhere"), fallback=False)
+    elsewhere.put("chapters/labels.pkl", "computed elsewhere")
+    root = tmp_path / "cache"
+    (root / "chapters").mkdir(parents=True)
+    os.symlink(tmp_path / "elsewhere" / "chapters" / "labels.pkl", root / "chapters" / "labels.pkl")
+    cache = Cache(str(root), fallback=False)
+    assert cache.get("chapters/labels.pkl") == "computed elsewhere"
+    assert [info.key for info in cache.store.list()] == ["chapters/labels.pkl"]
+    cache.put("chapters/labels.pkl", "computed here")
+    assert not (root / "chapters" / "labels.pkl").is_symlink()
+    assert cache.get("chapters/labels.pkl") == "computed here"
+    assert elsewhere.get("chapters/labels.pkl") == "computed elsewhere"
+
+
+def test_without_descriptor_calls_links_are_refused_by_a_check_before_each_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the system has no descriptor-relative calls (Windows), folders are checked and then
+    used by name: the weaker path, run here for real on this system."""
+    monkeypatch.setattr(folders_module, "DESCRIPTORS", False)
+    private = _victim_folder(tmp_path)
+    before = _files(private)
+    root = tmp_path / "cache"
+    store = open_local(root)
+    store.write("a/b/c.pkl", b"value")
+    assert read_all(store, "a/b/c.pkl") == b"value" and [info.key for info in store.list()] == ["a/b/c.pkl"]
+    assert store.delete("a/b/c.pkl") is True and store.read("a/b/c.pkl") is None
+    os.symlink(private, root / "chapters")
+    assert store.read("chapters/chapter_1.pkl") is None and store.stat("chapters/chapter_1.pkl") is None
+    with pytest.raises(StoreUnavailable, match="a symbolic link"):
+        store.write("chapters/chapter_2.pkl", b"over the victim's")
+    assert store.delete("chapters/chapter_2.pkl") is False and store.cleanup(0) == 0
+    assert _files(private) == before

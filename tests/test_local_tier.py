@@ -23,7 +23,7 @@ from seaweed import SeaweedServer, free_ports
 
 from jangdok import Cache, StoreUnavailable, parse_location
 from jangdok.leases import Claim, lease_for
-from jangdok.location import Location
+from jangdok.location import RESERVED_FOLDER, Location
 from jangdok.stores import LOCAL_TIER, LocalStore, TieredStore
 from jangdok.stores.s3 import S3Store
 
@@ -294,3 +294,31 @@ def test_verify_and_stat_through_a_tier_read_s3_and_copy_nothing(seaweed: Seawee
     asked = {line.rpartition("/")[2] for line in proxy.requests if line.startswith("GET")}
     assert asked == {"k0.pkl", "k1.pkl", "k2.pkl"}  # each check asked S3
     assert _copies(tmp_path) == ["k0.pkl"]  # nothing copied in, nothing evicted
+
+
+# -- links planted in the tier's folder ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("planted", ["its own folder", "its eviction lock"])
+def test_links_planted_in_the_tier_never_lead_its_own_files_outside(planted: str, seaweed: SeaweedServer,
+                                                                   proxy: FaultProxy, remote: S3Store, s3_url: str,
+                                                                   tmp_path: Path) -> None:
+    """Validators, the usage count and the eviction lock live under the tier's reserved folder.
+    A link where that folder goes, or where the lock goes, must not make the tier write (or
+    create) anything outside: it serves from S3 instead, or evicts nothing this time."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    reserved = tmp_path / "tier" / RESERVED_FOLDER
+    if planted == "its own folder":
+        reserved.parent.mkdir()
+        os.symlink(outside, reserved)
+    else:
+        reserved.mkdir(parents=True)
+        os.symlink(outside / "created-by-the-tier", reserved / "evict.lock")
+    tier = TieredStore(S3Store(parse_location(s3_url), s3_settings(seaweed, s3_url, endpoint_url=proxy.endpoint)),
+                       LocalStore(Location("local", str(tmp_path / "tier"))), max_bytes=10_000_000, clock=Clock())
+    remote.write("x.pkl", FIRST)
+    assert _read(tier, "x.pkl")[0] == FIRST
+    tier.write("y.pkl", SECOND)
+    assert _read(tier, "y.pkl")[0] == SECOND and _read(tier, "x.pkl")[0] == FIRST
+    assert list(outside.iterdir()) == []

@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import socket
-import stat
 import threading
 import time
 import uuid
@@ -65,6 +64,9 @@ _STALE_LIFETIMES = 10
 _MAX_LEASE_BYTES = 64 * 1024
 # Why a value could not be saved, as a mark carries it: enough to say it, never a large body.
 _REASON_CHARS = 500
+# A lock file that cannot be used because of what is in its place (a FIFO, a socket, a link, a
+# file where a folder goes) or where it goes (read-only): computed without coordinating.
+_UNUSABLE_LOCK = {errno.EROFS, errno.EINVAL, errno.ELOOP, errno.ENOTDIR, errno.ENXIO}
 
 
 class Claim(enum.Enum):
@@ -177,21 +179,23 @@ class FileLease(Lease):
     """A per-key lock file in a local cache folder.
 
     The lock is on the file; its text names the holder for waiters, or, left behind after an
-    owner could not save, carries the unsaved mark (an unlocked lock file that is kept)."""
+    owner could not save, carries the unsaved mark (an unlocked lock file that is kept). The
+    text is read and written only through the descriptor the lock was taken on (see
+    :class:`~jangdok.filelock.FileLock`)."""
 
-    def __init__(self, store: Store, path: str) -> None:
-        self.path = path
+    def __init__(self, store: Store, name: str) -> None:
+        self.path = store.location.local_path(name)
         # Lock files and their folders go when released, so the cache folder holds entries only.
-        self._top = store.location.local_path(RESERVED_FOLDER)
-        self._lock = FileLock(path)
+        self._lock = FileLock(store.location.root, name)
         self._me = _owner()
 
     def _try_acquire(self) -> Claim:
         try:
             acquired = self._lock.acquire(blocking=False)
         except OSError as exc:
-            if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EINVAL):
-                self.reason = f"the lock file {self.path} cannot be used ({exc.strerror or exc})"
+            if isinstance(exc, PermissionError) or exc.errno in _UNUSABLE_LOCK:
+                where = f" at {exc.filename}" if exc.filename and exc.filename != self.path else ""
+                self.reason = f"the lock file {self.path} cannot be used ({exc.strerror or exc}{where})"
                 return Claim.UNCOORDINATED
             raise StoreUnavailable(f"Local error locking {self.path}: {exc.strerror or exc}; check the "
                                    "disk and the cache folder") from exc
@@ -207,27 +211,17 @@ class FileLease(Lease):
         return Claim.OWNER
 
     def _fields(self) -> dict[str, Any]:
-        """What the lock file says (its holder, an unsaved mark); opened non-blocking and read
-        only if it is a regular file: a FIFO swapped in would otherwise block this read."""
+        """What the lock file said when it was opened (its holder, an unsaved mark)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
+            fields = json.loads(self._lock.text)
+        except ValueError:
             return {}
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return {}
-            fields = json.loads(os.read(fd, _MAX_LEASE_BYTES))
-        except (OSError, ValueError):
-            return {}
-        finally:
-            os.close(fd)
         return fields if isinstance(fields, dict) else {}
 
     def _write(self, fields: dict[str, Any]) -> None:
         try:
-            with open(self.path, "w") as file:  # the lock is on the inode; the text is for the others
-                json.dump(fields, file)
-        except OSError as exc:
+            self._lock.write(json.dumps(fields).encode())
+        except OSError as exc:  # the text is for the others; the lock holds without it
             log.debug("could not write %s: %s", self.path, exc)
 
     def release(self, unsaved: str | None = None) -> None:
@@ -235,7 +229,7 @@ class FileLease(Lease):
             self._write({**self._me, "unsaved": unsaved[:_REASON_CHARS]})
             self._lock.release()
             return
-        self._lock.release(remove_up_to=self._top)
+        self._lock.release(remove_up_to=RESERVED_FOLDER)
 
     def clear_unsaved(self) -> None:
         try:
@@ -244,7 +238,7 @@ class FileLease(Lease):
         except OSError:
             return
         if self._fields().get("unsaved"):
-            self._lock.release(remove_up_to=self._top)
+            self._lock.release(remove_up_to=RESERVED_FOLDER)
         else:
             self._lock.release()
 
@@ -386,7 +380,7 @@ def lease_for(store: Store, key: str, seconds: float) -> Lease:
     name = _name(store.location.local_path, _LOCKS, key, _LOCK_SUFFIX)
     if name is None:  # a key's own segments fit, so its hashed name does too; belt and braces
         return _NoLease(store.path(key), "the folder cannot hold a lock file name for a key this long")
-    return FileLease(store, store.location.local_path(name))
+    return FileLease(store, name)
 
 
 def _server_now(store: Store) -> float | None:
@@ -445,17 +439,16 @@ def remove_stale(store: Store, older_than: float, lease_seconds: float,
     if store.capabilities.shared:
         return len(store.delete_many(_stale_leases(store, older_than, lease_seconds)))
     cutoff = clock() - older_than
-    top = store.location.local_path(RESERVED_FOLDER)
     removed = 0
     for found in store.list(_LOCKS):
         if found.modified >= cutoff or not found.key.endswith(_LOCK_SUFFIX):
             continue
-        lock = FileLock(store.location.local_path(found.key))
+        lock = FileLock(store.location.root, found.key)
         try:
             if not lock.acquire(blocking=False):
                 continue
         except OSError:
             continue
-        lock.release(remove_up_to=top)
+        lock.release(remove_up_to=RESERVED_FOLDER)
         removed += 1
     return removed

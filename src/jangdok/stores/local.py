@@ -10,13 +10,22 @@ there is no entry yet, and where the kernel, the C library or the file system la
 
 What the folder may hold besides entries, and how each operation treats it:
 
+- Below the root, no folder is ever reached through a symbolic link (see :mod:`jangdok.folders`):
+  each is opened relative to its parent's descriptor, refusing links, and files are then opened,
+  renamed and removed relative to the folder's descriptor, so a link planted (or swapped in) where
+  a key's folder goes can never send a read, a write or a delete outside the root. Such a link is
+  not a folder of the cache: ``read``/``map``/``stat`` miss with a WARNING naming it, ``delete``
+  returns ``False``, ``write`` raises ``StoreUnavailable`` naming it, and ``list`` and ``cleanup``
+  do not enter it. The root itself may be a link (a cache on another disk): it is the user's.
 - A folder where an entry should be is not an entry: ``read``/``stat`` miss, ``delete`` returns
   ``False`` (folders are never removed), ``write`` raises ``StoreUnavailable`` saying a folder is
   in the way.
-- A symbolic link counts as the file it points to. One that points nowhere (dangling, or a loop)
-  is not an entry: ``read``/``stat`` miss, ``list`` skips it (a loop with a WARNING naming it),
-  ``write`` replaces the link itself and ``delete`` removes it. Links to folders are not followed
-  by ``list``.
+- A symbolic link at an entry's own name counts, for reading, as the file it points to (``read``,
+  ``map``, ``stat``, ``list``): reading writes nothing, and what is read is judged as any entry is.
+  Nothing that changes the folder goes through it: ``write`` replaces the link itself, and
+  ``delete`` (as of damage found through it) removes the link, never the file it points to. One
+  that points nowhere (dangling, or a loop) is not an entry: ``read``/``stat`` miss, ``list``
+  skips it (a loop with a WARNING naming it).
 - A named pipe (FIFO), a device or a socket under an entry's name (or a link to one: anyone who
   can write the folder can plant one) is not an entry: ``read``/``map`` miss at once, with a
   WARNING naming the path, instead of blocking on the pipe or reading the device; ``stat`` and
@@ -44,6 +53,7 @@ from stat import S_IFMT, S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import cast
 
 from ..errors import AccessDenied, InvalidKey, StoreUnavailable
+from ..folders import Folder, open_folder
 from ..location import TEMP_MARKER, Location, validate_key
 from .base import Capabilities, Chunks, ObjectInfo, Reader, Store, check_range, iter_chunks
 
@@ -56,6 +66,8 @@ log = logging.getLogger("jangdok")
 
 # Put a moved-aside symlinked entry back as the link itself, not as its target, where supported.
 _LINK_NAME: dict[str, bool] = {"follow_symlinks": False} if os.link in os.supports_follow_symlinks else {}
+# Record a use on a link itself, never on what it points to, where supported.
+_TIMES_OF_NAME: dict[str, bool] = {"follow_symlinks": False} if os.utime in os.supports_follow_symlinks else {}
 
 # Python 3.13+ can map without keeping a duplicate descriptor open for each map's lifetime.
 _MAP_OPTIONS: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
@@ -65,6 +77,9 @@ _MAP_OPTIONS: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13
 _NON_BLOCKING = getattr(os, "O_NONBLOCK", 0)
 _OPEN_FOR_READING = (os.O_RDONLY | _NON_BLOCKING | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
                      | getattr(os, "O_BINARY", 0))
+# O_EXCL creates a new file, never opening what a name (or a link there) already holds.
+_CREATE_FOR_WRITING = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+                       | getattr(os, "O_BINARY", 0))
 
 
 def _file_kind(mode: int) -> str:
@@ -156,9 +171,9 @@ def _write_chunks(fd: int, data: Chunks, progress: Callable[[int], None] | None)
 
 
 class _Exchange:
-    """``renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE)`` through the C library: resolved on
-    first use (no ctypes at import), switched off for the process when the C library or the kernel
-    lacks it, and for one device when its file system does."""
+    """``renameat2(folder, a, folder, b, RENAME_EXCHANGE)`` through the C library: resolved on first
+    use (no ctypes at import), switched off for the process when the C library or the kernel lacks
+    it, and for one device when its file system does."""
 
     RENAME_EXCHANGE = 2
     AT_FDCWD = -100
@@ -185,16 +200,17 @@ class _Exchange:
             self._resolved = True
         return self._function
 
-    def __call__(self, source: str, target: str, device: int) -> bool:
-        """Swap two existing names atomically. ``False`` if nothing was swapped: the target is
-        gone, the call is unavailable, or it failed; the caller then uses ``os.replace``, which
-        does the job or reports the failure exactly as before."""
+    def __call__(self, folder: Folder, source: str, target: str, device: int) -> bool:
+        """Swap two existing names in ``folder`` atomically. ``False`` if nothing was swapped:
+        the target is gone, the call is unavailable, or it failed; the caller then uses
+        ``os.replace``, which does the job or reports the failure exactly as before."""
         if device in self.unsupported_devices:
             return False
         function = self._resolve()
         if function is None:
             return False
-        if function(self.AT_FDCWD, os.fsencode(source), self.AT_FDCWD, os.fsencode(target),
+        at = self.AT_FDCWD if folder.fd is None else folder.fd
+        if function(at, os.fsencode(folder.at(source)), at, os.fsencode(folder.at(target)),
                     self.RENAME_EXCHANGE) == 0:
             return True
         code = self._get_errno()
@@ -215,7 +231,8 @@ def _object_info(key: str, result: os.stat_result) -> ObjectInfo:
 
 
 def _is_missing(exc: OSError) -> bool:
-    """Errors meaning "no file there": gone, a file where a folder was expected, a symlink loop."""
+    """Errors meaning "no file there": gone, a file where a folder was expected, a symlink loop
+    at an entry, or a link where a folder goes (never followed: see :mod:`jangdok.folders`)."""
     return isinstance(exc, (FileNotFoundError, NotADirectoryError)) or exc.errno == errno.ELOOP
 
 
@@ -274,40 +291,67 @@ class LocalStore(Store):
             return InvalidKey(f"Local error {verb} {path}: the name is too long for this file system")
         return StoreUnavailable(f"Local error {verb} {path}: {exc.strerror or exc}; check the disk and the folder")
 
-    def _temp_path(self, folder: str) -> str:
-        # A random suffix keeps concurrent writers (and deleters) out of each other's files.
-        return os.path.join(folder, f"{TEMP_MARKER}{secrets.token_hex(8)}")
+    def _names(self, key: str) -> tuple[str, list[str], str]:
+        """The key's path (for messages; checking the key), its folders and its file name."""
+        path = self.location.local_path(key)
+        *folders, name = key.split("/")
+        return path, folders, name
 
-    def _open_entry(self, path: str, buffering: int = -1) -> io.BufferedIOBase | io.RawIOBase | None:
-        """The entry's file opened for reading, or ``None`` where there is no entry: missing, a
-        folder, a dangling link or a link loop, or anything but a regular file.
+    def _folder(self, folders: list[str], path: str, verb: str) -> Folder | None:
+        """The folder an entry lives in, reached without following links; ``None`` where there
+        is none: missing, a file in its place, or a symbolic link (with a WARNING)."""
+        try:
+            return open_folder(self.location.root, folders)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                log.warning("Cache folder %s is a symbolic link: links below the cache root are never followed, so "
+                            "the entries below it are misses; put a folder there, or make the cache root the folder "
+                            "it points to", exc.filename,
+                            extra={"jangdok_event": "folder_link", "jangdok_path": exc.filename})
+                return None
+            if _is_missing(exc):
+                return None
+            raise self._os_error(exc, verb, path) from exc
+
+    def _temp_name(self) -> str:
+        # A random suffix keeps concurrent writers (and deleters) out of each other's files.
+        return f"{TEMP_MARKER}{secrets.token_hex(8)}"
+
+    def _open_entry(self, key: str, buffering: int = -1) -> tuple[io.BufferedIOBase | io.RawIOBase | None, str]:
+        """The entry's file opened for reading (``None`` where there is no entry: missing, a
+        folder, a dangling link or a link loop, or anything but a regular file), and its path.
 
         Anyone who can write the folder can plant a FIFO, a device or a socket under an entry's
         name. Opening is non-blocking (a FIFO without a writer would block ``open`` forever,
         and a read of it until one appears), and what was opened is judged by ``fstat`` of the
         descriptor itself, so nothing can be swapped in between."""
-        try:
-            fd = os.open(path, _OPEN_FOR_READING)
-        except IsADirectoryError:  # Windows, which cannot open folders
-            return None
-        except OSError as exc:
-            if _is_missing(exc):
-                return None
-            if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
-                self._not_a_file(path, "a socket or an absent device")
-                return None
-            raise self._os_error(exc, "loading", path) from exc
+        path, folders, name = self._names(key)
+        folder = self._folder(folders, path, "loading")
+        if folder is None:
+            return None, path
+        with folder:
+            try:
+                fd = os.open(folder.at(name), _OPEN_FOR_READING, dir_fd=folder.fd)
+            except IsADirectoryError:  # Windows, which cannot open folders
+                return None, path
+            except OSError as exc:
+                if _is_missing(exc):
+                    return None, path
+                if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
+                    self._not_a_file(path, "a socket or an absent device")
+                    return None, path
+                raise self._os_error(exc, "loading", path) from exc
         try:
             mode = os.fstat(fd).st_mode
             if not S_ISREG(mode):
                 if not S_ISDIR(mode):  # a folder is not an entry either, but nothing odd
                     self._not_a_file(path, _file_kind(mode))
                 os.close(fd)
-                return None
+                return None, path
             if _NON_BLOCKING:
                 os.set_blocking(fd, True)
             # A FileIO unbuffered, else a BufferedReader: typeshed says only BinaryIO.
-            return cast("io.BufferedIOBase | io.RawIOBase", os.fdopen(fd, "rb", buffering=buffering))
+            return cast("io.BufferedIOBase | io.RawIOBase", os.fdopen(fd, "rb", buffering=buffering)), path
         except OSError as exc:
             os.close(fd)
             raise self._os_error(exc, "loading", path) from exc
@@ -318,8 +362,7 @@ class LocalStore(Store):
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
         check_range(start, stop)
-        path = self.location.local_path(key)
-        file = self._open_entry(path)
+        file, path = self._open_entry(key)
         if file is None:
             return None
         try:
@@ -333,8 +376,7 @@ class LocalStore(Store):
         the view stay in this process. The map keeps the file it was made from, so it stays valid
         after the entry is replaced or deleted (this store never changes a file in place; a file
         truncated by hand under a map would make touching the lost pages fail with SIGBUS)."""
-        path = self.location.local_path(key)
-        file = self._open_entry(path, buffering=0)
+        file, path = self._open_entry(key, buffering=0)
         if file is None:
             return None
         with file:
@@ -354,35 +396,39 @@ class LocalStore(Store):
         return memoryview(mapped), info
 
     def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> str:
-        path = self.location.local_path(key)
-        folder = os.path.dirname(path) or "."
+        path, folders, name = self._names(key)
+        try:
+            folder = open_folder(self.location.root, folders, create=True)
+        except OSError as exc:
+            raise self._write_error(exc, path) from exc
         # Same folder as the target, so the rename stays within one file system and readers see
         # either the old file or the new one.
-        temp = self._temp_path(folder)
-        try:
-            new_folders = not os.path.isdir(folder)
-            if new_folders:
-                os.makedirs(folder, exist_ok=True)
-            with open(temp, "xb", buffering=0) as file:
-                _write_chunks(file.fileno(), data, progress)
-                if self.durable:  # the data must be on disk before its name can point at it
-                    os.fsync(file.fileno())
-                # A rename keeps inode, time and size: this is the version under the key's name.
-                written = _object_info(key, os.fstat(file.fileno()))
-            self._swap_in(temp, path)
-            if self.durable:
-                self._sync_folders(folder, new_folders)
-            return written.version
-        except BaseException as exc:
-            try:  # cleanup only: the original error matters
-                os.unlink(temp)
-            except OSError:
-                pass
-            if isinstance(exc, OSError):
-                raise self._write_error(exc, path, folder) from exc
-            raise
+        temp = self._temp_name()
+        with folder:
+            try:
+                fd = os.open(folder.at(temp), _CREATE_FOR_WRITING, 0o666, dir_fd=folder.fd)
+                try:
+                    _write_chunks(fd, data, progress)
+                    if self.durable:  # the data must be on disk before its name can point at it
+                        os.fsync(fd)
+                    # A rename keeps inode, time and size: this is the version under the key's name.
+                    written = _object_info(key, os.fstat(fd))
+                finally:
+                    os.close(fd)
+                self._swap_in(folder, temp, name, path)
+                if self.durable:
+                    self._sync_folders(folder, folders)
+                return written.version
+            except BaseException as exc:
+                try:  # cleanup only: the original error matters
+                    os.unlink(folder.at(temp), dir_fd=folder.fd)
+                except OSError:
+                    pass
+                if isinstance(exc, OSError):
+                    raise self._write_error(exc, path, folder, name) from exc
+                raise
 
-    def _swap_in(self, temp: str, path: str) -> None:
+    def _swap_in(self, folder: Folder, temp: str, name: str, path: str) -> None:
         """Give the finished temporary file the key's name, atomically for readers.
 
         Over an existing entry the names are exchanged, then the old file (now under ``temp``)
@@ -391,115 +437,136 @@ class LocalStore(Store):
         makes the exchange fail with ENOENT, and ``os.replace`` then writes as it always did.
         """
         try:
-            current = os.lstat(path)
+            current = os.lstat(folder.at(name), dir_fd=folder.fd)
         except OSError:
             current = None  # missing, or unreachable: os.replace says which
-        if current is None or S_ISDIR(current.st_mode) or not _exchange(temp, path, current.st_dev):
-            os.replace(temp, path)  # a folder in the way fails here, with the usual message
+        if current is None or S_ISDIR(current.st_mode) or not _exchange(folder, temp, name, current.st_dev):
+            # A folder in the way fails here, with the usual message.
+            os.replace(folder.at(temp), folder.at(name), src_dir_fd=folder.fd, dst_dir_fd=folder.fd)
             return
         try:
-            os.unlink(temp)
+            os.unlink(folder.at(temp), dir_fd=folder.fd)
         except FileNotFoundError:  # a cleanup() found the old entry's old time and took it
             return
         except OSError as exc:
-            if os.path.isdir(temp):
-                self._give_back_folder(temp, path)
-            log.warning("Saved %s, but the entry it replaced stays at %s: %s; cleanup() removes it", path, temp,
-                        exc.strerror or exc, extra={"jangdok_event": "replaced_entry_kept", "jangdok_path": temp})
+            if self._is_folder(folder, temp):
+                self._give_back_folder(folder, temp, name, path)
+            aside = os.path.join(folder.path, temp)
+            log.warning("Saved %s, but the entry it replaced stays at %s: %s; cleanup() removes it", path, aside,
+                        exc.strerror or exc, extra={"jangdok_event": "replaced_entry_kept", "jangdok_path": aside})
 
-    def _give_back_folder(self, temp: str, path: str) -> None:
+    def _give_back_folder(self, folder: Folder, temp: str, name: str, path: str) -> None:
         """A folder took the entry's name between the check and the exchange (it was deleted and
         a key below it written): as with os.replace, the folder stays and the write fails."""
-        if not _exchange(temp, path, os.lstat(temp).st_dev):
+        if not _exchange(folder, temp, name, os.lstat(folder.at(temp), dir_fd=folder.fd).st_dev):
+            aside = os.path.join(folder.path, temp)
             raise StoreUnavailable(f"Local error saving {path}: a folder that appeared there meanwhile was moved to "
-                                   f"{temp} and could not be put back; rename it to {path}")
+                                   f"{aside} and could not be put back; rename it to {path}")
         # What comes back is this write's file, or (had another writer exchanged in between) its
         # file, which the folder displaced just as it would have made that writer fail.
-        os.unlink(temp)
+        os.unlink(folder.at(temp), dir_fd=folder.fd)
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
 
-    def _write_error(self, exc: OSError, path: str, folder: str) -> Exception:
-        """Say what is in the way when a file or folder occupies a name the key needs."""
+    @staticmethod
+    def _is_folder(folder: Folder, name: str) -> bool:
+        try:
+            return S_ISDIR(os.lstat(folder.at(name), dir_fd=folder.fd).st_mode)
+        except OSError:
+            return False
+
+    def _write_error(self, exc: OSError, path: str, folder: Folder | None = None, name: str = "") -> Exception:
+        """Say what is in the way when a file, folder or link occupies a name the key needs."""
         # EACCES: what Windows says when renaming onto a folder.
-        if exc.errno in (errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.EACCES) and os.path.isdir(path):
+        if (folder is not None and exc.errno in (errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.EACCES)
+                and self._is_folder(folder, name)):
             return StoreUnavailable(f"Local error saving {path}: a folder is in the way at {path}; "
                                     "remove or rename it (entries are files)")
-        if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.ELOOP):
-            blocker = folder
-            while os.path.dirname(blocker) not in ("", blocker) and not os.path.isdir(os.path.dirname(blocker)):
-                blocker = os.path.dirname(blocker)  # climb to the topmost name that is not a folder
-            return StoreUnavailable(f"Local error saving {path}: {blocker} is in the way (it is not a folder); "
+        if folder is None and exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.ELOOP):
+            blocker = exc.filename or path  # the walk names the first name that is not a folder
+            what = ("a symbolic link, never followed below the cache root" if exc.errno == errno.ELOOP
+                    else "it is not a folder")
+            return StoreUnavailable(f"Local error saving {path}: {blocker} is in the way ({what}); "
                                     "remove or rename it, or use another key")
         return self._os_error(exc, "saving", path)
 
-    def _sync_folders(self, folder: str, new_folders: bool) -> None:
+    def _sync_folders(self, folder: Folder, folders: list[str]) -> None:
         """Make the rename durable: it lives in the folder's entries. New folders' own names live
         in their parents', so those are synced too, up to the root's parent."""
         if not hasattr(os, "O_DIRECTORY"):  # Windows cannot open folders; NTFS journals renames
             return
-        stop = os.path.dirname(os.path.abspath(self.location.root))
-        current = os.path.abspath(folder)
-        while True:
-            fd = os.open(current, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if not new_folders or current == stop or os.path.dirname(current) == current:
-                return
-            current = os.path.dirname(current)
+        _sync_folder(folder)
+        if not folder.created:
+            return
+        for depth in range(len(folders) - 1, -1, -1):
+            with open_folder(self.location.root, folders[:depth]) as parent:
+                _sync_folder(parent)
+        _sync_folder(Folder(os.path.dirname(os.path.abspath(self.location.root)), None))
 
     def delete(self, key: str, version: str | None = None) -> bool:
-        path = self.location.local_path(key)
-        if version is None:
-            return self._unlink(path)
-        current = self.stat(key)  # answers the usual miss or mismatch without moving anything
-        if current is None or current.version != version:
+        path, folders, name = self._names(key)
+        folder = self._folder(folders, path, "deleting")
+        if folder is None:
+            return False
+        with folder:
+            if version is None:
+                return self._unlink(folder, name, path)
+            return self._delete_version(key, folder, name, path, version)
+
+    def _delete_version(self, key: str, folder: Folder, name: str, path: str, version: str) -> bool:
+        try:  # the usual miss or mismatch is answered without moving anything
+            current = os.stat(folder.at(name), dir_fd=folder.fd)
+        except OSError as exc:
+            if _is_missing(exc):
+                return False
+            raise self._os_error(exc, "checking", path) from exc
+        if not S_ISREG(current.st_mode) or _object_info(key, current).version != version:
             return False
         # Stat-then-unlink could remove a good entry written in between. Renaming is atomic:
         # once the file is aside no writer can replace it, so we judge exactly what we took.
-        aside = self._temp_path(os.path.dirname(path) or ".")
+        aside = self._temp_name()
         try:
-            os.rename(path, aside)
+            os.rename(folder.at(name), folder.at(aside), src_dir_fd=folder.fd, dst_dir_fd=folder.fd)
         except OSError as exc:
             if _is_missing(exc):  # deleted or replaced by a folder meanwhile
                 return False
             raise self._os_error(exc, "deleting", path) from exc
         try:
-            taken = os.stat(aside)  # follows a symlinked entry, as stat() and read() do
+            taken = os.stat(folder.at(aside), dir_fd=folder.fd)  # follows a symlinked entry, as stat() does
         except OSError:
             taken = None  # a dangling link or loop raced in: not the version asked for
         if taken is not None and S_ISREG(taken.st_mode) and _object_info(key, taken).version == version:
-            self._remove_aside(aside, path)
+            self._remove_aside(folder, aside, path)
             return True
-        self._put_back(aside, path)
+        self._put_back(folder, aside, name, path)
         return False
 
-    def _unlink(self, path: str) -> bool:
+    def _unlink(self, folder: Folder, name: str, path: str) -> bool:
         try:
-            os.unlink(path)
+            os.unlink(folder.at(name), dir_fd=folder.fd)  # a link itself, never what it points to
         except OSError as exc:
-            if _is_missing(exc) or os.path.isdir(path):  # a folder is not an entry: never removed
+            if _is_missing(exc) or self._is_folder(folder, name):  # a folder is not an entry: never removed
                 return False
             raise self._os_error(exc, "deleting", path) from exc
         return True
 
-    def _remove_aside(self, aside: str, path: str) -> None:
+    def _remove_aside(self, folder: Folder, aside: str, path: str) -> None:
         try:
-            os.unlink(aside)
+            os.unlink(folder.at(aside), dir_fd=folder.fd)
         except OSError as exc:
-            raise StoreUnavailable(f"Local error deleting {path}: the entry was moved to {aside} but could not be "
-                                   f"removed there ({exc.strerror or exc}); cleanup() removes it later") from exc
+            raise StoreUnavailable(f"Local error deleting {path}: the entry was moved to "
+                                   f"{os.path.join(folder.path, aside)} but could not be removed there "
+                                   f"({exc.strerror or exc}); cleanup() removes it later") from exc
 
-    def _put_back(self, aside: str, path: str) -> None:
+    def _put_back(self, folder: Folder, aside: str, name: str, path: str) -> None:
         """Return a newer entry a versioned delete took by mistake, unless a newer one still
         arrived meanwhile: link() never replaces, so the newest entry always wins."""
+        names = {"src_dir_fd": folder.fd, "dst_dir_fd": folder.fd}
         try:
-            if S_ISDIR(os.lstat(aside).st_mode):  # a folder raced in; link() cannot take folders
-                os.rename(aside, path)
+            if self._is_folder(folder, aside):  # a folder raced in; link() cannot take folders
+                os.rename(folder.at(aside), folder.at(name), **names)
                 return
             try:
-                os.link(aside, path, **_LINK_NAME)
+                os.link(folder.at(aside), folder.at(name), **names, **_LINK_NAME)
             except FileExistsError:
                 pass
             except OSError as exc:
@@ -507,47 +574,115 @@ class LocalStore(Store):
                     raise
                 # A file system without hard links (FAT, some network mounts): a rename, which
                 # could replace an entry written in this instant, beats stranding this one.
-                if not os.path.lexists(path):
-                    os.rename(aside, path)
+                if not _exists(folder, name):
+                    os.rename(folder.at(aside), folder.at(name), **names)
                     return
-            os.unlink(aside)
+            os.unlink(folder.at(aside), dir_fd=folder.fd)
         except OSError as exc:
-            raise StoreUnavailable(f"Local error deleting {path}: a newer entry was moved aside to {aside} and could "
-                                   f"not be put back ({exc.strerror or exc}); rename it to {path}") from exc
+            raise StoreUnavailable(f"Local error deleting {path}: a newer entry was moved aside to "
+                                   f"{os.path.join(folder.path, aside)} and could not be put back "
+                                   f"({exc.strerror or exc}); rename it to {path}") from exc
 
     def stat(self, key: str) -> ObjectInfo | None:
-        path = self.location.local_path(key)
-        try:
-            result = os.stat(path)
-        except OSError as exc:
-            if _is_missing(exc):
-                return None
-            raise self._os_error(exc, "checking", path) from exc
+        path, folders, name = self._names(key)
+        folder = self._folder(folders, path, "checking")
+        if folder is None:
+            return None
+        with folder:
+            try:
+                result = os.stat(folder.at(name), dir_fd=folder.fd)
+            except OSError as exc:
+                if _is_missing(exc):
+                    return None
+                raise self._os_error(exc, "checking", path) from exc
         if not S_ISREG(result.st_mode):
             return None
         return _object_info(key, result)
 
-    def _walk(self, prefix: str, verb: str) -> Iterator[tuple[str, str, list[str]]]:
-        """``(folder, key prefix of its entries, file names)`` for every folder that can hold
-        keys starting with ``prefix``. The walk starts in the deepest folder the prefix names,
-        so ``list("chapters/")`` never reads the rest of the cache."""
+    def touch(self, key: str) -> None:
+        """Record a use of ``key`` in its file's access time (the local tier orders its copies by
+        it); its modification time, and so its version, stay. A link is touched itself."""
+        path, folders, name = self._names(key)
+        folder = self._folder(folders, path, "recording the use of")
+        if folder is None:
+            return
+        with folder:
+            try:
+                modified = os.stat(folder.at(name), dir_fd=folder.fd, follow_symlinks=False).st_mtime_ns
+                os.utime(folder.at(name), ns=(time.time_ns(), modified), dir_fd=folder.fd, **_TIMES_OF_NAME)
+            except OSError as exc:
+                if not _is_missing(exc):
+                    raise self._os_error(exc, "recording the use of", path) from exc
+
+    def last_used(self, key: str) -> float | None:
+        """When ``key`` was last used (see :meth:`touch`), or ``None`` if it is missing."""
+        path, folders, name = self._names(key)
+        folder = self._folder(folders, path, "checking")
+        if folder is None:
+            return None
+        with folder:
+            try:
+                return os.stat(folder.at(name), dir_fd=folder.fd, follow_symlinks=False).st_atime
+            except OSError as exc:
+                if _is_missing(exc):
+                    return None
+                raise self._os_error(exc, "checking", path) from exc
+
+    def _walk(self, prefix: str, verb: str) -> Iterator[tuple[Folder, str, list[str]]]:
+        """``(folder, key prefix of its entries, names that are not folders)`` for every folder
+        that can hold keys starting with ``prefix``, never entering a link. The walk starts in
+        the deepest folder the prefix names, so ``list("chapters/")`` never reads the rest of the
+        cache. Each folder stays open while its subfolders are walked (as ``os.fwalk`` does):
+        a subfolder is opened relative to it, so one renamed meanwhile cannot lead elsewhere."""
         top = prefix.rpartition("/")[0]
         try:
-            start = self.location.local_path(top) if top else self.location.root
+            path = self.location.local_path(top) if top else self.location.root
         except InvalidKey:
             return  # no key lies in a folder with a malformed name
+        start = self._folder(top.split("/") if top else [], path, verb)
+        if start is None:
+            return
+        open_folders = [start]
+        try:
+            yield from self._descend(open_folders, top + "/" if top else "", prefix, verb)
+        finally:
+            for folder in open_folders:
+                folder.close()
 
-        def unreadable(exc: OSError) -> None:
-            if not _is_missing(exc):  # a missing folder is an empty one
-                raise self._os_error(exc, verb, exc.filename or start) from exc
-
-        for folder, dirs, files in os.walk(start, onerror=unreadable):
-            relative = os.path.relpath(folder, self.location.root)
-            base = "" if relative == "." else relative.replace(os.sep, "/") + "/"
+    def _descend(self, open_folders: list[Folder], base: str, prefix: str,
+                 verb: str) -> Iterator[tuple[Folder, str, list[str]]]:
+        """Walk ``open_folders[-1]``, depth first, with a stack instead of recursion: a tree
+        deeper than Python's recursion limit is no reason to fail."""
+        pending: list[tuple[str, list[str]]] = []  # per open folder: its base, subfolders left
+        while True:
+            folder = open_folders[-1]
+            try:
+                found = sorted(folder.entries())
+            except OSError as exc:
+                if not _is_missing(exc):  # a folder removed meanwhile is an empty one
+                    raise self._os_error(exc, verb, folder.path) from exc
+                found = []
+            yield folder, base, [name for name, is_folder in found if not is_folder]
             # Prune before descending, so folders outside the prefix are never read. Below the
             # start folder the rest of the prefix has no "/", so this test is enough.
-            dirs[:] = sorted(d for d in dirs if (base + d + "/").startswith(prefix))
-            yield folder, base, sorted(files)
+            pending.append((base, [name for name, is_folder in reversed(found)
+                                   if is_folder and (base + name + "/").startswith(prefix)]))
+            while pending:
+                parent_base, subfolders = pending[-1]
+                if subfolders:
+                    name = subfolders.pop()
+                    try:
+                        open_folders.append(open_folders[-1].child(name))
+                    except OSError as exc:
+                        if _is_missing(exc):  # removed, or swapped for a file or a link meanwhile
+                            continue
+                        raise self._os_error(exc, verb, os.path.join(open_folders[-1].path, name)) from exc
+                    base = parent_base + name + "/"
+                    break
+                pending.pop()
+                open_folders.pop().close()
+            else:
+                return
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         for folder, base, names in self._walk(prefix, "listing"):
@@ -555,15 +690,15 @@ class LocalStore(Store):
                 key = base + name
                 if not key.startswith(prefix):
                     continue
-                path = os.path.join(folder, name)
                 try:
                     validate_key(key)  # temporary files and names S3 could not hold either
-                    result = os.stat(path)
+                    result = os.stat(folder.at(name), dir_fd=folder.fd)  # an entry's link counts as its file
                 except InvalidKey:
                     continue
                 except FileNotFoundError:  # deleted while we listed, or a dangling link
                     continue
                 except OSError as exc:  # one bad name (a symlink loop) must not hide the rest
+                    path = os.path.join(folder.path, name)
                     log.warning("Skipped %s while listing the cache: %s; remove or fix it", path,
                                 exc.strerror or exc, extra={"jangdok_event": "list_skipped", "jangdok_path": path})
                     continue
@@ -581,14 +716,32 @@ class LocalStore(Store):
             for name in names:
                 if not name.startswith(TEMP_MARKER):
                     continue
-                path = os.path.join(folder, name)
                 try:
-                    if os.lstat(path).st_mtime >= cutoff:
+                    if os.lstat(folder.at(name), dir_fd=folder.fd).st_mtime >= cutoff:
                         continue
-                    os.unlink(path)
+                    os.unlink(folder.at(name), dir_fd=folder.fd)
                 except FileNotFoundError:  # its writer finished, or another cleanup was faster
                     continue
                 except OSError as exc:
-                    raise self._os_error(exc, "cleaning up", path) from exc
+                    raise self._os_error(exc, "cleaning up", os.path.join(folder.path, name)) from exc
                 removed += 1
         return removed
+
+
+def _exists(folder: Folder, name: str) -> bool:
+    try:
+        os.lstat(folder.at(name), dir_fd=folder.fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _sync_folder(folder: Folder) -> None:
+    if folder.fd is not None:
+        os.fsync(folder.fd)
+        return
+    fd = os.open(folder.path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

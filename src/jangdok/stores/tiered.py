@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -338,13 +337,11 @@ class TieredStore(Store):
         self.local.write(_VALIDATORS + key, text.encode())
 
     def _touch(self, key: str) -> None:
-        """Record a use in the validator's access time, which LRU eviction reads. (The store
-        contract has no access times: this one file attribute is set and read directly.)"""
-        path = self.local.location.local_path(_VALIDATORS + key)
+        """Record a use in the validator's access time, which LRU eviction reads."""
         try:
-            os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns))
-        except OSError as exc:
-            log.debug("could not record the use of %s: %s", path, exc)
+            self.local.touch(_VALIDATORS + key)
+        except JangdokError as exc:
+            log.debug("could not record the use of %s: %s", self.local.path(key), exc)
 
     def _drop_copy(self, key: str, validator: _Validator | None = None) -> None:
         """Forget a local copy: the validator first, so no reader vouches for a copy mid-removal.
@@ -377,7 +374,7 @@ class TieredStore(Store):
         scan it and remove the least recently used copies until it fits."""
         if self.max_bytes is None:
             return
-        lock = FileLock(self.local.location.local_path(_EVICTION_LOCK))
+        lock = FileLock(self.local.location.root, _EVICTION_LOCK)
         try:
             lock.acquire()
         except OSError as exc:
@@ -427,9 +424,10 @@ class TieredStore(Store):
 
     def _last_used(self, found: ObjectInfo) -> float:
         try:
-            return os.stat(self.local.location.local_path(_VALIDATORS + found.key)).st_atime
-        except OSError:
-            return found.modified
+            used = self.local.last_used(_VALIDATORS + found.key)
+        except JangdokError:
+            used = None
+        return found.modified if used is None else used
 
     # -- writing and the rest -------------------------------------------------------------
 

@@ -28,6 +28,17 @@ from jangdok import Cache, Settings, parse_location  # noqa: E402
 from jangdok.stores import Store, open_store  # noqa: E402
 
 _ISOLATED_PREFIXES = ("AWS_", "JANGDOK_", "CACHE_LOCAL_")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # An xdist worker runs execnet's receiver thread, so Python 3.12+ warns at every fork the
+    # process tests make. That thread is the harness's, not jangdok's: run with -n 0 and the
+    # warning still shows if jangdok ever leaves a thread running where a user may fork.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        config.addinivalue_line(
+            "filterwarnings",
+            r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\):DeprecationWarning")
+
 _ISOLATED_NAMES = ("CACHE_DIR", "S3_BUCKET_NAME")
 
 

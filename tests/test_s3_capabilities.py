@@ -90,7 +90,8 @@ def _batch_delete_honours_a_wrong_etag(server: SeaweedServer) -> bool:
     client = server.client()
     key = f"direct-experiment/{os.getpid()}-{threading.get_ident()}"
     client.put_object(Bucket=BUCKET, Key=key, Body=b"kept if the pin is honoured")
-    client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": key, "ETag": '"0123456789abcdef0123456789abcdef"'}]})
+    wrong_etag = '"' + "0" * 32 + '"'
+    client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": key, "ETag": wrong_etag}]})
     try:
         client.head_object(Bucket=BUCKET, Key=key)
     except client.exceptions.ClientError:

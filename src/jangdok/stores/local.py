@@ -65,9 +65,10 @@ _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.E
 log = logging.getLogger("jangdok")
 
 # Put a moved-aside symlinked entry back as the link itself, not as its target, where supported.
-_LINK_NAME: dict[str, bool] = {"follow_symlinks": False} if os.link in os.supports_follow_symlinks else {}
+# (follow_symlinks=True is every platform's default, so passing it where False is unsupported is safe.)
+_LINK_FOLLOWS = os.link not in os.supports_follow_symlinks
 # Record a use on a link itself, never on what it points to, where supported.
-_TIMES_OF_NAME: dict[str, bool] = {"follow_symlinks": False} if os.utime in os.supports_follow_symlinks else {}
+_TIMES_FOLLOW = os.utime not in os.supports_follow_symlinks
 
 # Python 3.13+ can map without keeping a duplicate descriptor open for each map's lifetime.
 _MAP_OPTIONS: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
@@ -566,7 +567,8 @@ class LocalStore(Store):
                 os.rename(folder.at(aside), folder.at(name), **names)
                 return
             try:
-                os.link(folder.at(aside), folder.at(name), **names, **_LINK_NAME)
+                os.link(folder.at(aside), folder.at(name), src_dir_fd=folder.fd, dst_dir_fd=folder.fd,
+                        follow_symlinks=_LINK_FOLLOWS)
             except FileExistsError:
                 pass
             except OSError as exc:
@@ -609,7 +611,8 @@ class LocalStore(Store):
         with folder:
             try:
                 modified = os.stat(folder.at(name), dir_fd=folder.fd, follow_symlinks=False).st_mtime_ns
-                os.utime(folder.at(name), ns=(time.time_ns(), modified), dir_fd=folder.fd, **_TIMES_OF_NAME)
+                os.utime(folder.at(name), ns=(time.time_ns(), modified), dir_fd=folder.fd,
+                         follow_symlinks=_TIMES_FOLLOW)
             except OSError as exc:
                 if not _is_missing(exc):
                     raise self._os_error(exc, "recording the use of", path) from exc

@@ -33,16 +33,16 @@ import numpy as np
 import pytest
 
 import jangdok
-from jangdok import Cache
+from jangdok import Cache, stable_hash
 from jangdok.errors import AccessDenied, ConfigError, InvalidKey, InvalidValue, JangdokError
 from jangdok.location import normalize_key
-from jangdok.memoize import memoize, stable_hash
+from jangdok.memoize import memoize
 
 HASH_FILE = r"[0-9a-f]{32}\.pkl"
 # The subprocesses import this jangdok, not whichever one is installed.
 JANGDOK_SOURCE = Path(jangdok.__file__ or "").parent.parent
 # The module itself, even if the package ever exports the function under the same name.
-memoize_module = importlib.import_module("jangdok.memoize")
+canonical = importlib.import_module("jangdok.canonical")
 
 
 @pytest.fixture
@@ -205,7 +205,7 @@ def test_large_non_contiguous_arrays_are_hashed_piecewise_alike(cache: Cache, mo
     key = keyer(cache)
     cube = np.random.default_rng(0).random((8, 9, 10))[:, ::2, ::-1]
     expected = key(np.ascontiguousarray(cube))
-    monkeypatch.setattr(memoize_module, "_COPY_LIMIT", 0)  # the row-by-row path of huge arrays
+    monkeypatch.setattr(canonical, "_COPY_LIMIT", 0)  # the row-by-row path of huge arrays
     assert key(cube) == expected
 
 
@@ -451,7 +451,7 @@ def test_golden_hashes_never_change() -> None:
         "seoul": datetime.datetime(2024, 1, 31, 21, tzinfo=datetime.timezone(datetime.timedelta(hours=9), "KST")),
         "escaped path": pathlib.PurePosixPath("\udcc3\udca9"), "negative nan": -math.nan,
     }
-    assert memoize_module.MEMOIZE_SCHEME == 2
+    assert canonical.MEMOIZE_SCHEME == 2
     assert stable_hash(value) == GOLDEN_HASH  # the same on 3.10, 3.11 and 3.13
     assert stable_hash(1) == GOLDEN_ONE
 

@@ -39,8 +39,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jangdok
-from jangdok import Cache
-from jangdok.memoize import memoize, stable_hash
+from jangdok import Cache, stable_hash
+from jangdok.memoize import memoize
 
 BOUNDED = settings(
     max_examples=int(os.environ.get("JANGDOK_PROPERTY_EXAMPLES", "150")),

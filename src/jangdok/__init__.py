@@ -13,10 +13,11 @@ no output; logging goes to ``logging.getLogger("jangdok")``.
 
 from . import errors
 from .cache import Cache, Entry, EntryInfo, PruneReport, TierStats, Verdict
+from .canonical import stable_hash
 from .entry import Progress
 from .errors import *  # noqa: F403 - the hierarchy is public, as listed in errors.__all__
 from .location import Location, is_s3_path, join, parse_location
-from .memoize import Memoized, stable_hash
+from .memoize import Memoized
 from .paths import exists, load, remove, save, stat
 from .settings import Secret, Settings, mask_secret
 

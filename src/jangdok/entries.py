@@ -42,6 +42,7 @@ listing request in 64 writes)."""
 # in storage and not in transit.
 _VERIFYING_READS = 3
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 
 class _Rejected(Exception):
     """A read whose entry could not be used, and the version of the object it came from."""
@@ -52,6 +53,20 @@ class _Rejected(Exception):
         self.version = version
         self.source = source
         """The tier that served the read, if the store says (``Reader.source``)."""
+
+
+def _let_go(problem: E) -> E:
+    """A refusal kept for its message, without the tracebacks of it and of its causes. Their
+    frames hold the entry that was read and views of it: kept, the entry stayed in memory while
+    it was read again to confirm the damage (twice the memory), and the frame that keeps the
+    refusal made a reference cycle with them, which only a garbage collection freed."""
+    seen: set[int] = set()
+    link: BaseException | None = problem
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return problem
 
 
 def event(name: str, path: str) -> dict[str, str]:
@@ -246,7 +261,7 @@ class Entries:
             try:
                 return read_once()
             except _Rejected as rejected:
-                problem, version, source = rejected.problem, rejected.version, rejected.source
+                problem, version, source = _let_go(rejected.problem), rejected.version, rejected.source
             # Refusals by format or signature come after the checksum matched: not transit damage.
             confirmed = isinstance(problem, (UnsupportedEntry, UntrustedEntry)) or seen.get(type(problem)) == version
             if confirmed:

@@ -34,6 +34,8 @@ raises :class:`~jangdok.errors.UnsupportedEntry`, so the entry is kept for a rea
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -50,7 +52,9 @@ MIN_SAVING = 0.10
 """Compression is kept only if it removes at least this fraction of the bytes, on the sample
 and again on the whole buffer; less is not worth a decompression on every read."""
 SHUFFLE_SIZES = (2, 4, 8)
-"""Element sizes :func:`compress` tries byte shuffling with (int16 .. float64/int64)."""
+"""Element sizes :func:`compress` tries byte shuffling with (int16 .. float64/int64), and the
+only ones a reader un-shuffles: un-shuffling takes a step per byte of the element, so a
+description naming the buffer's length as its element size cost a reader seconds per 100 kB."""
 _SAMPLE_SLICE = 64 * 1024  # a multiple of every shuffle size, so slices stay element-aligned
 _SAMPLE_COUNT = 3
 _INSTALL_HINT = 'install it with: pip install "jangdok[zstd]"'
@@ -96,12 +100,19 @@ class Compression:
         shuffle, length = obj.get("shuffle"), obj.get("length")
         if not _is_int(length) or length < 0:
             raise CorruptEntry(f"compression length must be a non-negative integer, got {shown(length)}")
-        if not _is_int(shuffle) or shuffle < 0 or shuffle == 1:
-            raise CorruptEntry(f"compression shuffle must be 0 or an element size >= 2, got {shown(shuffle)}")
-        if shuffle and length % shuffle:
-            raise CorruptEntry(f"compression length {length} is not a multiple of its shuffle element "
-                               f"size {shuffle}")
+        if not _is_int(shuffle):
+            raise CorruptEntry(f"compression shuffle must be an integer, got {shown(shuffle)}")
+        _check_shuffle(shuffle, length)
         return cls(codec=codec, shuffle=shuffle, length=length)
+
+
+def _check_shuffle(shuffle: int, length: int) -> None:
+    """Raise CorruptEntry unless ``shuffle`` is 0 or one of :data:`SHUFFLE_SIZES` dividing ``length``."""
+    if shuffle and shuffle not in SHUFFLE_SIZES:
+        raise CorruptEntry(f"compression shuffle {shown(shuffle)} is not 0 or one of the element sizes "
+                           f"{', '.join(map(str, SHUFFLE_SIZES))} that writers shuffle with")
+    if shuffle and length % shuffle:
+        raise CorruptEntry(f"compression length {length} is not a multiple of its shuffle element size {shuffle}")
 
 
 def compress(view: memoryview, itemsize: int = 1, level: int = 1) -> tuple[bytes, Compression] | None:
@@ -126,7 +137,11 @@ def compress(view: memoryview, itemsize: int = 1, level: int = 1) -> tuple[bytes
     zstd = _zstandard()
     if zstd is None:
         raise ConfigError(f"compression 'zstd' needs the zstandard package; {_INSTALL_HINT}")
-    raw = _raw(view, "buffer to compress")
+    with _flat(view, "buffer to compress") as raw:
+        return _compress(zstd, raw, itemsize, level)
+
+
+def _compress(zstd: Any, raw: memoryview, itemsize: int, level: int) -> tuple[bytes, Compression] | None:
     n = len(raw)
     if n < MIN_SIZE:
         return None
@@ -174,15 +189,17 @@ def decompress_into(data: memoryview, compression: Compression, target: memoryvi
     zstd = _zstandard()
     if zstd is None:
         raise UnsupportedEntry(f"this entry is zstd-compressed; install jangdok[zstd] to read it ({_INSTALL_HINT})")
-    src = _raw(data, "compressed data")
-    out = _raw(target, "decompression target")
+    with _flat(data, "compressed data") as src, _flat(target, "decompression target") as out:
+        _decompress_into(zstd, src, compression, out)
+
+
+def _decompress_into(zstd: Any, src: memoryview, compression: Compression, out: memoryview) -> None:
     if out.readonly:
         raise TypeError("decompression target must be writable")
     length, shuffle = compression.length, compression.shuffle
     if len(out) != length:
         raise CorruptEntry(f"decompression target is {len(out)} bytes but the buffer was {length} bytes")
-    if shuffle < 0 or shuffle == 1 or (shuffle and length % shuffle):
-        raise CorruptEntry(f"compression shuffle {shuffle} does not fit a buffer of {length} bytes")
+    _check_shuffle(shuffle, length)
     _check_frame(zstd, src, length)
     if not shuffle:
         _decompress_exactly(zstd, src, out)
@@ -200,7 +217,8 @@ def check_frame(data: memoryview, compression: Compression) -> None:
     zstd = _zstandard()
     if zstd is None:
         raise UnsupportedEntry(f"this entry is zstd-compressed; install jangdok[zstd] to read it ({_INSTALL_HINT})")
-    _check_frame(zstd, _raw(data, "compressed data"), compression.length)
+    with _flat(data, "compressed data") as src:
+        _check_frame(zstd, src, compression.length)
 
 
 def _check_frame(zstd: Any, src: memoryview, length: int) -> None:
@@ -264,26 +282,30 @@ def _decompress_exactly(zstd: Any, src: memoryview, out: memoryview) -> None:
                            f"instead of the {len(out)} it declares")
 
 
-def _samples(raw: memoryview, align: int) -> list[memoryview]:
-    """The whole buffer if small, else slices at its start, middle and end (element-aligned)."""
+def _samples(raw: memoryview, align: int) -> list[bytes]:
+    """The whole buffer if small, else slices at its start, middle and end (element-aligned),
+    as copies: at most 192 KiB, and no view of the caller's buffer outlives :func:`compress`."""
     n = len(raw)
     if n <= _SAMPLE_COUNT * _SAMPLE_SLICE:
-        return [raw]
+        return [bytes(raw)]
     middle = (n - _SAMPLE_SLICE) // 2 // align * align
     # n is a multiple of align whenever align > 1, so the last slice is aligned too.
-    return [raw[start:start + _SAMPLE_SLICE] for start in (0, middle, n - _SAMPLE_SLICE)]
+    return [bytes(raw[start:start + _SAMPLE_SLICE]) for start in (0, middle, n - _SAMPLE_SLICE)]
 
 
-def _shuffle(raw: memoryview, itemsize: int, np: Any) -> Any:
+# Arrays over a caller's buffer are made as temporaries of one statement in the two functions
+# below: a local one would export the buffer from any traceback holding the frame (see _flat).
+
+
+def _shuffle(raw: bytes | memoryview, itemsize: int, np: Any) -> Any:
     """Byte-transpose into a new array: byte 0 of every element, then byte 1, and so on.
 
     One strided copy per byte plane: on large buffers that is 1.1-2x faster than
     ``np.ascontiguousarray(a.reshape(-1, itemsize).T)``, which makes the same single copy.
     """
-    planes = np.frombuffer(raw, np.uint8).reshape(-1, itemsize)
-    out = np.empty((itemsize, len(planes)), np.uint8)
+    out = np.empty((itemsize, len(raw) // itemsize), np.uint8)
     for i in range(itemsize):
-        out[i] = planes[:, i]
+        out[i] = np.frombuffer(raw, np.uint8).reshape(-1, itemsize)[:, i]
     return out
 
 
@@ -293,22 +315,33 @@ def _unshuffle(src: memoryview, out: memoryview, itemsize: int, np: Any) -> None
     Per byte plane again, which is 1.6-4x faster than one transposed numpy assignment.
     """
     count = len(out) // itemsize
-    if np is not None:
-        elements = np.frombuffer(out, np.uint8).reshape(-1, itemsize)
-        planes = np.frombuffer(src, np.uint8).reshape(itemsize, -1)
-        for i in range(itemsize):
-            elements[:, i] = planes[i]
-        return
     for i in range(itemsize):
-        out[i::itemsize] = src[i * count:(i + 1) * count]
+        if np is not None:
+            np.frombuffer(out, np.uint8).reshape(-1, itemsize)[:, i] = np.frombuffer(src, np.uint8)[
+                i * count:(i + 1) * count]
+        else:
+            out[i::itemsize] = src[i * count:(i + 1) * count]
 
 
-def _raw(buffer: Any, what: str) -> memoryview:
-    """A flat unsigned-byte view of any contiguous buffer (C or Fortran order), keeping writability."""
+@contextmanager
+def _flat(buffer: Any, what: str) -> Iterator[memoryview]:
+    """A flat unsigned-byte view of any contiguous buffer (C or Fortran order), keeping
+    writability, released with the PickleBuffer under it when the block ends, however it ends.
+
+    Both export ``buffer``. Left to a traceback's frames, they kept it exported after a refused
+    entry; once that exception sat in a reference cycle, Python 3.10 and 3.11's garbage
+    collector cleared the still-exported memoryview and crashed the interpreter (SIGSEGV)."""
+    pickled = pickle.PickleBuffer(buffer)
     try:
-        return pickle.PickleBuffer(buffer).raw()
+        raw = pickled.raw()
     except BufferError as exc:
+        pickled.release()
         raise ValueError(f"{what} must be a contiguous buffer: {exc}") from exc
+    try:
+        yield raw
+    finally:
+        raw.release()
+        pickled.release()
 
 
 def _zstandard() -> Any:

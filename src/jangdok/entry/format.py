@@ -51,6 +51,7 @@ from .header import (
     read_header,
     read_into,
     seal,
+    time_problem,
 )
 from .limits import MAX_EXPANSION, check_memory, cut, shown
 from .signing import MAC_ALGORITHM, MAC_CHUNK, MAC_LENGTH, PieceDigests, Trust, payload_mac
@@ -137,6 +138,11 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     that is not a mapping, not JSON or too large; nothing is written then.
     """
     stored_metadata = metadata_json(metadata, key)
+    created_at = time.time() if created_at is None else created_at
+    for name, seconds in (("creation time", created_at), ("expiry time", expires_at)):
+        problem = None if seconds is None else time_problem(seconds)
+        if problem is not None:
+            raise InvalidValue(f"the entry's {name} {problem}" + (f" (key {key!r})" if key else ""))
     stream, buffers = safe.dumps(value, key) if serializer == safe.NAME else _pickle(value, key)
     compress = _compressor(compression)
     stored: list[bytes | memoryview] = []
@@ -182,7 +188,7 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
         "buffers": lengths,
         "compressed": compressed,
         "mac_length": 0,
-        "created_at": time.time() if created_at is None else created_at,
+        "created_at": created_at,
         "metadata": stored_metadata,
     }
     if key is not None:

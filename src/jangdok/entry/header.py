@@ -41,12 +41,12 @@ import xxhash
 
 from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry
 from . import safe
-from .limits import cut, json_problem, shown
+from .limits import MAX_NESTING, check_containers, container_padding, cut, json_problem, shown
 from .signing import MAC_ALGORITHM, MAC_CHUNK, MAX_MAC_CHUNK, MIN_MAC_CHUNK
 
 __all__ = ["EntryHeader", "ForeignEntry", "ExpiredEntry", "read_header", "header_size", "check_key",
-           "check_size", "keys_match", "FORMAT_VERSION", "MAGIC", "MAX_METADATA_BYTES", "HEADER_PROBE_BYTES",
-           "ALIGNMENT"]
+           "check_size", "time_problem", "keys_match", "FORMAT_VERSION", "MAGIC", "MAX_METADATA_BYTES",
+           "HEADER_PROBE_BYTES", "ALIGNMENT"]
 
 MAGIC = b"\x89JDK\r\n\x1a\n"
 FORMAT_VERSION = 2
@@ -57,6 +57,13 @@ MAX_METADATA_BYTES = 1 << 20
 # A header holds metadata and one small number per out-of-band buffer; a length beyond this
 # is damage, not a header.
 _MAX_HEADER_BYTES = 16 << 20
+# Within that, a header is bounded by what it may hold, before any of it is read: its metadata
+# (padded to BYTES_PER_LIST per list and BYTES_PER_OBJECT per object: up to 8 times for runs
+# of "{},"), its key and other fields; and per out-of-band buffer, its length and compression
+# (under 96 bytes), for a buffer that costs the payload at least ALIGNMENT bytes (the next one
+# starts aligned), or 2 bytes for an empty one, which costs the stream 8 ({"$b":0}).
+_HEADER_BASE_BYTES = 8 * MAX_METADATA_BYTES + (64 << 10)
+_HEADER_BYTES_PER_PAYLOAD_BYTE = 2
 _MAX_MAC_BYTES = 64
 HEADER_PROBE_BYTES = 64 * 1024
 """How much to fetch to read a header in one request; enough for any normal metadata."""
@@ -69,6 +76,9 @@ ZEROS = bytes(ALIGNMENT)
 _READ_CHUNK = 1 << 20
 # Versions are small integers; a value beyond this is a damaged field, not a future format.
 _MAX_PLAUSIBLE_VERSION = 255
+# Times any date function shows in any time zone: 0001-01-02 to 9999-12-30 UTC.
+_EARLIEST = datetime.datetime(1, 1, 2, tzinfo=datetime.timezone.utc).timestamp()
+_LATEST = datetime.datetime(9999, 12, 30, tzinfo=datetime.timezone.utc).timestamp()
 
 
 class Stream(Protocol):
@@ -240,7 +250,7 @@ def metadata_json(metadata: Mapping[str, Any] | None, key: str | None) -> Any:
         text = _to_json(dict(metadata))
     except InvalidValue:
         raise
-    except RecursionError as exc:
+    except RecursionError as exc:  # within MAX_NESTING, when put is called this deep in the stack already
         raise InvalidValue(f"entry metadata{where} is nested too deeply; flatten it") from exc
     except (TypeError, ValueError) as exc:
         raise InvalidValue(
@@ -253,25 +263,32 @@ def metadata_json(metadata: Mapping[str, Any] | None, key: str | None) -> Any:
     return json.loads(text)
 
 
-def _check_readable(value: Any, path: str, where: str) -> None:
-    """Refuse text and integers no reader could parse back (:func:`~jangdok.entry.limits.json_problem`)."""
+def _check_readable(value: Any, path: str, where: str, depth: int = 0) -> None:
+    """Refuse text and integers no reader could parse back (:func:`~jangdok.entry.limits.json_problem`),
+    and nesting deeper than :data:`~jangdok.entry.limits.MAX_NESTING`."""
     problem = json_problem(value)
     if problem is not None:
         raise InvalidValue(f"entry metadata{where} cannot hold {path}: {problem}")
+    if isinstance(value, (Mapping, list, tuple)):
+        if depth == MAX_NESTING:
+            raise InvalidValue(f"entry metadata{where} is nested too deeply at {cut(path)}: more than {MAX_NESTING} "
+                               "lists and dicts, the most every Python version reads back; flatten it")
+        depth += 1
     if isinstance(value, Mapping):
         for name, item in value.items():
             problem = json_problem(name)
             if problem is not None:
                 raise InvalidValue(f"entry metadata{where} cannot hold the key {name!r} of {path}: {problem}")
-            _check_readable(item, f"{path}[{name!r}]", where)
+            _check_readable(item, f"{path}[{name!r}]", where, depth)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _check_readable(item, f"{path}[{index}]", where)
+            _check_readable(item, f"{path}[{index}]", where, depth)
 
 
 def seal(fields: Mapping[str, Any]) -> bytes:
     """The header's bytes from the magic to the end of its JSON: what the MAC covers."""
     header_json = _to_json(fields)
+    header_json += container_padding(header_json)
     return PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json)) + header_json
 
 
@@ -377,10 +394,22 @@ def _count(value: Any, name: str) -> int:
 
 
 def _seconds(value: Any, name: str) -> float:
-    """A time from a header: a JSON number (seconds since the epoch)."""
+    """A time from a header: a JSON number (seconds since the epoch) that dates can show."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} {shown(value)} is not a number")
+    problem = time_problem(value)
+    if problem is not None:
+        raise ValueError(f"{name} {problem}")
     return float(value)
+
+
+def time_problem(seconds: float) -> str | None:
+    """Why a time cannot be in a header, ``None`` if it can: it must be a date in years 1 to 9999
+    (JSON's 1e999 reads as infinity; stat, ls and expiry compute dates from these times)."""
+    if not _EARLIEST <= seconds <= _LATEST:  # NaN too
+        return (f"{shown(seconds)} is not a time between years 1 and 9999 "
+                f"({_EARLIEST:.0f} to {_LATEST:.0f} seconds since the epoch)")
+    return None
 
 
 def _no_constant(name: str) -> None:
@@ -424,7 +453,10 @@ def read_header(reader: Stream, size: int | None = None) -> EntryHeader | bytes:
             raise CorruptEntry(f"entry is truncated inside its header ({len(start)} bytes)")
         return bytes(start)
     _, version, header_len = PREFIX.unpack(start)
-    room = _MAX_HEADER_BYTES if size is None else min(_MAX_HEADER_BYTES, size - PREFIX.size - HEADER_HASH.size)
+    room = _MAX_HEADER_BYTES
+    if size is not None:
+        after = size - PREFIX.size - HEADER_HASH.size - header_len  # what the rest of the entry holds
+        room = min(room, header_len + after, _HEADER_BASE_BYTES + _HEADER_BYTES_PER_PAYLOAD_BYTE * after)
     if version < 1 or version > _MAX_PLAUSIBLE_VERSION or header_len > room:
         raise CorruptEntry(f"entry header is damaged (version {version}, header length {header_len}"
                            + (f", in an entry of {size} bytes)" if size is not None else ")"))
@@ -438,6 +470,7 @@ def read_header(reader: Stream, size: int | None = None) -> EntryHeader | bytes:
     if xxhash.xxh32_intdigest(bytes(start) + header_json) != expected:
         raise CorruptEntry("entry header checksum mismatch")
     parsed = PREFIX.size + header_len + HEADER_HASH.size
+    check_containers(header_json, "entry header")
     try:
         fields = _of(json.loads(header_json, parse_constant=_no_constant), dict, "the header")
         mac_length = _count(fields.get("mac_length", 0), "mac_length") if version >= 2 else 0
@@ -448,6 +481,9 @@ def read_header(reader: Stream, size: int | None = None) -> EntryHeader | bytes:
         header = header_from(version, fields, lead_size, mac, bytes(start) + header_json)
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         raise CorruptEntry(f"entry header is unreadable: {cut(str(exc))}") from exc
+    except MemoryError as exc:  # this reader's limit, not damage: kept for others
+        raise UnsupportedEntry(f"entry header of {header_len:,} bytes could not be parsed here: not enough "
+                               "memory; it was kept") from exc
     unknown = [
         f"{name} {shown(value)}"
         for name, value, known in (

@@ -13,6 +13,10 @@ bytes that hold it, and what it makes a reader allocate by what the machine can 
 - :func:`json_problem`: what a writer puts in JSON (metadata, the safe serializer's skeleton)
   must be text every reader can parse: no lone surrogates, no integer of more digits than
   Python reads from text.
+- :data:`BYTES_PER_LIST`, :data:`BYTES_PER_OBJECT`: JSON read from an entry (a header, the
+  safe serializer's skeleton) spends at least this many bytes on each list and object beyond
+  its first 64 KiB, counted before it is parsed. An empty list costs JSON 3 bytes and Python 80, so 8 MB of them made a
+  reader take 400 MB; writers pad what spends less with spaces, which JSON ignores.
 - :func:`shown`: what a message quotes of a field read from an entry is cut short, since a
   hostile field may hold megabytes and messages end up in logs.
 """
@@ -27,7 +31,8 @@ from typing import Any
 
 from ..errors import UnsupportedEntry
 
-__all__ = ["MAX_EXPANSION", "MAX_INT_DIGITS", "memory_limit", "check_memory", "json_problem", "shown", "cut"]
+__all__ = ["MAX_EXPANSION", "MAX_INT_DIGITS", "MAX_NESTING", "BYTES_PER_LIST", "BYTES_PER_OBJECT", "memory_limit",
+           "check_memory", "json_problem", "container_padding", "check_containers", "shown", "cut"]
 
 MAX_EXPANSION = 1024
 """Most bytes a reader may decompress, in all, per byte of an entry's payload. Far above what
@@ -37,6 +42,21 @@ by runs of one value (an all-zero array), which writers then pad: 0.1% of the ar
 MAX_INT_DIGITS = 4300
 """Most decimal digits of an integer in JSON: Python 3.11+ refuses to parse longer ones (its
 ``sys.get_int_max_str_digits()`` default), so a longer one would make an entry unreadable."""
+MAX_NESTING = 100
+"""Most lists, tuples and dicts a writer nests (in a safe value, or in metadata): JSON twice as
+deep at most, which every supported Python parses back whatever its recursion limit leaves. How
+deep a Python can go depends on its version (3.10 reads with two frames a level, 3.13 writes
+with one), and an entry must be readable by every version."""
+BYTES_PER_LIST = 8
+"""Fewest bytes of JSON per list ("[", counted in strings too: cheap to count, and writers count
+the same way). A list costs Python about 80 bytes, a small object (``{``) about 200, and a
+2-character string in 5 bytes 59: so parsed, such JSON takes at most about 12 times its bytes,
+against 27 for runs of ``[],`` and 60 for runs of ``{},``."""
+BYTES_PER_OBJECT = 24
+"""Fewest bytes of JSON per object ("{"), likewise."""
+# The lists and objects of JSON this short cost a few MB at most, however they are spent: free,
+# so that no small entry an older version wrote is refused.
+_FREE_JSON_BYTES = 64 << 10
 # 2**_SHORT_INT_BITS < 10**MAX_INT_DIGITS: integers with fewer bits need no counting of digits.
 _SHORT_INT_BITS = 14284
 
@@ -109,6 +129,28 @@ def json_problem(value: Any) -> str | None:
             return (f"an integer of {digits} digits; readers parse at most {MAX_INT_DIGITS} from text, so "
                     "store it as a str or bytes")
     return None
+
+
+def _spent(text: bytes) -> int:
+    """The bytes JSON ``text`` must have for the lists and objects it holds (``_FREE_JSON_BYTES``
+    of them come free)."""
+    return BYTES_PER_LIST * text.count(b"[") + BYTES_PER_OBJECT * text.count(b"{")
+
+
+def container_padding(text: bytes) -> bytes:
+    """The spaces that give JSON ``text`` the bytes its lists and objects must have."""
+    return b" " * max(0, _spent(text) - _FREE_JSON_BYTES - len(text))
+
+
+def check_containers(text: bytes, what: str) -> None:
+    """Before JSON ``text`` is parsed: refuse it, as an entry no jangdok writer makes (a forgery,
+    or what a version before the padding wrote), if it holds more lists and objects than its
+    bytes allow."""
+    if _spent(text) > len(text) + _FREE_JSON_BYTES:
+        raise UnsupportedEntry(f"{what} holds {text.count(b'['):,} lists and {text.count(b'{'):,} objects in "
+                               f"{len(text):,} bytes, more than one per {BYTES_PER_LIST} and {BYTES_PER_OBJECT} "
+                               "bytes (beyond the first 64 KiB) allow: no jangdok writer makes that (a forged "
+                               "entry, or one of many small containers an older jangdok wrote); it was not loaded")
 
 
 def shown(value: Any, limit: int = 80) -> str:

@@ -16,8 +16,13 @@ pickle). The skeleton holds JSON's own types as they are and tags the rest:
 
 Every other type is refused at ``put``, naming where in the value it is: a value that comes back
 as something else than what was stored (a set as a list, a subclass as its base) would be a
-quiet bug. Loading builds only these types; a dtype is parsed by numpy from its string and
-refused if it could hold Python objects.
+quiet bug. So is a value nested more than :data:`~jangdok.entry.limits.MAX_NESTING` containers
+deep, which some Python version could not read back. Loading builds only these types;
+a dtype is parsed by numpy from its string and refused if it could hold Python objects.
+
+A skeleton spends at least :data:`~jangdok.entry.limits.BYTES_PER_LIST` bytes per list and
+:data:`~jangdok.entry.limits.BYTES_PER_OBJECT` per object (writers pad it with spaces), checked
+before it is parsed, and is decoded in place: what it builds is bounded by its bytes.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import math
 from typing import Any, Protocol
 
 from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry
-from .limits import cut, json_problem
+from .limits import MAX_NESTING, check_containers, container_padding, cut, json_problem
 
 __all__ = ["NAME", "dumps", "loads"]
 
@@ -52,8 +57,14 @@ class _Writer:
         self.buffers.append((view.cast("B") if view.format != "B" or view.ndim != 1 else view, itemsize))
         return len(self.buffers) - 1
 
-    def encode(self, value: Any, path: str) -> Any:
+    def encode(self, value: Any, path: str, depth: int = 0) -> Any:
         kind = type(value)
+        if kind in (list, tuple, dict):
+            if depth == MAX_NESTING:
+                raise InvalidValue(f"the safe serializer cannot store {cut(path)}: it is nested too deeply (more than "
+                                   f"{MAX_NESTING} lists, tuples and dicts, the most every Python version reads "
+                                   "back); flatten it, or use serializer='pickle' (JANGDOK_SERIALIZER)")
+            depth += 1
         if value is None or kind in (bool, int, str):
             problem = json_problem(value)
             if problem is not None:
@@ -63,9 +74,9 @@ class _Writer:
             return value if math.isfinite(value) else {"$f": "nan" if math.isnan(value) else
                                                        ("inf" if value > 0 else "-inf")}
         if kind is list:
-            return [self.encode(item, f"{path}[{index}]") for index, item in enumerate(value)]
+            return [self.encode(item, f"{path}[{index}]", depth) for index, item in enumerate(value)]
         if kind is tuple:
-            return {"$t": [self.encode(item, f"{path}[{index}]") for index, item in enumerate(value)]}
+            return {"$t": [self.encode(item, f"{path}[{index}]", depth) for index, item in enumerate(value)]}
         if kind is dict:
             encoded = {}
             for name, item in value.items():
@@ -74,7 +85,7 @@ class _Writer:
                 problem = json_problem(name)
                 if problem is not None:
                     raise _refuse(f"the key {name!r} of {path}", name, f": {problem}")
-                encoded[name] = self.encode(item, f"{path}[{name!r}]")
+                encoded[name] = self.encode(item, f"{path}[{name!r}]", depth)
             return {"$d": encoded}
         if kind in (bytes, bytearray):
             tag: dict[str, Any] = {"$b": self.buffer(memoryview(value))}
@@ -114,9 +125,10 @@ def dumps(value: Any, key: str | None = None) -> tuple[bytes, list[tuple[memoryv
     try:
         skeleton = writer.encode(value, where)
         text = json.dumps(skeleton, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except RecursionError as exc:
+    except RecursionError as exc:  # within MAX_NESTING, when put is called this deep in the stack already
         raise InvalidValue(f"{where} is nested too deeply to store; flatten it") from exc
-    return text.encode("utf-8"), writer.buffers
+    stream = text.encode("utf-8")
+    return stream + container_padding(stream), writer.buffers
 
 
 class Buffers(Protocol):
@@ -134,16 +146,23 @@ class _Reader:
         self.numpy: Any = None
 
     def decode(self, node: Any) -> Any:
+        """The value of a parsed ``node``. Lists and dicts are the parser's own, filled in place:
+        a copy would double what a skeleton costs."""
         if node is None or type(node) in (bool, int, float, str):
             return node
         if type(node) is list:
-            return [self.decode(item) for item in node]
+            for index, item in enumerate(node):
+                node[index] = self.decode(item)
+            return node
         if type(node) is not dict or len(node) == 0:
             raise ValueError(f"unexpected {type(node).__name__} in the skeleton")
         if "$t" in node:
-            return tuple(self.decode(item) for item in _of(node["$t"], list))
+            return tuple(self.decode(_of(node["$t"], list)))
         if "$d" in node:
-            return {name: self.decode(item) for name, item in _of(node["$d"], dict).items()}
+            items = _of(node["$d"], dict)
+            for name, item in items.items():
+                items[name] = self.decode(item)
+            return items
         if "$f" in node:
             return _FLOATS[node["$f"]]
         if "$b" in node:
@@ -183,11 +202,15 @@ def _of(value: Any, kind: type) -> Any:
 
 def loads(stream: memoryview | bytes, buffers: Buffers) -> Any:
     """The value of a skeleton and its buffers; raises CorruptEntry for anything malformed, and
-    UnsupportedEntry if it holds arrays and numpy is missing. Arrays are views of their buffers
-    (no copy)."""
+    UnsupportedEntry if it holds arrays and numpy is missing or more containers than its bytes
+    allow. RecursionError and MemoryError are this reader's limits, not damage: they are left
+    to the caller, which keeps such an entry for other readers. Arrays are views of their
+    buffers (no copy)."""
+    text = bytes(stream)
+    check_containers(text, "safe entry's skeleton")
     try:
-        return _Reader(buffers).decode(json.loads(bytes(stream)))
+        return _Reader(buffers).decode(json.loads(text))
     except ImportError as exc:
         raise UnsupportedEntry(f"safe entry holds numpy arrays, and numpy cannot be imported here: {exc}") from exc
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
         raise CorruptEntry(f"safe entry is malformed: {type(exc).__name__}: {cut(str(exc))}") from exc

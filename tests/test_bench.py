@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 QUICK_BUDGET_SECONDS = 90  # what --quick is built to stay under on 2 cores; not asserted (no timing assertions)
 
 
@@ -18,6 +20,9 @@ def test_importing_jangdok_does_not_import_the_bench() -> None:
     assert done.stdout.split() == ["False", "False"]
 
 
+# Its own time limit, above the subprocess's: the suite-wide 180 s would cut a run that a machine
+# loaded by other work (parallel test workers) slows beyond it, which is no defect.
+@pytest.mark.timeout(QUICK_BUDGET_SECONDS * 5)
 def test_quick_run_prints_the_table_and_targets_and_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "perf.md"
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # its scratch folder goes with the test's

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultproxy import FaultProxy
 from helpers import raw_objects, s3_settings
 from seaweed import READ_ONLY, READ_WRITE, SeaweedServer
 
@@ -53,14 +52,17 @@ class Case:
     never_says: tuple[str, ...] = ()
 
 
+def _faulty_settings(request: pytest.FixtureRequest, fault: tuple[Any, ...]) -> tuple[str, Settings]:
+    """The test's S3 location, and settings reaching it through a proxy that answers with ``fault``."""
+    proxy = request.getfixturevalue("proxy")
+    proxy.faults.append(fault)
+    url = request.getfixturevalue("s3_url")
+    return url, s3_settings(request.getfixturevalue("seaweed"), url, endpoint_url=proxy.endpoint, max_attempts=1)
+
+
 def _through_proxy(fault: tuple[Any, ...]) -> Callable[[pytest.FixtureRequest, Path], Any]:
     def provoke(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-        seaweed = request.getfixturevalue("seaweed")
-        proxy = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
-        request.addfinalizer(proxy.close)
-        proxy.faults.append(fault)
-        url = request.getfixturevalue("s3_url")
-        return Cache.from_settings(s3_settings(seaweed, url, endpoint_url=proxy.endpoint, max_attempts=1)).get("x.pkl")
+        return Cache.from_settings(_faulty_settings(request, fault)[1]).get("x.pkl")
 
     return provoke
 
@@ -101,12 +103,8 @@ def _store_through_proxy(fault: tuple[Any, ...]) -> Callable[[pytest.FixtureRequ
     """A read by the store itself: no opening check, so the fault answers the read."""
 
     def provoke(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-        seaweed = request.getfixturevalue("seaweed")
-        proxy = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
-        request.addfinalizer(proxy.close)
-        proxy.faults.append(fault)
-        url = request.getfixturevalue("s3_url")
-        store = S3Store(parse_location(url), s3_settings(seaweed, url, endpoint_url=proxy.endpoint, max_attempts=1))
+        url, settings = _faulty_settings(request, fault)
+        store = S3Store(parse_location(url), settings)
         request.addfinalizer(store.close)
         return store.read("x.pkl")
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,3 +58,40 @@ def test_start_serve_stop_leaves_nothing(tmp_path: Path) -> None:
     assert all(not path.exists() for path in server.sockets)
     assert _leftovers_in_tmp(in_tmp, pid, ports) == []
     server.stop()  # a second stop is harmless
+
+
+_STARTER = """
+import sys
+from pathlib import Path
+from jangdok.server import launch_seaweed
+server = launch_seaweed(Path(sys.argv[1]))
+print(server.pid, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a parent-death signal is Linux's")
+def test_a_starter_killed_with_sigkill_takes_its_server_with_it(tmp_path: Path) -> None:
+    """A test run or benchmark killed at any instant (pytest-timeout, the OOM killer, kill -9)
+    leaves no server behind, although the server runs in a session of its own."""
+    starter = subprocess.Popen([sys.executable, "-c", _STARTER, str(tmp_path / "weed")],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert starter.stdout is not None
+    weed = int(starter.stdout.readline())
+    try:
+        os.kill(weed, 0)  # running
+        starter.send_signal(signal.SIGKILL)
+        starter.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                os.kill(weed, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        pytest.fail(f"weed {weed} outlived its starter")
+    finally:
+        try:
+            os.killpg(weed, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

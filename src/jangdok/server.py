@@ -271,8 +271,32 @@ def launch_seaweed(workdir: Path | str, *, port: int | None = None,
         # A session of its own: a terminal's Ctrl-C reaches the caller, which stops the server
         # in order, and stop() can kill whatever weed started along with it.
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=workdir, start_new_session=True)
+                                   cwd=workdir, start_new_session=True, preexec_fn=_dies_with(os.getpid()))
     return SeaweedServer(f"http://127.0.0.1:{s3}", process, workdir, sockets, access_keys[0].keys)
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """On Linux, what makes the server get SIGTERM when its starter dies, however it dies: a
+    SIGKILLed test run or benchmark must not leave a server running in its own session.
+
+    The kernel ties this to the starting *thread*: start servers from a thread that outlives them
+    (the main thread, as the tests, the benchmark and the CLI do)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    set_parent_death_signal = 1  # PR_SET_PDEATHSIG in <linux/prctl.h>
+
+    def in_child() -> None:
+        prctl(set_parent_death_signal, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the starter died before the line above: nobody will stop it
+            os._exit(1)
+
+    return in_child
 
 
 def start_seaweed(workdir: Path | str, *, port: int | None = None,

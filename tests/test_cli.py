@@ -296,7 +296,7 @@ def test_doctor_with_a_mistyped_bucket_creates_nothing(seaweed: SeaweedServer, t
     env = _user(**credentials_env(seaweed), **where)
     status, findings = _doctor(env)
     [failure] = _failed(findings)
-    assert status == 3 and failure["message"].startswith("S3 answers at")
+    assert status == 3 and failure["message"].startswith("S3 check of ")
     assert "does not exist" in failure["error"] and failure["fix"].startswith(f"fix {named_by} (")
     assert not any(finding["message"].startswith("put ") for finding in findings)
     assert any("skipped" in finding["message"] for finding in findings if finding["status"] == "note")
@@ -331,6 +331,9 @@ def test_doctor_advice_names_the_setting_at_fault(seaweed: SeaweedServer, s3_url
         for other in blamed.get(case, ["fix CACHE_DIR", "S3_BUCKET_NAME", "AWS_PROFILE", "AWS_ACCESS_KEY_ID"]):
             assert not any(other in fix for fix in fixes), (case, fixes)
         assert not any(finding["message"].startswith("put ") for finding in findings)  # no writes after a failure
+        claims = [finding["message"] for finding in _failed(findings)
+                  if "accepted" in finding["message"] or "found (" in finding["message"]]
+        assert not claims, f"{case}: a failed check must not say what passing would have shown: {claims}"
 
 
 def test_doctor_advice_for_a_server_that_is_not_s3(tmp_path: Path) -> None:

@@ -150,14 +150,15 @@ class _Steps:
         self.error: JangdokError | None = None
         """The error of the last step that raised one."""
 
-    def step(self, what: str, action: Callable[[], Any]) -> Any:
+    def step(self, what: str, action: Callable[[], Any], failing: str | None = None) -> Any:
         """Run one check; its result, or None when it failed (raised, or answered None/False:
-        the probe it looked for was not there)."""
+        the probe it looked for was not there). ``what`` says what passing showed; ``failing``,
+        where that claims more than a failure shows, names the check instead."""
         try:
             result = action()
         except JangdokError as exc:
             self.error = exc
-            self.findings.append(_failed(what, exc, self.context))
+            self.findings.append(_failed(failing or what, exc, self.context))
             return None
         if result is None or result is False:
             self.findings.append(_failed(f"{what}: the probe object was not found"))
@@ -227,7 +228,7 @@ def _s3(steps: _Steps, settings: Settings, url: str) -> Iterator[Finding]:
     yield Finding("info", f"region: {settings.region or '(boto3 default)'}; "
                           f"endpoint: {settings.endpoint_url or 'AWS S3 (default endpoint)'}")
     store = steps.step(f"S3 client initialization: credentials found ({settings.credentials_source})",
-                       lambda: S3Store(location, settings))
+                       lambda: S3Store(location, settings), failing="S3 client initialization")
     yield from steps.drain()
     if store is None:
         return
@@ -248,7 +249,7 @@ def _s3_permissions(steps: _Steps, store: Any, location: Location) -> Iterator[F
     # After any of those a write would fail the same way, or (SeaweedFS, for a missing bucket)
     # create the bucket: none is tried.
     reached = steps.step(f"S3 answers at {location.url}: bucket found, credentials accepted",
-                         lambda: store.check() or True)
+                         lambda: store.check() or True, failing=f"S3 check of {location.url}")
     if reached is not None:
         steps.step(f"list (s3:ListBucket) {location.url}", lambda: list(itertools.islice(store.list(), 1)))
     yield from steps.drain()

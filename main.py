@@ -24,7 +24,6 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -302,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     printer = CacheEventPrinter()  # first: reading the settings may already warn (about .env)
     logging.getLogger("jangdok").addHandler(printer)
-    with Interrupts() as interrupts:
+    # Run as the program, Ctrl-C stays ignored once main() returns: the process then only shuts
+    # down, where a Ctrl-C could only print a traceback.
+    with Interrupts(then_ignore_ctrl_c=argv is None) as interrupts:
         try:
             args = parse_args(argv)
             global QUIET
@@ -357,7 +358,4 @@ def run(args: argparse.Namespace, started: float) -> int:
 
 
 if __name__ == "__main__":
-    # Ignored until main() takes over, and again once it returns: the process then only shuts
-    # down, where a Ctrl-C could only print a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(main())

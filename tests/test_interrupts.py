@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,18 @@ def _environment(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+@pytest.fixture
+def ctrl_c_handled() -> Iterator[None]:
+    """Python's own Ctrl-C handler, whatever pytest was started with (a background job ignores
+    SIGINT), put back after the test."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_handled")
 def test_the_first_signal_interrupts_and_later_ones_wait_for_the_cleanup() -> None:
+    before = signal.getsignal(signal.SIGTERM)
     with Interrupts() as interrupts:
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
@@ -61,6 +73,35 @@ def test_the_first_signal_interrupts_and_later_ones_wait_for_the_cleanup() -> No
         os.kill(os.getpid(), signal.SIGTERM)
         assert interrupts.received == signal.SIGINT and interrupts.status == 130
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
+    """``nohup``, or a shell's background job: the program was told to ignore SIGINT, and does.
+    The command runs to its end through a Ctrl-C sent to it; SIGTERM still stops it."""
+    folder = tmp_path / "cache"
+    Cache(str(folder)).put("label.pkl", [np.arange(1_000_000, dtype=np.float64), Gate(), "after the gate"])
+    out = tmp_path / "out"
+    out.mkdir()
+    gate = prepare(tmp_path / "gate")
+    process = subprocess.Popen([sys.executable, "-m", "jangdok", "--cache", str(folder), "get", "label.pkl",
+                                "-o", str(out / "label.pkl")], env=_environment(**{VARIABLE: str(gate)}),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        _until((gate / "pickling").exists, process)
+        process.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):  # still holding: nothing interrupted it
+            process.wait(timeout=1)
+        for fifo in ("hold", "release"):  # let it write the rest, then finish
+            writer = _open_for_writing(gate / fifo, process)
+            if writer is not None:
+                os.close(writer)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert (process.returncode, stderr) == (0, ""), stderr
+    assert [path.name for path in out.iterdir()] == ["label.pkl"]
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -130,14 +130,16 @@ class Progress:
 
 class _Signals:
     """Handlers for some signals while the object is entered, the previous ones restored on exit.
-    Only the main thread can set handlers: elsewhere this does nothing."""
+    Only the main thread can set handlers: elsewhere this does nothing. A signal the process was
+    told to ignore (``nohup``, a shell's background job ignoring Ctrl-C) stays ignored."""
 
     names: tuple[str, ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, *, then_ignore_ctrl_c: bool = False) -> None:
         self.received: int | None = None
         """The first signal received, if any."""
         self._previous: dict[int, Any] = {}
+        self._then_ignore_ctrl_c = then_ignore_ctrl_c
 
     def _handle(self, number: int, frame: object) -> None:
         raise NotImplementedError
@@ -147,6 +149,8 @@ class _Signals:
             number = getattr(signal, name, None)  # SIGHUP is POSIX only
             if number is None:
                 continue
+            if signal.getsignal(number) is signal.SIG_IGN:
+                continue
             try:
                 self._previous[number] = signal.signal(number, self._handle)
             except ValueError:  # not the main thread
@@ -155,7 +159,8 @@ class _Signals:
 
     def __exit__(self, *exc_info: object) -> None:
         for number, handler in self._previous.items():
-            signal.signal(number, handler)
+            ignored = self._then_ignore_ctrl_c and number == signal.SIGINT
+            signal.signal(number, signal.SIG_IGN if ignored else handler)
         self._previous.clear()
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -121,9 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Called with ``argv``, it restores the caller's signal handlers.
     """
     console = Console()
-    if argv is None:  # the process's entry: what the handlers are restored to when main() returns
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with Interrupts() as interrupts:
+    with Interrupts(then_ignore_ctrl_c=argv is None) as interrupts:
         try:
             return _run(argv, console, interrupts)
         except KeyboardInterrupt:  # the first one came as the command was closing its cache

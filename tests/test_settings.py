@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from seaweed import READ_WRITE
 
-from jangdok import Cache, ConfigError, CredentialsError, Settings, mask_secret
+from jangdok import Cache, ConfigError, CredentialsError, NoCredentials, Settings, mask_secret
 from jangdok.settings import Secret, mask_url, reveal
 
 
@@ -148,11 +148,16 @@ def test_aws_profile_from_shared_credentials_reaches_s3(seaweed, s3_url: str, mo
         assert cache.settings.credentials_source.startswith("AWS profile 'jangdok-team'")
 
 
-def test_unknown_profile_means_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unknown_profile_is_a_mistake_to_fix_not_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in AWS_PROFILE must not quietly cache in the fallback folder, as missing
+    credentials do: it is refused like a rejected secret, naming where the profile was set."""
     monkeypatch.setenv("AWS_PROFILE", "nobody")
-    with pytest.raises(CredentialsError, match="AWS profile 'nobody' not found"):
-        Cache("s3://bucket/cache/", fallback=False).get("k")
-    assert Cache("s3://bucket/cache/").get("k", "fell back") == "fell back"
+    for fallback in (False, True):
+        with pytest.raises(CredentialsError) as caught:
+            Cache("s3://bucket/cache/", fallback=fallback).get("k")
+        assert not isinstance(caught.value, NoCredentials)
+        assert "AWS profile 'nobody' (from environment) not found" in str(caught.value)
+        assert "AWS_PROFILE" in str(caught.value) and str(caught.value).count("nobody") == 2
 
 
 def test_key_without_its_secret_names_the_missing_variable(monkeypatch: pytest.MonkeyPatch) -> None:

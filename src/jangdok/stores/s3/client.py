@@ -10,7 +10,7 @@ import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
-from ...errors import ConfigError, NoCredentials
+from ...errors import ConfigError, CredentialsError, NoCredentials
 from ...redact import protect
 from ...settings import Settings, mask_secret, mask_url, reveal
 
@@ -47,10 +47,12 @@ def make_client(settings: Settings) -> tuple[Any, str]:
         # Those of a profile or role too: the values signed with are the ones to keep out of logs.
         frozen = credentials.get_frozen_credentials() if credentials is not None else None
     except bce.ProfileNotFound as exc:
-        raise NoCredentials(
-            f"S3 client initialization failed: AWS profile {settings.profile!r} not found "
-            f"({settings.credentials_source}); create it with 'aws configure --profile {settings.profile}' "
-            "or unset AWS_PROFILE"
+        # A profile named but not there is a typo or a missing file to fix, like a rejected secret:
+        # not "no credentials", which would quietly cache in the fallback folder instead.
+        raise CredentialsError(
+            f"S3 client initialization failed: AWS profile {settings.profile!r} (from "
+            f"{settings.sources.get('credentials', 'argument')}) not found; create it with "
+            f"'aws configure --profile {settings.profile}', or correct or unset AWS_PROFILE"
         ) from exc
     except bce.BotoCoreError as exc:
         raise NoCredentials(f"S3 client initialization failed: {exc}; check {settings.credentials_source}") from exc

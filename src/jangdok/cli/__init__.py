@@ -9,8 +9,8 @@ dependency and behaves the same wherever Python does, and its subcommands, help 
 errors are all this needs.
 
 Exit status: 0 success; 1 an error (one line on stderr, a traceback only with ``--debug``);
-2 a usage error; 3 problems found (``verify`` found damaged or untrusted entries, ``doctor``
-a failing check); 4 a key that is not there; 130 interrupted.
+2 a usage error; 3 problems found (``verify`` or ``stat`` met damaged or untrusted entries,
+``doctor`` a failing check); 4 a key that is not there; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="jangdok", description="Inspect, verify and clean a jangdok cache; run a local S3 server.",
-        epilog="Exit status: 0 ok, 1 error, 2 usage, 3 problems found (verify, doctor), 4 missing key, "
+        epilog="Exit status: 0 ok, 1 error, 2 usage, 3 problems found (verify, stat, doctor), 4 missing key, "
                "130 interrupted (143 on SIGTERM).")
     parser.add_argument("--version", action="version", version=f"jangdok {__version__}")
 

@@ -260,7 +260,8 @@ def cmd_stats(ctx: Context) -> int:
         return EXIT_OK
     for name, tier in tiers.items():
         bound = f" of {human_size(tier['max_bytes'])}" if tier.get("max_bytes") else ""
-        ctx.console.line(f"{name:<18} {tier['entries']:>8} entries  {human_size(tier['bytes']):>10}{bound}  "
+        entries = plural(tier["entries"], "entry", "entries")
+        ctx.console.line(f"{name:<18} {entries:>16}  {human_size(tier['bytes']):>10}{bound}  "
                          f"{tier['location']}")
     if store.fallback_reason:
         ctx.console.line(ctx.console.paint(f"on the local fallback folder: {store.fallback_reason}", "note"))

@@ -98,7 +98,7 @@ def test_bad_locations_name_the_offending_text(text: str, named: str) -> None:
         ("../x.pkl", "'..' segment"),
         ("a/../../etc/passwd", "'..' segment"),
         ("./x", "'.' segment"),
-        ("/etc/passwd", "empty segment"),
+        ("/etc/passwd", "is an absolute path; keys are relative to the cache root (use 'etc/passwd')"),
         ("a//b", "empty segment"),
         ("dir/", "empty segment"),
         ("", "empty"),

@@ -96,6 +96,9 @@ def _segments(text: str, what: str, error: type[InvalidKey] | type[InvalidLocati
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise error(f"{what} {text!r} is not valid Unicode text ({exc.reason})") from exc
+    if text.startswith("/"):
+        raise error(f"{what} {text!r} is an absolute path; keys are relative to the cache root "
+                    f"(use {text.lstrip('/')!r})")
     parts = text.split("/")
     for part in parts:
         if part == "":

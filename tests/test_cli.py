@@ -80,6 +80,19 @@ def test_ls(filled: Cache, env: dict[str, str]) -> None:
     assert by_size[0]["metadata"] == {"TARGET_SEQ_LENGTH": 30}
     text = jangdok(env, "ls", "-l").stdout
     assert "labels/김치.pkl" in text and "KB" in text and "3 entries" in text
+    assert "expired" not in text and not any(row["expired"] for row in by_size)
+
+
+def test_ls_long_marks_an_expired_entry(cache: Cache, env: dict[str, str]) -> None:
+    """Still listed (prune removes it) but a miss for get: -l says so rather than show it as live."""
+    cache.put("fresh.pkl", 1, ttl=3600)
+    cache.put("stale.pkl", 2, ttl=0.05)
+    time.sleep(0.1)  # only ever further past its expiry
+    rows = {row["key"]: row for row in as_json(jangdok(env, "ls", "-l", "--json"))}
+    assert (rows["fresh.pkl"]["expired"], rows["stale.pkl"]["expired"]) == (False, True)
+    lines = {line.split()[-1] if "(expired" not in line else line.split("(expired")[0].split()[-1]: line
+             for line in jangdok(env, "ls", "-l").stdout.splitlines()[:-1]}
+    assert "(expired" in lines["stale.pkl"] and "(expired" not in lines["fresh.pkl"]
 
 
 def test_stat_shows_header_metadata_and_checksum(filled: Cache, env: dict[str, str]) -> None:

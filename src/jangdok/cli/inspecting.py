@@ -56,9 +56,11 @@ def cmd_ls(ctx: Context) -> int:
                                    "modified": item.modified}
             if args.long:
                 info = cache.stat(item.key, repair=False)  # looking never deletes
+                expires_at = info.expires_at if info else None
                 row.update(tier=_tier(cache, item.key), format=_format(info),
                            signed_by=info.signed_by if info else None,
-                           metadata=info.metadata if info else None)
+                           metadata=info.metadata if info else None,
+                           expires_at=expires_at, expired=expires_at is not None and expires_at <= now)
                 bar.advance()
             rows.append(row)
     if args.json:
@@ -69,7 +71,9 @@ def cmd_ls(ctx: Context) -> int:
         if args.long:
             # The header's claim: ls reads headers only (verify checks signatures).
             signed = f"key {row['signed_by']}?" if row["signed_by"] else "unsigned"
-            ctx.console.line(f"{size:>10}  {age:>5}  {row['tier']:<16} {row['format']:<22} {signed:<20} {row['key']}")
+            expired = "  (expired: a miss, removed by prune)" if row["expired"] else ""
+            ctx.console.line(f"{size:>10}  {age:>5}  {row['tier']:<16} {row['format']:<22} {signed:<20} "
+                             f"{row['key']}{expired}")
         else:
             ctx.console.line(f"{size:>10}  {age:>5}  {row['key']}")
     total = sum(row["size"] for row in rows)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import jangdok.folders as folders_module
+import jangdok.stores.filewrite as filewrite
 import jangdok.stores.local as local_module
 from jangdok import StoreUnavailable
 from jangdok.errors import InvalidRange, JangdokError
@@ -621,11 +622,11 @@ def fake_renameat2(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], list[byte
             ctypes.set_errno(code)
             return -1
 
-        exchange = local_module._Exchange()
+        exchange = filewrite.Exchange()
         monkeypatch.setattr(exchange, "_resolved", True)
         monkeypatch.setattr(exchange, "_function", renameat2)
         monkeypatch.setattr(exchange, "_get_errno", ctypes.get_errno)
-        monkeypatch.setattr(local_module, "_exchange", exchange)
+        monkeypatch.setattr(filewrite, "exchange", exchange)
         return calls
 
     return install
@@ -669,7 +670,7 @@ def test_a_file_system_that_cannot_exchange_is_remembered_for_its_device_only(
 def test_many_chunks_of_every_size_are_written_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import array
 
-    iov_max = local_module._IOV_MAX
+    iov_max = filewrite.IOV_MAX
     chunks: list[Any] = []
     for number in range(3 * iov_max + 17):  # several full writev batches and a partial one
         chunks.append(bytes([number % 251]) * (number % 5))  # includes empty chunks
@@ -728,7 +729,7 @@ def test_short_writes_resume_exactly_where_the_kernel_stopped(
     store.write("k.pkl", chunks)
     monkeypatch.undo()
     assert read_all(store, "k.pkl") == expected
-    assert len(calls) > len([c for c in chunks if c]) // local_module._IOV_MAX + 1, "no short write happened"
+    assert len(calls) > len([c for c in chunks if c]) // filewrite.IOV_MAX + 1, "no short write happened"
 
 
 RLIMITED_WRITER = r"""

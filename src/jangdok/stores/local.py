@@ -48,14 +48,15 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from stat import S_IFMT, S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import cast
 
 from ..errors import AccessDenied, InvalidKey, StoreUnavailable
 from ..folders import Folder, open_folder
 from ..location import TEMP_MARKER, Location, validate_key
-from .base import Capabilities, Chunks, ObjectInfo, Reader, Store, check_range, iter_chunks
+from . import filewrite
+from .base import Capabilities, Chunks, ObjectInfo, Reader, Store, check_range
 
 __all__ = ["LocalStore"]
 
@@ -91,138 +92,6 @@ def _file_kind(mode: int) -> str:
     if S_ISSOCK(mode):
         return "a socket"
     return f"file type {S_IFMT(mode):o}"
-
-
-def _iov_max() -> int:
-    try:
-        limit = os.sysconf("SC_IOV_MAX")
-    except (AttributeError, ValueError, OSError):  # Windows has no sysconf; some systems no name
-        return 1024
-    return limit if limit > 0 else 1024
-
-
-_IOV_MAX = _iov_max()
-
-
-_PROGRESS_STEP = 8 << 20
-"""With a progress callback, no system call writes more than this, so large chunks report too."""
-
-
-def _batches(views: Iterable[memoryview], max_bytes: int) -> Iterator[list[memoryview]]:
-    """Views grouped for writev: at most IOV_MAX views and ``max_bytes`` bytes (a view larger
-    than that is sliced, which copies nothing)."""
-    batch: list[memoryview] = []
-    size = 0
-    for view in views:
-        while view.nbytes:
-            part = view[:max_bytes - size]
-            batch.append(part)
-            size += part.nbytes
-            view = view[part.nbytes:]
-            if len(batch) == _IOV_MAX or size == max_bytes:
-                yield batch
-                batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def _write_batch(fd: int, batch: list[memoryview], wrote: Callable[[int], None]) -> None:
-    """Write non-empty views in order, resuming after partial writes; the caller's buffers go
-    to the kernel as they are, never copied here."""
-    if not hasattr(os, "writev"):  # Windows
-        for view in batch:
-            while view.nbytes:
-                count = os.write(fd, view)
-                wrote(count)
-                view = view[count:]
-        return
-    while batch:
-        written = os.writev(fd, batch)
-        if written <= 0:  # regular files never do this; never loop forever if one does
-            raise OSError(errno.EIO, "the file accepted no bytes")
-        wrote(written)
-        done = 0
-        while done < len(batch) and written >= batch[done].nbytes:
-            written -= batch[done].nbytes
-            done += 1
-        batch = batch[done:]
-        if written:  # partly written view: resume inside it
-            batch[0] = batch[0][written:]
-
-
-def _write_chunks(fd: int, data: Chunks, progress: Callable[[int], None] | None) -> None:
-    total = 0
-
-    def wrote(count: int) -> None:
-        nonlocal total
-        total += count
-        if progress is not None:
-            progress(total)
-
-    max_bytes = sys.maxsize if progress is None else _PROGRESS_STEP
-    if isinstance(data, (list, tuple)):  # all chunks at hand: one writev per IOV_MAX views
-        groups: Iterable[list[memoryview]] = [list(iter_chunks(data))]
-    else:
-        # A generator may reuse its buffer or take its time: each chunk reaches the file before
-        # the next is asked for (a live writer's file stays young for cleanup(); memory stays flat).
-        groups = ([view] for view in iter_chunks(data))
-    for views in groups:
-        for batch in _batches(views, max_bytes):
-            _write_batch(fd, batch, wrote)
-
-
-class _Exchange:
-    """``renameat2(folder, a, folder, b, RENAME_EXCHANGE)`` through the C library: resolved on first
-    use (no ctypes at import), switched off for the process when the C library or the kernel lacks
-    it, and for one device when its file system does."""
-
-    RENAME_EXCHANGE = 2
-    AT_FDCWD = -100
-
-    def __init__(self) -> None:
-        self._resolved = False
-        self._function: Callable[..., int] | None = None
-        self._get_errno: Callable[[], int] = lambda: 0
-        self.unsupported_devices: set[int] = set()
-
-    def _resolve(self) -> Callable[..., int] | None:
-        if not self._resolved:
-            self._function = None
-            if sys.platform.startswith("linux"):
-                try:
-                    import ctypes
-
-                    function = ctypes.CDLL(None, use_errno=True).renameat2
-                    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-                    function.restype = ctypes.c_int
-                    self._function, self._get_errno = function, ctypes.get_errno
-                except (OSError, AttributeError, ImportError):  # no symbol (glibc < 2.28, some musl)
-                    pass
-            self._resolved = True
-        return self._function
-
-    def __call__(self, folder: Folder, source: str, target: str, device: int) -> bool:
-        """Swap two existing names in ``folder`` atomically. ``False`` if nothing was swapped:
-        the target is gone, the call is unavailable, or it failed; the caller then uses
-        ``os.replace``, which does the job or reports the failure exactly as before."""
-        if device in self.unsupported_devices:
-            return False
-        function = self._resolve()
-        if function is None:
-            return False
-        at = self.AT_FDCWD if folder.fd is None else folder.fd
-        if function(at, os.fsencode(folder.at(source)), at, os.fsencode(folder.at(target)),
-                    self.RENAME_EXCHANGE) == 0:
-            return True
-        code = self._get_errno()
-        if code == errno.ENOSYS:  # the kernel (or a seccomp filter) lacks it: off for the process
-            self._function = None
-        elif code in (errno.EINVAL, errno.EOPNOTSUPP):  # this file system cannot exchange
-            self.unsupported_devices.add(device)
-        return False
-
-
-_exchange = _Exchange()
 
 
 def _object_info(key: str, result: os.stat_result) -> ObjectInfo:
@@ -409,7 +278,7 @@ class LocalStore(Store):
             try:
                 fd = os.open(folder.at(temp), _CREATE_FOR_WRITING, 0o666, dir_fd=folder.fd)
                 try:
-                    _write_chunks(fd, data, progress)
+                    filewrite.write_chunks(fd, data, progress)
                     if self.durable:  # the data must be on disk before its name can point at it
                         os.fsync(fd)
                     # A rename keeps inode, time and size: this is the version under the key's name.
@@ -441,7 +310,7 @@ class LocalStore(Store):
             current = os.lstat(folder.at(name), dir_fd=folder.fd)
         except OSError:
             current = None  # missing, or unreachable: os.replace says which
-        if current is None or S_ISDIR(current.st_mode) or not _exchange(folder, temp, name, current.st_dev):
+        if current is None or S_ISDIR(current.st_mode) or not filewrite.exchange(folder, temp, name, current.st_dev):
             # A folder in the way fails here, with the usual message.
             os.replace(folder.at(temp), folder.at(name), src_dir_fd=folder.fd, dst_dir_fd=folder.fd)
             return
@@ -459,7 +328,7 @@ class LocalStore(Store):
     def _give_back_folder(self, folder: Folder, temp: str, name: str, path: str) -> None:
         """A folder took the entry's name between the check and the exchange (it was deleted and
         a key below it written): as with os.replace, the folder stays and the write fails."""
-        if not _exchange(folder, temp, name, os.lstat(folder.at(temp), dir_fd=folder.fd).st_dev):
+        if not filewrite.exchange(folder, temp, name, os.lstat(folder.at(temp), dir_fd=folder.fd).st_dev):
             aside = os.path.join(folder.path, temp)
             raise StoreUnavailable(f"Local error saving {path}: a folder that appeared there meanwhile was moved to "
                                    f"{aside} and could not be put back; rename it to {path}")

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,9 +77,9 @@ def test_the_first_signal_interrupts_and_later_ones_wait_for_the_cleanup() -> No
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
-    """``nohup``, or a shell's background job: the program was told to ignore SIGINT, and does.
-    The command runs to its end through a Ctrl-C sent to it; SIGTERM still stops it."""
+def _get_held_while_writing(tmp_path: Path, **popen: Any) -> tuple[subprocess.Popen[str], Path, Path]:
+    """``jangdok get label.pkl -o out/label.pkl``, held by a gate after 8 MB of the value are
+    written out: the process, the gate's folder, and the output folder."""
     folder = tmp_path / "cache"
     Cache(str(folder)).put("label.pkl", [np.arange(1_000_000, dtype=np.float64), Gate(), "after the gate"])
     out = tmp_path / "out"
@@ -86,10 +87,21 @@ def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path: Path)
     gate = prepare(tmp_path / "gate")
     process = subprocess.Popen([sys.executable, "-m", "jangdok", "--cache", str(folder), "get", "label.pkl",
                                 "-o", str(out / "label.pkl")], env=_environment(**{VARIABLE: str(gate)}),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
     try:
         _until((gate / "pickling").exists, process)
+    except BaseException:
+        process.kill()
+        raise
+    return process, gate, out
+
+
+def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
+    """``nohup``, or a shell's background job: the program was told to ignore SIGINT, and does.
+    The command runs to its end through a Ctrl-C sent to it."""
+    process, gate, out = _get_held_while_writing(
+        tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
         process.send_signal(signal.SIGINT)
         with pytest.raises(subprocess.TimeoutExpired):  # still holding: nothing interrupted it
             process.wait(timeout=1)
@@ -109,16 +121,8 @@ def test_get_to_a_file_interrupted_while_writing_leaves_no_file(tmp_path: Path, 
     """Interrupted half way through writing the value out, then a second Ctrl-C while the
     process shuts down: the file is not there (nor any temporary file), one line is said, and
     the exit status is 128 + the first signal."""
-    folder = tmp_path / "cache"
-    Cache(str(folder)).put("label.pkl", [np.arange(1_000_000, dtype=np.float64), Gate(), "after the gate"])
-    out = tmp_path / "out"
-    out.mkdir()
-    gate = prepare(tmp_path / "gate")
-    process = subprocess.Popen([sys.executable, "-m", "jangdok", "--cache", str(folder), "get", "label.pkl",
-                                "-o", str(out / "label.pkl")], env=_environment(**{VARIABLE: str(gate)}),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process, gate, out = _get_held_while_writing(tmp_path)
     try:
-        _until((gate / "pickling").exists, process)  # 8 MB of the array are written by now
         process.send_signal(number)
         _until((gate / "exiting").exists, process)  # shutting down, after the command's cleanup
         process.send_signal(signal.SIGINT)

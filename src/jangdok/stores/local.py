@@ -454,19 +454,22 @@ class LocalStore(Store):
                                    f"{os.path.join(folder.path, aside)} and could not be put back "
                                    f"({exc.strerror or exc}); rename it to {path}") from exc
 
-    def stat(self, key: str) -> ObjectInfo | None:
+    def _stat(self, key: str, follow_symlinks: bool) -> os.stat_result | None:
         path, folders, name = self._names(key)
         folder = self._folder(folders, path, "checking")
         if folder is None:
             return None
         with folder:
             try:
-                result = os.stat(folder.at(name), dir_fd=folder.fd)
+                return os.stat(folder.at(name), dir_fd=folder.fd, follow_symlinks=follow_symlinks)
             except OSError as exc:
                 if _is_missing(exc):
                     return None
                 raise self._os_error(exc, "checking", path) from exc
-        if not S_ISREG(result.st_mode):
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        result = self._stat(key, follow_symlinks=True)
+        if result is None or not S_ISREG(result.st_mode):
             return None
         return _object_info(key, result)
 
@@ -488,17 +491,8 @@ class LocalStore(Store):
 
     def last_used(self, key: str) -> float | None:
         """When ``key`` was last used (see :meth:`touch`), or ``None`` if it is missing."""
-        path, folders, name = self._names(key)
-        folder = self._folder(folders, path, "checking")
-        if folder is None:
-            return None
-        with folder:
-            try:
-                return os.stat(folder.at(name), dir_fd=folder.fd, follow_symlinks=False).st_atime
-            except OSError as exc:
-                if _is_missing(exc):
-                    return None
-                raise self._os_error(exc, "checking", path) from exc
+        result = self._stat(key, follow_symlinks=False)
+        return None if result is None else result.st_atime
 
     def _walk(self, prefix: str, verb: str) -> Iterator[tuple[Folder, str, list[str]]]:
         """``(folder, key prefix of its entries, names that are not folders)`` for every folder

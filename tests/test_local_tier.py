@@ -66,6 +66,21 @@ def _tier(seaweed: SeaweedServer, s3_url: str, tmp_path: Path, clock: Clock, pro
                        clock=clock)
 
 
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def holding_first(seaweed: SeaweedServer, s3_url: str, tmp_path: Path, clock: Clock, proxy: FaultProxy,
+                  remote: S3Store) -> TieredStore:
+    """A tier that has just copied ``x.pkl`` (FIRST) from S3: trusted from ``clock``'s now."""
+    tier = _tier(seaweed, s3_url, tmp_path, clock, proxy)
+    remote.write("x.pkl", FIRST)
+    assert _read(tier, "x.pkl") == (FIRST, LOCAL_TIER)
+    return tier
+
+
 def _read(store: TieredStore, key: str) -> tuple[bytes, str] | None:
     """An object's bytes, and which tier served them."""
     reader = store.read(key)
@@ -90,12 +105,9 @@ FIRST, SECOND = os.urandom(300_000), os.urandom(300_000)
 # -- the trust window, on an explicit clock ---------------------------------------------------------
 
 
-def test_a_remote_change_is_served_only_within_the_trust_window(seaweed: SeaweedServer, proxy: FaultProxy,
-                                                                remote: S3Store, s3_url: str, tmp_path: Path) -> None:
-    clock = Clock()
-    tier = _tier(seaweed, s3_url, tmp_path, clock, proxy)
-    remote.write("x.pkl", FIRST)
-    assert _read(tier, "x.pkl") == (FIRST, LOCAL_TIER)
+def test_a_remote_change_is_served_only_within_the_trust_window(
+        holding_first: TieredStore, clock: Clock, proxy: FaultProxy, remote: S3Store, tmp_path: Path) -> None:
+    tier = holding_first
     remote.write("x.pkl", SECOND)
     clock.advance(4.9)
     proxy.requests.clear()
@@ -110,11 +122,11 @@ def test_a_remote_change_is_served_only_within_the_trust_window(seaweed: Seaweed
 
 
 def test_a_copy_is_trusted_from_when_its_download_was_requested_not_when_it_ended(
-        seaweed: SeaweedServer, proxy: FaultProxy, remote: S3Store, s3_url: str, tmp_path: Path) -> None:
+        seaweed: SeaweedServer, proxy: FaultProxy, remote: S3Store, s3_url: str, tmp_path: Path,
+        clock: Clock) -> None:
     """A slow download: 4 s pass on the tier's clock while the body is on its way (the transfer
     breaks there, and resumes). The version read was current when the request left, not when
     the last byte arrived: replaced meanwhile, it may be served only until 5 s after the request."""
-    clock = Clock()
     tier = _tier(seaweed, s3_url, tmp_path, clock, proxy)
     remote.write("x.pkl", FIRST)
     proxy.faults.append(("cut", 100_000, lambda: clock.advance(4)))
@@ -125,23 +137,17 @@ def test_a_copy_is_trusted_from_when_its_download_was_requested_not_when_it_ende
     assert _read(tier, "x.pkl") == (SECOND, LOCAL_TIER)
 
 
-def test_a_validation_time_in_the_future_is_not_trusted(seaweed: SeaweedServer, proxy: FaultProxy,
-                                                        remote: S3Store, s3_url: str, tmp_path: Path) -> None:
-    clock = Clock()
-    tier = _tier(seaweed, s3_url, tmp_path, clock, proxy)
-    remote.write("x.pkl", FIRST)
-    assert _read(tier, "x.pkl") == (FIRST, LOCAL_TIER)
+def test_a_validation_time_in_the_future_is_not_trusted(
+        holding_first: TieredStore, clock: Clock, remote: S3Store) -> None:
+    tier = holding_first
     remote.write("x.pkl", SECOND)
     clock.advance(-3600)  # the clock was stepped back an hour: the copy was validated "in an hour"
     assert _read(tier, "x.pkl") == (SECOND, LOCAL_TIER)
 
 
 def test_a_revalidated_copy_is_trusted_from_when_the_question_was_asked(
-        seaweed: SeaweedServer, proxy: FaultProxy, remote: S3Store, s3_url: str, tmp_path: Path) -> None:
-    clock = Clock()
-    tier = _tier(seaweed, s3_url, tmp_path, clock, proxy)
-    remote.write("x.pkl", FIRST)
-    assert _read(tier, "x.pkl") == (FIRST, LOCAL_TIER)
+        holding_first: TieredStore, clock: Clock, proxy: FaultProxy, remote: S3Store) -> None:
+    tier = holding_first
     clock.advance(5)
     proxy.statuses.clear()
     assert _read(tier, "x.pkl") == (FIRST, LOCAL_TIER)
@@ -154,12 +160,9 @@ def test_a_revalidated_copy_is_trusted_from_when_the_question_was_asked(
 
 
 def test_a_tier_kept_by_the_previous_version_is_asked_about_not_downloaded_again(
-        seaweed: SeaweedServer, proxy: FaultProxy, remote: S3Store, s3_url: str, tmp_path: Path) -> None:
+        holding_first: TieredStore, proxy: FaultProxy, remote: S3Store, tmp_path: Path) -> None:
     """The previous version kept a validation time as its validator file's time, not in it."""
-    clock = Clock()
-    tier = _tier(seaweed, s3_url, tmp_path, clock, proxy)
-    remote.write("x.pkl", FIRST)
-    assert _read(tier, "x.pkl") == (FIRST, LOCAL_TIER)
+    tier = holding_first
     [validator] = (tmp_path / "tier").rglob(".jangdok/validators/**/x.pkl")
     fields = json.loads(validator.read_text())
     validator.write_text(json.dumps({"remote": fields["remote"], "local": fields["local"]}))
@@ -193,11 +196,10 @@ def test_a_cache_opened_while_s3_is_unreachable_serves_its_warm_local_tier(
 
 def test_during_an_outage_copies_are_served_without_asking_until_the_window_passes(
         seaweed: SeaweedServer, proxy: FaultProxy, remote: S3Store, s3_url: str, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+        clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
     """One failed question starts an outage: every copy is then served without asking (one
     retry budget per window, not one per read), and once the window passes S3 is asked
     again, and its answer is believed."""
-    clock = Clock()
     tier = _tier(seaweed, s3_url, tmp_path, clock, proxy, max_attempts=1)
     for key in ("a.pkl", "b.pkl"):
         remote.write(key, FIRST)

@@ -264,7 +264,7 @@ class Outcome:
         """The first test that failed or errored, as pytest's summary names it."""
         found = re.search(r"^(?:FAILED|ERROR) (.+?)(?: - |$)", self.output, re.MULTILINE)
         if found:
-            return found.group(1)
+            return found.group(1)[:160]
         return "collection or import" if self.code in (1, 2) else ""
 
 
@@ -272,8 +272,16 @@ def _pytest(scratch: Path, arguments: list[str], test_timeout: float, run_timeou
             env: dict[str, str] | None = None, workers: int = 0) -> Outcome:
     """One pytest run in the scratch copy; a run past ``run_timeout`` is interrupted (SIGINT, so
     its fixtures stop their servers), then killed."""
+    # The tests in a file (pytest's @file), one a line: a test's parameters can make its id
+    # longer than the system allows one argument to be. Options stay on the command line, where
+    # pytest looks for -p before it reads such a file.
+    tests = [argument for argument in arguments if argument.startswith("tests/")]
+    listed = scratch.parent / "tests-to-run"
+    listed.write_text("".join(f"{test}\n" for test in tests))
+    options = [argument for argument in arguments if argument not in set(tests)]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers),
-               "-o", f"timeout={test_timeout:.0f}", "--basetemp", str(scratch.parent / "pytest-tmp"), *arguments]
+               "-o", f"timeout={test_timeout:.0f}", "--basetemp", str(scratch.parent / "pytest-tmp"), *options,
+               f"@{listed}"]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(scratch / "src"), str(ROOT / "tools")]),
                    **(env or {})}
     started = time.monotonic()

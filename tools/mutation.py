@@ -371,7 +371,7 @@ def _baseline(group: Group, scratch: Path) -> Baseline:
 
 
 def _run(mutant: Mutant, group: Group, scratch: Path, baseline: Baseline | None,
-         workers: int) -> tuple[str, str]:
+         workers: int, quick: bool = False) -> tuple[str, str]:
     """(verdict, the test that killed it) for one mutant: the tests that ran its line first,
     then the rest of those that could fail (or, without a baseline, the whole group)."""
     target = scratch / mutant.path
@@ -382,11 +382,11 @@ def _run(mutant: Mutant, group: Group, scratch: Path, baseline: Baseline | None,
             phases = [_selection(group)]
         else:
             first = baseline.tests_for(mutant)
-            phases = [first, baseline.others_for(mutant)]
+            phases = [first] if quick else [first, baseline.others_for(mutant)]
         test_timeout = baseline.test_timeout if baseline else 120.0
         run_timeout = baseline.run_timeout if baseline else 3600.0
         for number, arguments in enumerate(filter(None, phases)):
-            parallel = workers if (number > 0 or baseline is None) and len(arguments) > 4 else 0
+            parallel = workers if baseline is None or (number > 0 and len(arguments) > 4) else 0
             done = _pytest(scratch, ["-x", *arguments], test_timeout, run_timeout, workers=parallel)
             if done.code == -1:
                 return "killed (hang)", f"the whole run, past {run_timeout:.0f} s"
@@ -489,13 +489,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diff", action="store_true", help="with each mutant listed or run, show its change")
     parser.add_argument("--workers", type=int, default=2,
                         help="pytest-xdist workers for the runs after a mutant's own tests (default 2)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the tests that ran a mutant's line (not those that started processes): "
+                             "a survivor may then be killed by a full run (--mutant)")
     parser.add_argument("--no-coverage", action="store_true",
                         help="run every test of the group for each mutant (slower; checks the shortcut)")
     args = parser.parse_args(argv)
     wanted = set(args.mutant or ())
-    named = set(args.group or ()) | {ident.partition("#")[0] for ident in wanted}
-    groups = [group for group in GROUPS if not named or group.name in named]
-    unknown = named - {group.name for group in groups}
+    named = list(dict.fromkeys([*(args.group or ()), *(ident.partition("#")[0] for ident in args.mutant or ())]))
+    by_name = {group.name: group for group in GROUPS}
+    groups = [by_name[name] for name in named if name in by_name] if named else GROUPS  # in the order asked
+    unknown = set(named) - set(by_name)
     if unknown:
         parser.error(f"no group {', '.join(sorted(unknown))}; the groups: {', '.join(g.name for g in GROUPS)}")
     started = time.monotonic()
@@ -524,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             killed = judged = 0
             group_started = time.monotonic()
             for mutant in found:
-                verdict, by = _run(mutant, group, scratch, baseline, args.workers)
+                verdict, by = _run(mutant, group, scratch, baseline, args.workers, args.quick)
                 reason = JUDGED.get((mutant.function, mutant.change, mutant.text))
                 if verdict == "survived":
                     survivors.append((mutant, reason or ""))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import copy
 import difflib
 import json
@@ -106,6 +107,11 @@ GROUPS = [
     }, ("tests/test_store_conformance.py", "tests/test_local_store.py", "tests/test_s3_consistency.py",
         "tests/test_leases.py", "tests/test_shared.py", "tests/test_local_tier.py", "tests/test_cache.py",
         "tests/test_expiry.py", "tests/test_s3_capabilities.py")),
+    # The S3 side of a versioned delete (conditional_delete: honoured, ignored or unknown).
+    Group("s3-delete", {
+        "src/jangdok/stores/s3/store.py": ("S3Store._delete",),
+    }, ("tests/test_store_conformance.py", "tests/test_s3_consistency.py", "tests/test_s3_capabilities.py",
+        "tests/test_shared.py", "tests/test_expiry.py", "tests/test_s3_errors.py")),
     # One owner at a time; a renewed lease is never taken over; a dead one is, by one waiter;
     # cleanup judges leases on the server's clock and removes only the version it read.
     Group("leases", {
@@ -279,7 +285,7 @@ def _pytest(scratch: Path, arguments: list[str], test_timeout: float, run_timeou
     listed = scratch.parent / "tests-to-run"
     listed.write_text("".join(f"{test}\n" for test in tests))
     options = [argument for argument in arguments if argument not in set(tests)]
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers),
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "mutation", "-n", str(workers),
                "-o", f"timeout={test_timeout:.0f}", "--basetemp", str(scratch.parent / "pytest-tmp"), *options,
                f"@{listed}"]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(scratch / "src"), str(ROOT / "tools")]),
@@ -360,7 +366,7 @@ def _selection(group: Group) -> list[str]:
 def _baseline(group: Group, scratch: Path) -> Baseline:
     report = scratch.parent / f"coverage-{group.name}.json"
     files = [str(scratch / path) for path in group.functions]
-    done = _pytest(scratch, ["-p", "mutation", *_selection(group)], 180, 3600,
+    done = _pytest(scratch, _selection(group), 180, 3600,
                    {_COVERAGE_OUT: str(report), _COVERAGE_FILES: os.pathsep.join(files)})
     if done.code != 0:
         raise SystemExit(f"group {group.name}: its tests fail without any mutant:\n{done.output[-3000:]}")
@@ -416,6 +422,45 @@ def _scratch_copy(scratch: Path) -> None:
 _COVERAGE_OUT = "MUTATION_COVERAGE_OUT"
 _COVERAGE_FILES = "MUTATION_COVERAGE_FILES"
 _measuring: dict[str, Any] = {}
+_SHARED_SERVER = "MUTATION_SEAWEED"
+
+
+def pytest_load_initial_conftests(early_config: Any) -> None:
+    """Before the tests' conftest imports it: the session's SeaweedFS server is the one this
+    pass started once (starting and stopping one costs more than most mutants' tests take).
+    Each test works under a fresh prefix, so runs sharing the server do not meet."""
+    if _SHARED_SERVER not in os.environ:
+        return
+    from botocore.exceptions import ClientError
+
+    import jangdok.server as server
+
+    endpoint, workdir = json.loads(os.environ[_SHARED_SERVER])
+
+    class Shared(server.SeaweedServer):
+        def client(self, identity: tuple[str, str] | None = None, **config: Any) -> Any:
+            made = super().client(identity, **config)
+            create = made.create_bucket
+
+            def create_bucket(**request: Any) -> Any:  # the fixture makes the bucket each session
+                try:
+                    return create(**request)
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyExists",
+                                                                          "BucketAlreadyOwnedByYou"):
+                        raise
+                    return {}
+
+            made.create_bucket = create_bucket
+            return made
+
+        def stop(self, grace: float = 0.0) -> None:  # the pass stops it
+            pass
+
+    def shared(*args: Any, **options: Any) -> server.SeaweedServer:
+        return Shared(endpoint, subprocess.Popen(["true"]), Path(workdir))
+
+    server.start_seaweed = shared
 
 
 def pytest_configure(config: Any) -> None:
@@ -481,10 +526,29 @@ def pytest_unconfigure(config: Any) -> None:
 # -- the pass --------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _shared_server(listing: bool) -> Iterator[str]:
+    """One SeaweedFS server for every pytest run of the pass (outside the scratch folder, whose
+    leftover processes are killed after each run): its endpoint and folder, as JSON."""
+    if listing:
+        yield ""
+        return
+    sys.path.insert(0, str(ROOT / "src"))
+    from jangdok.server import start_seaweed
+
+    with tempfile.TemporaryDirectory(prefix="jangdok-mutation-seaweed-") as folder:
+        server = start_seaweed(folder)
+        try:
+            yield json.dumps([server.endpoint, folder])
+        finally:
+            server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--group", action="append", help="a group to run (default: all)")
     parser.add_argument("--mutant", action="append", help="one mutant, as --list numbers it (group#N)")
+    parser.add_argument("--resume", action="append", help="start a group at this mutant (group#N)")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("--diff", action="store_true", help="with each mutant listed or run, show its change")
     parser.add_argument("--workers", type=int, default=2,
@@ -505,7 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     survivors: list[tuple[Mutant, str]] = []
     totals: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="jangdok-mutation-") as folder:
+    with tempfile.TemporaryDirectory(prefix="jangdok-mutation-") as folder, _shared_server(args.list) as shared:
+        if shared:
+            os.environ[_SHARED_SERVER] = shared
         scratch = Path(folder).resolve() / "project"
         if not args.list:
             _scratch_copy(scratch)
@@ -513,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
             found = group_mutants(group)
             if wanted:
                 found = [mutant for mutant in found if mutant.ident in wanted]
+            resume = dict(ident.partition("#")[::2] for ident in args.resume or ())
+            if group.name in resume:  # a pass cut short: the mutants from this one on
+                found = [mutant for mutant in found if mutant.index >= int(resume[group.name])]
             print(f"== {group.name}: {len(found)} mutants, tests {' '.join(_selection(group))}", flush=True)
             if args.list:
                 for mutant in found:

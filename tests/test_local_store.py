@@ -4,6 +4,7 @@ that are not entries (folders, symlink loops, a failing device)."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -126,6 +127,49 @@ def test_versioned_delete_without_a_race(tmp_path: Path) -> None:
     assert store.read("k") is None
     assert store.delete("k", version=version) is False
     assert temp_files(tmp_path / "cache") == []
+
+
+def test_a_versioned_delete_of_another_version_never_hides_the_entry_from_readers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual case of a stale version (another writer replaced the entry since it was read)
+    is answered without moving the entry: a reader at any moment of it finds the entry."""
+    root = tmp_path / "cache"
+    store, reader = open_local(root), open_local(root)
+    store.write("chapters/label.pkl", b"old entry")
+    stale = store.stat("chapters/label.pkl").version
+    store.write("chapters/label.pkl", b"the newer entry, of another size")
+    seen: list[bytes | None] = []
+    interleaving = InterleavingOs(set(range(10)), lambda _: seen.append(read_all(reader, "chapters/label.pkl")))
+    with monkeypatch.context() as patch:
+        patch.setattr(local_module, "os", interleaving)
+        assert store.delete("chapters/label.pkl", version=stale) is False
+        seen.append(read_all(reader, "chapters/label.pkl"))
+    assert seen and set(seen) == {b"the newer entry, of another size"}, interleaving.calls
+
+
+def test_a_failing_disk_while_checking_a_versioned_delete_is_a_store_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never "nothing deleted": the caller would take damage for gone while it stays."""
+    store = open_local(tmp_path / "cache")
+    store.write("chapters/label.pkl", b"damaged entry")
+    version = store.stat("chapters/label.pkl").version
+
+    class FailingStat(InterleavingOs):
+        def __init__(self) -> None:
+            super().__init__(set(), lambda _: None)
+            self.stat = self._failing
+
+        @staticmethod
+        def _failing(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(local_module, "os", FailingStat())
+        with pytest.raises(StoreUnavailable, match=re.escape(store.path("chapters/label.pkl"))):
+            store.delete("chapters/label.pkl", version=version)
+    assert read_all(store, "chapters/label.pkl") == b"damaged entry"
 
 
 def test_versioned_delete_of_a_symlinked_entry_removes_the_link_only(tmp_path: Path) -> None:

@@ -358,6 +358,11 @@ class Baseline:
     def run_timeout(self) -> float:
         return 3 * self.seconds + 120
 
+    def run_timeout_for(self, tests: list[str]) -> float:
+        """A limit for one run of ``tests``: a hang the per-test timeout cannot interrupt (one in
+        a C call, or a loop that swallows the timeout's exception) costs minutes, not the pass."""
+        return min(self.run_timeout, self.test_timeout + 3 * sum(self.durations.get(test, 0.0) for test in tests) + 60)
+
 
 def _selection(group: Group) -> list[str]:
     return [*group.tests, *(["-k", group.select] if group.select else [])]
@@ -390,8 +395,8 @@ def _run(mutant: Mutant, group: Group, scratch: Path, baseline: Baseline | None,
             first = baseline.tests_for(mutant)
             phases = [first] if quick else [first, baseline.others_for(mutant)]
         test_timeout = baseline.test_timeout if baseline else 120.0
-        run_timeout = baseline.run_timeout if baseline else 3600.0
         for number, arguments in enumerate(filter(None, phases)):
+            run_timeout = baseline.run_timeout_for(arguments) if baseline else 3600.0
             parallel = workers if baseline is None or (number > 0 and len(arguments) > 4) else 0
             done = _pytest(scratch, ["-x", *arguments], test_timeout, run_timeout, workers=parallel)
             if done.code == -1:

@@ -293,7 +293,7 @@ def _pytest(scratch: Path, arguments: list[str], test_timeout: float, run_timeou
     started = time.monotonic()
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(command, cwd=scratch, env=environment, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_limit_memory)
         try:
             code = process.wait(run_timeout)
         except subprocess.TimeoutExpired:
@@ -308,6 +308,17 @@ def _pytest(scratch: Path, arguments: list[str], test_timeout: float, run_timeou
         text = output.read().decode(errors="replace")
     _kill_left_behind(scratch.parent)
     return Outcome(code, text, time.monotonic() - started)
+
+
+_MEMORY_LIMIT = 8 << 30
+"""Address space for a mutant's tests: a mutant that drops a bound before an allocation gets a
+MemoryError (a failed test), not the machine's out-of-memory killer."""
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_LIMIT, _MEMORY_LIMIT))
 
 
 def _kill_left_behind(folder: Path) -> None:
@@ -404,6 +415,8 @@ def _run(mutant: Mutant, group: Group, scratch: Path, baseline: Baseline | None,
             if done.code in (1, 2):
                 timed_out = re.search(r"Failed: Timeout|\+{5} Timeout \+{5}", done.output) is not None
                 return ("killed (timeout)" if timed_out else "killed"), done.failed
+            if done.code < 0:  # a signal: the out-of-memory killer, say, after a bound was removed
+                return "killed (signal)", f"pytest ended by signal {-done.code}"
             if done.code != 0:
                 raise SystemExit(f"{mutant.ident}: pytest could not run (exit {done.code}):\n{done.output[-3000:]}")
         return "survived", ""

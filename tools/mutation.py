@@ -122,7 +122,53 @@ GROUPS = [
     }, ("tests/test_leases.py", "tests/test_shared.py", "tests/test_s3_capabilities.py", "tests/test_expiry.py")),
 ]
 
-JUDGED: dict[tuple[str, str, str], str] = {}
+_WORDING = "the message's wording only (strerror, or the error with its number): nothing a caller acts on"
+JUDGED: dict[tuple[str, str, str], str] = {
+    ("decode", "condition -> True",
+     "if size <= _WHOLE_READ:  # one read call, then parsed in memory: small entries are latency"):
+        "equivalent: the whole-buffer path verifies the same way; only speed and peak memory differ",
+    ("read_header", "condition -> True", "while len(start) < PREFIX.size:"):
+        "equivalent: once the prefix is read, the loop's next read asks for 0 bytes, gets none and stops",
+    ("Entries._verified", "condition -> False",
+     "if not confirmed:  # a different version each time: writers are busy; judge nothing"):
+        "needs damage in transit on two reads with a rewrite between them; the versioned delete still "
+        "removes only a version that was read",
+    ("Entries._verified", "condition -> False", "if confirmed:"):
+        "equivalent: one more read, which confirms the same problem in the same version",
+    ("Entries.verify", "keyword version= dropped",
+     "return dataclasses.replace(again, deleted=self.store.delete(key, version=version))"):
+        "needs a write landing between verify's second read and its delete; no test injects one there yet",
+    ("LocalStore._remove_aside", "Or -> And", 'f"({exc.strerror or exc}); cleanup() removes it later") from exc'):
+        _WORDING,
+    ("LocalStore._put_back", "Or -> And", 'f"({exc.strerror or exc}); rename it to {path}") from exc'): _WORDING,
+    ("LocalStore._put_back", "condition -> False",
+     "if self._is_folder(folder, aside):  # a folder raced in; link() cannot take folders"):
+        "equivalent on Linux: link() refuses a folder with EPERM, which takes the no-hard-links path and "
+        "renames it back the same way",
+    ("S3Store.delete_many", "condition -> False",
+     'if error.get("Code") not in ("PreconditionFailed", *MISSING_CODES):'):
+        "a warning only (the keys deleted are returned either way); neither test server refuses a key "
+        "of a batch for another reason",
+    ("S3Store.delete_many", "IsNot -> Is",
+     'self.path(asked) if asked is not None else quoted(error.get("Key"), 120),'): _WORDING,
+    ("S3Store.write_if", "IsNot -> Is",
+     "if status in (409, 412) or (version is not None and code in MISSING_CODES):"):
+        "reached only where a conditional PUT on a missing key answers 404 rather than 412, which neither "
+        "test server does",
+    ("S3Store._delete", "condition -> True",
+     "if version is None or self.capabilities.conditional_delete is not True:"):
+        "equivalent: one more HEAD before a delete that still carries If-Match",
+    ("S3Store._delete", "And -> Or", "if version is not None and (status == 412 or code in MISSING_CODES):"):
+        "equivalent on S3: an unconditional DeleteObject is never answered 412, and succeeds on a missing key",
+    ("FileLease._try_acquire", "And -> Or",
+     'where = f" at {exc.filename}" if exc.filename and exc.filename != self.path else ""'): _WORDING,
+    ("FileLease._try_acquire", "NotEq -> Eq",
+     'where = f" at {exc.filename}" if exc.filename and exc.filename != self.path else ""'): _WORDING,
+    ("FileLease._try_acquire", "Or -> And",
+     'self.reason = f"the lock file {self.path} cannot be used ({exc.strerror or exc}{where})"'): _WORDING,
+    ("FileLease._try_acquire", "Or -> And",
+     'raise StoreUnavailable(f"Local error locking {self.path}: {exc.strerror or exc}; check the "'): _WORDING,
+}
 """Survivors a person has judged, by (function, change, the mutated line's text): why each
 cannot change behaviour, or why no test is worth writing for it."""
 

@@ -138,6 +138,9 @@ JUDGED: dict[tuple[str, str, str], str] = {
     ("Entries.verify", "keyword version= dropped",
      "return dataclasses.replace(again, deleted=self.store.delete(key, version=version))"):
         "needs a write landing between verify's second read and its delete; no test injects one there yet",
+    ("Entries._discard", "return False -> True", "return False"):
+        "equivalent: a kept or undeletable entry is read once more (the read after a discard), meets the "
+        "same problem and is a miss again",
     ("LocalStore._remove_aside", "Or -> And", 'f"({exc.strerror or exc}); cleanup() removes it later") from exc'):
         _WORDING,
     ("LocalStore._put_back", "Or -> And", 'f"({exc.strerror or exc}); rename it to {path}") from exc'): _WORDING,

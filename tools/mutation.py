@@ -129,6 +129,8 @@ JUDGED: dict[tuple[str, str, str], str] = {
         "equivalent: the whole-buffer path verifies the same way; only speed and peak memory differ",
     ("read_header", "condition -> True", "while len(start) < PREFIX.size:"):
         "equivalent: once the prefix is read, the loop's next read asks for 0 bytes, gets none and stops",
+    ("read_header", "IsNot -> Is", '+ (f", in an entry of {size} bytes)" if size is not None else ")"))'):
+        _WORDING.replace("(strerror, or the error with its number)", "(the entry's size, said or not)"),
     ("Entries._verified", "condition -> False",
      "if not confirmed:  # a different version each time: writers are busy; judge nothing"):
         "needs damage in transit on two reads with a rewrite between them; the versioned delete still "

@@ -11,6 +11,7 @@ import pytest
 from make_golden import CREATED_AT, METADATA, V2_VALUE, VALUE
 
 from jangdok import CorruptEntry, InvalidValue, UnsupportedEntry, entry
+from jangdok.entry.header import PREFIX
 
 DATA = Path(__file__).parent / "data"
 
@@ -87,6 +88,38 @@ def test_every_single_bit_flip_in_the_payload_is_caught() -> None:
             damaged[offset] ^= 1 << bit
             with pytest.raises(CorruptEntry):
                 entry.decode(io.BytesIO(bytes(damaged)), len(damaged))
+
+
+def test_every_single_bit_flip_in_the_header_is_caught() -> None:
+    """Many flips leave the header valid JSON with other numbers, times or metadata in it;
+    without a signature only the header's own checksum can tell."""
+    _, chunks = entry.encode("v", {"chapter": 12, "title": "김치"}, created_at=CREATED_AT)
+    data = b"".join(bytes(c) for c in chunks)
+    header_length = PREFIX.unpack_from(data)[2]
+    for offset in range(PREFIX.size, PREFIX.size + header_length + 4):  # the JSON and its hash
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[offset] ^= 1 << bit
+            for check in (entry.decode, entry.verify):
+                with pytest.raises(CorruptEntry):
+                    check(io.BytesIO(bytes(damaged)), len(damaged))
+
+
+@pytest.mark.parametrize("value", [None, "x" * 1000], ids=["shorter-than-a-prefix", "longer"])
+def test_verify_calls_a_plain_pickle_legacy_and_an_entry_cut_inside_its_prefix_damage(value: object) -> None:
+    legacy = pickle.dumps(value)
+    assert entry.verify(io.BytesIO(legacy), len(legacy)) is None  # legacy: nothing to check
+    _, chunks = entry.encode(value, None)
+    cut = b"".join(bytes(c) for c in chunks)[:5]
+    with pytest.raises(CorruptEntry, match="truncated"):
+        entry.verify(io.BytesIO(cut), len(cut))
+
+
+def test_an_empty_entry_is_damage_to_verify_as_to_a_load() -> None:
+    with pytest.raises(CorruptEntry, match="empty"):
+        entry.decode(io.BytesIO(b""), 0)
+    with pytest.raises(CorruptEntry, match="empty"):
+        entry.verify(io.BytesIO(b""), 0)
 
 
 def test_header_size_asks_for_the_header_and_little_more() -> None:

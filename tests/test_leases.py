@@ -165,6 +165,19 @@ def test_waiters_behind_a_value_that_cannot_be_saved_compute_at_once(cache: Cach
     assert cache.get_or_compute("k.pkl", lambda: "saved") == "saved"
     assert _reserved(cache) == []
     assert cache.get_or_compute("k.pkl", lambda: "not again") == "saved"
+    # Coordinated again: once the entry is gone, two callers missing it compute it once.
+    cache.delete("k.pkl")
+    again: list[int] = []
+
+    def slow() -> str:
+        again.append(threading.get_ident())
+        time.sleep(0.5)
+        return "computed once"
+
+    with ThreadPoolExecutor(2) as pool:
+        assert [future.result(timeout=120) for future in [pool.submit(cache.get_or_compute, "k.pkl", slow)
+                                                          for _ in range(2)]] == ["computed once"] * 2
+    assert len(again) == 1
 
 
 def _read_only_mount(folder: Path) -> list[str]:

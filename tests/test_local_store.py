@@ -4,6 +4,7 @@ that are not entries (folders, symlink loops, a failing device)."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -89,9 +90,25 @@ class InterleavingOs:
 SCHEDULES = [(n,) for n in range(4)] + list(itertools.combinations(range(5), 2))
 
 
+class NoHardLinksOs(InterleavingOs):
+    """A file system without hard links (FAT, some network mounts): link() fails, as there."""
+
+    def __init__(self, act_before: set[int], act: Callable[[int], None]) -> None:
+        super().__init__(act_before, act)
+        self.link = self._wrap("link", _failing(errno.EPERM))
+
+
+def _failing(number: int) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(number, os.strerror(number))
+
+    return call
+
+
+@pytest.mark.parametrize("links", ["hard-links", "no-hard-links"])
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: "write-before-call-" + "-and-".join(map(str, s)))
 def test_versioned_delete_never_removes_an_entry_written_meanwhile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schedule: tuple[int, ...]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schedule: tuple[int, ...], links: str
 ) -> None:
     root = tmp_path / "cache"
     store, writer = open_local(root), open_local(root)
@@ -106,7 +123,7 @@ def test_versioned_delete_never_removes_an_entry_written_meanwhile(
         writes.append((good, current is not None and current.version == damaged))
         writer.write("chapters/label.pkl", good)
 
-    interleaving = InterleavingOs(set(schedule), concurrent_write)
+    interleaving = (InterleavingOs if links == "hard-links" else NoHardLinksOs)(set(schedule), concurrent_write)
     with monkeypatch.context() as patch:
         patch.setattr(local_module, "os", interleaving)
         deleted = store.delete("chapters/label.pkl", version=damaged)
@@ -127,6 +144,109 @@ def test_versioned_delete_without_a_race(tmp_path: Path) -> None:
     assert store.read("k") is None
     assert store.delete("k", version=version) is False
     assert temp_files(tmp_path / "cache") == []
+
+
+def test_a_versioned_delete_of_another_version_never_hides_the_entry_from_readers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual case of a stale version (another writer replaced the entry since it was read)
+    is answered without moving the entry: a reader at any moment of it finds the entry."""
+    root = tmp_path / "cache"
+    store, reader = open_local(root), open_local(root)
+    store.write("chapters/label.pkl", b"old entry")
+    stale = store.stat("chapters/label.pkl").version
+    store.write("chapters/label.pkl", b"the newer entry, of another size")
+    seen: list[bytes | None] = []
+    interleaving = InterleavingOs(set(range(10)), lambda _: seen.append(read_all(reader, "chapters/label.pkl")))
+    with monkeypatch.context() as patch:
+        patch.setattr(local_module, "os", interleaving)
+        assert store.delete("chapters/label.pkl", version=stale) is False
+        seen.append(read_all(reader, "chapters/label.pkl"))
+    assert seen and set(seen) == {b"the newer entry, of another size"}, interleaving.calls
+
+
+@pytest.mark.parametrize(("versioned", "failing"), [(True, "stat"), (True, "rename"), (True, "unlink"),
+                                                 (False, "unlink")])
+def test_a_failing_disk_during_a_delete_is_a_store_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, versioned: bool, failing: str
+) -> None:
+    """Never "nothing deleted", nor "deleted" when the entry is still there (moved aside for a
+    versioned delete: the message says where)."""
+    root = tmp_path / "cache"
+    store = open_local(root)
+    store.write("chapters/label.pkl", b"damaged entry")
+    version = store.stat("chapters/label.pkl").version if versioned else None
+    failing_os = InterleavingOs(set(), lambda _: None)
+    setattr(failing_os, failing, _failing(errno.EIO))
+    with monkeypatch.context() as patch:
+        patch.setattr(local_module, "os", failing_os)
+        with pytest.raises(StoreUnavailable, match=re.escape(store.path("chapters/label.pkl"))) as caught:
+            store.delete("chapters/label.pkl", version=version)
+    assert "Input/output error" in str(caught.value)
+    [left] = [*temp_files(root), *(root / "chapters").glob("label.pkl")]
+    assert left.read_bytes() == b"damaged entry"
+    if left.name != "label.pkl":
+        assert str(left) in str(caught.value)
+
+
+def test_a_link_failing_while_a_newer_entry_is_put_back_says_where_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A versioned delete that took a newer entry by mistake and cannot return it (a failing
+    disk, not a file system without links) says where the entry is, rather than losing it."""
+    root = tmp_path / "cache"
+    store, writer = open_local(root), open_local(root)
+    store.write("chapters/label.pkl", b"damaged entry")
+    damaged = store.stat("chapters/label.pkl").version
+    failing_os = InterleavingOs({1}, lambda _: writer.write("chapters/label.pkl", b"a newer, good entry"))
+    failing_os.link = _failing(errno.EIO)
+    with monkeypatch.context() as patch:
+        patch.setattr(local_module, "os", failing_os)
+        with pytest.raises(StoreUnavailable, match="could not be put back") as caught:
+            store.delete("chapters/label.pkl", version=damaged)
+    [aside] = temp_files(root)
+    assert aside.read_bytes() == b"a newer, good entry" and str(aside) in str(caught.value)
+
+
+def test_a_folder_raced_into_a_versioned_deletes_name_is_put_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the check and the move aside, the entry gives way to a folder: the delete moves
+    the folder aside, finds no entry, and returns it whole (link() cannot take folders)."""
+    root = tmp_path / "cache"
+    store = open_local(root)
+    store.write("chapters/label.pkl", b"damaged entry")
+    damaged = store.stat("chapters/label.pkl").version
+
+    def folder_instead(_: int) -> None:
+        os.unlink(root / "chapters" / "label.pkl")
+        (root / "chapters" / "label.pkl").mkdir()
+        (root / "chapters" / "label.pkl" / "inside").write_bytes(b"someone's file")
+
+    interleaving = InterleavingOs({1}, folder_instead)
+    with monkeypatch.context() as patch:
+        patch.setattr(local_module, "os", interleaving)
+        assert store.delete("chapters/label.pkl", version=damaged) is False
+    assert interleaving.calls[:2] == ["stat", "rename"]
+    assert (root / "chapters" / "label.pkl" / "inside").read_bytes() == b"someone's file"
+    assert temp_files(root) == []
+
+
+def test_a_versioned_delete_racing_another_delete_of_the_same_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two cleaners remove the same damaged version: exactly one says it deleted it."""
+    root = tmp_path / "cache"
+    store, other = open_local(root), open_local(root)
+    store.write("chapters/label.pkl", b"damaged entry")
+    damaged = store.stat("chapters/label.pkl").version
+    outcome: list[bool] = []
+    interleaving = InterleavingOs({1}, lambda _: outcome.append(other.delete("chapters/label.pkl", version=damaged)))
+    with monkeypatch.context() as patch:
+        patch.setattr(local_module, "os", interleaving)
+        outcome.append(store.delete("chapters/label.pkl", version=damaged))
+    assert outcome == [True, False]
+    assert read_all(store, "chapters/label.pkl") is None and temp_files(root) == []
 
 
 def test_versioned_delete_of_a_symlinked_entry_removes_the_link_only(tmp_path: Path) -> None:

@@ -176,3 +176,13 @@ def test_a_body_garbled_in_transit_is_read_again_and_never_deleted(cache_via_pro
     assert proxy.fired == ["flip 2000000"] and len(gets) == 2, "the garbled response was read, then a clean one"
     assert "checksum mismatch" in caplog.text and "deleted" not in caplog.text
     assert cache_via_proxy.exists("big.pkl")
+
+
+def test_verify_reads_a_body_garbled_in_transit_again_and_deletes_nothing(cache_via_proxy: Cache,
+                                                                          proxy: FaultProxy) -> None:
+    """``jangdok verify --delete`` judges as loads do: damage must be seen twice in one version."""
+    proxy.faults.append(("flip", 2_000_000))
+    verdict = cache_via_proxy.verify("big.pkl", delete_damaged=True)
+    assert proxy.fired == ["flip 2000000"]
+    assert verdict.status == "ok" and not verdict.deleted
+    assert cache_via_proxy.exists("big.pkl")

@@ -61,6 +61,25 @@ def test_a_versioned_delete_never_removes_an_entry_written_meanwhile(server_name
     assert store.delete("label.pkl", version=damaged) is False  # missing: nothing to delete
 
 
+@pytest.mark.parametrize("server_name", ["seaweed", "moto"])
+def test_a_batch_delete_never_removes_an_entry_rewritten_since_it_was_listed(
+        server_name: str, request: pytest.FixtureRequest, s3_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """What prune and cleanup delete: each object in the version listed, on a server that
+    honours a batch's ETag pins (SeaweedFS) and on one that ignores them (moto) alike."""
+    server = request.getfixturevalue(server_name)
+    store, writer = _store(server, s3_url), _store(server, s3_url)
+    for key in ("old.pkl", "rewritten.pkl", "gone.pkl"):
+        store.write(key, b"an entry listed as stale")
+    listed = sorted(store.list(), key=lambda found: found.key)
+    writer.write("rewritten.pkl", b"a good entry, saved again since the listing")
+    writer.delete("gone.pkl")
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert store.delete_many(listed) == ["old.pkl"]
+    assert _content(writer, "rewritten.pkl") == b"a good entry, saved again since the listing"
+    assert [found.key for found in store.list()] == ["rewritten.pkl"]
+    assert "could not delete" not in caplog.text, "a condition that failed is no error"
+
+
 _KILLED_UPLOADER = textwrap.dedent("""
     import os, sys, time
     from jangdok import Settings, parse_location

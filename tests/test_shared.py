@@ -423,6 +423,22 @@ def test_read_only_credentials_compute_without_a_lease_and_misjudge_nothing(
     assert "ignores" not in caplog.text  # the probes could not run: nothing is claimed about the server
 
 
+def test_read_only_credentials_behind_an_unreadable_lease_compute_at_once(
+        seaweed: SeaweedServer, s3_url: str, s3_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Taking over a lease nobody can read needs a write these credentials may not make: that
+    is a lease this process cannot take (computed at once), not a race lost to another."""
+    from helpers import BUCKET
+    from seaweed import READ_ONLY
+
+    seaweed.client().put_object(Bucket=BUCKET, Key=f"{s3_prefix}.jangdok/leases/k.pkl", Body=b"{cut sh")
+    cache = Cache.from_settings(s3_settings(seaweed, s3_url, identity=READ_ONLY, lease_seconds=30))
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get_or_compute("k.pkl", lambda: "value", timeout=20) == "value"
+    assert time.monotonic() - started < 10
+    assert "cannot take a compute lease" in caplog.text
+
+
 def test_a_lease_put_cut_short_does_not_hold_up_its_key(seaweed: SeaweedServer, proxy: FaultProxy,
                                                           s3_url: str, s3_prefix: str,
                                                           caplog: pytest.LogCaptureFixture) -> None:

@@ -279,6 +279,8 @@ def verify(reader: Stream, size: int, key: str | None = None, trust: Trust | Non
     has nothing to check. Raises as :func:`decode` does; expiry is not judged."""
     header = read_header(reader, size)
     if not isinstance(header, EntryHeader):
+        if not header:  # nothing at all: no pickle, plain or not (as decode says)
+            raise CorruptEntry("entry is empty")
         return None
     check_key(header, key)
     _read_verified(reader, header, size, trust, None)

@@ -7,6 +7,7 @@ their own free ports) and every test gets a fresh key prefix in one bucket.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
@@ -40,6 +41,16 @@ def pytest_configure(config: pytest.Config) -> None:
             r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\):DeprecationWarning")
 
 _ISOLATED_NAMES = ("CACHE_DIR", "S3_BUCKET_NAME")
+
+
+@pytest.fixture
+def ctrl_c_handled() -> Iterator[None]:
+    """Python's own Ctrl-C handler in this process, and so the default in the children it starts,
+    whatever pytest was started with: a background job without job control, or nohup, starts
+    with SIGINT ignored, which jangdok's programs then rightly keep ignoring."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@ SeaweedFS: every command, its ``--json`` output parsed back, and its error exits
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -492,8 +493,17 @@ class ServerCommand:
         return exports
 
     def stop(self, number: int = signal.SIGTERM) -> tuple[str, str]:
+        """Stop it with ``number``; if it does not end, kill it and the server it started (a
+        failing test must not leave either running) before failing."""
         self.process.send_signal(number)
-        return self.process.communicate(timeout=120)
+        try:
+            return self.process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.weed, signal.SIGKILL)
+            self.process.communicate()
+            raise
 
 
 def _weed_arguments(pid: int) -> list[str]:
@@ -564,6 +574,7 @@ def _cache_for(exports: dict[str, str]) -> Cache:
                  region="us-east-1")
 
 
+@pytest.mark.usefixtures("ctrl_c_handled")
 def test_server_restarts_on_a_folder_it_used_before(tmp_path: Path) -> None:
     """Its bucket is already there (BucketAlreadyOwnedByYou), and so is its readiness probe's:
     both are fine, and the entries written before are served again under the new keys."""
@@ -587,6 +598,7 @@ def test_server_restarts_on_a_folder_it_used_before(tmp_path: Path) -> None:
     _assert_gone(second)
 
 
+@pytest.mark.usefixtures("ctrl_c_handled")
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_server_stopped_during_its_startup_wait_leaves_nothing_running(tmp_path: Path, number: int) -> None:
     server = ServerCommand(tmp_path / "weed")

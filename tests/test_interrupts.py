@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,9 @@ from gate import VARIABLE, Gate, prepare
 
 from jangdok import Cache
 from jangdok.console import Interrupts
+
+# Every test here sends Ctrl-C, to this process or to a child it starts.
+pytestmark = pytest.mark.usefixtures("ctrl_c_handled")
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -54,16 +56,6 @@ def _environment(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-@pytest.fixture
-def ctrl_c_handled() -> Iterator[None]:
-    """Python's own Ctrl-C handler, whatever pytest was started with (a background job ignores
-    SIGINT), put back after the test."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
-@pytest.mark.usefixtures("ctrl_c_handled")
 def test_the_first_signal_interrupts_and_later_ones_wait_for_the_cleanup() -> None:
     before = signal.getsignal(signal.SIGTERM)
     with Interrupts() as interrupts:

@@ -180,6 +180,36 @@ def test_waiters_behind_a_value_that_cannot_be_saved_compute_at_once(cache: Cach
     assert len(again) == 1
 
 
+def test_two_callers_behind_a_mark_that_both_save_leave_the_key_coordinated(cache: Cache) -> None:
+    """Two callers meet an unsaved mark, compute together and both save: the first removes
+    the mark, the second finds none. Neither may keep the key's lock, nor leave a lock file
+    behind: the key is coordinated again, and its next miss is computed once, at once."""
+    cache.get_or_compute("k.pkl", threading.Lock)  # cannot be saved: its owner leaves the mark
+    assert not cache.exists("k.pkl") and _reserved(cache) != []
+    together = threading.Barrier(2, timeout=30)
+
+    def saved() -> str:
+        together.wait()  # both met the mark before either saves
+        return "saved"
+
+    with ThreadPoolExecutor(2) as pool:
+        assert [future.result(timeout=120) for future in [pool.submit(cache.get_or_compute, "k.pkl", saved)
+                                                          for _ in range(2)]] == ["saved"] * 2
+    assert _reserved(cache) == []
+    cache.delete("k.pkl")
+    again: list[int] = []
+
+    def slow() -> str:
+        again.append(threading.get_ident())
+        time.sleep(0.5)
+        return "computed once"
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(cache.get_or_compute, "k.pkl", slow, timeout=20) for _ in range(2)]
+        assert [future.result(timeout=120) for future in futures] == ["computed once"] * 2
+    assert len(again) == 1 and _reserved(cache) == []
+
+
 def _read_only_mount(folder: Path) -> list[str]:
     """A command prefix that runs its command where ``folder`` is a read-only mount of itself
     (a mount namespace of its own, so nothing outside the command sees it)."""

@@ -165,6 +165,9 @@ JUDGED: dict[tuple[str, str, str], str] = {
         "equivalent: one more HEAD before a delete that still carries If-Match",
     ("S3Store._delete", "And -> Or", "if version is not None and (status == 412 or code in MISSING_CODES):"):
         "equivalent on S3: an unconditional DeleteObject is never answered 412, and succeeds on a missing key",
+    ("TieredStore.delete", "condition -> True", "if not is_reserved(key):"):
+        "equivalent for the reserved keys jangdok deletes (leases under .jangdok/leases/): they are never "
+        "copied into a tier (read and written straight to the remote), so dropping their copy removes nothing",
     ("FileLease._try_acquire", "And -> Or",
      'where = f" at {exc.filename}" if exc.filename and exc.filename != self.path else ""'): _WORDING,
     ("FileLease._try_acquire", "NotEq -> Eq",

@@ -7,6 +7,7 @@ caches of their own.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from fleet import computations, fleet_env, member, results, start, wait_for
 from helpers import s3_settings
 from seaweed import SeaweedServer
 
-from jangdok import Cache, Settings, WaitTimeout, parse_location
+from jangdok import Cache, Settings, StoreUnavailable, WaitTimeout, parse_location
 from jangdok.leases import Claim, lease_for, remove_stale
 from jangdok.location import RESERVED_FOLDER
 from jangdok.stores import Capabilities
@@ -208,6 +209,23 @@ def test_two_callers_behind_a_mark_that_both_save_leave_the_key_coordinated(cach
         futures = [pool.submit(cache.get_or_compute, "k.pkl", slow, timeout=20) for _ in range(2)]
         assert [future.result(timeout=120) for future in futures] == ["computed once"] * 2
     assert len(again) == 1 and _reserved(cache) == []
+
+
+def test_a_lock_that_fails_for_another_reason_stops_the_call_and_computes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lock file that cannot be used (read-only, a link, not a file) means computing without
+    coordinating; any other error locking it (here the disk failing) is the store's error: the
+    call stops with it and says where, rather than computing uncoordinated or going on unlocked."""
+    cache = Cache(str(tmp_path / "cache"), fallback=False)
+
+    def failing_disk(fd: int, operation: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("jangdok.filelock.fcntl.flock", failing_disk)
+    computed: list[int] = []
+    with pytest.raises(StoreUnavailable, match="Local error locking .*report.pkl.*Input/output error"):
+        cache.get_or_compute("report.pkl", lambda: computed.append(1) or 42)
+    assert computed == [] and not cache.exists("report.pkl")
 
 
 def _read_only_mount(folder: Path) -> list[str]:

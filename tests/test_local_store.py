@@ -1034,6 +1034,23 @@ def test_a_fifo_at_an_entry_never_hangs_a_cache(signing: bool, mmap: bool, tmp_p
     assert cache.get("chapter/x.pkl") == [1, 2] and (root / "chapter" / "x.pkl").is_file()
 
 
+@pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "by-name"])
+def test_looking_for_a_key_in_missing_folders_makes_none(descriptors: bool, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads, stats, existence checks, deletes and listings of keys below folders that do not
+    exist are misses: none of them leaves a folder behind (only a write makes its folders)."""
+    monkeypatch.setattr(folders_module, "DESCRIPTORS", descriptors)
+    root = tmp_path / "cache"
+    store = open_local(root)
+    store.write("kept.pkl", b"value")
+    assert store.read("a/b/c.pkl") is None and store.stat("a/b/c.pkl") is None
+    assert not store.exists("a/b/c.pkl") and store.delete("a/b/c.pkl") is False
+    assert store.delete("a/b/c.pkl", version="1") is False and list(store.list("a/")) == []
+    assert sorted(path.name for path in root.iterdir()) == ["kept.pkl"]
+    store.write("a/b/c.pkl", b"made")
+    assert read_all(store, "a/b/c.pkl") == b"made"
+
+
 # --- links planted below the root: never followed where a folder goes ----------------------------
 
 

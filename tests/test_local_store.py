@@ -1051,6 +1051,40 @@ def test_looking_for_a_key_in_missing_folders_makes_none(descriptors: bool, tmp_
     assert read_all(store, "a/b/c.pkl") == b"made"
 
 
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_walking_folders_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """Each folder of a key's path is held open while the next is reached, then closed: a
+    thousand lookups, hits and misses, leave no more descriptors open than they found."""
+    store = open_local(tmp_path / "cache")
+    store.write("a/b/c.pkl", b"value")
+    read_all(store, "a/b/c.pkl")
+    before = _open_descriptors()
+    for _ in range(500):
+        assert store.stat("a/b/c.pkl") is not None and store.stat("a/missing/c.pkl") is None
+    assert _open_descriptors() <= before
+
+
+@pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "by-name"])
+def test_a_file_where_a_folder_goes_is_named_as_such(descriptors: bool, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file at ``a/b`` where ``a/b/c.pkl`` needs a folder: reads miss, and a write fails saying
+    a file is in the way there (not a link, which would send the reader looking elsewhere)."""
+    monkeypatch.setattr(folders_module, "DESCRIPTORS", descriptors)
+    root = tmp_path / "cache"
+    store = open_local(root)
+    store.write("a/b", b"a file")
+    assert store.read("a/b/c.pkl") is None and store.stat("a/b/c.pkl") is None
+    with pytest.raises(StoreUnavailable) as raised:
+        store.write("a/b/c.pkl", b"value")
+    assert f"{root / 'a' / 'b'} is in the way (it is not a folder)" in str(raised.value)
+    assert "link" not in str(raised.value)
+    assert read_all(store, "a/b") == b"a file"
+
+
 # --- links planted below the root: never followed where a folder goes ----------------------------
 
 

@@ -1065,6 +1065,7 @@ def test_walking_folders_leaves_no_descriptor_open(tmp_path: Path) -> None:
     before = _open_descriptors()
     for _ in range(500):
         assert store.stat("a/b/c.pkl") is not None and store.stat("a/missing/c.pkl") is None
+        assert store.stat("a/b/c.pkl/d.pkl") is None  # a file where a folder goes
     assert _open_descriptors() <= before
 
 
@@ -1083,6 +1084,30 @@ def test_a_file_where_a_folder_goes_is_named_as_such(descriptors: bool, tmp_path
     assert f"{root / 'a' / 'b'} is in the way (it is not a folder)" in str(raised.value)
     assert "link" not in str(raised.value)
     assert read_all(store, "a/b") == b"a file"
+
+
+def test_a_folder_that_cannot_be_opened_is_an_error_naming_why(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder of the key's path that cannot be opened for another reason (permissions, here
+    given by hand: the tests may run as root) is the store's error, saying why, at once: not
+    a miss, not a link, not a folder made again and again."""
+    root = tmp_path / "cache"
+    store = open_local(root)
+    store.write("locked/c.pkl", b"value")
+    real_open = os.open
+
+    def refusing(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.path.basename(str(path)) == "locked" and flags & os.O_DIRECTORY:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(folders_module.os, "open", refusing)
+    for attempt in (lambda: store.read("locked/c.pkl"), lambda: store.write("locked/c.pkl", b"new")):
+        with pytest.raises(JangdokError) as raised:
+            attempt()
+        assert "permission denied" in str(raised.value).lower() and "link" not in str(raised.value)
+    monkeypatch.undo()
+    assert read_all(store, "locked/c.pkl") == b"value"
 
 
 # --- links planted below the root: never followed where a folder goes ----------------------------

@@ -6,6 +6,7 @@ import logging
 import pickle
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -135,6 +136,38 @@ def test_corrupt_header_is_deleted_by_stat_too(cache: Cache) -> None:
     cache.store.write("damaged.pkl", (DATA / "corrupt_v1_header_bitflip.jdk").read_bytes())
     assert cache.stat("damaged.pkl") is None
     assert not cache.exists("damaged.pkl")
+
+
+def test_stat_without_repair_only_looks_at_a_damaged_entry(cache: Cache) -> None:
+    """``stat(repair=False)`` (what ``jangdok ls -l`` and ``prune`` use) never deletes: the
+    damaged entry stays for a reader, or ``jangdok verify --delete``, to act on."""
+    cache.store.write("damaged.pkl", (DATA / "corrupt_v1_header_bitflip.jdk").read_bytes())
+    assert cache.stat("damaged.pkl", repair=False) is None
+    assert cache.exists("damaged.pkl")
+    assert getattr(cache.stats().get(cache.store_label), "corrupt_deleted", 0) == 0
+    assert cache.stat("damaged.pkl") is None  # repairing: deleted now
+    assert not cache.exists("damaged.pkl") and cache.stats()[cache.store_label].corrupt_deleted == 1
+
+
+def test_damage_replaced_before_its_delete_is_not_counted_or_deleted(cache: Cache, cache_url: str,
+                                                                     make_settings: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process saves a good entry between this reader's look at the damaged one and
+    its delete: the delete (of the version read) removes nothing, and nothing is counted as
+    damage deleted; the good entry stays."""
+    cache.store.write("label.pkl", (DATA / "corrupt_v1_header_bitflip.jdk").read_bytes())
+    delete = cache.store.delete
+
+    def saved_first(key: str, version: str | None = None) -> bool:
+        with Cache.from_settings(make_settings(cache_url)) as other:
+            other.put("label.pkl", "good")
+        return delete(key, version)
+
+    monkeypatch.setattr(cache.store, "delete", saved_first)
+    assert cache.get("label.pkl", "miss") == "miss"
+    monkeypatch.undo()
+    assert cache.stats()[cache.store_label].corrupt_deleted == 0
+    assert cache.get("label.pkl") == "good"
 
 
 def test_intact_entry_this_process_cannot_unpickle_is_kept(cache: Cache) -> None:

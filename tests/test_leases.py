@@ -7,6 +7,7 @@ caches of their own.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from fleet import computations, fleet_env, member, results, start, wait_for
 from helpers import s3_settings
 from seaweed import SeaweedServer
 
-from jangdok import Cache, Settings, WaitTimeout, parse_location
+from jangdok import Cache, Settings, StoreUnavailable, WaitTimeout, parse_location
 from jangdok.leases import Claim, lease_for, remove_stale
 from jangdok.location import RESERVED_FOLDER
 from jangdok.stores import Capabilities
@@ -178,6 +179,53 @@ def test_waiters_behind_a_value_that_cannot_be_saved_compute_at_once(cache: Cach
         assert [future.result(timeout=120) for future in [pool.submit(cache.get_or_compute, "k.pkl", slow)
                                                           for _ in range(2)]] == ["computed once"] * 2
     assert len(again) == 1
+
+
+def test_two_callers_behind_a_mark_that_both_save_leave_the_key_coordinated(cache: Cache) -> None:
+    """Two callers meet an unsaved mark, compute together and both save: the first removes
+    the mark, the second finds none. Neither may keep the key's lock, nor leave a lock file
+    behind: the key is coordinated again, and its next miss is computed once, at once."""
+    cache.get_or_compute("k.pkl", threading.Lock)  # cannot be saved: its owner leaves the mark
+    assert not cache.exists("k.pkl") and _reserved(cache) != []
+    together = threading.Barrier(2, timeout=30)
+
+    def saved() -> str:
+        together.wait()  # both met the mark before either saves
+        return "saved"
+
+    with ThreadPoolExecutor(2) as pool:
+        assert [future.result(timeout=120) for future in [pool.submit(cache.get_or_compute, "k.pkl", saved)
+                                                          for _ in range(2)]] == ["saved"] * 2
+    assert _reserved(cache) == []
+    cache.delete("k.pkl")
+    again: list[int] = []
+
+    def slow() -> str:
+        again.append(threading.get_ident())
+        time.sleep(0.5)
+        return "computed once"
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(cache.get_or_compute, "k.pkl", slow, timeout=20) for _ in range(2)]
+        assert [future.result(timeout=120) for future in futures] == ["computed once"] * 2
+    assert len(again) == 1 and _reserved(cache) == []
+
+
+def test_a_lock_that_fails_for_another_reason_stops_the_call_and_computes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lock file that cannot be used (read-only, a link, not a file) means computing without
+    coordinating; any other error locking it (here the disk failing) is the store's error: the
+    call stops with it and says where, rather than computing uncoordinated or going on unlocked."""
+    cache = Cache(str(tmp_path / "cache"), fallback=False)
+
+    def failing_disk(fd: int, operation: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("jangdok.filelock.fcntl.flock", failing_disk)
+    computed: list[int] = []
+    with pytest.raises(StoreUnavailable, match="Local error locking .*report.pkl.*Input/output error"):
+        cache.get_or_compute("report.pkl", lambda: computed.append(1) or 42)
+    assert computed == [] and not cache.exists("report.pkl")
 
 
 def _read_only_mount(folder: Path) -> list[str]:

@@ -1034,6 +1034,82 @@ def test_a_fifo_at_an_entry_never_hangs_a_cache(signing: bool, mmap: bool, tmp_p
     assert cache.get("chapter/x.pkl") == [1, 2] and (root / "chapter" / "x.pkl").is_file()
 
 
+@pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "by-name"])
+def test_looking_for_a_key_in_missing_folders_makes_none(descriptors: bool, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads, stats, existence checks, deletes and listings of keys below folders that do not
+    exist are misses: none of them leaves a folder behind (only a write makes its folders)."""
+    monkeypatch.setattr(folders_module, "DESCRIPTORS", descriptors)
+    root = tmp_path / "cache"
+    store = open_local(root)
+    store.write("kept.pkl", b"value")
+    assert store.read("a/b/c.pkl") is None and store.stat("a/b/c.pkl") is None
+    assert not store.exists("a/b/c.pkl") and store.delete("a/b/c.pkl") is False
+    assert store.delete("a/b/c.pkl", version="1") is False and list(store.list("a/")) == []
+    assert sorted(path.name for path in root.iterdir()) == ["kept.pkl"]
+    store.write("a/b/c.pkl", b"made")
+    assert read_all(store, "a/b/c.pkl") == b"made"
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_walking_folders_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """Each folder of a key's path is held open while the next is reached, then closed: a
+    thousand lookups, hits and misses, leave no more descriptors open than they found."""
+    store = open_local(tmp_path / "cache")
+    store.write("a/b/c.pkl", b"value")
+    read_all(store, "a/b/c.pkl")
+    before = _open_descriptors()
+    for _ in range(500):
+        assert store.stat("a/b/c.pkl") is not None and store.stat("a/missing/c.pkl") is None
+        assert store.stat("a/b/c.pkl/d.pkl") is None  # a file where a folder goes
+    assert _open_descriptors() <= before
+
+
+@pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "by-name"])
+def test_a_file_where_a_folder_goes_is_named_as_such(descriptors: bool, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file at ``a/b`` where ``a/b/c.pkl`` needs a folder: reads miss, and a write fails saying
+    a file is in the way there (not a link, which would send the reader looking elsewhere)."""
+    monkeypatch.setattr(folders_module, "DESCRIPTORS", descriptors)
+    root = tmp_path / "cache"
+    store = open_local(root)
+    store.write("a/b", b"a file")
+    assert store.read("a/b/c.pkl") is None and store.stat("a/b/c.pkl") is None
+    with pytest.raises(StoreUnavailable) as raised:
+        store.write("a/b/c.pkl", b"value")
+    assert f"{root / 'a' / 'b'} is in the way (it is not a folder)" in str(raised.value)
+    assert "link" not in str(raised.value)
+    assert read_all(store, "a/b") == b"a file"
+
+
+def test_a_folder_that_cannot_be_opened_is_an_error_naming_why(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder of the key's path that cannot be opened for another reason (permissions, here
+    given by hand: the tests may run as root) is the store's error, saying why, at once: not
+    a miss, not a link, not a folder made again and again."""
+    root = tmp_path / "cache"
+    store = open_local(root)
+    store.write("locked/c.pkl", b"value")
+    real_open = os.open
+
+    def refusing(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.path.basename(str(path)) == "locked" and flags & os.O_DIRECTORY:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(folders_module.os, "open", refusing)
+    for attempt in (lambda: store.read("locked/c.pkl"), lambda: store.write("locked/c.pkl", b"new")):
+        with pytest.raises(JangdokError) as raised:
+            attempt()
+        assert "permission denied" in str(raised.value).lower() and "link" not in str(raised.value)
+    monkeypatch.undo()
+    assert read_all(store, "locked/c.pkl") == b"value"
+
+
 # --- links planted below the root: never followed where a folder goes ----------------------------
 
 

@@ -298,6 +298,83 @@ def test_verify_and_stat_through_a_tier_read_s3_and_copy_nothing(seaweed: Seawee
     assert _copies(tmp_path) == ["k0.pkl"]  # nothing copied in, nothing evicted
 
 
+# -- deleting through a tier --------------------------------------------------------------------------
+
+
+def _validators(tmp_path: Path) -> list[Path]:
+    return list((tmp_path / "tier").rglob(".jangdok/validators/**/x.pkl"))
+
+
+def _copy_version(tier: TieredStore) -> str:
+    """The version a read of the tier's copy of ``x.pkl`` answers with (what a reader that
+    finds damage in it deletes)."""
+    reader = tier.read("x.pkl")
+    assert reader is not None and reader.source == LOCAL_TIER
+    with reader:
+        return reader.info.version
+
+
+def test_deleting_an_entry_deletes_it_in_s3_and_drops_the_tiers_copy(holding_first: TieredStore,
+                                                                     remote: S3Store, tmp_path: Path) -> None:
+    """Within the trust window too: a copy left behind would be served as the deleted entry."""
+    tier = holding_first
+    assert tier.delete("x.pkl")
+    assert remote.stat("x.pkl") is None
+    assert _copies(tmp_path) == [] and _validators(tmp_path) == []
+    assert _read(tier, "x.pkl") is None
+
+
+def test_a_damaged_copy_is_deleted_alone_and_its_version_then_read_from_s3(
+        holding_first: TieredStore, remote: S3Store, clock: Clock, tmp_path: Path) -> None:
+    """A reader found damage in the copy (the version it read was the copy's): the copy and its
+    validator go, S3's entry stays, and that S3 version is then served from S3, not copied
+    again (a reader confirms damage there, not in a fresh copy). A new version is copied."""
+    tier = holding_first
+    assert tier.delete("x.pkl", version=_copy_version(tier))
+    assert _copies(tmp_path) == [] and _validators(tmp_path) == []
+    assert remote.stat("x.pkl") is not None
+    assert _read(tier, "x.pkl") == (FIRST, tier.name)
+    assert _copies(tmp_path) == []
+    remote.write("x.pkl", SECOND)
+    clock.advance(10)
+    assert _read(tier, "x.pkl") == (SECOND, LOCAL_TIER)
+    assert _copies(tmp_path) == ["x.pkl"]
+
+
+def test_a_copy_replaced_since_it_was_read_is_not_deleted_as_damaged(
+        holding_first: TieredStore, remote: S3Store, clock: Clock, tmp_path: Path) -> None:
+    """Damage found in a copy that has been replaced since (a new version copied): the delete
+    of the version read removes nothing, and the new copy is still served."""
+    tier = holding_first
+    damaged = _copy_version(tier)
+    remote.write("x.pkl", SECOND)
+    clock.advance(10)
+    assert _read(tier, "x.pkl") == (SECOND, LOCAL_TIER)
+    assert not tier.delete("x.pkl", version=damaged)
+    assert _copies(tmp_path) == ["x.pkl"] and _read(tier, "x.pkl") == (SECOND, LOCAL_TIER)
+
+
+def test_a_damaged_copy_whose_validator_another_process_removed_is_still_deleted(
+        holding_first: TieredStore, remote: S3Store, tmp_path: Path) -> None:
+    tier = holding_first
+    damaged = _copy_version(tier)
+    [validator] = _validators(tmp_path)
+    validator.unlink()  # another process dropped the copy's validator meanwhile
+    assert tier.delete("x.pkl", version=damaged)
+    assert _copies(tmp_path) == [] and remote.stat("x.pkl") is not None
+    assert _read(tier, "x.pkl") == (FIRST, LOCAL_TIER)  # nothing known against S3's version: copied again
+
+
+def test_a_fallback_tier_deletes_in_its_folder(tmp_path: Path) -> None:
+    """No remote (S3 could not be opened): the local folder is the store, versions and all."""
+    tier = TieredStore(None, LocalStore(Location("local", str(tmp_path / "fallback"))))
+    first = tier.write("x.pkl", FIRST)
+    tier.write("x.pkl", SECOND)
+    assert not tier.delete("x.pkl", version=first)  # replaced since: kept
+    assert _read(tier, "x.pkl") == (SECOND, tier.name)
+    assert tier.delete("x.pkl") and _read(tier, "x.pkl") is None
+
+
 # -- links planted in the tier's folder ---------------------------------------------------------------
 
 

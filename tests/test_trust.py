@@ -90,6 +90,8 @@ def test_a_refused_entry_is_kept_unless_the_user_asks(kind: str, cache_url: str,
     deleting = Cache.from_settings(make_settings(cache_url, signing_keys=(KEY,), delete_untrusted=True))
     assert deleting.get("model.pkl") is None and not deleting.exists("model.pkl")
     assert not marker.exists()
+    refused = deleting.stats()[deleting.store_label]
+    assert (refused.untrusted, refused.corrupt_deleted) == (1, 0)  # refused and deleted: not damage
 
 
 def test_without_signing_a_planted_pickle_runs_its_code(tmp_path: Path) -> None:

@@ -123,6 +123,8 @@ GROUPS = [
 ]
 
 _WORDING = "the message's wording only (strerror, or the error with its number): nothing a caller acts on"
+_LINUX_LINKS = ("reached only where opening a link with O_NOFOLLOW|O_DIRECTORY fails with ELOOP or EMLINK (BSDs, "
+                "macOS); Linux says ENOTDIR, and _not_a_folder names the link (tested)")
 JUDGED: dict[tuple[str, str, str], str] = {
     ("decode", "condition -> True",
      "if size <= _WHOLE_READ:  # one read call, then parsed in memory: small entries are latency"):
@@ -165,6 +167,25 @@ JUDGED: dict[tuple[str, str, str], str] = {
         "equivalent: one more HEAD before a delete that still carries If-Match",
     ("S3Store._delete", "And -> Or", "if version is not None and (status == 412 or code in MISSING_CODES):"):
         "equivalent on S3: an unconditional DeleteObject is never answered 412, and succeeds on a missing key",
+    ("TieredStore.delete", "condition -> True", "if not is_reserved(key):"):
+        "equivalent for the reserved keys jangdok deletes (leases under .jangdok/leases/): they are never "
+        "copied into a tier (read and written straight to the remote), so dropping their copy removes nothing",
+    ("Folder.child", "condition -> False",
+     "if exc.errno in (errno.ELOOP, errno.EMLINK):  # what O_NOFOLLOW says on some systems"):
+        _LINUX_LINKS,
+    ("Folder.child", "raise removed", "raise _link_error(path) from None"): _LINUX_LINKS,
+    ("Folder._open_child", "condition -> True", "if DESCRIPTORS:"):
+        "equivalent where the tests run: the by-name path is tested by switching DESCRIPTORS off on a "
+        "system that has the descriptor calls, which then still work",
+    ("Folder._open_child", "condition -> False", "if _is_link(found):"):
+        "equivalent: a link is no folder to lstat either, so NotADirectoryError follows and _not_a_folder "
+        "names the link the same way",
+    ("Folder._open_child", "raise removed", "raise _link_error(path)"):
+        "equivalent: a link is no folder to lstat either, so NotADirectoryError follows and _not_a_folder "
+        "names the link the same way",
+    ("open_folder", "Or -> And", "if not create or attempt == _ATTEMPTS:"):
+        "equivalent: without create, a missing folder is looked for again a few times (nothing is made) "
+        "and then reported missing the same way",
     ("FileLease._try_acquire", "And -> Or",
      'where = f" at {exc.filename}" if exc.filename and exc.filename != self.path else ""'): _WORDING,
     ("FileLease._try_acquire", "NotEq -> Eq",

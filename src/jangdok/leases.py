@@ -237,10 +237,10 @@ class FileLease(Lease):
                 return
         except OSError:
             return
-        if self._fields().get("unsaved"):
-            self._lock.release(remove_up_to=RESERVED_FOLDER)
-        else:
-            self._lock.release()
+        # Held here, so held by nobody else: the file goes, mark or not. Without a mark it is
+        # the one this call just made (another caller removed the mark first): kept, it would
+        # be a lock file left in the cache folder for good.
+        self._lock.release(remove_up_to=RESERVED_FOLDER)
 
 
 class ObjectLease(Lease):

@@ -41,13 +41,17 @@ def clock(cache: Cache) -> Clock:
     return moved
 
 
-def test_an_entry_past_its_ttl_is_a_miss(cache: Cache, clock: Clock) -> None:
-    info = cache.put("soon.pkl", "fresh", ttl=10)
+# Small entries are read in one call and checked in memory, larger ones as they stream in:
+# both ways judge expiry.
+@pytest.mark.parametrize("padding", [0, 1 << 20], ids=["small", "streamed"])
+def test_an_entry_past_its_ttl_is_a_miss(cache: Cache, clock: Clock, padding: int) -> None:
+    fresh = ("fresh", b"p" * padding)
+    info = cache.put("soon.pkl", fresh, ttl=10)
     cache.put("forever.pkl", "kept")
     assert info.expires_at == info.created_at + 10 == clock.now + 10
-    assert cache.get("soon.pkl") == "fresh"
+    assert cache.get("soon.pkl") == fresh
     clock.now += 9.9
-    assert cache.get("soon.pkl") == "fresh"
+    assert cache.get("soon.pkl") == fresh
     clock.now += 0.1
     assert cache.get("soon.pkl", "miss") == "miss"
     assert cache.exists("soon.pkl"), "expired entries are left for prune or the next put"

@@ -353,13 +353,14 @@ def test_a_forged_buffer_table_is_refused_before_it_costs_time_or_memory(tmp_pat
 # -- an entry is its own key's only -----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("padding", [0, 1 << 20], ids=["small", "streamed"])  # read whole, or as it streams
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
-def test_an_entry_copied_under_another_key_is_refused(signed: bool, cache_url: str, make_settings: Any,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_an_entry_copied_under_another_key_is_refused(signed: bool, padding: int, cache_url: str,
+                                                      make_settings: Any, caplog: pytest.LogCaptureFixture) -> None:
     """Anyone who can write the cache copies ``a/b/cfg.pkl``'s entry (signed by us) to
     ``b/cfg.pkl``: keys match exactly, so it is never served there (the trailing segments did)."""
     cache = Cache.from_settings(make_settings(cache_url, signing_keys=(KEY,) if signed else ()))
-    cache.put("a/b/cfg.pkl", {"lr": 0.1})
+    cache.put("a/b/cfg.pkl", {"lr": 0.1, "padding": b"p" * padding})
     with cache.store.read("a/b/cfg.pkl") as reader:
         cache.store.write("b/cfg.pkl", reader.read())
     with caplog.at_level(logging.WARNING, logger="jangdok"):
@@ -369,7 +370,7 @@ def test_an_entry_copied_under_another_key_is_refused(signed: bool, cache_url: s
     assert "was written for key 'a/b/cfg.pkl'" in caplog.text
     assert cache.exists("b/cfg.pkl")  # kept: it may be the only copy of a/b/cfg.pkl's entry
     assert cache.get_or_compute("b/cfg.pkl", lambda: {"lr": 0.5}) == {"lr": 0.5}
-    assert cache.get("a/b/cfg.pkl") == {"lr": 0.1}
+    assert cache.get("a/b/cfg.pkl") == {"lr": 0.1, "padding": b"p" * padding}
 
 
 def test_a_signed_entry_that_names_no_key_belongs_to_none(tmp_path: Path) -> None:

@@ -122,6 +122,19 @@ def test_an_empty_entry_is_damage_to_verify_as_to_a_load() -> None:
         entry.verify(io.BytesIO(b""), 0)
 
 
+@pytest.mark.parametrize("padding", [0, 1 << 20], ids=["small", "streamed"])
+@pytest.mark.parametrize("change", ["trailing bytes", "cut short"])
+def test_an_entry_whose_size_disagrees_with_its_header_is_damage(padding: int, change: str) -> None:
+    """Small entries are checked whole in memory, larger ones as they stream in: both compare
+    the stored size with the header's before a byte of the payload is trusted."""
+    _, chunks = entry.encode(("v", b"p" * padding), None, key="k.pkl")
+    data = b"".join(bytes(c) for c in chunks)
+    data = data + b"\x00" * 7 if change == "trailing bytes" else data[:-7]
+    for check in (entry.decode, entry.verify):
+        with pytest.raises(CorruptEntry, match="but its header declares"):
+            check(io.BytesIO(data), len(data), "k.pkl")
+
+
 def test_header_size_asks_for_the_header_and_little_more() -> None:
     header, chunks = entry.encode("v", {"k": "v" * 100})
     data = b"".join(bytes(c) for c in chunks)

@@ -62,6 +62,9 @@ def planted(kind: str, marker: Path, key: str) -> bytes:
 
 
 KINDS = ["unsigned entry", "plain pickle", "signed with their own key", "forged signature under our key id"]
+WHY = {"unsigned entry": "entry is not signed, and this cache requires a signature",
+       "signed with their own key": "which this cache does not hold"}
+"""What the WARNING says of the kinds whose reason names a fix (add the writer's key, sign)."""
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -75,6 +78,7 @@ def test_a_planted_entry_is_never_unpickled_with_signing_on(kind: str, cache_url
         assert cache.get_or_compute("model.pkl", lambda: "recomputed") == "recomputed"
     assert not marker.exists()
     assert "refused, not loaded" in caplog.text and cache.store.path("model.pkl") in caplog.text
+    assert WHY.get(kind, "") in caplog.text
     assert cache.stats()[cache.store_label].untrusted >= 1
     assert cache.get("model.pkl") == "recomputed"  # signed now, with our key
     assert not marker.exists()

@@ -271,9 +271,17 @@ class _BrokenOnLoad:
         raise RuntimeError("the object's own code failed")
 
 
+class _HugeOnLoad:
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        return (bytearray, (1 << 60,))  # what loading it asks for: no machine has it
+
+
 def test_a_legacy_pickle_whose_loading_raises_anything_is_kept_as_unsupported() -> None:
     data = pickle.dumps(_BrokenOnLoad(), protocol=4)
     with pytest.raises(UnsupportedEntry, match="RuntimeError: the object's own code failed"):
+        entry.decode(io.BytesIO(data), len(data))
+    data = pickle.dumps(_HugeOnLoad(), protocol=4)  # a MemoryError, never a value of None
+    with pytest.raises(UnsupportedEntry):
         entry.decode(io.BytesIO(data), len(data))
 
 

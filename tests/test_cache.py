@@ -102,6 +102,29 @@ def test_seed_style_numpy_pickle_written_without_jangdok_loads(cache: Cache) -> 
     assert all(np.array_equal(a, b) for a, b in zip(loaded["data"], arrays, strict=True))
 
 
+def test_mapped_loads_are_judged_as_read_ones_are(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``mmap=True`` (unsigned) maps an entry instead of reading it: a hit, a missing key, another
+    key's entry and damage must come out exactly as they do read."""
+    folder = tmp_path / "cache"
+    cache = Cache(str(folder), mmap=True, fallback=False)
+    value = np.arange(200_000, dtype=np.float64)
+    cache.put("a.pkl", value)
+    loaded = cache.get("a.pkl")
+    assert np.array_equal(loaded, value) and cache.stats()[cache.store_label].hits == 1
+    del loaded
+    assert cache.get("missing.pkl", "miss") == "miss"
+    cache.store.write("b.pkl", (folder / "a.pkl").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get("b.pkl", "miss") == "miss"
+    assert "was written for key 'a.pkl'" in caplog.text and cache.exists("b.pkl")  # another's: kept
+    damaged = bytearray((folder / "a.pkl").read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (folder / "a.pkl").write_bytes(bytes(damaged))
+    with caplog.at_level(logging.WARNING, logger="jangdok"):
+        assert cache.get("a.pkl", "miss") == "miss"
+    assert not cache.exists("a.pkl")  # damage: deleted, as a read load deletes it
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("corrupt_*")))
 def test_corrupt_entries_are_deleted_missed_and_logged(cache: Cache, name: str,
                                                        caplog: pytest.LogCaptureFixture) -> None:

@@ -129,6 +129,31 @@ JUDGED: dict[tuple[str, str, str], str] = {
     ("decode", "condition -> True",
      "if size <= _WHOLE_READ:  # one read call, then parsed in memory: small entries are latency"):
         "equivalent: the whole-buffer path verifies the same way; only speed and peak memory differ",
+    ("decode", "condition -> False",
+     "if size <= _WHOLE_READ:  # one read call, then parsed in memory: small entries are latency"):
+        "equivalent: every entry then streams, which verifies the same way; only speed differs",
+    ("decode", "LtE -> Gt",
+     "if size <= _WHOLE_READ:  # one read call, then parsed in memory: small entries are latency"):
+        "equivalent: each size takes the other path, and both verify alike; only speed and memory differ",
+    ("decode_buffer", "condition -> False",
+     "if not isinstance(header, EntryHeader):  # cannot happen: the magic was checked above"):
+        "cannot happen: header_size found the magic, so read_header returns a header (kept for the type checker)",
+    ("decode_buffer", "raise removed", 'raise CorruptEntry("entry header is unreadable")'):
+        "cannot happen: header_size found the magic, so read_header returns a header (kept for the type checker)",
+    ("decode_buffer", "condition -> False", "if signature is not None:"):
+        "equivalent: entries read whole are at most 256 KiB, less than the smallest MAC piece (1 MiB), "
+        "so their verifier never starts a hashing thread to close",
+    ("decode_buffer", "call removed", "signature.close()"):
+        "equivalent: entries read whole are at most 256 KiB, less than the smallest MAC piece (1 MiB), "
+        "so their verifier never starts a hashing thread to close",
+    ("_load_legacy", "call removed", 'check_memory(size, "the plain pickle")'):
+        "equivalent in outcome: reading a pickle too large for memory raises MemoryError inside the same "
+        "try, which is UnsupportedEntry alike; the check only says so before trying",
+    ("Entries.load", "condition -> False", "if mapping:"):
+        "equivalent: never mapping reads instead, which verifies the same way; only speed differs",
+    ("Entries.load", "raise removed", "raise _Rejected(exc, info.version) from exc"):
+        "equivalent: the mapped attempt then falls through to reading the entry, which refuses it the "
+        "same way (one more read)",
     ("read_header", "condition -> True", "while len(start) < PREFIX.size:"):
         "equivalent: once the prefix is read, the loop's next read asks for 0 bytes, gets none and stops",
     ("read_header", "IsNot -> Is", '+ (f", in an entry of {size} bytes)" if size is not None else ")"))'):

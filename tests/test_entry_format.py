@@ -301,6 +301,21 @@ def test_header_fields_of_the_wrong_type_are_damage(changes: dict) -> None:
         entry.decode(io.BytesIO(damaged), len(damaged))
 
 
+def test_a_header_declaring_more_than_its_stream_can_refer_to_is_damage() -> None:
+    """Checked as the header is read, before anything is built from it: a stream longer than
+    its payload, more buffers than the stream has bytes, more compressed buffers than buffers."""
+    data = (DATA / "v2_entry.jdk").read_bytes()
+    header = entry.read_header(io.BytesIO(data))
+    assert isinstance(header, entry.EntryHeader) and header.stream_length is not None
+    too_many_compressed = {str(index): {"codec": "zstd", "length": 1} for index in range(len(header.buffers) + 1)}
+    for changes in ({"stream_length": header.payload_length + 1},
+                    {"buffers": [1] * (header.stream_length + 1)},
+                    {"compressed": too_many_compressed}):
+        damaged = make_golden.with_header(data, **changes)
+        with pytest.raises(CorruptEntry, match="header is unreadable"):
+            entry.decode(io.BytesIO(damaged), len(damaged))
+
+
 def test_a_compressed_length_its_frame_cannot_hold_is_refused_before_allocating() -> None:
     import numpy as np
 

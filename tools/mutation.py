@@ -135,6 +135,10 @@ JUDGED: dict[tuple[str, str, str], str] = {
     ("decode", "LtE -> Gt",
      "if size <= _WHOLE_READ:  # one read call, then parsed in memory: small entries are latency"):
         "equivalent: each size takes the other path, and both verify alike; only speed and memory differ",
+    ("header_from", "raise removed",
+     'raise ValueError(f"its stream of {stream_length} bytes exceeds its {payload_length}-byte payload")'):
+        "equivalent in outcome: the stream's bounds are checked again against the payload as the header "
+        "is built, and refused as the same damage",
     ("decode_buffer", "condition -> False",
      "if not isinstance(header, EntryHeader):  # cannot happen: the magic was checked above"):
         "cannot happen: header_size found the magic, so read_header returns a header (kept for the type checker)",

@@ -234,15 +234,20 @@ def test_a_header_longer_than_its_entry_allows_is_refused_before_it_is_read() ->
 
 
 @pytest.mark.parametrize("field", ["created_at", "expires_at"])
-@pytest.mark.parametrize("text", ["1e999", "-1e999", "1e300", "253402300800", "-62135596801"])
-def test_a_header_time_beyond_any_date_is_damage(field: str, text: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("text", "problem"), [
+    ("1e999", "is not a time between years 1 and 9999"), ("-1e999", "is not a time between years 1 and 9999"),
+    ("1e300", "is not a time between years 1 and 9999"), ("253402300800", "is not a time between years 1 and 9999"),
+    ("-62135596801", "is not a time between years 1 and 9999"),
+    ("true", "is not a number"), ('"12"', "is not a number"),  # JSON's true is Python's 1
+])
+def test_a_header_time_beyond_any_date_is_damage(field: str, text: str, problem: str, tmp_path: Path) -> None:
     """JSON's 1e999 reads as infinity: stat showed it, and ``jangdok stat`` died of OverflowError."""
     fields = {"serializer": "pickle", "checksum": "xxh3_128", "digest": xxhash.xxh3_128_hexdigest(b"\x80\x05K\x01."),
               "payload_length": 5, "stream_length": 5, "buffers": [], "compressed": {}, "mac_length": 0,
               "created_at": 1.0, "metadata": None, "key": "x.pkl", field: "TIME"}
     header = json.dumps(fields, separators=(",", ":")).replace('"TIME"', text).encode()
     (tmp_path / "x.pkl").write_bytes(_sealed(header) + b"\x80\x05K\x01.")
-    with pytest.raises(CorruptEntry, match=f"{field} .* is not a time between years 1 and 9999"):
+    with pytest.raises(CorruptEntry, match=f"{field} .* {problem}"):
         _decode(tmp_path / "x.pkl")
     assert Cache(str(tmp_path)).stat("x.pkl") is None and not (tmp_path / "x.pkl").exists()
 

@@ -74,7 +74,7 @@ GROUPS = [
         "src/jangdok/entry/signing.py": ("Trust.signing", "Trust.key"),
         "src/jangdok/entries.py": ("Entries.load",),
     }, ("tests/test_trust.py", "tests/test_entry_format.py", "tests/test_entry_properties.py",
-        "tests/test_safe_format.py", "tests/test_cache.py", "tests/test_expiry.py")),
+        "tests/test_safe_format.py", "tests/test_cache.py", "tests/test_expiry.py", "tests/test_hostile_entries.py")),
     # A header is parsed with checks that cost nothing however much it declares: every count a
     # non-negative integer, every length inside the entry, every buffer inside the payload.
     Group("parsing", {
@@ -82,7 +82,8 @@ GROUPS = [
                                         "_seconds", "_of", "read_into", "BufferTable.__getitem__"),
         "src/jangdok/entry/format.py": ("_Buffers.__getitem__",),
     }, ("tests/test_entry_format.py", "tests/test_entry_properties.py", "tests/test_safe_format.py",
-        "tests/test_bad_inputs.py", "tests/test_codec.py", "tests/test_trust.py", "tests/test_large_values.py")),
+        "tests/test_bad_inputs.py", "tests/test_codec.py", "tests/test_trust.py", "tests/test_large_values.py",
+        "tests/test_hostile_entries.py")),
     # Below a cache root no folder is reached through a link, and a folder that vanishes
     # mid-walk is made again (or reported missing), never followed elsewhere.
     Group("folders", {

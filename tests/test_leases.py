@@ -168,17 +168,21 @@ def test_waiters_behind_a_value_that_cannot_be_saved_compute_at_once(cache: Cach
     assert cache.get_or_compute("k.pkl", lambda: "not again") == "saved"
     # Coordinated again: once the entry is gone, two callers missing it compute it once.
     cache.delete("k.pkl")
-    again: list[int] = []
+    _two_callers_missing_it_compute_it_once(cache)
+
+
+def _two_callers_missing_it_compute_it_once(cache: Cache) -> None:
+    computed: list[int] = []
 
     def slow() -> str:
-        again.append(threading.get_ident())
+        computed.append(threading.get_ident())
         time.sleep(0.5)
         return "computed once"
 
     with ThreadPoolExecutor(2) as pool:
-        assert [future.result(timeout=120) for future in [pool.submit(cache.get_or_compute, "k.pkl", slow)
-                                                          for _ in range(2)]] == ["computed once"] * 2
-    assert len(again) == 1
+        futures = [pool.submit(cache.get_or_compute, "k.pkl", slow, timeout=20) for _ in range(2)]
+        assert [future.result(timeout=120) for future in futures] == ["computed once"] * 2
+    assert len(computed) == 1
 
 
 def test_two_callers_behind_a_mark_that_both_save_leave_the_key_coordinated(cache: Cache) -> None:
@@ -198,17 +202,8 @@ def test_two_callers_behind_a_mark_that_both_save_leave_the_key_coordinated(cach
                                                           for _ in range(2)]] == ["saved"] * 2
     assert _reserved(cache) == []
     cache.delete("k.pkl")
-    again: list[int] = []
-
-    def slow() -> str:
-        again.append(threading.get_ident())
-        time.sleep(0.5)
-        return "computed once"
-
-    with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(cache.get_or_compute, "k.pkl", slow, timeout=20) for _ in range(2)]
-        assert [future.result(timeout=120) for future in futures] == ["computed once"] * 2
-    assert len(again) == 1 and _reserved(cache) == []
+    _two_callers_missing_it_compute_it_once(cache)
+    assert _reserved(cache) == []
 
 
 def test_a_lock_that_fails_for_another_reason_stops_the_call_and_computes_nothing(

@@ -126,6 +126,10 @@ GROUPS = [
 _WORDING = "the message's wording only (strerror, or the error with its number): nothing a caller acts on"
 _LINUX_LINKS = ("reached only where opening a link with O_NOFOLLOW|O_DIRECTORY fails with ELOOP or EMLINK (BSDs, "
                 "macOS); Linux says ENOTDIR, and _not_a_folder names the link (tested)")
+_MAGIC_FOUND = ("cannot happen: header_size found the magic, so read_header returns a header (kept for the "
+                "type checker)")
+_NO_THREAD = ("equivalent: entries read whole are at most 256 KiB, less than the smallest MAC piece (1 MiB), so "
+              "their verifier never starts a hashing thread to close")
 JUDGED: dict[tuple[str, str, str], str] = {
     ("decode", "condition -> True",
      "if size <= _WHOLE_READ:  # one read call, then parsed in memory: small entries are latency"):
@@ -142,15 +146,13 @@ JUDGED: dict[tuple[str, str, str], str] = {
         "is built, and refused as the same damage",
     ("decode_buffer", "condition -> False",
      "if not isinstance(header, EntryHeader):  # cannot happen: the magic was checked above"):
-        "cannot happen: header_size found the magic, so read_header returns a header (kept for the type checker)",
+        _MAGIC_FOUND,
     ("decode_buffer", "raise removed", 'raise CorruptEntry("entry header is unreadable")'):
-        "cannot happen: header_size found the magic, so read_header returns a header (kept for the type checker)",
+        _MAGIC_FOUND,
     ("decode_buffer", "condition -> False", "if signature is not None:"):
-        "equivalent: entries read whole are at most 256 KiB, less than the smallest MAC piece (1 MiB), "
-        "so their verifier never starts a hashing thread to close",
+        _NO_THREAD,
     ("decode_buffer", "call removed", "signature.close()"):
-        "equivalent: entries read whole are at most 256 KiB, less than the smallest MAC piece (1 MiB), "
-        "so their verifier never starts a hashing thread to close",
+        _NO_THREAD,
     ("_load_legacy", "call removed", 'check_memory(size, "the plain pickle")'):
         "equivalent in outcome: reading a pickle too large for memory raises MemoryError inside the same "
         "try, which is UnsupportedEntry alike; the check only says so before trying",

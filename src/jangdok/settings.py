@@ -50,6 +50,7 @@ __all__ = [
     "parse_size",
     "environment_variables",
     "MAX_LEASE_SECONDS",
+    "MIN_PART_SIZE",
 ]
 
 log = logging.getLogger("jangdok")
@@ -80,6 +81,8 @@ _ENV_NAMES: dict[str, tuple[str, ...]] = {
     "allow_legacy": ("JANGDOK_ALLOW_LEGACY",),
     "delete_untrusted": ("JANGDOK_DELETE_UNTRUSTED",),
     "serializer": ("JANGDOK_SERIALIZER",),
+    "concurrency": ("JANGDOK_CONCURRENCY",),
+    "part_size": ("JANGDOK_PART_SIZE",),
 }
 _KEY_NAMES = {
     "access_key_id": "AWS_ACCESS_KEY_ID",
@@ -108,6 +111,9 @@ def environment_variables() -> tuple[str, ...]:
 MAX_LEASE_SECONDS = 3600.0
 """The longest compute lease: renewed every 20 minutes, and a dead owner's key waits an hour. A
 lease recording a longer lifetime was not written by jangdok, and is not honoured."""
+MIN_PART_SIZE = 5 * 2**20
+"""S3's floor for every multipart part but the last."""
+MAX_CONCURRENCY = 256
 
 
 def mask_secret(secret: str | None) -> str:
@@ -436,6 +442,14 @@ class Settings:
     """``safe`` stores plain data (numbers, strings, bytes, lists, tuples, dicts with str keys,
     numpy arrays) without pickle, so loading it can never run code; other values are refused
     at ``put``. ``pickle`` stores any picklable value. Readers follow each entry's header."""
+    concurrency: int = 16
+    """Requests one call keeps in flight at once: the ranges of a large load, the parts of a
+    large save, the entries of a batch (``get_many``, ``put_many``), the entries a command
+    inspects. On a link with 10-30 ms round trips this, not bandwidth, bounds a batch's speed."""
+    part_size: int = 8 * 2**20
+    """Entries larger than this travel in parallel ranged GETs (loads) and multipart parts
+    (saves) of this size; smaller ones in one request. At least 5 MiB (S3's smallest part).
+    Accepts a count of bytes or a size such as ``16MiB``."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting came from: ``argument``, ``environment``, ``.env file <path>``."""
 
@@ -463,6 +477,12 @@ class Settings:
         for name in _TIMEOUTS:
             self._set(name, self._number(name, float, minimum=0.001))
         self._set("max_attempts", self._number("max_attempts", int, minimum=1))
+        self._set("concurrency", self._number("concurrency", int, minimum=1, maximum=MAX_CONCURRENCY))
+        self._set("part_size", self._byte_size("part_size"))
+        if self.part_size < MIN_PART_SIZE:
+            raise ConfigError(f"setting part_size (JANGDOK_PART_SIZE) = {self.part_size} (from "
+                              f"{self.sources.get('part_size', 'argument')}) must be at least {MIN_PART_SIZE} "
+                              "bytes (5 MiB), the smallest part S3 accepts")
         if self.ttl is not None:
             self._set("ttl", self._number("ttl", float, minimum=0.001))
         self._set("compression", self._choice("compression", COMPRESSIONS))

@@ -61,6 +61,10 @@ class FaultProxy:
         self.statuses: list[int] = []
         """Status codes of the responses forwarded (found by their status lines)."""
         self.connections = 0
+        self.most_open = 0
+        """The most client connections that were open at once: a client opens one only when
+        none of its pool is free, so this bounds its requests in flight."""
+        self._active = 0
         self.fired: list[str] = []
         """What the faults did, in order, when they did it: ``"status 503 SlowDown"`` (answered),
         ``"cut 0"`` (the connection cut after the headers and 0 body bytes), ``"flip 10"``,
@@ -147,6 +151,16 @@ class FaultProxy:
             self.ranges += [m.group(1).decode() for m in _RANGE.finditer(data)]
 
     def _serve(self, client: socket.socket, fault: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._active += 1
+            self.most_open = max(self.most_open, self._active)
+        try:
+            self._serve_one(client, fault)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def _serve_one(self, client: socket.socket, fault: tuple[Any, ...]) -> None:
         kind = fault[0]
         try:
             if kind == "stall":

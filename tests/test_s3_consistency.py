@@ -23,8 +23,9 @@ from seaweed import SeaweedServer, credentials_env
 import jangdok.entries
 import jangdok.stores.s3.store
 from jangdok import Cache, StoreUnavailable, parse_location
+from jangdok.settings import MIN_PART_SIZE
 from jangdok.stores import Store, open_store
-from jangdok.stores.s3 import MIN_PART_SIZE, S3Store
+from jangdok.stores.s3 import S3Store
 from jangdok.stores.s3.listing import MOST_PAGES_WITHOUT_PROGRESS
 
 
@@ -83,9 +84,10 @@ def test_a_batch_delete_never_removes_an_entry_rewritten_since_it_was_listed(
 _KILLED_UPLOADER = textwrap.dedent("""
     import os, sys, time
     from jangdok import Settings, parse_location
-    from jangdok.stores.s3 import MIN_PART_SIZE, S3Store
+    from jangdok.settings import MIN_PART_SIZE
+    from jangdok.stores.s3 import S3Store
     url, marker = sys.argv[1], sys.argv[2]
-    store = S3Store(parse_location(url), Settings.resolve(cache_dir=url), part_size=MIN_PART_SIZE)
+    store = S3Store(parse_location(url), Settings.resolve(cache_dir=url, part_size=MIN_PART_SIZE))
 
     def chunks():
         yield b"a" * (2 * MIN_PART_SIZE + 1024)  # two parts uploaded before the third is asked for
@@ -143,8 +145,8 @@ def test_a_completed_upload_whose_answer_was_lost_reports_success(server_name: s
     server = request.getfixturevalue(server_name)
     proxy = FaultProxy(int(server.endpoint.rsplit(":", 1)[1]))
     try:
-        settings = s3_settings(server, s3_url, endpoint_url=proxy.endpoint)
-        store = S3Store(parse_location(s3_url), settings, part_size=MIN_PART_SIZE)
+        settings = s3_settings(server, s3_url, endpoint_url=proxy.endpoint, part_size=MIN_PART_SIZE)
+        store = S3Store(parse_location(s3_url), settings)
         value = os.urandom(2 * MIN_PART_SIZE + 100)
         # The retry's connection, the first opened after the cut, gets AWS's answer.
         proxy.lose_answer_to(r"^POST \S+\?uploadId=", ("status", 404, "NoSuchUpload"))

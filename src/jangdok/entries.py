@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from . import entry, expiry
 from .entry import Trust
-from .errors import CorruptEntry, JangdokError, UnsupportedEntry, UntrustedEntry
+from .errors import CorruptEntry, JangdokError, ObjectChanged, UnsupportedEntry, UntrustedEntry
 from .perprocess import PerProcess
 from .settings import Settings
 from .stores import ObjectInfo, Reader, Store
@@ -257,9 +257,14 @@ class Entries:
         """
         seen: dict[type, str] = {}
         confirmed = False
+        problem: JangdokError | entry.ForeignEntry
         for _ in range(_VERIFYING_READS):
             try:
                 return read_once()
+            except ObjectChanged as exc:  # replaced mid-read: the next read is of the new version
+                problem = _let_go(exc)
+                log.debug("reading %s again: %s", path, problem)
+                continue
             except _Rejected as rejected:
                 problem, version, source = _let_go(rejected.problem), rejected.version, rejected.source
             # Refusals by format or signature come after the checksum matched: not transit damage.

@@ -16,6 +16,7 @@ __all__ = [
     "NoCredentials",
     "AccessDenied",
     "StoreUnavailable",
+    "ObjectChanged",
     "CorruptEntry",
     "UnsupportedEntry",
     "UntrustedEntry",
@@ -59,6 +60,11 @@ class AccessDenied(JangdokError):
 
 class StoreUnavailable(JangdokError):
     """The store could not be reached or kept failing after the allowed retries."""
+
+
+class ObjectChanged(StoreUnavailable):
+    """An object was replaced or removed while it was being read in several requests; reading
+    it again reads the new one. Loads do that themselves."""
 
 
 class CorruptEntry(JangdokError):

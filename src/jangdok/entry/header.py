@@ -33,7 +33,7 @@ import functools
 import json
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -302,21 +302,36 @@ def lead(sealed: bytes, mac: bytes) -> bytes:
 
 
 def read_into(reader: Stream, target: memoryview, progress: Any = None, digest: Any = None) -> None:
-    """Fill ``target`` (feeding ``digest`` as it goes, while each piece is still in the CPU
-    cache, and calling ``progress(done, size)``) or raise CorruptEntry: the store guarantees a
-    short read is real."""
+    """Fill ``target`` (feeding ``digest`` the bytes in order as they arrive, while each piece
+    is still in the CPU cache, and calling ``progress(done, size)``) or raise CorruptEntry: the
+    store guarantees a short read is real. A reader with a ``fill`` method (a store's
+    :class:`~jangdok.stores.Reader`) may fill ``target`` in parallel."""
     size = target.nbytes
-    done = 0
-    while done < size:
-        piece = target[done : done + min(_READ_CHUNK, size - done)]
-        count = reader.readinto(piece)
-        if not count:
-            raise CorruptEntry(f"entry is truncated: expected {size} bytes, found {done}")
+    hashed = 0
+
+    def arrived(filled: int) -> None:
+        nonlocal hashed
         if digest is not None:
-            digest.update(piece[:count])
-        done += count
+            digest.update(target[hashed:filled])
+        hashed = filled
         if progress is not None:
-            progress(done, size)
+            progress(filled, size)
+
+    fill = getattr(reader, "fill", None)
+    done = fill(target, arrived) if fill is not None else _fill_in_order(reader, target, arrived)
+    if done < size:
+        raise CorruptEntry(f"entry is truncated: expected {size} bytes, found {done}")
+
+
+def _fill_in_order(reader: Stream, target: memoryview, arrived: Callable[[int], None]) -> int:
+    done = 0
+    while done < target.nbytes:
+        count = reader.readinto(target[done : done + _READ_CHUNK])
+        if not count:
+            break
+        done += count
+        arrived(done)
+    return done
 
 
 def _read_exactly(reader: Stream, size: int) -> bytearray:

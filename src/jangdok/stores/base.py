@@ -76,9 +76,17 @@ class Reader(io.RawIOBase):
     source: str = ""
     """Which store served the bytes, for logs and statistics (a composed store's tier); empty
     means the store that was asked."""
+    fill: Callable[[memoryview, Callable[[int], None] | None], int] | None = None
+    """Set by readers that can fetch parts of an object at once (S3's ranged GETs):
+    ``fill(target, arrived)`` reads the next bytes into all of ``target``, in parallel and
+    straight from the network, and returns how many came (fewer only where the object ends).
+    ``arrived(filled)`` is called, in the calling thread, each time the run of filled bytes at
+    the start of ``target`` grows, so the caller hashes them in order while the rest arrives.
+    ``None``: read in order with ``readinto``."""
 
     def readable(self) -> bool:
         return True
+
 
 
 class Capabilities:

@@ -76,6 +76,7 @@ class _Served(Reader):
         info = inner.info
         self.info = ObjectInfo(info.key, info.size, info.modified, version)
         self.source = source
+        self.fill = inner.fill
 
     def readinto(self, buffer: Any) -> int:
         return self._inner.readinto(buffer)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import io
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 
 from ..base import Chunks, iter_chunks
@@ -59,25 +60,39 @@ class ChunkFile(io.RawIOBase):
 
 
 class Sent:
-    """Bytes handed to the connection so far, for a progress callback. A retried request
+    """Bytes handed to the connection so far by all the parts of one write, reported to
+    ``progress`` in the writing thread only (parts may go up in other threads). A retried part
     reads its body again from the start; the count only ever goes up."""
 
     def __init__(self, progress: Callable[[int], None] | None) -> None:
         self._progress = progress
-        self._most = 0
+        self._lock = threading.Lock()
+        self._positions: dict[int, int] = {}
+        self._reported = 0
 
-    def at(self, offset: int) -> Callable[[int], None] | None:
-        """The callback for a body that starts at ``offset`` in the whole object."""
-        progress = self._progress
-        if progress is None:
+    def part(self, number: int, report: bool = False) -> Callable[[int], None] | None:
+        """The callback part ``number``'s body calls with its own position; with ``report``
+        (a body sent by the writing thread itself) it reports at once."""
+        if self._progress is None:
             return None
 
         def sent(position: int) -> None:
-            if offset + position > self._most:
-                self._most = offset + position
-                progress(self._most)
+            with self._lock:
+                self._positions[number] = max(position, self._positions.get(number, 0))
+            if report:
+                self.report()
 
         return sent
+
+    def report(self) -> None:
+        """Tell ``progress`` the bytes sent so far, if more than last time."""
+        if self._progress is None:
+            return
+        with self._lock:
+            total = sum(self._positions.values())
+        if total > self._reported:
+            self._reported = total
+            self._progress(total)
 
 
 def split_into_parts(data: Chunks, part_size: int) -> Iterator[list[memoryview]]:

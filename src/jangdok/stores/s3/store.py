@@ -7,7 +7,6 @@ import functools
 import io
 import itertools
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -16,7 +15,7 @@ from typing import Any, TypeVar
 
 import botocore.exceptions as bce
 
-from ...errors import AccessDenied, ConfigError, JangdokError, StoreUnavailable
+from ...errors import AccessDenied, ConfigError, JangdokError
 from ...location import TEMP_MARKER, Location, validate_key
 from ...perprocess import PerProcess
 from ...retry import RetryBudget, RetryExhausted, RetryPolicy
@@ -26,9 +25,10 @@ from .bodies import ChunkFile, Sent, split_into_parts
 from .capabilities import ProbedCapabilities
 from .client import make_client
 from .listing import OBJECTS, UPLOADS, Paging, pages
+from .multipart import upload_in_parts
+from .reader import ObjectReader
 from .translate import (
     MISSING_CODES,
-    ShortBody,
     Target,
     content_type,
     error_code,
@@ -38,104 +38,17 @@ from .translate import (
     translate,
 )
 
-__all__ = ["S3Store", "MIN_PART_SIZE", "DEFAULT_PART_SIZE"]
+__all__ = ["S3Store"]
 
 log = logging.getLogger("jangdok")
 T = TypeVar("T")
 
-MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every multipart part but the last
-# Up to this size a value goes up in one PutObject: measured on 2 cores, one 48 MB PUT beat
-# 3-6 sequential parts (each part is a request, and parallel parts compete with the server
-# for the same cores). Above it, parts of this size: a retried part resends at most this much.
-DEFAULT_PART_SIZE = 64 * 1024 * 1024
-# A body read that breaks loses what it had read, so reads stay small enough that a resumed
-# transfer repeats little, and large enough to cost nothing per byte.
-BODY_READ_SIZE = 1024 * 1024
-# User metadata naming the multipart upload that made an object.
-_UPLOAD_TOKEN = "jangdok-upload"
 _IMPOSSIBLE_ETAG = '"' + "0" * 32 + '"'  # no object has it: conditions on it must fail
 # Never an empty body: SeaweedFS answers an empty PutObject with a stray line, which the next
 # response on the same kept-alive connection then trips over (urllib3 "Failed to parse headers").
 _PROBE_BODY = b"jangdok capability probe"
 _BATCH_DELETE = 1000  # DeleteObjects' maximum keys per request
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
 _now = time.time  # what cleanup compares the server's times with; the tests set it through this name
-
-
-def _range_start_and_total(response: dict[str, Any]) -> tuple[int, int]:
-    """Where a (ranged) GET response starts in the object, and the object's total size."""
-    match = _CONTENT_RANGE.match(response.get("ContentRange") or "")
-    if match:
-        return int(match.group(1)), int(match.group(2))
-    return 0, int(response["ContentLength"])
-
-
-class _S3Reader(Reader):
-    """An object's bytes ``[start, end)``, resuming broken transfers where they stopped.
-
-    Resumed requests are pinned to the first response's ETag and must start exactly where the
-    transfer broke, so the bytes delivered always come from one version of the object.
-    """
-
-    def __init__(self, store: S3Store, key: str, response: dict[str, Any], start: int) -> None:
-        super().__init__()
-        self._store = store
-        self._key = key
-        self._body = response["Body"]
-        self._budget = store.policy.budget()
-        if "ContentLength" not in response:
-            self._body.close()
-            raise StoreUnavailable(f"S3 error loading {store.path(key)}: the response has no Content-Length; "
-                                   "is a proxy rewriting responses between here and the endpoint?")
-        self.size = int(response["ContentLength"])
-        _, total = _range_start_and_total(response)
-        self.info = ObjectInfo(key, total, response["LastModified"].timestamp(), response.get("ETag") or "")
-        self._pos = start
-        self._end = start + self.size
-
-    def _drop_body(self) -> None:
-        if self._body is not None:
-            self._body.close()
-            self._body = None
-
-    def _resume(self) -> None:
-        path = self._store.path(self._key)
-        if not self.info.version:
-            raise StoreUnavailable(f"S3 error loading {path}: the transfer broke and the server gave no ETag "
-                                   "to resume it safely; load it again")
-        log.debug("resuming %s at byte %d", path, self._pos)
-        response = self._store._get_object(self._key, self._pos, self._end, if_match=self.info.version)
-        if _range_start_and_total(response)[0] != self._pos:
-            response["Body"].close()
-            raise StoreUnavailable(f"S3 error loading {path}: the server ignored the byte range of a resumed "
-                                   "transfer; load it again")
-        self._body = response["Body"]
-
-    def _read_some(self, target: memoryview) -> int:
-        if self._body is None:
-            self._resume()
-        try:
-            count = self._body.readinto(target[:BODY_READ_SIZE])  # straight from the socket, no copy
-        except BaseException:
-            self._drop_body()
-            raise
-        if not count:
-            self._drop_body()
-            raise ShortBody(f"connection closed at byte {self._pos} of {self._end}")
-        return count
-
-    def readinto(self, buffer) -> int:
-        target = memoryview(buffer).cast("B")[: self._end - self._pos]
-        if not target.nbytes:
-            return 0
-        count = self._store._call("loading", self._key, lambda: self._read_some(target), self._budget)
-        self._budget.progressed()
-        self._pos += count
-        return count
-
-    def close(self) -> None:
-        self._drop_body()
-        super().close()
 
 
 class S3Store(Store):
@@ -144,14 +57,15 @@ class S3Store(Store):
     name = "S3"
     capabilities: ProbedCapabilities
 
-    def __init__(self, location: Location, settings: Settings, part_size: int = DEFAULT_PART_SIZE) -> None:
+    def __init__(self, location: Location, settings: Settings) -> None:
         if not location.is_s3:
             raise ValueError(f"S3Store needs an s3:// location, got {location.url}")
-        if part_size < MIN_PART_SIZE:
-            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
         self.location = location
         self.settings = settings
-        self.part_size = part_size
+        self.part_size = settings.part_size
+        """Objects larger than this travel in parallel ranges (reads) and parts (writes) of it."""
+        self.concurrency = settings.concurrency
+        """Requests one read or write keeps in flight at once."""
         self.list_page_size = 1000  # S3's maximum keys per listing request
         # identity: the masked access key the client signs with, e.g. "****ABCD", for messages
         client, self.identity = make_client(settings)
@@ -161,14 +75,14 @@ class S3Store(Store):
             total_timeout=settings.total_timeout,
             attempt_timeout=settings.connect_timeout + settings.read_timeout,
         )
-        self._bucket = location.root
+        self.bucket = location.root
         endpoint = mask_url(client.meta.endpoint_url)  # as messages quote it
-        self.capabilities = ProbedCapabilities(endpoint, self._bucket, {
+        self.capabilities = ProbedCapabilities(endpoint, self.bucket, {
             "conditional_write": self._probe_conditional_write,
             "conditional_delete": self._probe_conditional_delete,
             "conditional_batch_delete": self._probe_conditional_batch_delete,
         })
-        self._target = Target(bucket=self._bucket, endpoint=endpoint, region=client.meta.region_name,
+        self._target = Target(bucket=self.bucket, endpoint=endpoint, region=client.meta.region_name,
                               identity=self.identity, credentials_source=settings.credentials_source,
                               endpoint_setting=settings.endpoint_url and mask_url(settings.endpoint_url),
                               session_token=bool(settings.session_token))
@@ -186,17 +100,17 @@ class S3Store(Store):
         its verdict; ``None`` if it could not be tried (no s3:PutObject, an outage)."""
         probe = self.location.prefix + TEMP_MARKER + "probe-" + secrets.token_hex(8)
         try:
-            self._call("saving", None, lambda: self.client.put_object(Bucket=self._bucket, Key=probe, Body=_PROBE_BODY))
+            self.call("saving", None, lambda: self.client.put_object(Bucket=self.bucket, Key=probe, Body=_PROBE_BODY))
         except JangdokError as exc:  # read-only credentials, or an outage: nothing can be known
             log.debug("cannot probe %s on %s (%s); asking again later", what, self.location.url, exc)
             return None
         try:
-            verdict: bool | None = self._call("probing", None, lambda: trial(probe))
+            verdict: bool | None = self.call("probing", None, lambda: trial(probe))
         except JangdokError as exc:
             log.debug("%s probe on %s failed (%s); asking again later", what, self.location.url, exc)
             verdict = None
         try:
-            self._call("deleting", None, lambda: self.client.delete_object(Bucket=self._bucket, Key=probe))
+            self.call("deleting", None, lambda: self.client.delete_object(Bucket=self.bucket, Key=probe))
         except JangdokError as exc:  # cleanup removes it later: its name marks it as a probe
             log.debug("could not remove the probe object %s: %s", probe, exc)
         return verdict
@@ -219,7 +133,7 @@ class S3Store(Store):
 
         def ignored(probe: str) -> list[str]:
             conditions = {"If-None-Match": {"IfNoneMatch": "*"}, "If-Match": {"IfMatch": _IMPOSSIBLE_ETAG}}
-            put = functools.partial(self.client.put_object, Bucket=self._bucket, Key=probe, Body=_PROBE_BODY)
+            put = functools.partial(self.client.put_object, Bucket=self.bucket, Key=probe, Body=_PROBE_BODY)
             return [header for header, condition in conditions.items()
                     if not self._refused(functools.partial(put, **condition), 409, 412)]
 
@@ -240,7 +154,7 @@ class S3Store(Store):
         """Delete the probe under an ETag it cannot have: a server that enforces the condition
         refuses (412), one that ignores it deletes."""
         honoured = self._probe(lambda probe: self._refused(lambda: self.client.delete_object(
-            Bucket=self._bucket, Key=probe, IfMatch=_IMPOSSIBLE_ETAG), 412), "conditional delete")
+            Bucket=self.bucket, Key=probe, IfMatch=_IMPOSSIBLE_ETAG), 412), "conditional delete")
         if honoured is False:
             log.warning("S3 endpoint %s ignores If-Match on DeleteObject: a damaged entry is deleted after a "
                         "check, and a good entry written in that instant could be deleted with it",
@@ -251,7 +165,7 @@ class S3Store(Store):
         """Whether DeleteObjects refuses an object whose ETag differs from the one given."""
 
         def trial(probe: str) -> bool:
-            response = self.client.delete_objects(Bucket=self._bucket, Delete={
+            response = self.client.delete_objects(Bucket=self.bucket, Delete={
                 "Objects": [{"Key": probe, "ETag": _IMPOSSIBLE_ETAG}], "Quiet": False})
             return any(error.get("Code") == "PreconditionFailed" for error in response.get("Errors", []))
 
@@ -263,10 +177,10 @@ class S3Store(Store):
 
     # -- error handling -------------------------------------------------------------------
 
-    def _call(self, verb: str, key: str | None, operation: Callable[[], T], budget: RetryBudget | None = None,
-              path: str | None = None) -> T:
-        """Run ``operation`` under the retry policy, raising a jangdok error naming ``path``
-        (by default the key's, or the location's)."""
+    def call(self, verb: str, key: str | None, operation: Callable[[], T], budget: RetryBudget | None = None,
+             path: str | None = None) -> T:
+        """Run ``operation`` under the retry policy (or ``budget``, one transfer's), raising a
+        jangdok error naming ``path`` (by default the key's, or the location's)."""
         path = path or (self.path(key) if key is not None else self.location.url)
         try:
             return (budget or self.policy.budget()).call(operation, is_transient, f"{verb} {path}")
@@ -278,8 +192,10 @@ class S3Store(Store):
 
     # -- the store contract ---------------------------------------------------------------
 
-    def _get_object(self, key: str, start: int, stop: int | None, if_match: str | None = None) -> dict[str, Any]:
-        request: dict[str, Any] = {"Bucket": self._bucket, "Key": self.location.object_key(key)}
+    def get_object(self, key: str, start: int, stop: int | None, if_match: str | None = None) -> dict[str, Any]:
+        """One GetObject of bytes ``[start, stop)``, only of version ``if_match`` if given (raises
+        botocore's errors: run it through :meth:`call`)."""
+        request: dict[str, Any] = {"Bucket": self.bucket, "Key": self.location.object_key(key)}
         if start or stop is not None:
             request["Range"] = f"bytes={start}-{'' if stop is None else stop - 1}"
         if if_match:
@@ -295,8 +211,8 @@ class S3Store(Store):
         s3:ListBucket, and the object operations then name what they lack.
         """
         try:
-            listing = self._call("opening", None, lambda: self.client.list_objects_v2(
-                Bucket=self._bucket, Prefix=self.location.prefix, MaxKeys=1))
+            listing = self.call("opening", None, lambda: self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self.location.prefix, MaxKeys=1))
         except AccessDenied as exc:
             log.debug("listing refused on %s (%s); the object operations will tell", self.location.url, exc)
             return
@@ -306,13 +222,17 @@ class S3Store(Store):
                                      f"a listing with HTTP 200 and {content} content"))
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
+        """The first GET asks for one part at most: an entry that fits costs that one request,
+        and the rest of a larger one comes in parallel ranges when the reader is asked to
+        ``fill`` a buffer with it (see :mod:`.reader`)."""
         check_range(start, stop)
+        first_stop = start + self.part_size if stop is None else min(stop, start + self.part_size)
 
         def get() -> dict[str, Any] | None:
             if stop == start:  # no Range header can ask for zero bytes
                 return {"InvalidRange": True}
             try:
-                return self._get_object(key, start, stop)
+                return self.get_object(key, start, first_stop)
             except bce.ClientError as exc:
                 code, _ = error_code(exc)
                 if code in MISSING_CODES:
@@ -321,7 +241,7 @@ class S3Store(Store):
                     return {"InvalidRange": True}
                 raise
 
-        response = self._call("loading", key, get)
+        response = self.call("loading", key, get)
         if response is not None and response.get("InvalidRange"):
             found = self.stat(key)  # a 416 answer says nothing about the object itself
             if found is None:
@@ -329,75 +249,20 @@ class S3Store(Store):
             response = {"Body": io.BytesIO(b""), "ContentLength": 0, "ETag": found.version,
                         "ContentRange": f"bytes {start}-{start}/{found.size}",
                         "LastModified": datetime.fromtimestamp(found.modified, timezone.utc)}
-        return None if response is None else _S3Reader(self, key, response, start)
+        return None if response is None else ObjectReader(self, key, response, start, stop)
 
     def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> str:
-        object_key = self.location.object_key(key)
+        """One PutObject up to ``part_size`` bytes; above it, a multipart upload whose parts go
+        up in parallel (see :mod:`.multipart`), visible only once complete."""
         parts = split_into_parts(data, self.part_size)
         first = next(parts)
         second = next(parts, None)
+        if second is not None:
+            return upload_in_parts(self, key, itertools.chain([first, second], parts), progress)
         sent = Sent(progress)
-        if second is None:
-            response = self._call("saving", key, lambda: self.client.put_object(
-                Bucket=self._bucket, Key=object_key, Body=ChunkFile(first, sent.at(0))))
-            return str(response.get("ETag", ""))
-        # Large values: a multipart upload becomes visible only when completed, so readers
-        # still see the previous object or the whole new one.
-        # The token marks the object this upload makes, so a completion whose answer was lost
-        # can be recognised (see _complete).
-        token = secrets.token_hex(16)
-        upload = self._call("saving", key, lambda: self.client.create_multipart_upload(
-            Bucket=self._bucket, Key=object_key, Metadata={_UPLOAD_TOKEN: token}))
-        upload_id = upload["UploadId"]
-        try:
-            done = []
-            for number, part in enumerate(itertools.chain([first, second], parts), start=1):
-                done.append(self._upload_part(key, object_key, upload_id, number, part,
-                                              sent.at((number - 1) * self.part_size)))
-            return self._complete(key, object_key, upload_id, done, token)
-        except BaseException:
-            try:
-                self.client.abort_multipart_upload(Bucket=self._bucket, Key=object_key, UploadId=upload_id)
-            except Exception as exc:  # the original error matters more; S3 lifecycle rules clean up
-                log.warning("could not abort multipart upload of %s: %s", self.path(key), quoted(exc))
-            raise
-
-    def _complete(self, key: str, object_key: str, upload_id: str, parts: list[dict[str, Any]], token: str) -> str:
-        """Complete an upload and return the object's ETag. If an attempt's answer was lost,
-        the server may have completed it: the retry then finds no such upload, and the object
-        carrying this upload's token proves success, where reporting failure would be false."""
-        attempts = 0
-
-        def complete() -> str:
-            nonlocal attempts
-            attempts += 1
-            try:
-                response = self.client.complete_multipart_upload(
-                    Bucket=self._bucket, Key=object_key, UploadId=upload_id, MultipartUpload={"Parts": parts})
-            except bce.ClientError as exc:
-                made = attempts > 1 and error_code(exc)[0] == "NoSuchUpload" and self._made_by(object_key, token)
-                if made:
-                    log.debug("upload of %s had completed; its answer was lost", self.path(key))
-                    return made
-                raise
-            return str(response.get("ETag", ""))
-
-        return self._call("saving", key, complete)
-
-    def _made_by(self, object_key: str, token: str) -> str:
-        """The ETag of the object if this upload (its token) made it, else ``""``."""
-        try:
-            response = self.client.head_object(Bucket=self._bucket, Key=object_key)
-        except bce.ClientError:
-            return ""
-        return str(response["ETag"]) if response.get("Metadata", {}).get(_UPLOAD_TOKEN) == token else ""
-
-    def _upload_part(self, key: str, object_key: str, upload_id: str, number: int,
-                     part: list[memoryview], sent: Callable[[int], None] | None) -> dict[str, Any]:
-        response = self._call("saving", key, lambda: self.client.upload_part(
-            Bucket=self._bucket, Key=object_key, UploadId=upload_id, PartNumber=number,
-            Body=ChunkFile(part, sent)))
-        return {"PartNumber": number, "ETag": response["ETag"]}
+        response = self.call("saving", key, lambda: self.client.put_object(
+            Bucket=self.bucket, Key=self.location.object_key(key), Body=ChunkFile(first, sent.part(1, report=True))))
+        return str(response.get("ETag", ""))
 
     def write_if(self, key: str, data: bytes, version: str | None) -> str | None:
         """One conditional PutObject (``If-None-Match: *`` or ``If-Match``). A retry after a
@@ -407,7 +272,7 @@ class S3Store(Store):
 
         def put() -> str | None:
             try:
-                response = self.client.put_object(Bucket=self._bucket, Key=self.location.object_key(key),
+                response = self.client.put_object(Bucket=self.bucket, Key=self.location.object_key(key),
                                                   Body=bytes(data), **condition)
             except bce.ClientError as exc:
                 code, status = error_code(exc)
@@ -417,14 +282,14 @@ class S3Store(Store):
                 raise
             return str(response.get("ETag", ""))
 
-        return self._call("saving", key, put)
+        return self.call("saving", key, put)
 
     def read_if_changed(self, key: str, version: str) -> Reader | Unchanged | None:
         """One GetObject with ``If-None-Match``: 304 (no body) when the object is unchanged."""
 
         def get() -> dict[str, Any] | Unchanged | None:
             try:
-                return self.client.get_object(Bucket=self._bucket, Key=self.location.object_key(key),
+                return self.client.get_object(Bucket=self.bucket, Key=self.location.object_key(key),
                                               IfNoneMatch=version)
             except bce.ClientError as exc:
                 code, status = error_code(exc)
@@ -434,10 +299,10 @@ class S3Store(Store):
                     return None
                 raise
 
-        response = self._call("loading", key, get)
+        response = self.call("loading", key, get)
         if response is None or response is UNCHANGED:
             return response
-        return _S3Reader(self, key, response, 0)
+        return ObjectReader(self, key, response, 0)
 
     def delete(self, key: str, version: str | None = None) -> bool:
         """With ``version``: one DeleteObject with ``If-Match``, atomic where the server honours
@@ -457,7 +322,7 @@ class S3Store(Store):
 
         def delete_object() -> bool:
             try:
-                self.client.delete_object(Bucket=self._bucket, Key=object_key, **condition)
+                self.client.delete_object(Bucket=self.bucket, Key=object_key, **condition)
             except bce.ClientError as exc:
                 code, status = error_code(exc)
                 if version is not None and (status == 412 or code in MISSING_CODES):
@@ -465,7 +330,7 @@ class S3Store(Store):
                 raise
             return True
 
-        return self._call("deleting", None, delete_object, path=path)
+        return self.call("deleting", None, delete_object, path=path)
 
     def delete_many(self, found: Iterable[ObjectInfo]) -> list[str]:
         """DeleteObjects, 1000 keys a request, each pinned to its listed ETag, where the server
@@ -479,8 +344,8 @@ class S3Store(Store):
         for start in range(0, len(items), _BATCH_DELETE):
             batch = [{"Key": self.location.object_key(item.key), "ETag": item.version}
                      for item in items[start:start + _BATCH_DELETE]]
-            response = self._call("deleting", None, functools.partial(
-                self.client.delete_objects, Bucket=self._bucket, Delete={"Objects": batch, "Quiet": False}))
+            response = self.call("deleting", None, functools.partial(
+                self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch, "Quiet": False}))
             deleted += [by_object_key[done["Key"]] for done in response.get("Deleted", [])
                         if done.get("Key") in by_object_key]
             for error in response.get("Errors", []):
@@ -507,9 +372,9 @@ class S3Store(Store):
         """The items of a listing under ``prefix`` (see :mod:`.listing`: nothing outside it, and
         no listing without end), each page retried on its own."""
         def fetch(page_request: dict[str, Any]) -> dict[str, Any]:
-            return self._call("listing", None, lambda: operation(**page_request))
+            return self.call("listing", None, lambda: operation(**page_request))
 
-        return pages(fetch, {"Bucket": self._bucket, "Prefix": prefix, **request}, paging, prefix,
+        return pages(fetch, {"Bucket": self.bucket, "Prefix": prefix, **request}, paging, prefix,
                      self.location.url, self._target.endpoint)
 
     def _last_progress(self, upload: dict[str, Any]) -> float:
@@ -517,14 +382,14 @@ class S3Store(Store):
         completed or was aborted meanwhile."""
         def parts() -> list[dict[str, Any]] | None:
             try:
-                return self.client.list_parts(Bucket=self._bucket, Key=upload["Key"],
+                return self.client.list_parts(Bucket=self.bucket, Key=upload["Key"],
                                               UploadId=upload["UploadId"]).get("Parts", [])
             except bce.ClientError as exc:
                 if error_code(exc)[0] == "NoSuchUpload":
                     return None
                 raise
 
-        found = self._call("listing", None, parts)
+        found = self.call("listing", None, parts)
         if found is None:
             return _now()
         return max([upload["Initiated"].timestamp(),
@@ -536,35 +401,35 @@ class S3Store(Store):
         removed = 0
         for item in self._listed(self.client.list_objects_v2, OBJECTS, self.location.prefix + TEMP_MARKER):
             if item.get("ETag") and item["LastModified"].timestamp() < cutoff:  # no ETag: nothing to pin to
-                removed += self._delete(item["Key"], f"s3://{self._bucket}/{item['Key']}", item["ETag"])
+                removed += self._delete(item["Key"], f"s3://{self.bucket}/{item['Key']}", item["ETag"])
         return removed
 
     def _abort(self, object_key: str, upload_id: str) -> bool:
         def abort() -> bool:
             try:
-                self.client.abort_multipart_upload(Bucket=self._bucket, Key=object_key, UploadId=upload_id)
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
             except bce.ClientError as exc:
                 if error_code(exc)[0] == "NoSuchUpload":  # completed or aborted meanwhile
                     return False
                 raise
             return True
 
-        aborted = self._call("deleting", None, abort)
+        aborted = self.call("deleting", None, abort)
         if aborted:
-            log.info("aborted an incomplete multipart upload of s3://%s/%s", self._bucket, object_key)
+            log.info("aborted an incomplete multipart upload of s3://%s/%s", self.bucket, object_key)
         return aborted
 
     def _head(self, object_key: str, path: str) -> dict[str, Any] | None:
         """HeadObject's answer for any object under the bucket, ``None`` if it is missing."""
         def head() -> dict[str, Any] | None:
             try:
-                return self.client.head_object(Bucket=self._bucket, Key=object_key)
+                return self.client.head_object(Bucket=self.bucket, Key=object_key)
             except bce.ClientError as exc:
                 if error_code(exc)[0] in MISSING_CODES:
                     return None
                 raise
 
-        return self._call("checking", None, head, path=path)
+        return self.call("checking", None, head, path=path)
 
     def stat(self, key: str) -> ObjectInfo | None:
         response = self._head(self.location.object_key(key), self.path(key))

@@ -21,7 +21,15 @@ from typing import Any
 import botocore.exceptions as bce
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from ...errors import AccessDenied, ConfigError, CredentialsError, JangdokError, NoCredentials, StoreUnavailable
+from ...errors import (
+    AccessDenied,
+    ConfigError,
+    CredentialsError,
+    JangdokError,
+    NoCredentials,
+    ObjectChanged,
+    StoreUnavailable,
+)
 
 __all__ = ["Answer", "Rule", "RULES", "ShortBody", "Target", "content_type", "error_code", "is_transient", "not_s3",
            "quoted", "rule_for", "translate", "MISSING_CODES"]
@@ -272,7 +280,7 @@ RULES: tuple[Rule, ...] = (
          lambda answer: answer.code == "NoSuchBucket" or (answer.verb == "opening" and answer.code in MISSING_CODES),
          ConfigError, _missing_bucket),
     Rule("object replaced while read", lambda answer: answer.code == "PreconditionFailed" and answer.verb == "loading",
-         StoreUnavailable, lambda answer: f"{answer.lead}: the object was replaced while it was being read; "
+         ObjectChanged, lambda answer: f"{answer.lead}: the object was replaced while it was being read; "
                                           "load it again."),
     Rule("overloaded or failing", lambda answer: _overloaded(answer.code, answer.status), StoreUnavailable,
          lambda answer: f"{answer.lead}: {answer.shown_code} (HTTP {answer.status}) after {answer.tally}; the service "

@@ -1,0 +1,219 @@
+"""Reading objects: one GET for what fits in a part, parallel ranged GETs for the rest.
+
+A whole-object read asks first for one part (``part_size`` bytes); its answer gives the
+object's size and version (ETag). What an object holds beyond that first part is fetched, when
+a caller asks to :meth:`ObjectReader.fill` a buffer with it, in ranges of ``part_size`` bytes,
+``concurrency`` at a time, each written straight into its place in the caller's buffer. Every
+request after the first is pinned to the first's ETag (``If-Match``), so the bytes delivered
+always come from one version: a concurrent overwrite makes the read fail with
+:class:`~jangdok.errors.ObjectChanged` (read it again), never a mix. A range whose transfer
+breaks is resumed alone, from where it broke.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import re
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import botocore.exceptions as bce
+
+from ...errors import ObjectChanged, StoreUnavailable
+from ..base import ObjectInfo, Reader
+from .translate import MISSING_CODES, ShortBody, error_code
+
+if TYPE_CHECKING:
+    from .store import S3Store
+
+__all__ = ["ObjectReader", "range_start_and_total", "BODY_READ_SIZE"]
+
+log = logging.getLogger("jangdok")
+
+# A body read that breaks loses what it had read, so reads stay small enough that a resumed
+# transfer repeats little, and large enough to cost nothing per byte.
+BODY_READ_SIZE = 1024 * 1024
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
+
+
+def range_start_and_total(response: dict[str, Any]) -> tuple[int, int]:
+    """Where a (ranged) GET response starts in the object, and the object's total size."""
+    match = _CONTENT_RANGE.match(response.get("ContentRange") or "")
+    if match:
+        return int(match.group(1)), int(match.group(2))
+    return 0, int(response["ContentLength"])
+
+
+class _Stopped(Exception):
+    """A range abandoned because another range of the same fill failed."""
+
+
+class ObjectReader(Reader):
+    """An object's bytes ``[start, stop)`` from a first GET's ``response`` (which may hold only
+    the first part of them), fetching the rest as it is asked for.
+
+    Resumed and further requests are pinned to the first response's ETag and must start
+    exactly where asked, so the bytes delivered always come from one version of the object.
+    """
+
+    def __init__(self, store: S3Store, key: str, response: dict[str, Any], start: int,
+                 stop: int | None = None) -> None:
+        super().__init__()
+        self._store = store
+        self._key = key
+        self._body = response["Body"]
+        self._budget = store.policy.budget()
+        self._stopped: threading.Event | None = None
+        if "ContentLength" not in response:
+            self._body.close()
+            raise StoreUnavailable(f"S3 error loading {store.path(key)}: the response has no Content-Length; "
+                                   "is a proxy rewriting responses between here and the endpoint?")
+        begins, total = range_start_and_total(response)
+        if begins != start:
+            self._body.close()
+            raise StoreUnavailable(f"S3 error loading {store.path(key)}: asked for bytes from {start}, the server "
+                                   f"answered from {begins} (it ignored the byte range); load it again")
+        self.info = ObjectInfo(key, total, response["LastModified"].timestamp(), response.get("ETag") or "")
+        self._pos = start
+        self._end = max(start, total if stop is None else min(stop, total))
+        self.size = self._end - start
+        self._body_end = min(self._end, start + int(response["ContentLength"]))
+
+    # -- reading in order -----------------------------------------------------------------
+
+    def _drop_body(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+
+    def _request(self, start: int, stop: int) -> dict[str, Any]:
+        """A GET of bytes ``[start, stop)`` of the version this reader reads; ObjectChanged if
+        the object was replaced or removed since."""
+        path = self._store.path(self._key)
+        version = self.info.version
+        if not version:
+            raise StoreUnavailable(f"S3 error loading {path}: the server gave no ETag, so the rest of the object "
+                                   "cannot be pinned to the version read so far; load it again")
+
+        def get() -> dict[str, Any]:
+            try:
+                return self._store.get_object(self._key, start, stop, if_match=version)
+            except bce.ClientError as exc:
+                code, status = error_code(exc)
+                if status == 412 or code in MISSING_CODES:
+                    what = "replaced" if status == 412 else "removed"
+                    raise ObjectChanged(f"S3 error loading {path}: the object was {what} while it was being read; "
+                                        "load it again") from exc
+                raise
+
+        response = self._store.call("loading", self._key, get, self._budget)
+        if (response.get("ETag") or "") != version:  # a server that ignores If-Match
+            response["Body"].close()
+            raise ObjectChanged(f"S3 error loading {path}: the object was replaced while it was being read "
+                                "(the server ignored If-Match); load it again")
+        return response
+
+    def _open_rest(self) -> None:
+        """A GET of everything from where this reader stands: a resumed transfer, or the part
+        after the first response's."""
+        log.debug("reading %s from byte %d", self._store.path(self._key), self._pos)
+        response = self._request(self._pos, self._end)
+        if range_start_and_total(response)[0] != self._pos:
+            response["Body"].close()
+            raise StoreUnavailable(f"S3 error loading {self._store.path(self._key)}: the server ignored the byte "
+                                   "range of a resumed transfer; load it again")
+        self._body = response["Body"]
+        self._body_end = self._end
+
+    def _read_some(self, target: memoryview) -> int:
+        if self._stopped is not None and self._stopped.is_set():
+            raise _Stopped
+        if self._body is None:
+            self._open_rest()
+        try:  # straight from the socket, no copy
+            count = self._body.readinto(target[: min(BODY_READ_SIZE, self._body_end - self._pos)])
+        except BaseException:
+            self._drop_body()
+            raise
+        if not count:
+            self._drop_body()
+            raise ShortBody(f"connection closed at byte {self._pos} of {self._body_end}")
+        if self._pos + count == self._body_end:
+            self._drop_body()  # its bytes are all read: the next ones need a request of their own
+        return count
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")[: self._end - self._pos]
+        if not target.nbytes:
+            return 0
+        count = self._store.call("loading", self._key, lambda: self._read_some(target), self._budget)
+        self._budget.progressed()
+        self._pos += count
+        return count
+
+    def _read_exactly(self, target: memoryview, arrived: Callable[[int], None] | None = None) -> None:
+        filled = 0
+        while filled < target.nbytes:
+            filled += self.readinto(target[filled:])
+            if arrived is not None:
+                arrived(filled)
+
+    # -- reading in parallel --------------------------------------------------------------
+
+    def fill(self, target: memoryview, arrived: Callable[[int], None] | None = None) -> int:
+        """Fill ``target`` with the next bytes: what the open response holds, read here, and
+        the rest in ranged GETs of ``part_size``, up to ``concurrency`` requests in flight (this
+        thread's included). Threads are made for this call and joined before it returns."""
+        want = min(target.nbytes, self._end - self._pos)
+        held = min(want, self._body_end - self._pos) if self._body is not None else 0
+        part = self._store.part_size
+        ranges = [(offset, min(offset + part, want)) for offset in range(held, want, part)]
+        concurrency = self._store.concurrency
+        if not ranges or concurrency == 1 or (not held and len(ranges) == 1):  # nothing to overlap
+            self._read_exactly(target[:want], arrived)
+            return want
+        base = self._pos
+        stopped = threading.Event()
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(concurrency - bool(held), len(ranges)),
+                                                     thread_name_prefix="jangdok-range")
+        futures: list[concurrent.futures.Future[None]] = []
+
+        def stop_all_if_failed(done: concurrent.futures.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                stopped.set()
+
+        try:
+            for start, stop in ranges:
+                futures.append(pool.submit(self._fetch_range, target[start:stop], base + start, stopped))
+                futures[-1].add_done_callback(stop_all_if_failed)
+            self._read_exactly(target[:held], arrived)
+            for (_, stop), future in zip(ranges, futures, strict=True):
+                if future.exception() is not None:
+                    break
+                if arrived is not None:
+                    arrived(stop)
+        except BaseException:
+            stopped.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        failures = [future.exception() for future in futures if not future.cancelled() and future.exception()]
+        first = next((error for error in failures if not isinstance(error, _Stopped)), None)
+        if first is not None:  # the cause, not the ranges abandoned because of it
+            raise first
+        self._pos = base + want
+        return want
+
+    def _fetch_range(self, target: memoryview, start: int, stopped: threading.Event) -> None:
+        if stopped.is_set():
+            raise _Stopped
+        response = self._request(start, start + target.nbytes)
+        piece = ObjectReader(self._store, self._key, response, start, start + target.nbytes)
+        piece._stopped = stopped
+        with piece:
+            if piece.info.size != self.info.size:
+                raise ObjectChanged(f"S3 error loading {self._store.path(self._key)}: the object changed size "
+                                    "while it was being read; load it again")
+            piece._read_exactly(target)

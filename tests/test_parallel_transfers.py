@@ -1,0 +1,169 @@
+"""Large entries on S3 travel in parallel: ranged GETs in, multipart parts out.
+
+Through a fault proxy in front of SeaweedFS (and moto where the server matters): a load is one
+GET for an entry that fits in a part and parallel ranges for the rest, bounded by the
+``concurrency`` setting; a range cut mid-body is resumed alone; an object replaced mid-load
+gives the old value, the new one or a miss, never a mix; a failed part aborts the upload;
+progress is reported in the caller's thread; no thread outlives a call, so a fork or a spawn
+afterwards reads the right values.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from faultproxy import FaultProxy
+from helpers import BUCKET, s3_settings
+
+from jangdok import Cache, StoreUnavailable, parse_location
+from jangdok.settings import MIN_PART_SIZE
+from jangdok.stores.s3 import S3Store
+
+OLD = np.arange(3_000_000, dtype=np.float64)  # 24 MB: the first part, then four ranges of 5 MiB
+NEW = OLD[::-1].copy()
+PARTS = 5  # requests for the whole of OLD's entry (24,000,448 bytes) in parts of 5 MiB
+
+
+def _cache(server: Any, url: str, endpoint: str | None = None, **overrides: Any) -> Cache:
+    settings = s3_settings(server, url, part_size=MIN_PART_SIZE, **overrides,
+                           **({"endpoint_url": endpoint} if endpoint else {}))
+    cache = Cache.from_settings(settings)
+    cache._store = S3Store(parse_location(url), settings)  # no opening listing: the proxy sees the loads only
+    cache._store_label = "S3"
+    return cache
+
+
+def _transfer_threads() -> list[str]:
+    return [thread.name for thread in threading.enumerate() if thread.name.startswith("jangdok-")]
+
+
+@pytest.fixture
+def stored(seaweed: Any, s3_url: str) -> Iterator[Cache]:
+    with _cache(seaweed, s3_url) as direct:
+        direct.put("big.pkl", OLD)
+        direct.put("small.pkl", {"small": True})
+        yield direct
+
+
+@pytest.mark.parametrize("server_name", ["seaweed", "moto"])
+def test_a_large_load_is_parallel_ranges_bounded_by_the_concurrency_setting(
+        server_name: str, request: pytest.FixtureRequest, s3_url: str) -> None:
+    server = request.getfixturevalue(server_name)
+    proxy = FaultProxy(int(server.endpoint.rsplit(":", 1)[1]))
+    try:
+        with _cache(server, s3_url) as direct:
+            direct.put("big.pkl", OLD)
+            direct.put("small.pkl", {"small": True})
+        with _cache(server, s3_url, proxy.endpoint, concurrency=3) as cache:
+            assert cache.get("small.pkl") == {"small": True}
+            assert [line.split()[0] for line in proxy.requests] == ["GET"], "a small entry is one request"
+            assert np.array_equal(cache.get("big.pkl"), OLD)
+            gets = [line for line in proxy.requests[1:] if line.startswith("GET")]
+            assert len(gets) == PARTS, "the first part, then one ranged GET per further part"
+            assert len(proxy.ranges) == 1 + PARTS and all(r.startswith("bytes=") for r in proxy.ranges)
+            # A connection is opened only when none is free: three in flight at most, ever.
+            assert proxy.most_open <= 3
+            assert _transfer_threads() == [], "the range threads are joined before the load returns"
+    finally:
+        proxy.close()
+
+
+def test_a_range_cut_mid_body_is_resumed_alone(stored: Cache, seaweed: Any, s3_url: str, proxy: FaultProxy) -> None:
+    proxy.faults.extend([("pass",), ("cut", 1_000_000)])  # the second connection: one of the ranges
+    with _cache(seaweed, s3_url, proxy.endpoint, concurrency=4) as cache:
+        assert np.array_equal(cache.get("big.pkl"), OLD)
+    assert proxy.fired == ["cut 1000000"]
+    assert len(proxy.ranges) == PARTS + 1, "every range once, and the cut one's rest"
+    starts = sorted(int(r.split("=")[1].split("-")[0]) for r in proxy.ranges)
+    boundaries = {index * MIN_PART_SIZE for index in range(PARTS + 1)}
+    resumed = [start for start in starts if start not in boundaries]
+    assert len(resumed) == 1 and (resumed[0] - 1_000_000) in boundaries, "resumed where the cut left it"
+
+
+@pytest.mark.parametrize("cut_at", [100_000, 3_000_000])
+def test_an_entry_replaced_mid_load_is_never_a_mix(stored: Cache, seaweed: Any, s3_url: str, proxy: FaultProxy,
+                                                    cut_at: int) -> None:
+    proxy.faults.extend([("pass",), ("cut", cut_at, lambda: stored.put("big.pkl", NEW))])
+    with _cache(seaweed, s3_url, proxy.endpoint, concurrency=4) as cache:
+        loaded = cache.get("big.pkl")
+        stats = cache.stats()["S3"]
+    assert proxy.fired == [f"cut {cut_at}"]
+    assert loaded is None or np.array_equal(loaded, OLD) or np.array_equal(loaded, NEW)
+    assert np.array_equal(stored.get("big.pkl"), NEW), "nothing was deleted"
+    assert stats.corrupt_deleted == 0
+
+
+def test_a_ranged_load_refuses_a_replaced_object_at_the_store(stored: Cache, seaweed: Any, s3_url: str,
+                                                              proxy: FaultProxy) -> None:
+    proxy.faults.extend([("pass",), ("cut", 500_000, lambda: stored.put("big.pkl", NEW))])
+    with _cache(seaweed, s3_url, proxy.endpoint, concurrency=4) as cache:
+        target = memoryview(bytearray(OLD.nbytes + MIN_PART_SIZE))
+        with pytest.raises(StoreUnavailable, match="replaced while it was being read"):
+            with cache.store.read("big.pkl") as reader:
+                assert reader.fill is not None
+                reader.fill(target)
+    assert _transfer_threads() == []
+
+
+def test_a_failing_part_aborts_the_whole_upload(seaweed: Any, s3_url: str, s3_prefix: str,
+                                                proxy: FaultProxy) -> None:
+    with _cache(seaweed, s3_url, proxy.endpoint, concurrency=2, max_attempts=1) as cache:
+        cache.get("nothing.pkl")  # opens the first connection, so the faults meet the part uploads
+        proxy.faults.extend([("status", 500, "InternalError")] * 8)
+        with pytest.raises(StoreUnavailable, match="InternalError"):
+            cache.put("big.pkl", OLD)
+        assert cache.get("big.pkl") is None
+    assert _transfer_threads() == []
+    uploads = seaweed.client().list_multipart_uploads(Bucket=BUCKET, Prefix=s3_prefix).get("Uploads", [])
+    assert uploads == [], "the failed upload was aborted"
+
+
+def test_parallel_progress_rises_in_the_calling_thread(seaweed: Any, s3_url: str) -> None:
+    calls: list[tuple[int, int, str]] = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append((done, total, threading.current_thread().name))
+
+    with _cache(seaweed, s3_url, concurrency=4) as cache:
+        cache.put("big.pkl", OLD, progress=progress)
+        saved, calls[:] = list(calls), []
+        assert np.array_equal(cache.get("big.pkl", progress=progress), OLD)
+        loaded = calls
+    for series in (saved, loaded):
+        done = [call[0] for call in series]
+        assert done == sorted(done) and done[-1] == series[-1][1], "rising to the total"
+        assert {call[2] for call in series} == {threading.current_thread().name}
+
+
+def _load_in_child(url: str, endpoint: str, identity: tuple[str, str], queue: Any) -> None:
+    os.environ.update({"AWS_ACCESS_KEY_ID": identity[0], "AWS_SECRET_ACCESS_KEY": identity[1]})
+    with Cache(url, endpoint_url=endpoint, part_size=MIN_PART_SIZE, concurrency=4) as cache:
+        queue.put((float(cache.get("big.pkl").sum()), cache.get("small.pkl")))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_children_after_parallel_loads_read_the_right_values(stored: Cache, seaweed: Any, s3_url: str,
+                                                             method: str) -> None:
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} here")
+    with _cache(seaweed, s3_url, concurrency=4) as cache:
+        assert np.array_equal(cache.get("big.pkl"), OLD)  # the parallel path, in this process
+        assert _transfer_threads() == [], "nothing of the load is left running to be forked"
+        context = multiprocessing.get_context(method)
+        queue = context.Queue()
+        children = [context.Process(target=_load_in_child, args=(s3_url, seaweed.endpoint, seaweed.identity, queue))
+                    for _ in range(2)]
+        for child in children:
+            child.start()
+        results = [queue.get(timeout=120) for _ in children]
+        for child in children:
+            child.join(timeout=60)
+            assert child.exitcode == 0
+        assert np.array_equal(cache.get("big.pkl"), OLD), "the parent's connections still answer it alone"
+    assert results == [(float(OLD.sum()), {"small": True})] * 2

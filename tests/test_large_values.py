@@ -99,4 +99,4 @@ def test_a_1_gb_value_round_trips_through_s3_with_bounded_memory(seaweed, s3_url
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["ok"]
     assert figures["save_increase"] <= 0.05 * size, figures  # no copy of the payload on save
-    assert figures["load_increase"] <= 1.2 * size, figures   # exactly one on load
+    assert figures["load_increase"] <= 1.1 * size, figures   # exactly one on load, filled in place

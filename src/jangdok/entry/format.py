@@ -204,14 +204,16 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     return header, [before_payload, *payload]
 
 
-def _allocate(size: int, what: str) -> bytearray | mmap.mmap:
+def _allocate(size: int, what: str, populate: bool = True) -> bytearray | mmap.mmap:
     """A writable buffer of ``size`` bytes whose contents are about to be overwritten; raises
-    UnsupportedEntry, naming ``what`` needs it, if this process cannot have that much."""
+    UnsupportedEntry, naming ``what`` needs it, if this process cannot have that much.
+    ``populate=False`` leaves its pages to be faulted in by whoever writes them: threads
+    filling it from the network do that while they wait for bytes."""
     check_memory(size, what)
     try:
         if size < _MAPPED_ALLOCATION:
             return bytearray(size)
-        if _POPULATED is not None:
+        if _POPULATED is not None and populate:
             return mmap.mmap(-1, size, flags=_POPULATED)
         return mmap.mmap(-1, size)
     except (MemoryError, OSError) as exc:  # OSError: mmap's ENOMEM
@@ -263,7 +265,8 @@ def _read_verified(reader: Stream, header: EntryHeader, size: int, trust: Trust 
     signature = _signature(header, trust)
     try:
         check_size(header, size)
-        payload = memoryview(_allocate(header.payload_length, "the entry's payload"))
+        parallel = getattr(reader, "fill", None) is not None
+        payload = memoryview(_allocate(header.payload_length, "the entry's payload", populate=not parallel))
         digest = xxhash.xxh3_128()
         read_into(reader, payload, progress, digest if signature is None else _Both(digest, signature))
         _check_payload(header, digest.hexdigest(), signature)

@@ -32,7 +32,8 @@ This package is not imported by ``import jangdok``. Its modules, by role:
 * :mod:`.tools`: what a tool is (:class:`~.tools.Tool`, :class:`~.tools.Op`) and where it keeps data;
 * :mod:`.jangdok_tools`, :mod:`.seed`, :mod:`.peers`, :mod:`.ceilings`: the tools, by role, and
   :mod:`.registry`, which lists them and what each jangdok figure is compared with;
-* :mod:`.proxy`: a loopback proxy in front of the S3 server (counting requests);
+* :mod:`.link`: a shaped link, a loopback proxy in front of the S3 server that adds a round trip
+  and limits bandwidth like a network (and counts requests);
 * :mod:`.measure`: timed rounds, heap and disk control, request counts;
 * :mod:`.fresh`: one operation in a fresh process (first-run time, peak RSS);
 * :mod:`.report`: the table, the targets, the markdown report;

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .fresh import FRESH_NOTE, RSS_NOTE, child_main, in_fresh_process
+from .link import link_child
 from .measure import HEAP_MODES, HEAP_NOTE, count_through_proxy, measure, set_heap_mode
 from .registry import build_ops, tool_of
 from .report import machine_info, table_rows, targets, text_table, write_markdown
@@ -31,9 +32,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="trim: glibc's defaults (default); reuse: keep freed memory for reuse")
     parser.add_argument("--out", type=Path, help="write the report as markdown here (e.g. docs/performance.md)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--link-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child_main(json.loads(args.child))
+        return 0
+    if args.link_child:
+        link_child(json.loads(args.link_child))
         return 0
     from ..server import start_seaweed
 

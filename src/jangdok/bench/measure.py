@@ -10,10 +10,10 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .proxy import CountingProxy
+from .link import UNSHAPED, Link
 from .registry import make_tool
 from .tools import Context, Op
 from .values import Case, same_value
@@ -150,8 +150,8 @@ PROXY_COUNTED = ("s3fs", "obstore")
 
 def count_through_proxy(ctx: Context, cases: list[Case], results: dict[tuple[str, str], Result]) -> None:
     """Requests per operation for the tools without botocore hooks: each of their operations run
-    twice through a :class:`CountingProxy` (the second run counted, so connection set-up is not)."""
-    proxy = CountingProxy(ctx.endpoint)
+    twice through an unshaped :class:`.link.Link` (the second run counted, so connection set-up is not)."""
+    proxy = Link(ctx.endpoint, **asdict(UNSHAPED))
     try:
         proxied = Context(ctx.workdir, proxy.endpoint, ctx.access_key, ctx.secret_key)
         for name in PROXY_COUNTED:

@@ -39,13 +39,17 @@ _UNSHAPED_SLICE = 1 << 20
 _MAX_LINE = 64 * 1024  # a request head line longer than this is not HTTP/1.1 from an S3 client
 
 
+# In-region S3 scaled to a 2-core machine (a real connection carries ~85-90 MB/s).
+DEFAULT_RTT, DEFAULT_PER_CONNECTION, DEFAULT_TOTAL = 0.020, 25 * MB, 200 * MB
+
+
 @dataclass(frozen=True)
 class Shape:
     """What a link does to the bytes crossing it. Rates are bytes per second, each direction."""
 
-    rtt: float = 0.020
-    per_connection: float | None = 25 * MB
-    total: float | None = 200 * MB
+    rtt: float = DEFAULT_RTT
+    per_connection: float | None = DEFAULT_PER_CONNECTION
+    total: float | None = DEFAULT_TOTAL
 
     def describe(self) -> str:
         def rate(value: float | None) -> str:
@@ -285,8 +289,8 @@ class Link:
     """A shaped link to ``target`` (``http://host:port``), served by a thread of this process
     at :attr:`endpoint`. :attr:`count` is the number of HTTP requests that went through."""
 
-    def __init__(self, target: str, rtt: float = Shape.rtt, per_connection: float | None = Shape.per_connection,
-                 total: float | None = Shape.total) -> None:
+    def __init__(self, target: str, rtt: float = DEFAULT_RTT, per_connection: float | None = DEFAULT_PER_CONNECTION,
+                 total: float | None = DEFAULT_TOTAL) -> None:
         parts = urlsplit(target)
         self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.shape = Shape(rtt, per_connection, total)

@@ -118,11 +118,12 @@ def measure(ops: list[Op], cases: list[Case], reps: dict[str, int]) -> dict[tupl
     for phase in ([op for op in ops if op.store != "S3"], [op for op in ops if op.store == "S3"]):
         if phase:
             results.update(_measure_phase(phase, cases, reps))
-    return {(op.id, case.name): results[op.id, case.name] for case in cases for op in ops}
+    return {(op.id, case.name): results[op.id, case.name] for case in cases for op in ops if op.applies(case)}
 
 
 def _measure_phase(ops: list[Op], cases: list[Case], reps: dict[str, int]) -> dict[tuple[str, str], Result]:
-    results = {(op.id, case.name): Result(op, case.name, size=len(case.pickled)) for case in cases for op in ops}
+    results = {(op.id, case.name): Result(op, case.name, size=len(case.pickled))
+               for case in cases for op in ops if op.applies(case)}
     order = random.Random(0)  # the same orders in every run
     for round_ in range(1 + max(reps.values())):
         for case in cases:
@@ -131,6 +132,8 @@ def _measure_phase(ops: list[Op], cases: list[Case], reps: dict[str, int]) -> di
             # The warm-up in registry order (every save before its loads), then each round in a new
             # order, so no operation always follows the same one.
             for op in order.sample(ops, len(ops)) if round_ else ops:
+                if not op.applies(case):
+                    continue
                 result, seconds, requests, faults = run_op(op, case)
                 if round_ == 0:
                     check(op, case, result)

@@ -119,7 +119,10 @@ class _RequestCounter:
                 self._line = (self._line + data[pos:])[-_MAX_LINE:]
                 return
             line, self._line, pos = (self._line + data[pos:end]).rstrip(b"\r"), b"", end + 1
-            self._on_line(line)
+            try:
+                self._on_line(line)
+            except ValueError:  # a length that is no number: not HTTP as S3 clients speak it
+                self._state, self._skip = "start", 0
 
     def _on_line(self, line: bytes) -> None:
         if self._state == "start":

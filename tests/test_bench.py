@@ -52,6 +52,7 @@ def test_quick_run_prints_the_table_and_targets_and_writes_the_report(tmp_path: 
     assert "== Through a shaped link ==" in done.stdout
     assert "20 ms RTT, 25 MB/s per connection, 200 MB/s in total" in done.stdout
     assert "The link's ceiling, BIG: parallel ranged GETs" in done.stdout
+    assert ": failed (" not in done.stdout, "every part of the link section ran"
     for target in ("link: BIG load vs the seed's", "link: BIG save vs the seed's", "link: SMALL hit",
                    "link: 100 SMALL hits, get_many vs one get at a time", "link: main.py warm run on S3"):
         assert any(target in line for line in verdicts), target

@@ -53,12 +53,10 @@ def copy_entries(source: str, target: Context, url: str) -> None:
                 remote.put(key, entry.value, metadata=entry.info.metadata)
 
 
-def warm_runs(direct: Context, link: Context, workdir: str, quick: bool, reps: int) -> dict[str, Any] | None:
+def warm_runs(direct: Context, link: Context, workdir: str, quick: bool, reps: int) -> dict[str, Any]:
     """A cold run fills a local folder, whose entries are then copied to an S3 prefix straight
     to the server; then ``reps`` rounds of one warm run on each, alternating, the S3 one through
-    the link. ``None`` when ``main.py`` is not there (an installed package, not a checkout)."""
-    if not SCRIPT.is_file():
-        return None
+    the link."""
     work = Path(workdir) / "app"
     data = work / "data"
     work.mkdir(parents=True, exist_ok=True)

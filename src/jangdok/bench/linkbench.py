@@ -11,12 +11,13 @@ import gc
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .apprun import warm_runs
+from .apprun import SCRIPT, warm_runs
 from .fresh import in_fresh_process
 from .jangdok_tools import JangdokS3
 from .link import UNSHAPED, LinkProcess, Shape
@@ -190,10 +191,9 @@ def compare_clients(section: LinkSection, ctx: Context, link: LinkProcess, round
     section.clients = run_timed(actions, rounds, link, check)
 
 
-def measure_giant(section: LinkSection, ctx: Context, ops: dict[str, Any], arrays: int) -> None:
+def measure_giant(giant: dict[str, Any], ctx: Context, ops: dict[str, Any], arrays: int) -> None:
     """The 1 GB value saved and loaded by jangdok, each in a fresh process, then the same bytes
-    moved by the link's ceiling (its ranged GETs, its multipart PUT)."""
-    giant: dict[str, Any] = {}
+    moved by the link's ceiling (its ranged GETs, its multipart PUT), into ``giant``."""
     for name in ("save", "load"):
         try:
             giant[name] = in_fresh_process(ctx, "jangdok S3", ops[name], "GIANT", arrays)
@@ -212,7 +212,6 @@ def measure_giant(section: LinkSection, ctx: Context, ops: dict[str, Any], array
     giant["ceiling PUT"] = time.perf_counter() - started
     giant["bytes"] = len(buffer)
     del buffer
-    section.giant = giant
 
 
 def run_link_section(server_endpoint: str, access: tuple[str, str], workdir: str, shape: Shape, *, quick: bool,
@@ -232,11 +231,15 @@ def run_link_section(server_endpoint: str, access: tuple[str, str], workdir: str
         started = time.perf_counter()
         try:
             return action()
+        except Exception as exc:  # the other parts are still measured; this one's targets show as missing
+            traceback.print_exc()
+            section.notes.append(f"{name}: failed ({type(exc).__name__}: {str(exc)[:300]})")
+            return None
         finally:
             section.seconds[name] = time.perf_counter() - started
 
     if not quick:
-        section.capacity = part("the proxy's own speed, shaping off", lambda: proxy_capacity(direct, cases[0]))
+        section.capacity = part("the proxy's own speed, shaping off", lambda: proxy_capacity(direct, cases[0])) or {}
     with LinkProcess(server_endpoint, shape) as link:
         ctx = replace(direct, endpoint=link.endpoint)
         ops = [op for op in build_ops(ctx, tools=LINK_TOOLS) if op.id != "seed|S3|exists+load"]
@@ -248,17 +251,21 @@ def run_link_section(server_endpoint: str, access: tuple[str, str], workdir: str
             ops = [op for op in ops if op.role != "peer" or op.kind == "load"]
         for op in ops:
             op.counter = link  # every request crossing the link, whichever client sent it
-        section.results = part("BIG and SMALL, rounds", lambda: measure(ops, cases, case_reps))
+        section.results = part("BIG and SMALL, rounds", lambda: measure(ops, cases, case_reps)) or {}
         if not quick:
             part("peak RSS and first-run time, fresh processes", lambda: _fresh(section, ctx, ops, arrays))
         if giant:
+            giant_figures: dict[str, Any] = {}  # filled as they are measured
+            section.giant = giant_figures
             jangdok_ops = {op.name: op for op in ops if op.tool == "jangdok"}
-            part("1 GB value", lambda: measure_giant(section, ctx, jangdok_ops, arrays))
+            part("1 GB value", lambda: measure_giant(giant_figures, ctx, jangdok_ops, arrays))
         part(f"{section.batch_keys} SMALL hits", lambda: measure_batch(section, direct, ctx, link, 1))
         part("clients, small GETs", lambda: compare_clients(section, ctx, link, 1 if quick else 7))
-        section.app = part("main.py warm runs", lambda: warm_runs(direct, ctx, workdir, quick, 1 if quick else 3))
-        if section.app is None:
-            section.notes.append("main.py is not beside the package (not a source checkout): not run")
+        if SCRIPT.is_file():
+            section.app = part("main.py warm runs", lambda: warm_runs(direct, ctx, workdir, quick, 1 if quick else 3))
+            section.app = section.app or {}
+        else:
+            section.notes.append(f"{SCRIPT} is not there (not a source checkout): main.py not run")
     return section
 
 

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,24 @@ def proxy(seaweed: SeaweedServer) -> Iterator[FaultProxy]:
     running = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
     yield running
     running.close()
+
+
+@pytest.fixture
+def shaped_link(seaweed: SeaweedServer) -> Iterator[Callable[..., Any]]:
+    """Makes shaped links in front of the SeaweedFS server: ``shaped_link(rtt=..., per_connection=...,
+    total=...)`` (seconds, bytes per second, ``None`` for no limit; the defaults stand for in-region
+    S3) returns a :class:`jangdok.bench.link.Link`; every link made is closed after the test."""
+    from jangdok.bench.link import Link
+
+    made: list[Link] = []
+
+    def make(**shape: Any) -> Link:
+        made.append(Link(seaweed.endpoint, **shape))
+        return made[-1]
+
+    yield make
+    for link in made:
+        link.close()
 
 
 @pytest.fixture

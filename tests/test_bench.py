@@ -48,8 +48,19 @@ def test_quick_run_prints_the_table_and_targets_and_writes_the_report(tmp_path: 
     assert any("S3 SMALL hit" in line for line in verdicts)
     assert not any("1 GB value" in line for line in verdicts), "--quick skips the 1 GB value"
     assert "Heap control" in done.stdout
+    # The link section: its settings, its ceiling, and a verdict for each of its targets.
+    assert "== Through a shaped link ==" in done.stdout
+    assert "20 ms RTT, 25 MB/s per connection, 200 MB/s in total" in done.stdout
+    assert "The link's ceiling, BIG: parallel ranged GETs" in done.stdout
+    assert ": failed (" not in done.stdout, "every part of the link section ran"
+    for target in ("link: BIG load vs the seed's", "link: BIG save vs the seed's", "link: SMALL hit",
+                   "link: 100 SMALL hits, get_many vs one get at a time", "link: main.py warm run on S3"):
+        assert any(target in line for line in verdicts), target
+    assert not any("link: 1 GB" in line for line in verdicts), "--quick skips the 1 GB value"
+    assert any("link: BIG load vs the best of" in line for line in verdicts)  # boto3's transfer manager at least
     report = out.read_text()
-    sections = ("## Machine", "## Method", "Heap control", "## Results", "## Targets", "| BIG | S3 | jangdok | load |")
+    sections = ("## Machine", "## Method", "Heap control", "## Results", "## Through a shaped link",
+                "The link's ceiling, BIG", "## Targets", "| BIG | S3 | jangdok | load |")
     for section in sections:
         assert section in report
     assert "python -m jangdok.bench --quick" in report

@@ -1,6 +1,6 @@
 """jangdok against the seed's approach, its peers and the hardware ceilings, side by side.
 
-    python -m jangdok.bench [--quick] [--reps N] [--no-giant] [--out docs/performance.md]
+    python -m jangdok.bench [--quick] [--reps N] [--no-giant] [--no-link] [--out docs/performance.md]
 
 Starts its own SeaweedFS on 127.0.0.1 (:mod:`jangdok.server`; needs the ``bench`` extra) and a
 scratch folder, then in one run times save and load of a BIG value (300 float64 arrays of
@@ -11,6 +11,13 @@ scratch folder, then in one run times save and load of a BIG value (300 float64 
   ``head_object`` + ``get_object``), the baseline every jangdok figure is a ratio to;
 * peers: joblib, diskcache (local); s3fs, obstore (S3); raw pickle in memory;
 * ceilings: memory copy, page-cache read, disk write, raw GET and PUT of the pickled bytes.
+
+Then, unless ``--no-link``, the same through a shaped link (:mod:`.link`: 20 ms RTT, 25 MB/s per
+connection, 200 MB/s in total by default, ``--link-rtt`` and the like to change them): first the
+link's own ceiling (parallel ranged GETs and multipart PUT parts with plain boto3), then jangdok,
+the seed's approach and the peers' parallel paths (boto3's transfer manager, s3fs, obstore) as
+ratios to it; the 1 GB value; 1,000 SMALL hits with ``get_many`` and one at a time; boto3 against
+obstore on small GETs; ``main.py``'s warm run on S3 through the link against its local one.
 
 How it measures (also printed, and written to the report):
 
@@ -32,7 +39,10 @@ This package is not imported by ``import jangdok``. Its modules, by role:
 * :mod:`.tools`: what a tool is (:class:`~.tools.Tool`, :class:`~.tools.Op`) and where it keeps data;
 * :mod:`.jangdok_tools`, :mod:`.seed`, :mod:`.peers`, :mod:`.ceilings`: the tools, by role, and
   :mod:`.registry`, which lists them and what each jangdok figure is compared with;
-* :mod:`.proxy`: a loopback proxy in front of the S3 server (counting requests);
+* :mod:`.link`: a shaped link, a loopback proxy in front of the S3 server that adds a round trip
+  and limits bandwidth like a network (and counts requests);
+* :mod:`.link_tools`, :mod:`.linkbench`, :mod:`.apprun`, :mod:`.linkreport`: the link section's
+  ceiling and peers, its measurements, ``main.py``'s warm runs, its targets and report;
 * :mod:`.measure`: timed rounds, heap and disk control, request counts;
 * :mod:`.fresh`: one operation in a fresh process (first-run time, peak RSS);
 * :mod:`.report`: the table, the targets, the markdown report;

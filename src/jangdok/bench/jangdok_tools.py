@@ -25,13 +25,14 @@ class JangdokLocal(Tool):
 
 class JangdokS3(Tool):
     tool, store, role = "jangdok", "S3", "jangdok"
+    prefix = "jangdok/"  # its entries' objects: this prefix and the key
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         from jangdok import Cache
         from jangdok.stores.s3 import S3Store
 
-        self.cache = Cache.from_settings(ctx.jangdok_settings(f"s3://{BUCKET}/jangdok/"))
+        self.cache = Cache.from_settings(ctx.jangdok_settings(f"s3://{BUCKET}/{self.prefix}"))
         store = self.cache.store  # opens the store (its probe is not counted)
         if not isinstance(store, S3Store):  # fallback is off: S3, or an error on opening
             raise TypeError(f"jangdok S3 opened {store!r}, not an S3 store")

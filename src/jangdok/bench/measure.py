@@ -10,10 +10,10 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .proxy import CountingProxy
+from .link import UNSHAPED, Link
 from .registry import make_tool
 from .tools import Context, Op
 from .values import Case, same_value
@@ -118,11 +118,12 @@ def measure(ops: list[Op], cases: list[Case], reps: dict[str, int]) -> dict[tupl
     for phase in ([op for op in ops if op.store != "S3"], [op for op in ops if op.store == "S3"]):
         if phase:
             results.update(_measure_phase(phase, cases, reps))
-    return {(op.id, case.name): results[op.id, case.name] for case in cases for op in ops}
+    return {(op.id, case.name): results[op.id, case.name] for case in cases for op in ops if op.applies(case)}
 
 
 def _measure_phase(ops: list[Op], cases: list[Case], reps: dict[str, int]) -> dict[tuple[str, str], Result]:
-    results = {(op.id, case.name): Result(op, case.name, size=len(case.pickled)) for case in cases for op in ops}
+    results = {(op.id, case.name): Result(op, case.name, size=len(case.pickled))
+               for case in cases for op in ops if op.applies(case)}
     order = random.Random(0)  # the same orders in every run
     for round_ in range(1 + max(reps.values())):
         for case in cases:
@@ -131,6 +132,8 @@ def _measure_phase(ops: list[Op], cases: list[Case], reps: dict[str, int]) -> di
             # The warm-up in registry order (every save before its loads), then each round in a new
             # order, so no operation always follows the same one.
             for op in order.sample(ops, len(ops)) if round_ else ops:
+                if not op.applies(case):
+                    continue
                 result, seconds, requests, faults = run_op(op, case)
                 if round_ == 0:
                     check(op, case, result)
@@ -150,8 +153,8 @@ PROXY_COUNTED = ("s3fs", "obstore")
 
 def count_through_proxy(ctx: Context, cases: list[Case], results: dict[tuple[str, str], Result]) -> None:
     """Requests per operation for the tools without botocore hooks: each of their operations run
-    twice through a :class:`CountingProxy` (the second run counted, so connection set-up is not)."""
-    proxy = CountingProxy(ctx.endpoint)
+    twice through an unshaped :class:`.link.Link` (the second run counted, so connection set-up is not)."""
+    proxy = Link(ctx.endpoint, **asdict(UNSHAPED))
     try:
         proxied = Context(ctx.workdir, proxy.endpoint, ctx.access_key, ctx.secret_key)
         for name in PROXY_COUNTED:

@@ -4,9 +4,9 @@ from a ``Context`` of plain values so a subprocess can rebuild it."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .values import Case
 
@@ -21,19 +21,30 @@ class Context:
     endpoint: str
     access_key: str
     secret_key: str
+    concurrency: int | None = None
+    """jangdok's settings of the same names, for jangdok and for the tools measured beside it;
+    ``None``: jangdok's defaults."""
+    part_size: int | None = None
+
+    def transfer(self) -> tuple[int, int]:
+        """(concurrency, part_size), jangdok's defaults where not set."""
+        from jangdok import Settings
+
+        defaults: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
+        return int(self.concurrency or defaults["concurrency"]), int(self.part_size or defaults["part_size"])
 
     def folder(self, name: str) -> Path:
         path = Path(self.workdir) / "local" / name
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def boto3_client(self) -> Any:
+    def boto3_client(self, **config: Any) -> Any:
         import boto3
         from botocore.config import Config
 
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
                             aws_secret_access_key=self.secret_key, region_name="us-east-1",
-                            config=Config(s3={"addressing_style": "path"}))
+                            config=Config(s3={"addressing_style": "path"}, **config))
 
     def jangdok_settings(self, location: str, **overrides: Any) -> Any:
         from jangdok import Settings
@@ -41,7 +52,16 @@ class Context:
         if location.startswith("s3://"):
             overrides.update(endpoint_url=self.endpoint, region="us-east-1", access_key_id=self.access_key,
                              secret_access_key=self.secret_key)
+        overrides.update({name: value for name, value in (("concurrency", self.concurrency),
+                                                          ("part_size", self.part_size)) if value is not None})
         return Settings(cache_dir=location, fallback=False, **overrides)
+
+
+class Counter(Protocol):
+    """Counts requests: a :class:`RequestCounter`, or a link (:mod:`.link`) counting all that cross it."""
+
+    @property
+    def count(self) -> int: ...
 
 
 class RequestCounter:
@@ -66,9 +86,14 @@ class Op:
     role: str  # "jangdok", "seed", "peer", "ceiling" or "reference"
     run: Callable[[Case], Any]
     needs: str | None = None  # what must exist before the timer starts: "value" or "bytes"
-    counter: RequestCounter | None = None
+    counter: Counter | None = None
     prepare: Callable[[Case], None] | None = None
     returns_bytes: bool = False
+    maker: str = ""  # the registry's name of the tool, to rebuild it in a subprocess
+    only: str | None = None  # the one case it is measured on (default: every case)
+
+    def applies(self, case: Case) -> bool:
+        return self.only in (None, case.name)
 
     @property
     def id(self) -> str:

@@ -49,7 +49,7 @@ from chapter_generator import (  # noqa: E402
     save_model_info,
     train_chapter,
 )
-from jangdok import Cache, EntryInfo, JangdokError, TierStats  # noqa: E402
+from jangdok import BatchError, Cache, Entry, EntryInfo, JangdokError, TierStats  # noqa: E402
 from jangdok.console import Interrupts  # noqa: E402
 
 STORE_NAMES = {"S3": "S3", "local": "로컬", "local (fallback)": "로컬 대체", "local tier": "로컬 사본"}
@@ -95,6 +95,26 @@ class TransferBar:
             self.bar.close()
 
 
+class LoadBar:
+    """One progress bar for a batch load, in bytes, on a terminal's stderr (as the labels bar).
+    Its total grows as the entries begin to arrive."""
+
+    def __init__(self, description: str, shown: bool) -> None:
+        self.bar = tqdm(total=0, unit="B", unit_scale=True, desc=description, leave=False, disable=not shown)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar.total != total:
+            self.bar.total = total
+            self.bar.refresh()
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> LoadBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.bar.close()
+
+
 class CacheEventPrinter(logging.Handler):
     """Shows jangdok's warnings as the program's own lines, in the seed's wording."""
 
@@ -115,6 +135,9 @@ class RunTally:
     invalidated: int = 0
     seconds_computing: float = 0.0
     cache_stats: dict[str, TierStats] = field(default_factory=dict)
+    overlapped: dict[str, float] = field(default_factory=dict)
+    """Per store, the reading seconds the batch load counted beyond its own duration: its loads
+    ran side by side, each counting its own time."""
 
 
 def params_from_config() -> PipelineParams:
@@ -161,10 +184,33 @@ def matches(stored: dict[str, Any] | None, expected: dict[str, Any]) -> bool:
     return "videos" not in stored or stored["videos"] == expected["videos"]
 
 
+def load_all(cache: Cache, keys: list[str], tally: RunTally) -> tuple[dict[str, Entry], set[str]]:
+    """The entries of ``keys`` that exist, loaded together (one progress bar for all), and the
+    keys looked for: a key whose load failed was not (it is tried again on its own)."""
+    before = cache.stats()
+    started = time.perf_counter()
+    with LoadBar("📦 labels", not QUIET and sys.stderr.isatty()) as bar:
+        try:
+            return cache.get_entries(keys, progress=bar), set(keys)
+        except BatchError as exc:
+            return exc.results, set(keys) - set(exc.errors)
+        except JangdokError:  # not one key's: each label meets it again on its own, and says so
+            return {}, set()
+        finally:
+            spent = {name: store.seconds_reading - (before[name].seconds_reading if name in before else 0.0)
+                     for name, store in cache.stats().items()}
+            # The summary says how long reading took: the batch's own duration, shared by store.
+            beyond = 1 - (time.perf_counter() - started) / max(sum(spent.values()), 1e-9)
+            tally.overlapped = {name: seconds * beyond for name, seconds in spent.items()} if beyond > 0 else {}
+
+
 def load_or_build(label: str, videos: list[Path], params: PipelineParams, data_dir: Path,
-                  cache: Cache | None, tally: RunTally) -> list[np.ndarray]:
+                  cache: Cache | None, tally: RunTally, looked: bool = False,
+                  found: Entry | None = None) -> list[np.ndarray]:
     """The label's sequences from the cache, or computed and saved. Several machines running
-    the pipeline on one CACHE_DIR compute each label once: the others wait for its entry."""
+    the pipeline on one CACHE_DIR compute each label once: the others wait for its entry.
+    ``looked``: the cache was just asked for the label's entry (see :func:`load_all`), which
+    is ``found`` (``None``: missing); it is judged here, not asked for again."""
     expected = cache_identity(label, videos, params, data_dir)
     key = cache_file_name(label, params)
     built: list[list[np.ndarray]] = []
@@ -187,11 +233,19 @@ def load_or_build(label: str, videos: list[Path], params: PipelineParams, data_d
         (accepted if usable else refused).append(info)
         return usable
 
+    def fetch() -> Any:
+        nonlocal found
+        if found is not None:
+            batched, found = found, None
+            if accept(batched.info):
+                return batched.value
+        with TransferBar(f"📦 {label}") as bar:
+            return cache.get_or_compute(key, build, metadata=expected, progress=bar, accept=accept, missed=looked)
+
     for _ in range(2):  # a second time only after removing a plain pickle of other parameters
         saves = sum(tier.puts for tier in cache.stats().values())
         try:
-            with TransferBar(f"📦 {label}") as bar:
-                value = cache.get_or_compute(key, build, metadata=expected, progress=bar, accept=accept)
+            value = fetch()
         except JangdokError as exc:
             warn(f"⚠️ {label} 캐시를 사용하지 못했습니다 (캐시 없이 계산합니다): {exc}")
             return built[0] if built else build()
@@ -280,7 +334,7 @@ def print_summary(tally: RunTally, results: list[dict[str, Any]], elapsed: float
         # An entry found with other parameters is a hit for the cache, a miss for this program.
         hits = store.hits - tally.invalidated
         print(f"🗄️ cache ({name}): {hits} hits, {store.misses + tally.invalidated} misses, "
-              f"read {store.bytes_read / 1e6:.1f} MB in {store.seconds_reading:.2f} s, "
+              f"read {store.bytes_read / 1e6:.1f} MB in {store.seconds_reading - tally.overlapped.get(name, 0):.2f} s, "
               f"wrote {store.bytes_written / 1e6:.1f} MB in {store.seconds_writing:.2f} s")
     refused = sum(store.untrusted for store in tally.cache_stats.values())
     if refused:
@@ -340,9 +394,12 @@ def run(args: argparse.Namespace, started: float) -> int:
     try:
         if cache is not None:
             say(f"🗄️ 캐시 위치 (cache): {cache.location.url} ({cache.store_label})")
+        keys = {label: cache_file_name(label, params) for label in labels}
+        found, looked = load_all(cache, list(keys.values()), tally) if cache is not None else ({}, set())
         progress = tqdm(labels, desc="labels", unit="label", disable=args.quiet or not sys.stderr.isatty())
         for label in progress:
-            sequences[label] = load_or_build(label, label_videos[label], params, data_dir, cache, tally)
+            sequences[label] = load_or_build(label, label_videos[label], params, data_dir, cache, tally,
+                                             keys[label] in looked, found.pop(keys[label], None))
     finally:
         if cache is not None:
             tally.cache_stats = cache.stats()

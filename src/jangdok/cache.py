@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
+from . import batch as _batch
 from . import compute as _compute
 from . import entry, expiry
 from .entries import CLEANUP_AGE, Counters, Entries, Entry, EntryInfo, TierStats, Verdict, megabytes
@@ -161,6 +162,36 @@ class Cache:
         key = self._key(key)
         return self.entries.load(key, progress)
 
+    def get_many(self, keys: Iterable[str], progress: entry.Progress | None = None) -> dict[str, Any]:
+        """The values stored under ``keys``, as ``{key: value}`` for the keys found (in the order
+        given; a miss is absent), loaded ``concurrency`` at a time (the ``concurrency``
+        setting, default 16) on threads that end before the call returns.
+
+        Each key is loaded as :meth:`get_entry` loads it: verified, a damaged entry deleted and
+        missed, counted in :meth:`stats` and logged. Every key is checked first, so a bad one
+        raises ``InvalidKey`` before any request; keys that name one entry (``김치`` typed in
+        NFC and in NFD) are read once, and each is in the result. A store failure on some keys
+        raises :class:`~jangdok.errors.BatchError` once the others are done: its ``results``
+        holds the values found for them, its ``errors`` each failed key's error.
+        ``progress(done, total)`` follows the bytes of the whole batch, from the batch's
+        threads, one call at a time; ``total`` counts the entries begun so far, so it grows
+        until the last one has begun.
+        """
+        return self._load_many(keys, progress, lambda found: found.value)
+
+    def get_entries(self, keys: Iterable[str], progress: entry.Progress | None = None) -> dict[str, Entry]:
+        """As :meth:`get_many`, with each value's :class:`EntryInfo`: ``{key: Entry}`` for the
+        keys found (a :class:`~jangdok.errors.BatchError`'s ``results`` then holds entries)."""
+        return self._load_many(keys, progress, lambda found: found)
+
+    def _load_many(self, keys: Iterable[str], progress: entry.Progress | None,
+                   pick: Callable[[Entry], T]) -> dict[str, T]:
+        named = _batch.named(keys, self._key)
+        if not named:
+            return {}
+        found, failed = _batch.load(self.entries, named, self.settings.concurrency, progress)
+        return _batch.settle({key: pick(got) for key, got in found.items()}, failed, "loading", len(named))
+
     def stats(self) -> dict[str, TierStats]:
         """Hits, misses, bytes and seconds read and written by this process, per store
         (``"S3"``, ``"local"``, ``"local (fallback)"``). A forked child starts from zero."""
@@ -205,6 +236,25 @@ class Cache:
         key = self._key(key)
         return self.entries.save(key, value, metadata, progress, self._ttl(key, ttl))
 
+    def put_many(self, items: Mapping[str, Any], metadata: Mapping[str, Any] | None = None,
+                 progress: entry.Progress | None = None, ttl: float | None = None) -> dict[str, EntryInfo]:
+        """Store each value of ``items`` under its key, as :meth:`put` does (atomically, with
+        ``metadata`` and ``ttl`` for all of them), ``concurrency`` at a time; the
+        :class:`EntryInfo` of each, by key, in the order given.
+
+        Every key is checked first (``InvalidKey`` before anything is written, also for two
+        keys that name one entry). A key that fails (a store failure, a value that cannot be
+        stored) raises :class:`~jangdok.errors.BatchError` once the others are done: its
+        ``results`` holds the entries saved, its ``errors`` each failed key's error.
+        ``progress(done, total)`` follows the bytes of the whole batch, as in :meth:`get_many`.
+        """
+        named = _batch.named(items, self._key)
+        if not named:
+            return {}
+        ttl = self._ttl(next(iter(named.values())), ttl)
+        saved, failed = _batch.save(self.entries, named, items, metadata, ttl, self.settings.concurrency, progress)
+        return _batch.settle(saved, failed, "saving", len(named))
+
     def _ttl(self, key: str, ttl: float | None) -> float | None:
         ttl = self.settings.ttl if ttl is None else ttl
         if ttl is not None and not (ttl > 0 and math.isfinite(ttl)):
@@ -214,7 +264,7 @@ class Cache:
     def get_or_compute(self, key: str, compute: Callable[[], T], metadata: Mapping[str, Any] | None = None,
                        ttl: float | None = None, timeout: float | None = None,
                        progress: entry.Progress | None = None,
-                       accept: Callable[[EntryInfo], bool] | None = None) -> T:
+                       accept: Callable[[EntryInfo], bool] | None = None, missed: bool = False) -> T:
         """The value under ``key``; on a miss, ``compute()`` it once, store it and return it.
 
         When several threads, processes or machines miss the same key at once, one computes
@@ -227,11 +277,14 @@ class Cache:
         ``progress`` follows the load or the save, as in :meth:`get_entry` and :meth:`put`.
         ``accept(info)`` judges an entry by its :class:`EntryInfo` (its metadata, say): one it
         refuses, computed from other inputs, counts as missing and is replaced.
+        ``missed=True`` tells that the caller has just missed ``key`` (in :meth:`get_many`):
+        the first look, a request that would count a second miss, is skipped. An entry saved
+        by another process since is still found before anything is computed.
         """
         key = self._key(key)
         wait = self.settings.wait_timeout if timeout is None else timeout
         return _compute.get_or_compute(self.entries, key, compute, metadata, self._ttl(key, ttl), wait,
-                                       progress, accept)
+                                       progress, accept, missed)
 
     @overload
     def memoize(self, fn: Callable[P, R], /, *, version: str | int | None = None, source: bool = False,

@@ -34,13 +34,15 @@ _LAST_PAUSE = 2.0
 
 def get_or_compute(entries: Entries, key: str, compute: Callable[[], T], metadata: Mapping[str, Any] | None,
                    ttl: float | None, timeout: float, progress: entry.Progress | None,
-                   accept: Callable[[EntryInfo], bool] | None) -> T:
+                   accept: Callable[[EntryInfo], bool] | None, missed: bool = False) -> T:
     """The value under the (normalised) ``key``; on a miss, computed once across processes.
-    See :meth:`jangdok.Cache.get_or_compute` for the promises."""
+    ``missed``: the caller has just looked and missed; no first look. See
+    :meth:`jangdok.Cache.get_or_compute` for the promises."""
     call = _Call(entries, key, progress, accept)
-    found = call.usable(look_first=False)
-    if found is not None:
-        return found.value
+    if not missed:
+        found = call.usable(look_first=False)
+        if found is not None:
+            return found.value
     lease = lease_for(entries.store, key, entries.settings.lease_seconds)
     turn = call.wait_for_turn(lease, timeout)
     if isinstance(turn, Entry):

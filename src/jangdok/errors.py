@@ -7,6 +7,8 @@ never need to import botocore to handle a cache failure.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "JangdokError",
     "ConfigError",
@@ -23,6 +25,7 @@ __all__ = [
     "InvalidRange",
     "InvalidValue",
     "WaitTimeout",
+    "BatchError",
 ]
 
 
@@ -98,3 +101,21 @@ class InvalidValue(JangdokError, TypeError):
 
 class WaitTimeout(JangdokError, TimeoutError):
     """``get_or_compute`` waited longer than allowed for another process to compute an entry."""
+
+
+class BatchError(JangdokError):
+    """Some keys of a batch call (``get_many``, ``get_entries``, ``put_many``) failed; the
+    others did not, and nothing of theirs is lost.
+
+    :attr:`results` is what the call would have returned for the keys that did not fail (the
+    hits of a load, the entries saved), :attr:`errors` each failed key, as the caller gave
+    it, with its own error (``StoreUnavailable``, ``AccessDenied``, ``InvalidValue``...).
+    Both are ordered as the keys were given."""
+
+    def __init__(self, message: str, results: dict[str, Any], errors: dict[str, JangdokError]) -> None:
+        super().__init__(message)
+        self.results = results
+        self.errors = errors
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole, to cross a process boundary
+        return type(self), (str(self), self.results, self.errors)

@@ -21,13 +21,13 @@ import inspect
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 import xxhash
 
 from .canonical import SUPPORTED, KeyHasher, Unhashable
-from .errors import ConfigError, InvalidKey, InvalidValue, JangdokError
+from .errors import BatchError, ConfigError, InvalidKey, InvalidValue, JangdokError
 from .location import LOCAL_MAX_NAME_BYTES, normalize_key
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ _UNSAFE_IN_NAME = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
 
 
 class Memoized(Protocol[P, R_co]):
-    """What ``@cache.memoize`` returns: the function, plus ``key()`` and ``cache``.
+    """What ``@cache.memoize`` returns: the function, plus ``key()``, ``map()`` and ``cache``.
 
     Type checkers see the original signature (``ParamSpec``), so a memoized function is
     checked and completed exactly like the function it wraps.
@@ -64,6 +64,18 @@ class Memoized(Protocol[P, R_co]):
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The cache key a call with these arguments reads and writes; nothing is computed."""
+        ...
+
+    def map(self, *iterables: Iterable[Any]) -> Sequence[R_co]:
+        """The results of calls with arguments taken from ``iterables`` in step, as the builtin
+        ``map`` makes them (up to the shortest), as a list in their order.
+
+        The stored results are fetched together (:meth:`Cache.get_many <jangdok.Cache.get_many>`,
+        ``concurrency`` at a time); then only the missing calls are computed, one after another,
+        each through ``get_or_compute``, so each is computed once across processes. A call
+        repeated in ``iterables`` is computed once. As with single calls, the cache never
+        breaks the function: keys it could not load are logged at WARNING and tried again
+        one by one."""
         ...
 
 
@@ -256,8 +268,36 @@ class _Memo(Generic[P, R]):
             f"(a dataclass, tuple, ...){hint}. Supported: {SUPPORTED}"
         )
 
-    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
-        key = self.key(args, kwargs)
+    def map(self, iterables: tuple[Iterable[Any], ...]) -> list[R]:
+        if not iterables:
+            raise TypeError(f"{self.identity}.map() needs at least one iterable of arguments")
+        calls = list(zip(*iterables, strict=False))  # up to the shortest, as map() does
+        keys = [self.key(args, {}) for args in calls]  # an unhashable argument raises before any request
+        try:
+            found = self.cache.get_many(keys)
+            failed: set[str] = set()
+        except BatchError as exc:
+            found, failed = exc.results, set(exc.errors)
+            key, first = next(iter(exc.errors.items()))
+            log.warning("memoize: could not load %d of %d entries of %s together (the first: %s); trying them "
+                        "one by one", len(failed), len(set(keys)), self.identity, first,
+                        extra={"jangdok_event": "memoize_load_failed", "jangdok_path": key})
+        except JangdokError as exc:
+            found, failed = {}, set(keys)
+            log.warning("memoize: cache unusable for %s.map (%s); trying each call alone", self.identity, exc,
+                        extra={"jangdok_event": "memoize_load_failed", "jangdok_path": self.folder})
+        results = []
+        for args, key in zip(calls, keys, strict=True):
+            if key not in found:  # later repeats of this call get the same value
+                found[key] = self.call(args, {}, key, missed=key not in failed)
+            results.append(found[key])
+        return results
+
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], key: str | None = None,
+             missed: bool = False) -> R:
+        """The call's result, from the cache or computed; ``key``: the call's, if already made;
+        ``missed``: the caller has just missed it (see ``Cache.get_or_compute``)."""
+        key = self.key(args, kwargs) if key is None else key
         state: dict[str, Any] = {}
 
         def compute() -> R:
@@ -266,7 +306,7 @@ class _Memo(Generic[P, R]):
             return result
 
         try:
-            return self.cache.get_or_compute(key, compute, metadata=self.metadata, ttl=self.ttl)
+            return self.cache.get_or_compute(key, compute, metadata=self.metadata, ttl=self.ttl, missed=missed)
         except JangdokError as exc:
             if "result" in state:
                 # The value is good and the caller needs it; the cache is only an optimisation.
@@ -339,7 +379,11 @@ def memoize(cache: Cache, fn: Callable[P, R] | None = None, /, *, version: str |
         def key(*args: P.args, **kwargs: P.kwargs) -> str:
             return memo.key(args, kwargs)
 
+        def map_calls(*iterables: Iterable[Any]) -> list[R]:
+            return memo.map(iterables)
+
         wrapper.key = key  # type: ignore[attr-defined]
+        wrapper.map = map_calls  # type: ignore[attr-defined]
         wrapper.cache = cache  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 

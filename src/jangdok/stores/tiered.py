@@ -268,7 +268,7 @@ class TieredStore(Store):
         large, or a version whose copy was damaged: serve it remotely."""
         remote_version = found.info.version
         if self._suspect.get(key) not in (None, remote_version):
-            del self._suspect[key]
+            self._suspect.pop(key, None)  # another thread may be clearing it too
         if found.size > self.max_entry_bytes or not remote_version or self._suspect.get(key) == remote_version:
             self._drop_copy(key)
             return found
@@ -402,13 +402,23 @@ class TieredStore(Store):
             if total <= bound:
                 break
             try:
-                if self.local.delete(found.key, version=found.version):  # not a copy replaced meanwhile
-                    self.local.delete(_VALIDATORS + found.key)
+                if self._evict_copy(found):
                     total -= found.size
             except JangdokError as exc:
                 log.warning("local tier: could not evict %s: %s", self.local.path(found.key), exc)
         log.debug("local tier %s evicted down to %d bytes", self.local.location.root, total)
         return total
+
+    def _evict_copy(self, found: ObjectInfo) -> bool:
+        """Remove a copy in the version listed, and the validator read before it, in that
+        validator's version: other threads and processes copy entries (without the lock) while
+        a scan evicts, and a copy and validator written since the listing must both stay."""
+        validator = self._read_validator(found.key)
+        if not self.local.delete(found.key, version=found.version):
+            return False
+        if validator is not None:
+            self.local.delete(_VALIDATORS + found.key, version=validator.version)
+        return True
 
     def _read_usage(self) -> int | None:
         found = _small(self.local, _USAGE)

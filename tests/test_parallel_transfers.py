@@ -167,3 +167,16 @@ def test_children_after_parallel_loads_read_the_right_values(stored: Cache, seaw
             assert child.exitcode == 0
         assert np.array_equal(cache.get("big.pkl"), OLD), "the parent's connections still answer it alone"
     assert results == [(float(OLD.sum()), {"small": True})] * 2
+
+
+def test_a_batch_of_large_entries_shares_one_budget_of_helpers(stored: Cache, seaweed: Any, s3_url: str,
+                                                               proxy: FaultProxy) -> None:
+    for number in range(3):
+        stored.put(f"big{number}.pkl", OLD)
+    keys = ["big.pkl", "big0.pkl", "big1.pkl", "big2.pkl"]
+    with _cache(seaweed, s3_url, proxy.endpoint, concurrency=3) as cache:
+        found = cache.get_many(keys)
+    assert sorted(found) == sorted(keys) and all(np.array_equal(value, OLD) for value in found.values())
+    # Three loads at a time, and at most three helpers between them: not three helpers each.
+    assert proxy.most_open <= 6
+    assert _transfer_threads() == []

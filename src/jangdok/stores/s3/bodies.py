@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from ..base import Chunks, iter_chunks
 
-__all__ = ["ChunkFile", "Sent", "split_into_parts"]
+__all__ = ["ChunkFile", "Sent", "Helpers", "split_into_parts"]
 
 
 class ChunkFile(io.RawIOBase):
@@ -111,3 +111,26 @@ def split_into_parts(data: Chunks, part_size: int) -> Iterator[list[memoryview]]
                 part, filled, yielded = [], 0, True
     if part or not yielded:
         yield part
+
+
+class Helpers:
+    """The threads a process may add to its transfers beyond the callers' own: ``concurrency``
+    in all, shared by every large read and write of one store, so a batch of ``concurrency``
+    large entries does not multiply into ``concurrency`` squared requests. A transfer takes
+    what is free (never waiting for more) and gives it back when it ends; with none free it
+    goes on in its own thread alone."""
+
+    def __init__(self, limit: int) -> None:
+        self._lock = threading.Lock()
+        self._free = limit
+
+    def take(self, wanted: int) -> int:
+        with self._lock:
+            taken = max(0, min(wanted, self._free))
+            self._free -= taken
+            return taken
+
+    def give(self, count: int) -> None:
+        with self._lock:
+            self._free += count
+

@@ -75,7 +75,8 @@ def make_client(settings: Settings) -> tuple[Any, str]:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         s3={"addressing_style": "path" if settings.endpoint_url else "auto", "payload_signing_enabled": False},
-        max_pool_connections=32,
+        # A batch's threads and the helpers of their large transfers: concurrency of each.
+        max_pool_connections=2 * settings.concurrency + 2,
     )
     try:
         client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)

@@ -36,7 +36,8 @@ def upload_in_parts(store: S3Store, key: str, parts: Iterable[list[memoryview]],
                     progress: Callable[[int], None] | None) -> str:
     """Upload ``parts`` as one object under ``key`` and return its ETag. Parts are taken from
     ``parts`` (in this thread) only as earlier ones finish, so at most ``store.concurrency``
-    are in flight and a streamed value is never held whole. On any failure (or an interrupt)
+    (fewer when other transfers hold the store's helpers) are in flight and a streamed value
+    is never held whole. On any failure (or an interrupt)
     the parts in flight are abandoned, the threads joined, and the upload aborted."""
     object_key = store.location.object_key(key)
     # The token marks the object this upload makes, so a completion whose answer was lost can
@@ -54,15 +55,18 @@ def upload_in_parts(store: S3Store, key: str, parts: Iterable[list[memoryview]],
             Body=ChunkFile(part, sent.part(number))))
         return {"PartNumber": number, "ETag": response["ETag"]}
 
+    # The calling thread only feeds and waits: one part thread stands in for it, the others
+    # are borrowed from the store's helpers.
+    borrowed = store.helpers.take(store.concurrency - 1)
+    workers = borrowed + 1
     try:
         done: list[dict[str, Any]] = []
         in_flight: dict[concurrent.futures.Future[dict[str, Any]], int] = {}
         numbered = enumerate(parts, start=1)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=store.concurrency,
-                                                   thread_name_prefix="jangdok-part") as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jangdok-part") as pool:
             try:
                 while True:
-                    while len(in_flight) < store.concurrency and (item := next(numbered, None)) is not None:
+                    while len(in_flight) < workers and (item := next(numbered, None)) is not None:
                         in_flight[pool.submit(upload_part, *item)] = item[0]
                     if not in_flight:
                         break
@@ -82,6 +86,8 @@ def upload_in_parts(store: S3Store, key: str, parts: Iterable[list[memoryview]],
         except Exception as exc:  # the original error matters more; cleanup and lifecycle rules remove it
             log.warning("could not abort multipart upload of %s: %s", store.path(key), quoted(exc))
         raise
+    finally:
+        store.helpers.give(borrowed)
 
 
 def _complete(store: S3Store, key: str, object_key: str, upload_id: str, parts: list[dict[str, Any]],

@@ -165,19 +165,29 @@ class ObjectReader(Reader):
     def fill(self, target: memoryview, arrived: Callable[[int], None] | None = None) -> int:
         """Fill ``target`` with the next bytes: what the open response holds, read here, and
         the rest in ranged GETs of ``part_size``, up to ``concurrency`` requests in flight (this
-        thread's included). Threads are made for this call and joined before it returns."""
+        thread's included), as many as the store's :class:`~.bodies.Helpers` can spare. Threads
+        are made for this call and joined before it returns."""
         want = min(target.nbytes, self._end - self._pos)
         held = min(want, self._body_end - self._pos) if self._body is not None else 0
         part = self._store.part_size
         ranges = [(offset, min(offset + part, want)) for offset in range(held, want, part)]
-        concurrency = self._store.concurrency
-        if not ranges or concurrency == 1 or (not held and len(ranges) == 1):  # nothing to overlap
+        helpers = self._store.helpers
+        workers = 0
+        if ranges and (held or len(ranges) > 1):  # else nothing to overlap
+            workers = helpers.take(min(self._store.concurrency - bool(held), len(ranges)))
+        if not workers:
             self._read_exactly(target[:want], arrived)
             return want
+        try:
+            return self._fill_in_parallel(target, want, held, ranges, workers, arrived)
+        finally:
+            helpers.give(workers)
+
+    def _fill_in_parallel(self, target: memoryview, want: int, held: int, ranges: list[tuple[int, int]],
+                          workers: int, arrived: Callable[[int], None] | None) -> int:
         base = self._pos
         stopped = threading.Event()
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(concurrency - bool(held), len(ranges)),
-                                                     thread_name_prefix="jangdok-range")
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jangdok-range")
         futures: list[concurrent.futures.Future[None]] = []
 
         def stop_all_if_failed(done: concurrent.futures.Future[None]) -> None:

@@ -21,7 +21,7 @@ from ...perprocess import PerProcess
 from ...retry import RetryBudget, RetryExhausted, RetryPolicy
 from ...settings import Settings, mask_url
 from ..base import UNCHANGED, Chunks, ObjectInfo, Reader, Store, Unchanged, check_range
-from .bodies import ChunkFile, Sent, split_into_parts
+from .bodies import ChunkFile, Helpers, Sent, split_into_parts
 from .capabilities import ProbedCapabilities
 from .client import make_client
 from .listing import OBJECTS, UPLOADS, Paging, pages
@@ -70,6 +70,7 @@ class S3Store(Store):
         # identity: the masked access key the client signs with, e.g. "****ABCD", for messages
         client, self.identity = make_client(settings)
         self._clients = PerProcess(lambda: make_client(settings)[0], client)
+        self._helpers = PerProcess(lambda: Helpers(settings.concurrency))
         self.policy = RetryPolicy(
             max_attempts=settings.max_attempts,
             total_timeout=settings.total_timeout,
@@ -86,6 +87,11 @@ class S3Store(Store):
                               identity=self.identity, credentials_source=settings.credentials_source,
                               endpoint_setting=settings.endpoint_url and mask_url(settings.endpoint_url),
                               session_token=bool(settings.session_token))
+
+    @property
+    def helpers(self) -> Helpers:
+        """This process's budget of transfer threads, shared by all its large reads and writes."""
+        return self._helpers.get()
 
     @property
     def client(self) -> Any:

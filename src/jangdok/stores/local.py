@@ -50,7 +50,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from stat import S_IFMT, S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
-from typing import cast
 
 from ..errors import AccessDenied, InvalidKey, StoreUnavailable
 from ..folders import Folder, open_folder
@@ -107,18 +106,22 @@ def _is_missing(exc: OSError) -> bool:
 
 
 class _FileReader(Reader):
-    """A file limited to ``[start, stop)``, so local and S3 range reads behave the same."""
+    """A file limited to ``[start, stop)``, so local and S3 range reads behave the same.
 
-    def __init__(self, key: str, file: io.BufferedIOBase | io.RawIOBase, start: int, stop: int | None,
+    Unbuffered: every caller reads into its own buffer (a small entry whole, in one call), so a
+    buffer in between would only add a copy and the system calls that set it up."""
+
+    def __init__(self, key: str, file: io.FileIO, found: os.stat_result, start: int, stop: int | None,
                  error: Callable[[OSError], Exception]) -> None:
         super().__init__()
         self._file = file
         self._error = error
-        self.info = _object_info(key, os.fstat(file.fileno()))
+        self.info = _object_info(key, found)
         end = self.info.size if stop is None else min(stop, self.info.size)
         self.size = max(0, end - start)
         self._remaining = self.size
-        file.seek(start)
+        if start:
+            file.seek(start)
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")[: self._remaining]
@@ -187,9 +190,10 @@ class LocalStore(Store):
         # A random suffix keeps concurrent writers (and deleters) out of each other's files.
         return f"{TEMP_MARKER}{secrets.token_hex(8)}"
 
-    def _open_entry(self, key: str, buffering: int = -1) -> tuple[io.BufferedIOBase | io.RawIOBase | None, str]:
-        """The entry's file opened for reading (``None`` where there is no entry: missing, a
-        folder, a dangling link or a link loop, or anything but a regular file), and its path.
+    def _open_entry(self, key: str) -> tuple[io.FileIO, os.stat_result, str] | tuple[None, None, str]:
+        """The entry's file opened for reading and what ``fstat`` said of it (``None`` where there
+        is no entry: missing, a folder, a dangling link or a link loop, or anything but a regular
+        file), and its path.
 
         Anyone who can write the folder can plant a FIFO, a device or a socket under an entry's
         name. Opening is non-blocking (a FIFO without a writer would block ``open`` forever,
@@ -198,30 +202,29 @@ class LocalStore(Store):
         path, folders, name = self._names(key)
         folder = self._folder(folders, path, "loading")
         if folder is None:
-            return None, path
+            return None, None, path
         with folder:
-            try:
-                fd = os.open(folder.at(name), _OPEN_FOR_READING, dir_fd=folder.fd)
+            try:  # a folder used by its name (the root) names the entry's path, joined already
+                fd = os.open(name if folder.fd is not None else path, _OPEN_FOR_READING, dir_fd=folder.fd)
             except IsADirectoryError:  # Windows, which cannot open folders
-                return None, path
+                return None, None, path
             except OSError as exc:
                 if _is_missing(exc):
-                    return None, path
+                    return None, None, path
                 if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
                     self._not_a_file(path, "a socket or an absent device")
-                    return None, path
+                    return None, None, path
                 raise self._os_error(exc, "loading", path) from exc
         try:
-            mode = os.fstat(fd).st_mode
-            if not S_ISREG(mode):
-                if not S_ISDIR(mode):  # a folder is not an entry either, but nothing odd
-                    self._not_a_file(path, _file_kind(mode))
+            found = os.fstat(fd)
+            if not S_ISREG(found.st_mode):
+                if not S_ISDIR(found.st_mode):  # a folder is not an entry either, but nothing odd
+                    self._not_a_file(path, _file_kind(found.st_mode))
                 os.close(fd)
-                return None, path
+                return None, None, path
             if _NON_BLOCKING:
                 os.set_blocking(fd, True)
-            # A FileIO unbuffered, else a BufferedReader: typeshed says only BinaryIO.
-            return cast("io.BufferedIOBase | io.RawIOBase", os.fdopen(fd, "rb", buffering=buffering)), path
+            return io.FileIO(fd, "rb"), found, path
         except OSError as exc:
             os.close(fd)
             raise self._os_error(exc, "loading", path) from exc
@@ -232,11 +235,11 @@ class LocalStore(Store):
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
         check_range(start, stop)
-        file, path = self._open_entry(key)
+        file, found, path = self._open_entry(key)
         if file is None:
             return None
         try:
-            return _FileReader(key, file, start, stop, lambda exc: self._os_error(exc, "loading", path))
+            return _FileReader(key, file, found, start, stop, lambda exc: self._os_error(exc, "loading", path))
         except OSError as exc:
             file.close()
             raise self._os_error(exc, "loading", path) from exc
@@ -246,18 +249,15 @@ class LocalStore(Store):
         the view stay in this process. The map keeps the file it was made from, so it stays valid
         after the entry is replaced or deleted (this store never changes a file in place; a file
         truncated by hand under a map would make touching the lost pages fail with SIGBUS)."""
-        file, path = self._open_entry(key, buffering=0)
+        file, found, path = self._open_entry(key)
         if file is None:
             return None
         with file:
             try:
-                result = os.fstat(file.fileno())
-                if not S_ISREG(result.st_mode):
-                    return None
-                info = _object_info(key, result)
-                if result.st_size == 0:  # mmap cannot map 0 bytes
+                info = _object_info(key, found)
+                if found.st_size == 0:  # mmap cannot map 0 bytes
                     return memoryview(bytearray()), info
-                mapped = mmap.mmap(file.fileno(), result.st_size, access=mmap.ACCESS_COPY, **_MAP_OPTIONS)
+                mapped = mmap.mmap(file.fileno(), found.st_size, access=mmap.ACCESS_COPY, **_MAP_OPTIONS)
             except OSError as exc:
                 raise self._os_error(exc, "loading", path) from exc
             except ValueError as exc:  # truncated by hand between fstat and mmap

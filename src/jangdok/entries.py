@@ -152,7 +152,9 @@ class Counters:
 
     def add(self, label: str, **amounts: float) -> None:
         with self.lock:
-            tier = self.tiers.setdefault(label, TierStats())
+            tier = self.tiers.get(label)
+            if tier is None:
+                tier = self.tiers[label] = TierStats()
             for name, amount in amounts.items():
                 setattr(tier, name, getattr(tier, name) + amount)
 
@@ -238,8 +240,9 @@ class Entries:
         info = self._info(key, path, size, decoded.header, object_info.modified, object_info.version, label)
         seconds = time.perf_counter() - started
         self.count(hits=1, bytes_read=size, seconds_reading=seconds, label=label)
-        log.info("cache loaded (%s): %s, %s in %.1f ms", label, path, megabytes(size),
-                 seconds * 1e3, extra=event("loaded", path))
+        if log.isEnabledFor(logging.INFO):  # what the record needs costs more than asking
+            log.info("cache loaded (%s): %s, %s in %.1f ms", label, path, megabytes(size),
+                     seconds * 1e3, extra=event("loaded", path))
         return Entry(decoded.value, info)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import operator
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -418,6 +419,11 @@ def _no_constant(name: str) -> None:
 
 # Made once: json.loads with an option builds a decoder (and its scanner) on every call.
 _JSON = json.JSONDecoder(parse_constant=_no_constant)
+# What this version reads in a header's serializer, compression, checksum and signature fields.
+_KNOWN_FIELDS = ("serializer", "compression", "checksum", "signature")
+_KNOWN = (frozenset(SERIALIZERS), frozenset({"none", "zstd"}), frozenset({CHECKSUM}), frozenset({None, MAC_ALGORITHM}))
+# Format 1 never compressed; a v1 header that says so is not one this code wrote.
+_KNOWN_IN_FORMAT_1 = (frozenset({"pickle"}), frozenset({"none"}), *_KNOWN[2:])
 
 
 def _of(value: Any, kind: type, name: str) -> Any:
@@ -466,7 +472,7 @@ def parse_header(view: memoryview) -> EntryHeader | None:
     does from a stream, copying only the header's own bytes; ``None`` if the entry does not
     start with a complete prefix and the magic (a legacy plain pickle)."""
     start = bytes(view[: PREFIX.size])
-    if header_size(start) is None:
+    if len(start) < PREFIX.size or not start.startswith(MAGIC):
         return None
     version, header_len = _prefix(start, view.nbytes)
     parsed = PREFIX.size + header_len + HEADER_HASH.size
@@ -512,8 +518,13 @@ def _header(start: bytes, rest: bytearray | memoryview, version: int,
     parsed = len(sealed) + HEADER_HASH.size
     check_containers(header_json, "entry header")
     try:
-        text = header_json.decode(json.detect_encoding(header_json), "surrogatepass")  # as json.loads does
-        fields = _of(_JSON.decode(text), dict, "the header")
+        # UTF-8, as every writer wrote it (json.loads would also guess UTF-16 and -32 from NULs),
+        # and no whitespace before it: only after it, where padding goes.
+        text = header_json.decode("utf-8", "surrogatepass")
+        fields, end = _JSON.raw_decode(text)
+        if text[end:].strip(" \t\n\r"):
+            raise ValueError(f"its JSON is followed by more than spaces, at character {end}")
+        fields = _of(fields, dict, "the header")
         mac_length = _count(fields.get("mac_length", 0), "mac_length") if version >= 2 else 0
         if mac_length > _MAX_MAC_BYTES:
             raise ValueError(f"mac_length {mac_length} is out of range")
@@ -525,18 +536,11 @@ def _header(start: bytes, rest: bytearray | memoryview, version: int,
     except MemoryError as exc:  # this reader's limit, not damage: kept for others
         raise UnsupportedEntry(f"entry header of {header_len:,} bytes could not be parsed here: not enough "
                                "memory; it was kept") from exc
-    unknown = [
-        f"{name} {shown(value)}"
-        for name, value, known in (
-            ("serializer", header.serializer, set(SERIALIZERS) if header.version >= 2 else {"pickle"}),
-            # Format 1 never compressed; a v1 header that says so is not one this code wrote.
-            ("compression", header.compression, {"none", "zstd"} if header.version >= 2 else {"none"}),
-            ("checksum", header.checksum, {CHECKSUM}),
-            ("signature", header.mac_algorithm, {None, MAC_ALGORITHM}),
-        )
-        if value not in known
-    ]
-    if unknown:
+    values = (header.serializer, header.compression, header.checksum, header.mac_algorithm)
+    known = _KNOWN if header.version >= 2 else _KNOWN_IN_FORMAT_1
+    if not all(map(operator.contains, known, values)):
+        unknown = [f"{name} {shown(value)}" for name, value, allowed in zip(_KNOWN_FIELDS, values, known, strict=True)
+                   if value not in allowed]
         raise UnsupportedEntry(f"entry uses {', '.join(unknown)}, unknown to this jangdok: upgrade jangdok")
     return header
 

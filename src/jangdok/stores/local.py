@@ -41,7 +41,6 @@ No ``OSError`` leaves this module: failures become :mod:`jangdok.errors` types n
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import mmap
 import os
@@ -81,6 +80,8 @@ _OPEN_FOR_READING = (os.O_RDONLY | _NON_BLOCKING | getattr(os, "O_NOCTTY", 0) | 
 # O_EXCL creates a new file, never opening what a name (or a link there) already holds.
 _CREATE_FOR_WRITING = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
                        | getattr(os, "O_BINARY", 0))
+# Reads land in the caller's buffer with readv (POSIX); elsewhere with a read and a copy.
+_READV = hasattr(os, "readv")
 
 
 def _file_kind(mode: int) -> str:
@@ -108,32 +109,38 @@ def _is_missing(exc: OSError) -> bool:
 class _FileReader(Reader):
     """A file limited to ``[start, stop)``, so local and S3 range reads behave the same.
 
-    Unbuffered: every caller reads into its own buffer (a small entry whole, in one call), so a
-    buffer in between would only add a copy and the system calls that set it up."""
+    It reads the descriptor itself, straight into the caller's buffer (a small entry whole, in
+    one call): a file object on it would add a buffer, a copy, and system calls to set them up."""
 
-    def __init__(self, key: str, file: io.FileIO, found: os.stat_result, start: int, stop: int | None,
+    def __init__(self, key: str, fd: int, found: os.stat_result, start: int, stop: int | None,
                  error: Callable[[OSError], Exception]) -> None:
-        super().__init__()
-        self._file = file
+        self._fd = fd
         self._error = error
         self.info = _object_info(key, found)
         end = self.info.size if stop is None else min(stop, self.info.size)
         self.size = max(0, end - start)
         self._remaining = self.size
         if start:
-            file.seek(start)
+            os.lseek(fd, start, os.SEEK_SET)
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")[: self._remaining]
         try:
-            count = self._file.readinto(view)
+            if _READV:
+                count = os.readv(self._fd, [view])
+            else:  # Windows: a read, and a copy
+                data = os.read(self._fd, view.nbytes)
+                count = len(data)
+                view[:count] = data
         except OSError as exc:  # a failing disk: the caller sees a store error, never short data
             raise self._error(exc) from exc
         self._remaining -= count
         return count
 
     def close(self) -> None:
-        self._file.close()
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
         super().close()
 
 
@@ -190,10 +197,10 @@ class LocalStore(Store):
         # A random suffix keeps concurrent writers (and deleters) out of each other's files.
         return f"{TEMP_MARKER}{secrets.token_hex(8)}"
 
-    def _open_entry(self, key: str) -> tuple[io.FileIO, os.stat_result, str] | tuple[None, None, str]:
-        """The entry's file opened for reading and what ``fstat`` said of it (``None`` where there
-        is no entry: missing, a folder, a dangling link or a link loop, or anything but a regular
-        file), and its path.
+    def _open_entry(self, key: str) -> tuple[int, os.stat_result, str] | tuple[None, None, str]:
+        """A descriptor of the entry's file, opened for reading, and what ``fstat`` said of it
+        (``None`` where there is no entry: missing, a folder, a dangling link or a link loop, or
+        anything but a regular file), and its path.
 
         Anyone who can write the folder can plant a FIFO, a device or a socket under an entry's
         name. Opening is non-blocking (a FIFO without a writer would block ``open`` forever,
@@ -224,7 +231,7 @@ class LocalStore(Store):
                 return None, None, path
             if _NON_BLOCKING:
                 os.set_blocking(fd, True)
-            return io.FileIO(fd, "rb"), found, path
+            return fd, found, path
         except OSError as exc:
             os.close(fd)
             raise self._os_error(exc, "loading", path) from exc
@@ -235,13 +242,13 @@ class LocalStore(Store):
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
         check_range(start, stop)
-        file, found, path = self._open_entry(key)
-        if file is None:
+        fd, found, path = self._open_entry(key)
+        if fd is None:
             return None
         try:
-            return _FileReader(key, file, found, start, stop, lambda exc: self._os_error(exc, "loading", path))
+            return _FileReader(key, fd, found, start, stop, lambda exc: self._os_error(exc, "loading", path))
         except OSError as exc:
-            file.close()
+            os.close(fd)
             raise self._os_error(exc, "loading", path) from exc
 
     def map(self, key: str) -> tuple[memoryview, ObjectInfo] | None:
@@ -249,20 +256,21 @@ class LocalStore(Store):
         the view stay in this process. The map keeps the file it was made from, so it stays valid
         after the entry is replaced or deleted (this store never changes a file in place; a file
         truncated by hand under a map would make touching the lost pages fail with SIGBUS)."""
-        file, found, path = self._open_entry(key)
-        if file is None:
+        fd, found, path = self._open_entry(key)
+        if fd is None:
             return None
-        with file:
-            try:
-                info = _object_info(key, found)
-                if found.st_size == 0:  # mmap cannot map 0 bytes
-                    return memoryview(bytearray()), info
-                mapped = mmap.mmap(file.fileno(), found.st_size, access=mmap.ACCESS_COPY, **_MAP_OPTIONS)
-            except OSError as exc:
-                raise self._os_error(exc, "loading", path) from exc
-            except ValueError as exc:  # truncated by hand between fstat and mmap
-                raise StoreUnavailable(f"Local error loading {path}: the file shrank while being mapped ({exc}); "
-                                       "something outside the cache is writing to it") from exc
+        try:
+            info = _object_info(key, found)
+            if found.st_size == 0:  # mmap cannot map 0 bytes
+                return memoryview(bytearray()), info
+            mapped = mmap.mmap(fd, found.st_size, access=mmap.ACCESS_COPY, **_MAP_OPTIONS)
+        except OSError as exc:
+            raise self._os_error(exc, "loading", path) from exc
+        except ValueError as exc:  # truncated by hand between fstat and mmap
+            raise StoreUnavailable(f"Local error loading {path}: the file shrank while being mapped ({exc}); "
+                                   "something outside the cache is writing to it") from exc
+        finally:
+            os.close(fd)
         return memoryview(mapped), info
 
     def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> str:

@@ -207,21 +207,27 @@ class LocalStore(Store):
         and a read of it until one appears), and what was opened is judged by ``fstat`` of the
         descriptor itself, so nothing can be swapped in between."""
         path, folders, name = self._names(key)
+        if not folders:  # in the root, which is reached by its name: no folder to walk
+            return self._open_file(path, None, path)
         folder = self._folder(folders, path, "loading")
         if folder is None:
             return None, None, path
         with folder:
-            try:  # a folder used by its name (the root) names the entry's path, joined already
-                fd = os.open(name if folder.fd is not None else path, _OPEN_FOR_READING, dir_fd=folder.fd)
-            except IsADirectoryError:  # Windows, which cannot open folders
+            return self._open_file(folder.at(name), folder.fd, path)
+
+    def _open_file(self, name: str, dir_fd: int | None,
+                   path: str) -> tuple[int, os.stat_result, str] | tuple[None, None, str]:
+        try:
+            fd = os.open(name, _OPEN_FOR_READING, dir_fd=dir_fd)
+        except IsADirectoryError:  # Windows, which cannot open folders
+            return None, None, path
+        except OSError as exc:
+            if _is_missing(exc):
                 return None, None, path
-            except OSError as exc:
-                if _is_missing(exc):
-                    return None, None, path
-                if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
-                    self._not_a_file(path, "a socket or an absent device")
-                    return None, None, path
-                raise self._os_error(exc, "loading", path) from exc
+            if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
+                self._not_a_file(path, "a socket or an absent device")
+                return None, None, path
+            raise self._os_error(exc, "loading", path) from exc
         try:
             found = os.fstat(fd)
             if not S_ISREG(found.st_mode):

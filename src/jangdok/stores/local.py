@@ -197,8 +197,8 @@ class LocalStore(Store):
         # A random suffix keeps concurrent writers (and deleters) out of each other's files.
         return f"{TEMP_MARKER}{secrets.token_hex(8)}"
 
-    def _open_entry(self, key: str) -> tuple[int, os.stat_result, str] | tuple[None, None, str]:
-        """A descriptor of the entry's file, opened for reading, and what ``fstat`` said of it
+    def _open_entry(self, key: str) -> tuple[tuple[int, os.stat_result] | None, str]:
+        """A descriptor of the entry's file, opened for reading, with what ``fstat`` said of it
         (``None`` where there is no entry: missing, a folder, a dangling link or a link loop, or
         anything but a regular file), and its path.
 
@@ -211,22 +211,21 @@ class LocalStore(Store):
             return self._open_file(path, None, path)
         folder = self._folder(folders, path, "loading")
         if folder is None:
-            return None, None, path
+            return None, path
         with folder:
             return self._open_file(folder.at(name), folder.fd, path)
 
-    def _open_file(self, name: str, dir_fd: int | None,
-                   path: str) -> tuple[int, os.stat_result, str] | tuple[None, None, str]:
+    def _open_file(self, name: str, dir_fd: int | None, path: str) -> tuple[tuple[int, os.stat_result] | None, str]:
         try:
             fd = os.open(name, _OPEN_FOR_READING, dir_fd=dir_fd)
         except IsADirectoryError:  # Windows, which cannot open folders
-            return None, None, path
+            return None, path
         except OSError as exc:
             if _is_missing(exc):
-                return None, None, path
+                return None, path
             if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
                 self._not_a_file(path, "a socket or an absent device")
-                return None, None, path
+                return None, path
             raise self._os_error(exc, "loading", path) from exc
         try:
             found = os.fstat(fd)
@@ -234,10 +233,10 @@ class LocalStore(Store):
                 if not S_ISDIR(found.st_mode):  # a folder is not an entry either, but nothing odd
                     self._not_a_file(path, _file_kind(found.st_mode))
                 os.close(fd)
-                return None, None, path
+                return None, path
             if _NON_BLOCKING:
                 os.set_blocking(fd, True)
-            return fd, found, path
+            return (fd, found), path
         except OSError as exc:
             os.close(fd)
             raise self._os_error(exc, "loading", path) from exc
@@ -248,9 +247,10 @@ class LocalStore(Store):
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
         check_range(start, stop)
-        fd, found, path = self._open_entry(key)
-        if fd is None:
+        opened, path = self._open_entry(key)
+        if opened is None:
             return None
+        fd, found = opened
         try:
             return _FileReader(key, fd, found, start, stop, lambda exc: self._os_error(exc, "loading", path))
         except OSError as exc:
@@ -262,9 +262,10 @@ class LocalStore(Store):
         the view stay in this process. The map keeps the file it was made from, so it stays valid
         after the entry is replaced or deleted (this store never changes a file in place; a file
         truncated by hand under a map would make touching the lost pages fail with SIGBUS)."""
-        fd, found, path = self._open_entry(key)
-        if fd is None:
+        opened, path = self._open_entry(key)
+        if opened is None:
             return None
+        fd, found = opened
         try:
             info = _object_info(key, found)
             if found.st_size == 0:  # mmap cannot map 0 bytes

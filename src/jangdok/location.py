@@ -239,7 +239,7 @@ class Location:
 
     def path(self, key: str) -> str:
         """The full path of a key as users see it in logs and listings."""
-        if self.kind == "s3":
+        if self.is_s3:
             return f"s3://{self.root}/{self.object_key(key)}"
         return _local_path(self.root, key)
 

@@ -289,6 +289,29 @@ def test_unicode_forms_of_a_key_are_one_entry(cache: Cache) -> None:
     assert cache.stat(nfd).key == "김치.pkl" and cache.delete(nfd) is True
 
 
+def test_a_key_is_remembered_only_once_it_passed_its_checks(cache: Cache) -> None:
+    """A key is checked once where it enters and then remembered: a refused key is refused on
+    every call, and nothing that is not a str gets past the check by comparing equal to one."""
+    import unicodedata
+
+    class Lookalike:
+        def __hash__(self) -> int:
+            return hash("good.pkl")
+
+        def __eq__(self, other: object) -> bool:
+            return True
+
+    cache.put("good.pkl", "value")
+    for bad in ("../escape.pkl", "", "a//b.pkl", ".jangdok/x", b"good.pkl", ["good.pkl"], 5, Lookalike()):
+        for _ in range(2):
+            with pytest.raises(InvalidKey):
+                cache.get(bad)  # type: ignore[arg-type]
+    nfd = unicodedata.normalize("NFD", "김치.pkl")
+    cache.put(nfd, "kimchi")
+    for _ in range(2):
+        assert cache.get(nfd) == "kimchi" and cache.get("김치.pkl") == "kimchi" and cache.get("good.pkl") == "value"
+
+
 def test_an_unpicklable_value_is_refused_naming_key_and_type_and_nothing_is_written(cache: Cache) -> None:
     import threading
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import pickle
+import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import make_golden
 import pytest
+import xxhash
 from make_golden import CREATED_AT, METADATA, V2_VALUE, VALUE
 
 from jangdok import CorruptEntry, InvalidValue, UnsupportedEntry, entry
@@ -133,6 +137,49 @@ def test_an_entry_whose_size_disagrees_with_its_header_is_damage(padding: int, c
     for check in (entry.decode, entry.verify):
         with pytest.raises(CorruptEntry, match="but its header declares"):
             check(io.BytesIO(data), len(data), "k.pkl")
+
+
+def _with_header_text(data: bytes, change: Callable[[bytes], bytes]) -> bytes:
+    """``data`` with the text of its header's JSON changed, and the header hash sealed again."""
+    header = entry.read_header(io.BytesIO(data))
+    assert isinstance(header, entry.EntryHeader)
+    _, version, header_len = PREFIX.unpack_from(data)
+    text = change(data[PREFIX.size : PREFIX.size + header_len])
+    sealed = PREFIX.pack(entry.MAGIC, version, len(text)) + text
+    lead = sealed + struct.pack(">I", xxhash.xxh32_intdigest(sealed))
+    return lead + bytes(-len(lead) % entry.ALIGNMENT) + data[header.header_size :]
+
+
+@pytest.mark.parametrize(("change", "readable"), [
+    (lambda text: text + b" \n\t\r ", True),  # whitespace after the JSON, as padding adds
+    (lambda text: b" " + text, False),  # before it: no writer put any there
+    (lambda text: text + b" {}", False),  # more than whitespace after it
+    (lambda text: text.decode().encode("utf-16"), False),  # JSON headers are UTF-8
+    (lambda text: codecs.BOM_UTF8 + text, False),
+], ids=["spaces-after", "space-before", "data-after", "utf-16", "bom"])
+def test_a_header_is_utf8_json_with_only_whitespace_after_it(change: Callable[[bytes], bytes], readable: bool) -> None:
+    """Alike whether the entry is read whole and parsed in memory or its header read as a stream."""
+    data = _with_header_text((DATA / "v2_entry.jdk").read_bytes(), change)
+    for read in (lambda: entry.decode(io.BytesIO(data), len(data)),
+                 lambda: entry.decode_buffer(memoryview(bytearray(data))),
+                 lambda: entry.read_header(io.BytesIO(data), len(data))):
+        if readable:
+            read()
+        else:
+            with pytest.raises(CorruptEntry, match="header is unreadable"):
+                read()
+
+
+def test_an_entry_cut_after_its_header_hash_is_damage_in_memory_as_in_a_stream() -> None:
+    header, chunks = entry.encode("v", None, key="k.pkl")
+    data = b"".join(bytes(c) for c in chunks)
+    hashed = len(header.sealed) + 4
+    assert hashed < header.header_size
+    for cut in (hashed, hashed + 1, header.header_size - 1):
+        with pytest.raises(CorruptEntry, match="truncated"):
+            entry.decode_buffer(memoryview(bytearray(data[:cut])), "k.pkl")
+        with pytest.raises(CorruptEntry, match="truncated"):
+            entry.read_header(io.BytesIO(data[:cut]), cut)
 
 
 def test_header_size_asks_for_the_header_and_little_more() -> None:

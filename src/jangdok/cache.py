@@ -76,6 +76,7 @@ class Cache:
         self._counters = PerProcess(Counters)
         self._entries: Entries | None = None
         self._location: Location | None = None
+        self._keys: dict[str, str] = {}  # keys as given -> checked and normalised (see _key)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Cache:
@@ -135,10 +136,18 @@ class Cache:
     def _key(self, key: str) -> str:
         """A key as it enters: checked, normalised (:func:`~jangdok.location.normalize_key`), and
         checked against the location's own limits (S3 counts the prefix). Called before the
-        store is touched, so a bad key costs no request, not even the store's opening."""
-        key = normalize_key(key)
-        self.location.path(key)
-        return key
+        store is touched, so a bad key costs no request, not even the store's opening.
+
+        The check is a pure function of the key and the location, so a key that passed it is
+        remembered (up to 4096): a hot key costs one lookup, and a bad key is judged anew."""
+        checked = self._keys.get(key) if type(key) is str else None
+        if checked is None:
+            checked = normalize_key(key)
+            self.location.path(checked)
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            self._keys[key] = checked
+        return checked
 
     def _open(self) -> Store:
         return open_store(self.location, self.settings)

@@ -230,31 +230,36 @@ class Location:
             )
         return full
 
-    # Every operation checks its key's path (the store, and the cache for its logs); a hot key
-    # is checked once. Locations are immutable, and refusals are raised again, never cached.
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - locations live as long as their caches
     def local_path(self, key: str) -> str:
         """The file path of a cache key, guaranteed to lie inside the root folder.
 
         ``key`` must already be normalised (:func:`normalize_key`); a non-NFC key is refused.
         """
-        path = os.path.join(self.root, *validate_key(key))
-        # Belt and braces for platform quirks the segment rules cannot see (':' already keeps
-        # out drive-relative names like 'C:x'): the joined path must still be under the root.
-        root = os.path.abspath(self.root)
-        try:
-            inside = os.path.commonpath([root, os.path.abspath(path)]) == root
-        except ValueError:  # Windows: the key named another drive
-            inside = False
-        if not inside:
-            raise InvalidKey(f"cache key {key!r} would escape the cache folder {self.root!r}")
-        return path
+        return _local_path(self.root, key)
 
     def path(self, key: str) -> str:
         """The full path of a key as users see it in logs and listings."""
         if self.is_s3:
             return f"s3://{self.root}/{self.object_key(key)}"
-        return self.local_path(key)
+        return _local_path(self.root, key)
+
+
+# Every operation checks its key's path (the store, and the cache for its logs); a hot key is
+# checked once. Keyed by the root, not the Location: hashing a dataclass runs Python code, and
+# this is looked up several times per load. Refusals are raised again, never cached.
+@functools.lru_cache(maxsize=4096)
+def _local_path(root: str, key: str) -> str:
+    path = os.path.join(root, *validate_key(key))
+    # Belt and braces for platform quirks the segment rules cannot see (':' already keeps
+    # out drive-relative names like 'C:x'): the joined path must still be under the root.
+    absolute = os.path.abspath(root)
+    try:
+        inside = os.path.commonpath([absolute, os.path.abspath(path)]) == absolute
+    except ValueError:  # Windows: the key named another drive
+        inside = False
+    if not inside:
+        raise InvalidKey(f"cache key {key!r} would escape the cache folder {root!r}")
+    return path
 
 
 def _refuse_mistyped_s3(text: str, what: str) -> None:

@@ -18,7 +18,6 @@ fails only the MAC (and is kept).
 from __future__ import annotations
 
 import hmac
-import io
 import mmap
 import pickle
 import struct
@@ -35,7 +34,6 @@ from .header import (
     ALIGNMENT,
     CHECKSUM,
     FORMAT_VERSION,
-    PREFIX,
     ZEROS,
     BufferTable,
     EntryHeader,
@@ -45,9 +43,9 @@ from .header import (
     check_size,
     check_usable,
     header_from,
-    header_size,
     lead,
     metadata_json,
+    parse_header,
     read_header,
     read_into,
     seal,
@@ -298,12 +296,9 @@ def decode_buffer(view: memoryview, key: str | None = None, trust: Trust | None 
     What is verified is what is loaded, so with signing keys in ``trust`` the view must be this
     process's own memory: a view of a file another process can write (a memory map, even a
     private one) could change between the check and the unpickling."""
-    needed = header_size(bytes(view[: PREFIX.size]))
-    if needed is None:
+    header = parse_header(view)
+    if header is None:
         return Decoded(_load_legacy(lambda: view, view.nbytes, trust), None)
-    header = read_header(io.BytesIO(view[:needed]), view.nbytes)  # a copy of the header only
-    if not isinstance(header, EntryHeader):  # cannot happen: the magic was checked above
-        raise CorruptEntry("entry header is unreadable")
     check_usable(header, key, now)
     signature = _signature(header, trust)
     try:
@@ -365,11 +360,11 @@ def _materialize(header: EntryHeader, payload: memoryview) -> Any:
     """The value of a payload already verified against its header. The buffer table is built
     only now, and only as far as the stream refers to it."""
     stream = payload if header.stream_length is None else payload[: header.stream_length]
-    buffers = _Buffers(header, payload)
     try:
         if header.serializer == safe.NAME:
-            return safe.loads(stream, buffers)
-        return pickle.loads(stream, buffers=iter(buffers))
+            return safe.loads(stream, _Buffers(header, payload))
+        # Most small values have no buffer: nothing to build then (pickle sees none either way).
+        return pickle.loads(stream, buffers=iter(_Buffers(header, payload)) if header.stored_lengths else ())
     except JangdokError:  # from the buffers: one the table misplaces, or that expands too much
         raise
     except _READER_LIMITS as exc:

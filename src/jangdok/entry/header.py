@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import operator
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,7 +45,7 @@ from . import safe
 from .limits import MAX_NESTING, check_containers, container_padding, cut, json_problem, shown
 from .signing import MAC_ALGORITHM, MAC_CHUNK, MAX_MAC_CHUNK, MIN_MAC_CHUNK
 
-__all__ = ["EntryHeader", "ForeignEntry", "ExpiredEntry", "read_header", "header_size", "check_key",
+__all__ = ["EntryHeader", "ForeignEntry", "ExpiredEntry", "read_header", "parse_header", "header_size", "check_key",
            "check_size", "time_problem", "keys_match", "FORMAT_VERSION", "MAGIC", "MAX_METADATA_BYTES",
            "HEADER_PROBE_BYTES", "ALIGNMENT"]
 
@@ -431,6 +432,15 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number JSON allows")  # writers never write NaN or Infinity
 
 
+# Made once: json.loads with an option builds a decoder (and its scanner) on every call.
+_JSON = json.JSONDecoder(parse_constant=_no_constant)
+# What this version reads in a header's serializer, compression, checksum and signature fields.
+_KNOWN_FIELDS = ("serializer", "compression", "checksum", "signature")
+_KNOWN = (frozenset(SERIALIZERS), frozenset({"none", "zstd"}), frozenset({CHECKSUM}), frozenset({None, MAC_ALGORITHM}))
+# Format 1 never compressed; a v1 header that says so is not one this code wrote.
+_KNOWN_IN_FORMAT_1 = (frozenset({"pickle"}), frozenset({"none"}), *_KNOWN[2:])
+
+
 def _of(value: Any, kind: type, name: str) -> Any:
     if not isinstance(value, kind):
         raise TypeError(f"{name} {shown(value)} is a {type(value).__name__}, not a {kind.__name__}")
@@ -467,6 +477,34 @@ def read_header(reader: Stream, size: int | None = None) -> EntryHeader | bytes:
         if MAGIC.startswith(bytes(start)) and start:
             raise CorruptEntry(f"entry is truncated inside its header ({len(start)} bytes)")
         return bytes(start)
+    version, header_len = _prefix(bytes(start), size)
+    rest = _read_exactly(reader, header_len + HEADER_HASH.size)
+    return _header(bytes(start), rest, version, lambda length: _read_exactly(reader, length))
+
+
+def parse_header(view: memoryview) -> EntryHeader | None:
+    """The header of an entry held whole in memory, parsed and checked as :func:`read_header`
+    does from a stream, copying only the header's own bytes; ``None`` if the entry does not
+    start with a complete prefix and the magic (a legacy plain pickle)."""
+    start = bytes(view[: PREFIX.size])
+    if len(start) < PREFIX.size or not start.startswith(MAGIC):
+        return None
+    version, header_len = _prefix(start, view.nbytes)
+    parsed = PREFIX.size + header_len + HEADER_HASH.size
+    return _header(start, _taken(view, PREFIX.size, parsed), version,
+                   lambda length: _taken(view, parsed, parsed + length))
+
+
+def _taken(view: memoryview, begin: int, end: int) -> memoryview:
+    """``view[begin:end]``, or CorruptEntry as a stream that ends early says it."""
+    piece = view[begin:end]
+    if piece.nbytes < end - begin:
+        raise CorruptEntry(f"entry is truncated: expected {end - begin} bytes, found {piece.nbytes}")
+    return piece
+
+
+def _prefix(start: bytes, size: int | None) -> tuple[int, int]:
+    """The format version and JSON header length a prefix declares, checked against ``size``."""
     _, version, header_len = PREFIX.unpack(start)
     room = _MAX_HEADER_BYTES
     if size is not None:
@@ -479,38 +517,45 @@ def read_header(reader: Stream, size: int | None = None) -> EntryHeader | bytes:
         raise UnsupportedEntry(
             f"entry uses format version {version}; this jangdok reads up to {FORMAT_VERSION}: upgrade jangdok"
         )
-    rest = _read_exactly(reader, header_len + HEADER_HASH.size)
+    return version, header_len
+
+
+def _header(start: bytes, rest: bytearray | memoryview, version: int,
+            read_lead: Callable[[int], bytearray | memoryview]) -> EntryHeader:
+    """The header from its prefix and what follows it (the JSON and its hash); ``read_lead(n)``
+    gives the ``n`` bytes after those (the MAC and the padding)."""
+    header_len = len(rest) - HEADER_HASH.size
     header_json = bytes(rest[:header_len])
     (expected,) = HEADER_HASH.unpack_from(rest, header_len)
-    if xxhash.xxh32_intdigest(bytes(start) + header_json) != expected:
+    sealed = start + header_json
+    if xxhash.xxh32_intdigest(sealed) != expected:
         raise CorruptEntry("entry header checksum mismatch")
-    parsed = PREFIX.size + header_len + HEADER_HASH.size
+    parsed = len(sealed) + HEADER_HASH.size
     check_containers(header_json, "entry header")
     try:
-        fields = _of(json.loads(header_json, parse_constant=_no_constant), dict, "the header")
+        # UTF-8, as every writer wrote it (json.loads would also guess UTF-16 and -32 from NULs),
+        # and no whitespace before it: only after it, where padding goes.
+        text = header_json.decode("utf-8", "surrogatepass")
+        fields, end = _JSON.raw_decode(text)
+        if text[end:].strip(" \t\n\r"):
+            raise ValueError(f"its JSON is followed by more than spaces, at character {end}")
+        fields = _of(fields, dict, "the header")
         mac_length = _count(fields.get("mac_length", 0), "mac_length") if version >= 2 else 0
         if mac_length > _MAX_MAC_BYTES:
             raise ValueError(f"mac_length {mac_length} is out of range")
         lead_size = align(parsed + mac_length) if version >= 2 else parsed
-        mac = bytes(_read_exactly(reader, lead_size - parsed)[:mac_length]) if lead_size > parsed else b""
-        header = header_from(version, fields, lead_size, mac, bytes(start) + header_json)
+        mac = bytes(read_lead(lead_size - parsed)[:mac_length]) if lead_size > parsed else b""
+        header = header_from(version, fields, lead_size, mac, sealed)
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         raise CorruptEntry(f"entry header is unreadable: {cut(str(exc))}") from exc
     except MemoryError as exc:  # this reader's limit, not damage: kept for others
         raise UnsupportedEntry(f"entry header of {header_len:,} bytes could not be parsed here: not enough "
                                "memory; it was kept") from exc
-    unknown = [
-        f"{name} {shown(value)}"
-        for name, value, known in (
-            ("serializer", header.serializer, set(SERIALIZERS) if header.version >= 2 else {"pickle"}),
-            # Format 1 never compressed; a v1 header that says so is not one this code wrote.
-            ("compression", header.compression, {"none", "zstd"} if header.version >= 2 else {"none"}),
-            ("checksum", header.checksum, {CHECKSUM}),
-            ("signature", header.mac_algorithm, {None, MAC_ALGORITHM}),
-        )
-        if value not in known
-    ]
-    if unknown:
+    values = (header.serializer, header.compression, header.checksum, header.mac_algorithm)
+    known = _KNOWN if header.version >= 2 else _KNOWN_IN_FORMAT_1
+    if not all(map(operator.contains, known, values)):
+        unknown = [f"{name} {shown(value)}" for name, value, allowed in zip(_KNOWN_FIELDS, values, known, strict=True)
+                   if value not in allowed]
         raise UnsupportedEntry(f"entry uses {', '.join(unknown)}, unknown to this jangdok: upgrade jangdok")
     return header
 

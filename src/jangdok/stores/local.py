@@ -41,7 +41,6 @@ No ``OSError`` leaves this module: failures become :mod:`jangdok.errors` types n
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import mmap
 import os
@@ -50,7 +49,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from stat import S_IFMT, S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
-from typing import cast
 
 from ..errors import AccessDenied, InvalidKey, StoreUnavailable
 from ..folders import Folder, open_folder
@@ -82,6 +80,8 @@ _OPEN_FOR_READING = (os.O_RDONLY | _NON_BLOCKING | getattr(os, "O_NOCTTY", 0) | 
 # O_EXCL creates a new file, never opening what a name (or a link there) already holds.
 _CREATE_FOR_WRITING = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
                        | getattr(os, "O_BINARY", 0))
+# Reads land in the caller's buffer with readv (POSIX); elsewhere with a read and a copy.
+_READV = hasattr(os, "readv")
 
 
 def _file_kind(mode: int) -> str:
@@ -107,30 +107,40 @@ def _is_missing(exc: OSError) -> bool:
 
 
 class _FileReader(Reader):
-    """A file limited to ``[start, stop)``, so local and S3 range reads behave the same."""
+    """A file limited to ``[start, stop)``, so local and S3 range reads behave the same.
 
-    def __init__(self, key: str, file: io.BufferedIOBase | io.RawIOBase, start: int, stop: int | None,
+    It reads the descriptor itself, straight into the caller's buffer (a small entry whole, in
+    one call): a file object on it would add a buffer, a copy, and system calls to set them up."""
+
+    def __init__(self, key: str, fd: int, found: os.stat_result, start: int, stop: int | None,
                  error: Callable[[OSError], Exception]) -> None:
-        super().__init__()
-        self._file = file
+        self._fd = fd
         self._error = error
-        self.info = _object_info(key, os.fstat(file.fileno()))
+        self.info = _object_info(key, found)
         end = self.info.size if stop is None else min(stop, self.info.size)
         self.size = max(0, end - start)
         self._remaining = self.size
-        file.seek(start)
+        if start:
+            os.lseek(fd, start, os.SEEK_SET)
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")[: self._remaining]
         try:
-            count = self._file.readinto(view)
+            if _READV:
+                count = os.readv(self._fd, [view])
+            else:  # Windows: a read, and a copy
+                data = os.read(self._fd, view.nbytes)
+                count = len(data)
+                view[:count] = data
         except OSError as exc:  # a failing disk: the caller sees a store error, never short data
             raise self._error(exc) from exc
         self._remaining -= count
         return count
 
     def close(self) -> None:
-        self._file.close()
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
         super().close()
 
 
@@ -187,41 +197,46 @@ class LocalStore(Store):
         # A random suffix keeps concurrent writers (and deleters) out of each other's files.
         return f"{TEMP_MARKER}{secrets.token_hex(8)}"
 
-    def _open_entry(self, key: str, buffering: int = -1) -> tuple[io.BufferedIOBase | io.RawIOBase | None, str]:
-        """The entry's file opened for reading (``None`` where there is no entry: missing, a
-        folder, a dangling link or a link loop, or anything but a regular file), and its path.
+    def _open_entry(self, key: str) -> tuple[tuple[int, os.stat_result] | None, str]:
+        """A descriptor of the entry's file, opened for reading, with what ``fstat`` said of it
+        (``None`` where there is no entry: missing, a folder, a dangling link or a link loop, or
+        anything but a regular file), and its path.
 
         Anyone who can write the folder can plant a FIFO, a device or a socket under an entry's
         name. Opening is non-blocking (a FIFO without a writer would block ``open`` forever,
         and a read of it until one appears), and what was opened is judged by ``fstat`` of the
         descriptor itself, so nothing can be swapped in between."""
         path, folders, name = self._names(key)
+        if not folders:  # in the root, which is reached by its name: no folder to walk
+            return self._open_file(path, None, path)
         folder = self._folder(folders, path, "loading")
         if folder is None:
             return None, path
         with folder:
-            try:
-                fd = os.open(folder.at(name), _OPEN_FOR_READING, dir_fd=folder.fd)
-            except IsADirectoryError:  # Windows, which cannot open folders
-                return None, path
-            except OSError as exc:
-                if _is_missing(exc):
-                    return None, path
-                if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
-                    self._not_a_file(path, "a socket or an absent device")
-                    return None, path
-                raise self._os_error(exc, "loading", path) from exc
+            return self._open_file(folder.at(name), folder.fd, path)
+
+    def _open_file(self, name: str, dir_fd: int | None, path: str) -> tuple[tuple[int, os.stat_result] | None, str]:
         try:
-            mode = os.fstat(fd).st_mode
-            if not S_ISREG(mode):
-                if not S_ISDIR(mode):  # a folder is not an entry either, but nothing odd
-                    self._not_a_file(path, _file_kind(mode))
+            fd = os.open(name, _OPEN_FOR_READING, dir_fd=dir_fd)
+        except IsADirectoryError:  # Windows, which cannot open folders
+            return None, path
+        except OSError as exc:
+            if _is_missing(exc):
+                return None, path
+            if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
+                self._not_a_file(path, "a socket or an absent device")
+                return None, path
+            raise self._os_error(exc, "loading", path) from exc
+        try:
+            found = os.fstat(fd)
+            if not S_ISREG(found.st_mode):
+                if not S_ISDIR(found.st_mode):  # a folder is not an entry either, but nothing odd
+                    self._not_a_file(path, _file_kind(found.st_mode))
                 os.close(fd)
                 return None, path
             if _NON_BLOCKING:
                 os.set_blocking(fd, True)
-            # A FileIO unbuffered, else a BufferedReader: typeshed says only BinaryIO.
-            return cast("io.BufferedIOBase | io.RawIOBase", os.fdopen(fd, "rb", buffering=buffering)), path
+            return (fd, found), path
         except OSError as exc:
             os.close(fd)
             raise self._os_error(exc, "loading", path) from exc
@@ -232,13 +247,14 @@ class LocalStore(Store):
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
         check_range(start, stop)
-        file, path = self._open_entry(key)
-        if file is None:
+        opened, path = self._open_entry(key)
+        if opened is None:
             return None
+        fd, found = opened
         try:
-            return _FileReader(key, file, start, stop, lambda exc: self._os_error(exc, "loading", path))
+            return _FileReader(key, fd, found, start, stop, lambda exc: self._os_error(exc, "loading", path))
         except OSError as exc:
-            file.close()
+            os.close(fd)
             raise self._os_error(exc, "loading", path) from exc
 
     def map(self, key: str) -> tuple[memoryview, ObjectInfo] | None:
@@ -246,23 +262,22 @@ class LocalStore(Store):
         the view stay in this process. The map keeps the file it was made from, so it stays valid
         after the entry is replaced or deleted (this store never changes a file in place; a file
         truncated by hand under a map would make touching the lost pages fail with SIGBUS)."""
-        file, path = self._open_entry(key, buffering=0)
-        if file is None:
+        opened, path = self._open_entry(key)
+        if opened is None:
             return None
-        with file:
-            try:
-                result = os.fstat(file.fileno())
-                if not S_ISREG(result.st_mode):
-                    return None
-                info = _object_info(key, result)
-                if result.st_size == 0:  # mmap cannot map 0 bytes
-                    return memoryview(bytearray()), info
-                mapped = mmap.mmap(file.fileno(), result.st_size, access=mmap.ACCESS_COPY, **_MAP_OPTIONS)
-            except OSError as exc:
-                raise self._os_error(exc, "loading", path) from exc
-            except ValueError as exc:  # truncated by hand between fstat and mmap
-                raise StoreUnavailable(f"Local error loading {path}: the file shrank while being mapped ({exc}); "
-                                       "something outside the cache is writing to it") from exc
+        fd, found = opened
+        try:
+            info = _object_info(key, found)
+            if found.st_size == 0:  # mmap cannot map 0 bytes
+                return memoryview(bytearray()), info
+            mapped = mmap.mmap(fd, found.st_size, access=mmap.ACCESS_COPY, **_MAP_OPTIONS)
+        except OSError as exc:
+            raise self._os_error(exc, "loading", path) from exc
+        except ValueError as exc:  # truncated by hand between fstat and mmap
+            raise StoreUnavailable(f"Local error loading {path}: the file shrank while being mapped ({exc}); "
+                                   "something outside the cache is writing to it") from exc
+        finally:
+            os.close(fd)
         return memoryview(mapped), info
 
     def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> str:

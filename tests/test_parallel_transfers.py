@@ -180,3 +180,21 @@ def test_a_batch_of_large_entries_shares_one_budget_of_helpers(stored: Cache, se
     # Three loads at a time, and at most three helpers between them: not three helpers each.
     assert proxy.most_open <= 6
     assert _transfer_threads() == []
+
+
+def test_each_range_is_retried_on_its_own_budget(stored: Cache, seaweed: Any, s3_url: str,
+                                                 proxy: FaultProxy) -> None:
+    # One connection per range (each cut right after its body), then a 503 for the third range:
+    # retried as any lone request is, however many ranges went before it.
+    proxy.faults.extend([("cut", MIN_PART_SIZE)] * 3 + [("status", 503, "SlowDown")])
+    with _cache(seaweed, s3_url, proxy.endpoint, concurrency=1, max_attempts=3) as cache:
+        with cache.store.read("big.pkl") as reader:
+            whole = memoryview(bytearray(reader.size))
+            first = 0
+            while first < MIN_PART_SIZE:  # the first response, read up: the ranges do the rest
+                first += reader.readinto(whole[first:MIN_PART_SIZE])
+            assert reader.fill is not None
+            assert reader.fill(whole[first:]) == reader.size - first
+    assert "status 503 SlowDown" in proxy.fired
+    assert bytes(whole) == seaweed.client().get_object(Bucket=BUCKET, Key=cache.store.location.object_key(
+        "big.pkl"))["Body"].read()

@@ -26,6 +26,7 @@ from ..base import ObjectInfo, Reader
 from .translate import MISSING_CODES, ShortBody, error_code
 
 if TYPE_CHECKING:
+    from ...retry import RetryBudget
     from .store import S3Store
 
 __all__ = ["ObjectReader", "range_start_and_total", "BODY_READ_SIZE"]
@@ -91,16 +92,22 @@ class ObjectReader(Reader):
             self._body.close()
             self._body = None
 
-    def _request(self, start: int, stop: int) -> dict[str, Any]:
-        """A GET of bytes ``[start, stop)`` of the version this reader reads; ObjectChanged if
-        the object was replaced or removed since."""
+    def _request(self, start: int, stop: int, budget: RetryBudget | None = None,
+                 stopped: threading.Event | None = None) -> dict[str, Any]:
+        """A GET of bytes ``[start, stop)`` of the version this reader reads, retried on
+        ``budget`` (default: this reader's) until ``stopped`` (default: this reader's) is set;
+        ObjectChanged if the object was replaced or removed since."""
         path = self._store.path(self._key)
         version = self.info.version
         if not version:
             raise StoreUnavailable(f"S3 error loading {path}: the server gave no ETag, so the rest of the object "
                                    "cannot be pinned to the version read so far; load it again")
 
+        stopped = stopped or self._stopped
+
         def get() -> dict[str, Any]:
+            if stopped is not None and stopped.is_set():
+                raise _Stopped
             try:
                 return self._store.get_object(self._key, start, stop, if_match=version)
             except bce.ClientError as exc:
@@ -111,7 +118,7 @@ class ObjectReader(Reader):
                                         "load it again") from exc
                 raise
 
-        response = self._store.call("loading", self._key, get, self._budget)
+        response = self._store.call("loading", self._key, get, budget or self._budget)
         if (response.get("ETag") or "") != version:  # a server that ignores If-Match
             response["Body"].close()
             raise ObjectChanged(f"S3 error loading {path}: the object was replaced while it was being read "
@@ -228,9 +235,10 @@ class ObjectReader(Reader):
         return want
 
     def _fetch_range(self, target: memoryview, start: int, stopped: threading.Event) -> None:
-        if stopped.is_set():
-            raise _Stopped
-        response = self._request(start, start + target.nbytes)
+        # Each range is retried as a lone request would be: on its own budget, not on one
+        # shared by every range of the fill (whose attempts would add up, and whose clock would
+        # run from the first range), and never after the fill was abandoned.
+        response = self._request(start, start + target.nbytes, self._store.policy.budget(), stopped)
         piece = ObjectReader(self._store, self._key, response, start, start + target.nbytes)
         piece._stopped = stopped
         with piece:

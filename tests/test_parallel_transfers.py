@@ -198,3 +198,51 @@ def test_each_range_is_retried_on_its_own_budget(stored: Cache, seaweed: Any, s3
     assert "status 503 SlowDown" in proxy.fired
     assert bytes(whole) == seaweed.client().get_object(Bucket=BUCKET, Key=cache.store.location.object_key(
         "big.pkl"))["Body"].read()
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, ValueError])
+def test_a_callback_raising_mid_load_joins_every_range_and_gives_back_the_helpers(
+        stored: Cache, seaweed: Any, s3_url: str, interrupt: type[BaseException]) -> None:
+    def progress(done: int, total: int) -> None:
+        if done > MIN_PART_SIZE:  # Ctrl-C, or a bug, in the calling thread while ranges arrive
+            raise interrupt("stop")
+
+    with _cache(seaweed, s3_url, concurrency=4) as cache:
+        with pytest.raises(interrupt):
+            cache.get("big.pkl", progress=progress)
+        assert _transfer_threads() == []
+        helpers = cache.store.helpers
+        assert helpers.take(4) == 4, "every helper given back"
+        helpers.give(4)
+        assert np.array_equal(cache.get("big.pkl"), OLD)
+
+
+def test_a_stream_of_chunks_that_fails_midway_aborts_its_upload(seaweed: Any, s3_url: str, s3_prefix: str) -> None:
+    def chunks() -> Iterator[memoryview]:
+        for _ in range(3):  # parts on their way up when the stream breaks
+            yield memoryview(bytes(MIN_PART_SIZE))
+        raise ValueError("the source broke")
+
+    with _cache(seaweed, s3_url, concurrency=2) as cache:
+        with pytest.raises(ValueError, match="the source broke"):
+            cache.store.write("streamed", chunks())
+        assert cache.store.stat("streamed") is None
+        assert _transfer_threads() == []
+        assert cache.store.helpers.take(2) == 2, "every helper given back"
+    uploads = seaweed.client().list_multipart_uploads(Bucket=BUCKET, Prefix=s3_prefix).get("Uploads", [])
+    assert uploads == [], "the upload was aborted"
+
+
+@pytest.mark.parametrize("header", ["Content-Range", "Last-Modified"])
+def test_an_answer_missing_a_header_fails_the_load_and_keeps_the_entry(stored: Cache, seaweed: Any, s3_url: str,
+                                                                       proxy: FaultProxy, header: str) -> None:
+    # A proxy that strips a header S3 always sends: the load fails as a store failure, and
+    # the entry is not judged by an answer that cannot be read (a first part without its
+    # Content-Range would look like a whole entry cut short).
+    proxy.rewrite_answers(r"GET \S*big\.pkl", lambda body: body, drop=(header,))
+    with _cache(seaweed, s3_url, proxy.endpoint, concurrency=4) as cache:
+        with pytest.raises(StoreUnavailable, match=header):
+            cache.get("big.pkl")
+        assert all(tier.corrupt_deleted == 0 for tier in cache.stats().values())
+    assert any(fired.startswith("rewrote: GET") for fired in proxy.fired)
+    assert np.array_equal(stored.get("big.pkl"), OLD), "the entry is kept"

@@ -40,13 +40,20 @@ BODY_READ_SIZE = 1024 * 1024
 # is 0.5 MB at 25 MB/s per connection; 10-30 ms is 1-3 MB at S3's 85-90 MB/s).
 _SMALLEST_RANGE = 2 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
+# Headers every GET answer must have (as botocore names their fields): a reader cannot say
+# what it holds without them.
+_NEEDED = (("Content-Length", "ContentLength"), ("Last-Modified", "LastModified"))
 
 
-def range_start_and_total(response: dict[str, Any]) -> tuple[int, int]:
-    """Where a (ranged) GET response starts in the object, and the object's total size."""
+def range_start_and_total(response: dict[str, Any]) -> tuple[int, int] | None:
+    """Where a (ranged) GET response starts in the object, and the object's total size;
+    ``None`` for a partial answer (206) that does not say (no Content-Range, or an unknown
+    total), whose Content-Length is not the object's size."""
     match = _CONTENT_RANGE.match(response.get("ContentRange") or "")
     if match:
         return int(match.group(1)), int(match.group(2))
+    if response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 206:
+        return None
     return 0, int(response["ContentLength"])
 
 
@@ -70,11 +77,14 @@ class ObjectReader(Reader):
         self._body = response["Body"]
         self._budget = store.policy.budget()
         self._stopped: threading.Event | None = None
-        if "ContentLength" not in response:
+        missing = next((header for header, field in _NEEDED if field not in response), None)
+        located = None if missing else range_start_and_total(response)
+        if located is None:
             self._body.close()
-            raise StoreUnavailable(f"S3 error loading {store.path(key)}: the response has no Content-Length; "
+            raise StoreUnavailable(f"S3 error loading {store.path(key)}: the response has no "
+                                   f"{missing or 'Content-Range with the object size'}; "
                                    "is a proxy rewriting responses between here and the endpoint?")
-        begins, total = range_start_and_total(response)
+        begins, total = located
         if begins != start:
             self._body.close()
             raise StoreUnavailable(f"S3 error loading {store.path(key)}: asked for bytes from {start}, the server "
@@ -130,7 +140,8 @@ class ObjectReader(Reader):
         after the first response's."""
         log.debug("reading %s from byte %d", self._store.path(self._key), self._pos)
         response = self._request(self._pos, self._end)
-        if range_start_and_total(response)[0] != self._pos:
+        located = range_start_and_total(response)
+        if located is None or located[0] != self._pos:
             response["Body"].close()
             raise StoreUnavailable(f"S3 error loading {self._store.path(self._key)}: the server ignored the byte "
                                    "range of a resumed transfer; load it again")

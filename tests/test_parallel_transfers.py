@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -246,3 +248,28 @@ def test_an_answer_missing_a_header_fails_the_load_and_keeps_the_entry(stored: C
         assert all(tier.corrupt_deleted == 0 for tier in cache.stats().values())
     assert any(fired.startswith("rewrote: GET") for fired in proxy.fired)
     assert np.array_equal(stored.get("big.pkl"), OLD), "the entry is kept"
+
+
+_AT_EXIT = """
+import atexit, sys
+import numpy as np
+from jangdok import Cache
+
+def at_exit():  # threading's shutdown has run: a thread pool refuses new work from here on
+    with Cache(sys.argv[1], endpoint_url=sys.argv[2], part_size=5 * 2**20, concurrency=4, fallback=False) as cache:
+        cache.put("exit.pkl", np.arange(3_000_000, dtype=np.float64))
+        print(float(cache.get("exit.pkl").sum()))
+
+atexit.register(at_exit)
+"""
+
+
+def test_large_transfers_work_in_an_atexit_handler(seaweed: Any, s3_url: str, tmp_path: Any) -> None:
+    script = tmp_path / "at_exit.py"
+    script.write_text(_AT_EXIT)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": seaweed.identity[0], "AWS_SECRET_ACCESS_KEY": seaweed.identity[1],
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    done = subprocess.run([sys.executable, str(script), s3_url, seaweed.endpoint], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert float(done.stdout) == float(OLD.sum())

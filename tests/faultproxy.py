@@ -107,17 +107,19 @@ class FaultProxy:
         self._after_loss = then
         self._after_continue = after_continue
 
-    def rewrite_answers(self, request_line: str, rewrite: Callable[[bytes], bytes], status: int | None = None) -> None:
+    def rewrite_answers(self, request_line: str, rewrite: Callable[[bytes], bytes], status: int | None = None,
+                        drop: tuple[str, ...] = ()) -> None:
         """From now on, replace the body of the answer to every request whose line
         (``GET /bucket?list-type=2&prefix=...``) matches this regular expression with
         ``rewrite(body)`` (the body as the server sent it, unchunked), its Content-Length set
-        to match, and its status with ``status`` if given. Each rewrite is recorded in
-        :attr:`fired` (``"rewrote: GET /b?..."``).
+        to match, its status with ``status`` if given, and the headers named in ``drop`` removed.
+        Each rewrite is recorded in :attr:`fired` (``"rewrote: GET /b?..."``).
 
         Answers are parsed only on connections opened after the first rule, with no other
         fault: register rules before the client's first request."""
         with self._lock:
-            self._rewrites.append((re.compile(request_line.encode()), _Rewrite(rewrite, status)))
+            dropped = frozenset(name.lower().encode() for name in drop)
+            self._rewrites.append((re.compile(request_line.encode()), _Rewrite(rewrite, status, dropped)))
 
     def _rewrite_for(self, request_line: bytes) -> _Rewrite | None:
         with self._lock:
@@ -345,6 +347,7 @@ class _HeaderFilter:
 class _Rewrite:
     body: Callable[[bytes], bytes]
     status: int | None
+    drop: frozenset[bytes] = frozenset()
 
 
 class _Answers:
@@ -427,8 +430,8 @@ class _Answers:
                 body = rewrite.body(body)
                 if rewrite.status is not None:
                     status_line = b"HTTP/1.1 %d Rewritten" % rewrite.status
-                kept = [line for line in lines
-                        if line.split(b":", 1)[0].strip().lower() not in (b"content-length", b"transfer-encoding")]
+                kept = [line for line in lines if line.split(b":", 1)[0].strip().lower()
+                        not in (b"content-length", b"transfer-encoding", *rewrite.drop)]
                 self._fire(f"rewrote: {request_line.rsplit(b' ', 1)[0].decode()}")
                 self._client.sendall(b"\r\n".join([status_line, *kept, b"Content-Length: %d" % len(body)])
                                      + _HEADERS_END + body)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -180,3 +182,94 @@ def test_a_batch_of_large_entries_shares_one_budget_of_helpers(stored: Cache, se
     # Three loads at a time, and at most three helpers between them: not three helpers each.
     assert proxy.most_open <= 6
     assert _transfer_threads() == []
+
+
+def test_each_range_is_retried_on_its_own_budget(stored: Cache, seaweed: Any, s3_url: str,
+                                                 proxy: FaultProxy) -> None:
+    # One connection per range (each cut right after its body), then a 503 for the third range:
+    # retried as any lone request is, however many ranges went before it.
+    proxy.faults.extend([("cut", MIN_PART_SIZE)] * 3 + [("status", 503, "SlowDown")])
+    with _cache(seaweed, s3_url, proxy.endpoint, concurrency=1, max_attempts=3) as cache:
+        with cache.store.read("big.pkl") as reader:
+            whole = memoryview(bytearray(reader.size))
+            first = 0
+            while first < MIN_PART_SIZE:  # the first response, read up: the ranges do the rest
+                first += reader.readinto(whole[first:MIN_PART_SIZE])
+            assert reader.fill is not None
+            assert reader.fill(whole[first:]) == reader.size - first
+    assert "status 503 SlowDown" in proxy.fired
+    assert bytes(whole) == seaweed.client().get_object(Bucket=BUCKET, Key=cache.store.location.object_key(
+        "big.pkl"))["Body"].read()
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, ValueError])
+def test_a_callback_raising_mid_load_joins_every_range_and_gives_back_the_helpers(
+        stored: Cache, seaweed: Any, s3_url: str, interrupt: type[BaseException]) -> None:
+    def progress(done: int, total: int) -> None:
+        if done > MIN_PART_SIZE:  # Ctrl-C, or a bug, in the calling thread while ranges arrive
+            raise interrupt("stop")
+
+    with _cache(seaweed, s3_url, concurrency=4) as cache:
+        with pytest.raises(interrupt):
+            cache.get("big.pkl", progress=progress)
+        assert _transfer_threads() == []
+        helpers = cache.store.helpers
+        assert helpers.take(4) == 4, "every helper given back"
+        helpers.give(4)
+        assert np.array_equal(cache.get("big.pkl"), OLD)
+
+
+def test_a_stream_of_chunks_that_fails_midway_aborts_its_upload(seaweed: Any, s3_url: str, s3_prefix: str) -> None:
+    def chunks() -> Iterator[memoryview]:
+        for _ in range(3):  # parts on their way up when the stream breaks
+            yield memoryview(bytes(MIN_PART_SIZE))
+        raise ValueError("the source broke")
+
+    with _cache(seaweed, s3_url, concurrency=2) as cache:
+        with pytest.raises(ValueError, match="the source broke"):
+            cache.store.write("streamed", chunks())
+        assert cache.store.stat("streamed") is None
+        assert _transfer_threads() == []
+        assert cache.store.helpers.take(2) == 2, "every helper given back"
+    uploads = seaweed.client().list_multipart_uploads(Bucket=BUCKET, Prefix=s3_prefix).get("Uploads", [])
+    assert uploads == [], "the upload was aborted"
+
+
+@pytest.mark.parametrize("header", ["Content-Range", "Last-Modified"])
+def test_an_answer_missing_a_header_fails_the_load_and_keeps_the_entry(stored: Cache, seaweed: Any, s3_url: str,
+                                                                       proxy: FaultProxy, header: str) -> None:
+    # A proxy that strips a header S3 always sends: the load fails as a store failure, and
+    # the entry is not judged by an answer that cannot be read (a first part without its
+    # Content-Range would look like a whole entry cut short).
+    proxy.rewrite_answers(r"GET \S*big\.pkl", lambda body: body, drop=(header,))
+    with _cache(seaweed, s3_url, proxy.endpoint, concurrency=4) as cache:
+        with pytest.raises(StoreUnavailable, match=header):
+            cache.get("big.pkl")
+        assert all(tier.corrupt_deleted == 0 for tier in cache.stats().values())
+    assert any(fired.startswith("rewrote: GET") for fired in proxy.fired)
+    assert np.array_equal(stored.get("big.pkl"), OLD), "the entry is kept"
+
+
+_AT_EXIT = """
+import atexit, sys
+import numpy as np
+from jangdok import Cache
+
+def at_exit():  # threading's shutdown has run: a thread pool refuses new work from here on
+    with Cache(sys.argv[1], endpoint_url=sys.argv[2], part_size=5 * 2**20, concurrency=4, fallback=False) as cache:
+        cache.put("exit.pkl", np.arange(3_000_000, dtype=np.float64))
+        print(float(cache.get("exit.pkl").sum()))
+
+atexit.register(at_exit)
+"""
+
+
+def test_large_transfers_work_in_an_atexit_handler(seaweed: Any, s3_url: str, tmp_path: Any) -> None:
+    script = tmp_path / "at_exit.py"
+    script.write_text(_AT_EXIT)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": seaweed.identity[0], "AWS_SECRET_ACCESS_KEY": seaweed.identity[1],
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    done = subprocess.run([sys.executable, str(script), s3_url, seaweed.endpoint], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert float(done.stdout) == float(OLD.sum())

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from ..base import Chunks, iter_chunks
 
-__all__ = ["ChunkFile", "Sent", "Helpers", "split_into_parts"]
+__all__ = ["ChunkFile", "Sent", "Helpers", "shutting_down", "split_into_parts"]
 
 
 class ChunkFile(io.RawIOBase):
@@ -113,18 +113,27 @@ def split_into_parts(data: Chunks, part_size: int) -> Iterator[list[memoryview]]
         yield part
 
 
+def shutting_down() -> bool:
+    """Whether the interpreter is shutting down (its main thread stopped), where thread pools
+    refuse work and Python 3.12 starts no thread: transfers then go on in the calling thread."""
+    return not threading.main_thread().is_alive()
+
+
 class Helpers:
     """The threads a process may add to its transfers beyond the callers' own: ``concurrency``
     in all, shared by every large read and write of one store, so a batch of ``concurrency``
     large entries does not multiply into ``concurrency`` squared requests. A transfer takes
     what is free (never waiting for more) and gives it back when it ends; with none free it
-    goes on in its own thread alone."""
+    goes on in its own thread alone, as it does once the interpreter is :func:`shutting_down`
+    (in an atexit handler, or a thread working on after the main thread ended)."""
 
     def __init__(self, limit: int) -> None:
         self._lock = threading.Lock()
         self._free = limit
 
     def take(self, wanted: int) -> int:
+        if shutting_down():
+            return 0
         with self._lock:
             taken = max(0, min(wanted, self._free))
             self._free -= taken

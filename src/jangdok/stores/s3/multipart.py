@@ -11,12 +11,12 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions as bce
 
-from .bodies import ChunkFile, Sent
+from .bodies import ChunkFile, Sent, shutting_down
 from .translate import error_code, quoted
 
 if TYPE_CHECKING:
@@ -58,26 +58,15 @@ def upload_in_parts(store: S3Store, key: str, parts: Iterable[list[memoryview]],
     # The calling thread only feeds and waits: one part thread stands in for it, the others
     # are borrowed from the store's helpers.
     borrowed = store.helpers.take(store.concurrency - 1)
-    workers = borrowed + 1
     try:
-        done: list[dict[str, Any]] = []
-        in_flight: dict[concurrent.futures.Future[dict[str, Any]], int] = {}
         numbered = enumerate(parts, start=1)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jangdok-part") as pool:
-            try:
-                while True:
-                    while len(in_flight) < workers and (item := next(numbered, None)) is not None:
-                        in_flight[pool.submit(upload_part, *item)] = item[0]
-                    if not in_flight:
-                        break
-                    finished, _ = concurrent.futures.wait(in_flight, timeout=_PROGRESS_INTERVAL,
-                                                          return_when=concurrent.futures.FIRST_EXCEPTION)
-                    sent.report()
-                    for future in finished:
-                        del in_flight[future]
-                        done.append(future.result())  # the first failure ends the upload
-            finally:  # on failure, the parts not started are dropped; the with joins the rest
-                pool.shutdown(wait=False, cancel_futures=True)
+        if shutting_down():  # no part thread can be had: this thread sends them, one by one
+            done = []
+            for number, part in numbered:
+                done.append(upload_part(number, part))
+                sent.report()
+        else:
+            done = _send_in_parallel(numbered, upload_part, borrowed + 1, sent)
         done.sort(key=lambda part: part["PartNumber"])
         return _complete(store, key, object_key, upload_id, done, token)
     except BaseException:
@@ -88,6 +77,31 @@ def upload_in_parts(store: S3Store, key: str, parts: Iterable[list[memoryview]],
         raise
     finally:
         store.helpers.give(borrowed)
+
+
+def _send_in_parallel(numbered: Iterator[tuple[int, list[memoryview]]],
+                      upload_part: Callable[[int, list[memoryview]], dict[str, Any]], workers: int,
+                      sent: Sent) -> list[dict[str, Any]]:
+    """Each part sent by one of ``workers`` threads, taken from ``numbered`` only as earlier
+    ones finish; on the first failure the parts not started are dropped, the rest joined."""
+    done: list[dict[str, Any]] = []
+    in_flight: dict[concurrent.futures.Future[dict[str, Any]], int] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jangdok-part") as pool:
+        try:
+            while True:
+                while len(in_flight) < workers and (item := next(numbered, None)) is not None:
+                    in_flight[pool.submit(upload_part, *item)] = item[0]
+                if not in_flight:
+                    break
+                finished, _ = concurrent.futures.wait(in_flight, timeout=_PROGRESS_INTERVAL,
+                                                      return_when=concurrent.futures.FIRST_EXCEPTION)
+                sent.report()
+                for future in finished:
+                    del in_flight[future]
+                    done.append(future.result())  # the first failure ends the upload
+        finally:  # on failure, the parts not started are dropped; the with joins the rest
+            pool.shutdown(wait=False, cancel_futures=True)
+    return done
 
 
 def _complete(store: S3Store, key: str, object_key: str, upload_id: str, parts: list[dict[str, Any]],

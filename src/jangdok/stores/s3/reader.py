@@ -26,6 +26,7 @@ from ..base import ObjectInfo, Reader
 from .translate import MISSING_CODES, ShortBody, error_code
 
 if TYPE_CHECKING:
+    from ...retry import RetryBudget
     from .store import S3Store
 
 __all__ = ["ObjectReader", "range_start_and_total", "BODY_READ_SIZE"]
@@ -41,13 +42,20 @@ BODY_READ_SIZE = 256 * 1024
 # is 0.5 MB at 25 MB/s per connection; 10-30 ms is 1-3 MB at S3's 85-90 MB/s).
 _SMALLEST_RANGE = 2 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
+# Headers every GET answer must have (as botocore names their fields): a reader cannot say
+# what it holds without them.
+_NEEDED = (("Content-Length", "ContentLength"), ("Last-Modified", "LastModified"))
 
 
-def range_start_and_total(response: dict[str, Any]) -> tuple[int, int]:
-    """Where a (ranged) GET response starts in the object, and the object's total size."""
+def range_start_and_total(response: dict[str, Any]) -> tuple[int, int] | None:
+    """Where a (ranged) GET response starts in the object, and the object's total size;
+    ``None`` for a partial answer (206) that does not say (no Content-Range, or an unknown
+    total), whose Content-Length is not the object's size."""
     match = _CONTENT_RANGE.match(response.get("ContentRange") or "")
     if match:
         return int(match.group(1)), int(match.group(2))
+    if response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 206:
+        return None
     return 0, int(response["ContentLength"])
 
 
@@ -71,11 +79,14 @@ class ObjectReader(Reader):
         self._body = response["Body"]
         self._budget = store.policy.budget()
         self._stopped: threading.Event | None = None
-        if "ContentLength" not in response:
+        missing = next((header for header, field in _NEEDED if field not in response), None)
+        located = None if missing else range_start_and_total(response)
+        if located is None:
             self._body.close()
-            raise StoreUnavailable(f"S3 error loading {store.path(key)}: the response has no Content-Length; "
+            raise StoreUnavailable(f"S3 error loading {store.path(key)}: the response has no "
+                                   f"{missing or 'Content-Range with the object size'}; "
                                    "is a proxy rewriting responses between here and the endpoint?")
-        begins, total = range_start_and_total(response)
+        begins, total = located
         if begins != start:
             self._body.close()
             raise StoreUnavailable(f"S3 error loading {store.path(key)}: asked for bytes from {start}, the server "
@@ -93,16 +104,22 @@ class ObjectReader(Reader):
             self._body.close()
             self._body = None
 
-    def _request(self, start: int, stop: int) -> dict[str, Any]:
-        """A GET of bytes ``[start, stop)`` of the version this reader reads; ObjectChanged if
-        the object was replaced or removed since."""
+    def _request(self, start: int, stop: int, budget: RetryBudget | None = None,
+                 stopped: threading.Event | None = None) -> dict[str, Any]:
+        """A GET of bytes ``[start, stop)`` of the version this reader reads, retried on
+        ``budget`` (default: this reader's) until ``stopped`` (default: this reader's) is set;
+        ObjectChanged if the object was replaced or removed since."""
         path = self._store.path(self._key)
         version = self.info.version
         if not version:
             raise StoreUnavailable(f"S3 error loading {path}: the server gave no ETag, so the rest of the object "
                                    "cannot be pinned to the version read so far; load it again")
 
+        stopped = stopped or self._stopped
+
         def get() -> dict[str, Any]:
+            if stopped is not None and stopped.is_set():
+                raise _Stopped
             try:
                 return self._store.get_object(self._key, start, stop, if_match=version)
             except bce.ClientError as exc:
@@ -113,7 +130,7 @@ class ObjectReader(Reader):
                                         "load it again") from exc
                 raise
 
-        response = self._store.call("loading", self._key, get, self._budget)
+        response = self._store.call("loading", self._key, get, budget or self._budget)
         if (response.get("ETag") or "") != version:  # a server that ignores If-Match
             response["Body"].close()
             raise ObjectChanged(f"S3 error loading {path}: the object was replaced while it was being read "
@@ -125,7 +142,8 @@ class ObjectReader(Reader):
         after the first response's."""
         log.debug("reading %s from byte %d", self._store.path(self._key), self._pos)
         response = self._request(self._pos, self._end)
-        if range_start_and_total(response)[0] != self._pos:
+        located = range_start_and_total(response)
+        if located is None or located[0] != self._pos:
             response["Body"].close()
             raise StoreUnavailable(f"S3 error loading {self._store.path(self._key)}: the server ignored the byte "
                                    "range of a resumed transfer; load it again")
@@ -230,9 +248,10 @@ class ObjectReader(Reader):
         return want
 
     def _fetch_range(self, target: memoryview, start: int, stopped: threading.Event) -> None:
-        if stopped.is_set():
-            raise _Stopped
-        response = self._request(start, start + target.nbytes)
+        # Each range is retried as a lone request would be: on its own budget, not on one
+        # shared by every range of the fill (whose attempts would add up, and whose clock would
+        # run from the first range), and never after the fill was abandoned.
+        response = self._request(start, start + target.nbytes, self._store.policy.budget(), stopped)
         piece = ObjectReader(self._store, self._key, response, start, start + target.nbytes)
         piece._stopped = stopped
         with piece:

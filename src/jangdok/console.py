@@ -90,7 +90,8 @@ class Console:
 
 class Progress:
     """A progress bar (tqdm) shown only on a terminal and only for work of ``threshold`` or more;
-    the total may come with the first update (``to(done, total)``)."""
+    the total may come with an update (``to(done, total)``). Until it does, ``to`` shows a bar
+    that counts, once the count reaches ``threshold`` (a listing that streams has no total)."""
 
     def __init__(self, console: Console, description: str, total: int | None, unit: str, threshold: int) -> None:
         self._console = console
@@ -100,8 +101,9 @@ class Progress:
         self._threshold = threshold
         self._bar: Any = None
 
-    def _shown(self) -> Any:
-        if self._bar is None and self._console.bars and self._total is not None and self._total >= self._threshold:
+    def _shown(self, done: int | None = None) -> Any:
+        size = self._total if self._total is not None else done
+        if self._bar is None and self._console.bars and size is not None and size >= self._threshold:
             from tqdm import tqdm
 
             self._bar = tqdm(total=self._total, desc=self._description, unit=self._unit,
@@ -111,8 +113,10 @@ class Progress:
     def to(self, done: int, total: int | None = None) -> None:
         if total is not None:
             self._total = total
-        bar = self._shown()
+        bar = self._shown(done)
         if bar is not None:
+            if bar.total != self._total:
+                bar.total = self._total
             bar.update(done - bar.n)
 
     def advance(self, count: int = 1) -> None:

@@ -75,12 +75,11 @@ def as_json(document: Any) -> str:
 
 
 def json_pieces(document: Any, indent: str = "") -> Iterator[str]:
-    """The text of :func:`as_json` (the same characters), piece by piece: an iterator in the
-    document is written as a list, item by item as it yields them, so a listing of any length
-    is written without being held. (Dictionaries, whose keys are strings here, are walked to
-    find iterators in them.)"""
+    """The text of :func:`as_json` (the same characters), piece by piece: an iterator, as the
+    document or as a value of it (a dictionary, whose keys are strings here), is written as a
+    list, item by item as it yields them, so a listing of any length is never held."""
     inner = indent + "  "
-    if isinstance(document, dict) and document:
+    if isinstance(document, dict) and any(isinstance(value, Iterator) for value in document.values()):
         for number, (name, value) in enumerate(document.items()):
             yield f"{',' if number else '{'}\n{inner}{json.dumps(str(name), ensure_ascii=False)}: "
             yield from json_pieces(value, inner)
@@ -88,8 +87,8 @@ def json_pieces(document: Any, indent: str = "") -> Iterator[str]:
     elif isinstance(document, Iterator):
         empty = True
         for item in document:
-            yield f"{'[' if empty else ','}\n{inner}"
-            yield from json_pieces(item, inner)
+            text = as_json(item).replace("\n", "\n" + inner)
+            yield f"{'[' if empty else ','}\n{inner}{text}"
             empty = False
         yield "[]" if empty else f"\n{indent}]"
     else:
@@ -97,11 +96,14 @@ def json_pieces(document: Any, indent: str = "") -> Iterator[str]:
 
 
 class Context:
-    def __init__(self, args: argparse.Namespace, console: Console) -> None:
+    """``cache``: the cache to work on, if not the one the arguments name (a benchmark's, whose
+    requests it counts)."""
+
+    def __init__(self, args: argparse.Namespace, console: Console, cache: Cache | None = None) -> None:
         self.args = args
         self.console = console
         self.emitted = False
-        self._cache: Cache | None = None
+        self._cache = cache
 
     @property
     def cache(self) -> Cache:

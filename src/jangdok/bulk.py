@@ -97,8 +97,9 @@ class SortedListing:
         self._held.append(item)
         self.count += 1
         if len(self._held) >= RUN:
-            self._spill(self._sort(self._held), level=0)
-            self._held = []
+            self._runs.append((0, self._written(self._sort(self._held))))
+            self._held = []  # before merging: never a run held and runs merged at once
+            self._merge_down()
 
     def extend(self, items: Iterable[ObjectInfo]) -> None:
         for item in items:
@@ -108,18 +109,21 @@ class SortedListing:
         items.sort(key=self._key, reverse=self._reverse)
         return items
 
-    def _spill(self, items: Iterable[ObjectInfo], level: int) -> None:
+    @staticmethod
+    def _written(items: Iterable[ObjectInfo]) -> IO[bytes]:
         file = tempfile.TemporaryFile()
         for chunk in batches(items, _CHUNK):
             pickle.dump([_packed(item) for item in chunk], file, protocol=pickle.HIGHEST_PROTOCOL)
         file.seek(0)
-        self._runs.append((level, file))
-        # Like a counter in base _FAN_IN: _FAN_IN runs of one level become one of the next, so
-        # every item is rewritten once per level (log of the count), and the open files stay few.
-        while len(self._runs) >= _FAN_IN and len({lvl for lvl, _ in self._runs[-_FAN_IN:]}) == 1:
+        return file
+
+    def _merge_down(self) -> None:
+        """Like a counter in base _FAN_IN: _FAN_IN runs of one level become one of the next, so
+        every item is rewritten once per level (log of the count), and the open files stay few."""
+        while len(self._runs) >= _FAN_IN and len({level for level, _ in self._runs[-_FAN_IN:]}) == 1:
             merged = self._runs[-_FAN_IN:]
             del self._runs[-_FAN_IN:]
-            self._spill(self._merge([self._read(run) for _, run in merged]), level + 1)
+            self._runs.append((merged[0][0] + 1, self._written(self._merge([self._read(run) for _, run in merged]))))
             for _, run in merged:
                 run.close()
 

@@ -74,12 +74,17 @@ class Console:
         self.err = err or sys.stderr
         self.colour = self.out.isatty() and "NO_COLOR" not in os.environ
         self.bars = self.err.isatty()
+        self.bar: Any = None
+        """The progress bar shown now, if any: lines written meanwhile go above it."""
 
     def paint(self, text: str, style: str) -> str:
         return f"\033[{_COLOURS[style]}m{text}\033[0m" if self.colour else text
 
     def line(self, text: str = "") -> None:
-        print(text, file=self.out)
+        if self.bar is not None:  # a command writing as it works (ls -l): the bar is drawn again below
+            self.bar.write(text, file=self.out)
+        else:
+            print(text, file=self.out)
 
     def problem(self, text: str) -> None:
         print(text, file=self.err)
@@ -108,6 +113,7 @@ class Progress:
 
             self._bar = tqdm(total=self._total, desc=self._description, unit=self._unit,
                              unit_scale=self._unit == "B", leave=False, file=self._console.err)
+            self._console.bar = self._bar
         return self._bar
 
     def to(self, done: int, total: int | None = None) -> None:
@@ -130,6 +136,7 @@ class Progress:
     def __exit__(self, *exc_info: object) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._console.bar = None
 
 
 class _Signals:

@@ -16,12 +16,14 @@ import os
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import batch as _batch
 from . import compute as _compute
 from . import entry, expiry
+from .bulk import SortedListing, in_order, remove
 from .entries import CLEANUP_AGE, Counters, Entries, Entry, EntryInfo, TierStats, Verdict, megabytes
 from .entry import Trust
 from .errors import InvalidValue
@@ -321,7 +323,7 @@ class Cache:
         return self.store.delete(key)
 
     def prune(self, older_than: float | None = None, max_bytes: int | None = None,
-              dry_run: bool = False, progress: entry.Progress | None = None) -> PruneReport:
+              dry_run: bool = False, progress: Callable[[int, int | None], None] | None = None) -> PruneReport:
         """Remove expired entries, entries written more than ``older_than`` seconds ago, then
         the oldest entries until the rest fit in ``max_bytes``; and crash leftovers as
         :meth:`cleanup` does. ``dry_run`` reports without removing anything.
@@ -331,43 +333,78 @@ class Cache:
         :mod:`jangdok.expiry`): a listing, plus one header read per entry whose marker is due,
         so a cache without TTLs costs a listing and nothing per entry. On a bucket, a lifecycle
         rule expiring objects by age does the ``older_than`` part without any client.
-        ``progress(done, total)`` follows the entries examined.
+
+        The entries are listed once and judged as they come, and removed in batches as they
+        are judged (S3: 1000 per request where the server keeps each to its listed version,
+        else ``concurrency`` versioned deletes at a time), so memory holds a page of the
+        listing, never all of it; for ``max_bytes`` the entries kept are sorted by age in
+        bounded memory (:class:`~jangdok.bulk.SortedListing`). Only the report's list of keys
+        grows, with the entries removed. ``progress(done, None)`` follows the entries examined
+        while the listing runs (its total is not known until it ends), and ``progress(done,
+        done)`` comes once at its end.
         """
+        store, workers = self.store, self.settings.concurrency
         now = self.entries.clock()
         expired, stale_markers = self._expired(now)
-        doomed: list[ObjectInfo] = []
-        kept: list[ObjectInfo] = []
-        listed = [found for found in self.store.list() if not is_reserved(found.key)]
-        for done, found in enumerate(listed, 1):
-            old = older_than is not None and now - found.modified > older_than
-            # Expired only in the version judged: one saved again since is another entry.
-            judged = expired.get(found.key)
-            (doomed if old or (judged is not None and judged[0] == found.version) else kept).append(found)
-            if progress is not None:
-                progress(done, len(listed))
-        if max_bytes is not None:
-            kept.sort(key=lambda found: found.modified)  # the least recently written go first
-            excess = sum(found.size for found in kept) - max_bytes
-            oldest = 0
-            while oldest < len(kept) and excess > 0:
-                excess -= kept[oldest].size
-                oldest += 1
-            doomed += kept[:oldest]
+        removed: list[str] = []
+        freed = 0
+        examined = 0
+        kept_bytes = 0
+        with SortedListing(key=lambda found: found.modified) as kept:  # the least recently written first
+
+            def judged() -> Iterator[ObjectInfo]:
+                """The listed entries the rules doom; the others go to ``kept``, if a size bound needs them."""
+                nonlocal examined, kept_bytes
+                for found in store.list():
+                    if is_reserved(found.key):
+                        continue
+                    examined += 1
+                    if progress is not None:
+                        progress(examined, None)
+                    # Expired only in the version judged: one saved again since is another entry.
+                    verdict = expired.get(found.key)
+                    if (older_than is not None and now - found.modified > older_than) or (
+                            verdict is not None and verdict[0] == found.version):
+                        yield found
+                    elif max_bytes is not None:
+                        kept.add(found)
+                        kept_bytes += found.size
+
+            def oldest_beyond_bound() -> Iterator[ObjectInfo]:
+                excess = kept_bytes - (max_bytes or 0)  # nothing was kept without a bound
+                for found in kept:
+                    if excess <= 0:
+                        return
+                    excess -= found.size
+                    yield found
+
+            # The entries the rules doom, as the listing brings them; then, once it has ended
+            # and the bytes kept are known, the oldest of those kept beyond the bound.
+            for doomed in (judged(), oldest_beyond_bound()):
+                outcomes = ((found, True) for found in doomed) if dry_run else remove(store, doomed, workers)
+                with closing(outcomes):
+                    for found, gone in outcomes:
+                        if gone:
+                            removed.append(found.key)
+                            freed += found.size
+                            # An expired entry's markers go with it; one kept (rewritten
+                            # meanwhile) keeps them for the next prune.
+                            stale_markers += expired.get(found.key, ("", []))[1]
+        if progress is not None:
+            progress(examined, examined)
         if dry_run:
-            return PruneReport(tuple(found.key for found in doomed), sum(found.size for found in doomed), 0, True)
-        gone = set(self.store.delete_many(doomed))
-        removed = [found for found in doomed if found.key in gone]
-        # An expired entry's markers go with it; one kept (rewritten meanwhile) keeps them for the next prune.
-        self.store.delete_many([*stale_markers, *(marker for key in gone for marker in expired.get(key, ("", []))[1])])
-        freed = sum(found.size for found in removed)
+            return PruneReport(tuple(removed), freed, 0, True)
+        for _ in remove(store, stale_markers, workers):
+            pass
         leftovers = self.cleanup(CLEANUP_AGE)
         log.info("prune removed %d entries (%s) and %d leftover(s) under %s", len(removed), megabytes(freed),
                  leftovers, self.store.location.url)
-        return PruneReport(tuple(found.key for found in removed), freed, leftovers, False)
+        return PruneReport(tuple(removed), freed, leftovers, False)
 
     def _expired(self, now: float) -> tuple[dict[str, tuple[str, list[ObjectInfo]]], list[ObjectInfo]]:
         """The keys whose entries have expired, with the version judged and their due markers;
-        and the due markers that are stale."""
+        and the due markers that are stale. The entries' headers are read ``concurrency`` at a
+        time."""
         due: dict[str, list[ObjectInfo]] = {}
         stale: list[ObjectInfo] = []
         for found in expiry.due_markers(self.store, now):
@@ -375,13 +412,18 @@ class Cache:
                 stale.append(found.marker)
             else:
                 due.setdefault(found.key, []).append(found.marker)
+        entries = self.entries
+
+        def judge(key: str) -> tuple[str, EntryInfo | None]:
+            return key, entries.info(key, repair=False)  # prune judges expiry; reads judge damage
+
         expired: dict[str, tuple[str, list[ObjectInfo]]] = {}
-        for key, markers in due.items():
-            info = self.entries.info(key, repair=False)  # prune judges expiry; reads judge damage
-            if info is not None and info.expires_at is not None and info.expires_at <= now:
-                expired[key] = (info.object_version, markers)
-            else:  # gone, or rewritten without a TTL or with a later one (and a marker not yet due)
-                stale += markers
+        with closing(in_order(judge, due, self.settings.concurrency)) as judged:
+            for key, info in judged:
+                if info is not None and info.expires_at is not None and info.expires_at <= now:
+                    expired[key] = (info.object_version, due[key])
+                else:  # gone, or rewritten without a TTL or with a later one (and a marker not yet due)
+                    stale += due[key]
         return expired, stale
 
     def cleanup(self, older_than: float = CLEANUP_AGE) -> int:

@@ -74,12 +74,17 @@ class Console:
         self.err = err or sys.stderr
         self.colour = self.out.isatty() and "NO_COLOR" not in os.environ
         self.bars = self.err.isatty()
+        self.bar: Any = None
+        """The progress bar shown now, if any: lines written meanwhile go above it."""
 
     def paint(self, text: str, style: str) -> str:
         return f"\033[{_COLOURS[style]}m{text}\033[0m" if self.colour else text
 
     def line(self, text: str = "") -> None:
-        print(text, file=self.out)
+        if self.bar is not None:  # a command writing as it works (ls -l): the bar is drawn again below
+            self.bar.write(text, file=self.out)
+        else:
+            print(text, file=self.out)
 
     def problem(self, text: str) -> None:
         print(text, file=self.err)
@@ -90,7 +95,8 @@ class Console:
 
 class Progress:
     """A progress bar (tqdm) shown only on a terminal and only for work of ``threshold`` or more;
-    the total may come with the first update (``to(done, total)``)."""
+    the total may come with an update (``to(done, total)``). Until it does, ``to`` shows a bar
+    that counts, once the count reaches ``threshold`` (a listing that streams has no total)."""
 
     def __init__(self, console: Console, description: str, total: int | None, unit: str, threshold: int) -> None:
         self._console = console
@@ -100,19 +106,23 @@ class Progress:
         self._threshold = threshold
         self._bar: Any = None
 
-    def _shown(self) -> Any:
-        if self._bar is None and self._console.bars and self._total is not None and self._total >= self._threshold:
+    def _shown(self, done: int | None = None) -> Any:
+        size = self._total if self._total is not None else done
+        if self._bar is None and self._console.bars and size is not None and size >= self._threshold:
             from tqdm import tqdm
 
             self._bar = tqdm(total=self._total, desc=self._description, unit=self._unit,
                              unit_scale=self._unit == "B", leave=False, file=self._console.err)
+            self._console.bar = self._bar
         return self._bar
 
     def to(self, done: int, total: int | None = None) -> None:
         if total is not None:
             self._total = total
-        bar = self._shown()
+        bar = self._shown(done)
         if bar is not None:
+            if bar.total != self._total:
+                bar.total = self._total
             bar.update(done - bar.n)
 
     def advance(self, count: int = 1) -> None:
@@ -126,6 +136,7 @@ class Progress:
     def __exit__(self, *exc_info: object) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._console.bar = None
 
 
 class _Signals:

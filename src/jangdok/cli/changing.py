@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import asdict
 
+from ..bulk import SortedListing, remove
 from ..cache import PruneReport
 from ..console import human_size
-from ..location import is_reserved
+from ..stores import ObjectInfo
 from .context import (
     EXIT_MISSING,
     EXIT_OK,
@@ -15,6 +18,7 @@ from .context import (
     Context,
     Failure,
     confirmed,
+    listed,
     plural,
 )
 
@@ -45,25 +49,49 @@ def cmd_rm(ctx: Context) -> int:
 
 def _rm_prefix(ctx: Context, prefix: str) -> int:
     """Every entry under a prefix, in the version listed: one listing request and one batch
-    delete per 1000 entries (where the store has batches), so an entry rewritten since the
-    listing is kept."""
+    delete per 1000 entries (where the store has batches; else ``concurrency`` versioned
+    deletes at a time), so an entry rewritten since the listing is kept. The listing is kept
+    sorted in bounded memory between the question and the removal, so exactly what was asked
+    about is removed, and the keys are written as they go."""
     cache = ctx.cache
-    listed = sorted((item for item in cache.store.list(prefix) if not is_reserved(item.key)), key=lambda i: i.key)
-    if not listed:
-        raise Failure(f"no entries under prefix {prefix!r} in {cache.location.url}", EXIT_MISSING)
-    question = (f"Remove {plural(len(listed), 'entry', 'entries')} "
-                f"({human_size(sum(item.size for item in listed))}) under {prefix!r} from {cache.location.url}?")
-    agreed = confirmed(ctx, question)
-    removed = sorted(cache.store.delete_many(listed)) if agreed else []
-    kept = sorted(set(item.key for item in listed) - set(removed)) if agreed else []
-    if ctx.args.json:
-        ctx.emit({"removed": removed, "missing": [], "kept": kept})
-        return EXIT_OK
-    for key in removed:
-        ctx.console.line(f"removed {key}")
+    size = 0
+
+    def sized(items: Iterable[ObjectInfo]) -> Iterator[ObjectInfo]:
+        nonlocal size
+        for item in items:
+            size += item.size
+            yield item
+
+    with SortedListing(lambda item: item.key) as found:
+        found.extend(sized(listed(cache, prefix)))
+        if not found.count:
+            raise Failure(f"no entries under prefix {prefix!r} in {cache.location.url}", EXIT_MISSING)
+        question = (f"Remove {plural(found.count, 'entry', 'entries')} ({human_size(size)}) under {prefix!r} "
+                    f"from {cache.location.url}?")
+        agreed = confirmed(ctx, question)
+        kept: list[str] = []
+
+        def removed() -> Iterator[str]:
+            if not agreed:
+                return
+            with closing(remove(cache.store, found, cache.settings.concurrency)) as outcomes:
+                for item, gone in outcomes:
+                    if gone:
+                        yield item.key
+                    else:
+                        kept.append(item.key)
+
+        if ctx.args.json:
+            # "kept" is written after "removed" has run to its end, so it is complete by then.
+            ctx.emit({"removed": removed(), "missing": [], "kept": kept})
+            return EXIT_OK
+        count = 0
+        for key in removed():
+            ctx.console.line(f"removed {key}")
+            count += 1
     for key in kept:
         ctx.console.problem(f"kept {key}: rewritten or removed by another process since it was listed")
-    if not removed:
+    if not count:
         ctx.console.problem("nothing removed")
     return EXIT_OK
 
@@ -74,7 +102,7 @@ def cmd_prune(ctx: Context) -> int:
     args, cache = ctx.args, ctx.cache
 
     def prune(dry_run: bool) -> PruneReport:
-        with ctx.console.progress("examining", None, "entries", MANY_KEYS) as bar:  # the total comes with the listing
+        with ctx.console.progress("examining", None, "entries", MANY_KEYS) as bar:  # a count: the listing streams
             return cache.prune(older_than=args.older_than, max_bytes=args.max_size, dry_run=dry_run,
                                progress=bar.to)
 

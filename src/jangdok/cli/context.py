@@ -7,11 +7,13 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from ..cache import Cache
 from ..console import Console
+from ..location import is_reserved
+from ..stores import ObjectInfo
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PROBLEMS, EXIT_MISSING = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143: stopped by the signal
@@ -72,12 +74,36 @@ def as_json(document: Any) -> str:
     return json.dumps(document, ensure_ascii=False, indent=2, default=str)
 
 
+def json_pieces(document: Any, indent: str = "") -> Iterator[str]:
+    """The text of :func:`as_json` (the same characters), piece by piece: an iterator, as the
+    document or as a value of it (a dictionary, whose keys are strings here), is written as a
+    list, item by item as it yields them, so a listing of any length is never held."""
+    inner = indent + "  "
+    if isinstance(document, dict) and any(isinstance(value, Iterator) for value in document.values()):
+        for number, (name, value) in enumerate(document.items()):
+            yield f"{',' if number else '{'}\n{inner}{json.dumps(str(name), ensure_ascii=False)}: "
+            yield from json_pieces(value, inner)
+        yield f"\n{indent}}}"
+    elif isinstance(document, Iterator):
+        empty = True
+        for item in document:
+            text = as_json(item).replace("\n", "\n" + inner)
+            yield f"{'[' if empty else ','}\n{inner}{text}"
+            empty = False
+        yield "[]" if empty else f"\n{indent}]"
+    else:
+        yield as_json(document).replace("\n", "\n" + indent)
+
+
 class Context:
-    def __init__(self, args: argparse.Namespace, console: Console) -> None:
+    """``cache``: the cache to work on, if not the one the arguments name (a benchmark's, whose
+    requests it counts)."""
+
+    def __init__(self, args: argparse.Namespace, console: Console, cache: Cache | None = None) -> None:
         self.args = args
         self.console = console
         self.emitted = False
-        self._cache: Cache | None = None
+        self._cache = cache
 
     @property
     def cache(self) -> Cache:
@@ -87,14 +113,24 @@ class Context:
         return self._cache
 
     def emit(self, document: Any) -> None:
-        """The command's result for scripts: one JSON document on stdout."""
-        self.console.line(as_json(document))
-        self.emitted = True
+        """The command's result for scripts: one JSON document on stdout. Iterators in it are
+        written as lists as they yield (see :func:`json_pieces`)."""
+        self.emitted = True  # even if it fails midway: a second document would not help a reader
+        out = self.console.out
+        for piece in json_pieces(document):
+            out.write(piece)
+        out.write("\n")
 
     def close(self) -> None:
         if self._cache is not None:
             self._cache.close()
 
+
+
+def listed(cache: Cache, prefix: str = "") -> Iterator[ObjectInfo]:
+    """The cache's entries under ``prefix`` as the store lists them, a page at a time (the
+    reserved folder left out)."""
+    return (item for item in cache.store.list(prefix) if not is_reserved(item.key))
 
 
 def plural(number: int, one: str, many: str) -> str:

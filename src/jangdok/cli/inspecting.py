@@ -8,14 +8,15 @@ import pickle
 import secrets
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import asdict
 from typing import IO, Any
 
+from ..bulk import SortedListing, in_order
 from ..cache import Cache, EntryInfo, Verdict
 from ..console import human_age, human_size
-from ..location import is_reserved
-from ..stores import LOCAL_TIER
+from ..stores import LOCAL_TIER, ObjectInfo
 from .context import (
     BIG_TRANSFER,
     EXIT_MISSING,
@@ -25,6 +26,7 @@ from .context import (
     PROBLEMS,
     Context,
     Failure,
+    listed,
     plural,
 )
 
@@ -43,41 +45,57 @@ def _format(info: EntryInfo | None) -> str:
     return f"jangdok v{info.format_version} {info.serializer or 'pickle'}"
 
 
+# Ties in key order, whatever order the store lists in.
+_ORDERS: dict[str, Callable[[ObjectInfo], Any]] = {"name": lambda item: item.key,
+                                                   "size": lambda item: (item.size, item.key),
+                                                   "age": lambda item: (-item.modified, item.key)}
+
+
 def cmd_ls(ctx: Context) -> int:
+    """Sorted in bounded memory, then written as they come; ``--long`` reads the headers
+    ``concurrency`` at a time, shown in the same order."""
     args, cache, now = ctx.args, ctx.cache, time.time()
-    found = [item for item in cache.store.list(args.prefix) if not is_reserved(item.key)]
-    order: dict[str, Callable[[Any], Any]] = {"name": lambda item: item.key, "size": lambda item: item.size,
-                                              "age": lambda item: -item.modified}
-    found.sort(key=order[args.sort], reverse=args.reverse)
-    rows = []
-    with ctx.console.progress("reading headers", len(found) if args.long else None, "entries", MANY_KEYS) as bar:
-        for item in found:
-            row: dict[str, Any] = {"key": item.key, "size": item.size, "age_seconds": round(now - item.modified, 1),
-                                   "modified": item.modified}
-            if args.long:
-                info = cache.stat(item.key, repair=False)  # looking never deletes
-                expires_at = info.expires_at if info else None
-                row.update(tier=_tier(cache, item.key), format=_format(info),
-                           signed_by=info.signed_by if info else None,
-                           metadata=info.metadata if info else None,
-                           expires_at=expires_at, expired=expires_at is not None and expires_at <= now)
-                bar.advance()
-            rows.append(row)
-    if args.json:
-        ctx.emit(rows)
-        return EXIT_OK
-    for row in rows:
-        size, age = human_size(row["size"]), human_age(row["age_seconds"])
+
+    def row(item: ObjectInfo) -> dict[str, Any]:
+        found: dict[str, Any] = {"key": item.key, "size": item.size, "age_seconds": round(now - item.modified, 1),
+                                 "modified": item.modified}
         if args.long:
-            # The header's claim: ls reads headers only (verify checks signatures).
-            signed = f"key {row['signed_by']}?" if row["signed_by"] else "unsigned"
-            expired = "  (expired: a miss, removed by prune)" if row["expired"] else ""
-            ctx.console.line(f"{size:>10}  {age:>5}  {row['tier']:<16} {row['format']:<22} {signed:<20} "
-                             f"{row['key']}{expired}")
-        else:
-            ctx.console.line(f"{size:>10}  {age:>5}  {row['key']}")
-    total = sum(row["size"] for row in rows)
-    ctx.console.line(ctx.console.paint(f"{plural(len(rows), 'entry', 'entries')}, {human_size(total)} in "
+            info = cache.stat(item.key, repair=False)  # looking never deletes
+            expires_at = info.expires_at if info else None
+            found.update(tier=_tier(cache, item.key), format=_format(info),
+                         signed_by=info.signed_by if info else None,
+                         metadata=info.metadata if info else None,
+                         expires_at=expires_at, expired=expires_at is not None and expires_at <= now)
+        return found
+
+    with SortedListing(_ORDERS[args.sort], reverse=args.reverse) as found:
+        found.extend(listed(cache, args.prefix))
+        workers = cache.settings.concurrency if args.long else 1
+        with ctx.console.progress("reading headers", found.count if args.long else None, "entries", MANY_KEYS) as bar, \
+                closing(in_order(row, found, workers)) as made:
+
+            def rows() -> Iterator[dict[str, Any]]:
+                for one in made:
+                    if args.long:
+                        bar.advance()
+                    yield one
+
+            if args.json:
+                ctx.emit(rows())
+                return EXIT_OK
+            total = 0
+            for one in rows():
+                total += one["size"]
+                size, age = human_size(one["size"]), human_age(one["age_seconds"])
+                if args.long:
+                    # The header's claim: ls reads headers only (verify checks signatures).
+                    signed = f"key {one['signed_by']}?" if one["signed_by"] else "unsigned"
+                    expired = "  (expired: a miss, removed by prune)" if one["expired"] else ""
+                    ctx.console.line(f"{size:>10}  {age:>5}  {one['tier']:<16} {one['format']:<22} {signed:<20} "
+                                     f"{one['key']}{expired}")
+                else:
+                    ctx.console.line(f"{size:>10}  {age:>5}  {one['key']}")
+    ctx.console.line(ctx.console.paint(f"{plural(found.count, 'entry', 'entries')}, {human_size(total)} in "
                                        f"{cache.location.url}", "dim"))
     return EXIT_OK
 
@@ -223,17 +241,24 @@ def cmd_get(ctx: Context) -> int:
 
 
 def cmd_verify(ctx: Context) -> int:
+    """Entries in key order (sorted in bounded memory, and counted for the progress bar),
+    ``concurrency`` at a time; only the problems found are kept for the report."""
     cache = ctx.cache
-    keys = sorted(item.key for item in cache.store.list(ctx.args.prefix) if not is_reserved(item.key))
-    verdicts: list[Verdict] = []
-    with ctx.console.progress("verifying", len(keys), "entries", MANY_KEYS) as bar:
-        for key in keys:
-            verdicts.append(cache.verify(key, delete_damaged=ctx.args.delete))
-            bar.advance()
     counts: dict[str, int] = {}
-    for verdict in verdicts:
-        counts[verdict.status] = counts.get(verdict.status, 0) + 1
-    problems = [verdict for verdict in verdicts if verdict.status in PROBLEMS]
+    problems: list[Verdict] = []
+
+    def verify(item: ObjectInfo) -> Verdict:
+        return cache.verify(item.key, delete_damaged=ctx.args.delete)
+
+    with SortedListing(_ORDERS["name"]) as keys:
+        keys.extend(listed(cache, ctx.args.prefix))
+        with ctx.console.progress("verifying", keys.count, "entries", MANY_KEYS) as bar, \
+                closing(in_order(verify, keys, cache.settings.concurrency)) as verdicts:
+            for verdict in verdicts:
+                counts[verdict.status] = counts.get(verdict.status, 0) + 1
+                if verdict.status in PROBLEMS:
+                    problems.append(verdict)
+                bar.advance()
     if ctx.args.json:
         ctx.emit({"counts": counts, "problems": [{"key": v.key, "status": v.status, "detail": v.detail,
                                                    "deleted": v.deleted} for v in problems]})
@@ -242,22 +267,29 @@ def cmd_verify(ctx: Context) -> int:
             gone = " (deleted)" if verdict.deleted else ""
             ctx.console.line(f"{ctx.console.paint(verdict.status, 'fail')}{gone}  {verdict.key}: {verdict.detail}")
         summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "no entries"
-        ctx.console.line(f"verified {plural(len(verdicts), 'entry', 'entries')} in {cache.location.url}: {summary}")
+        ctx.console.line(f"verified {plural(keys.count, 'entry', 'entries')} in {cache.location.url}: {summary}")
     return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def _tally(items: Iterable[ObjectInfo]) -> dict[str, int]:
+    """How many, and their bytes, as a listing goes by."""
+    entries = size = 0
+    for item in items:
+        entries += 1
+        size += item.size
+    return {"entries": entries, "bytes": size}
 
 
 def cmd_stats(ctx: Context) -> int:
     cache = ctx.cache
     store = cache.store
     tiers: dict[str, dict[str, Any]] = {}
-    listed = [item for item in store.list() if not is_reserved(item.key)]
     tiers[store.name] = {"location": cache.location.url if store.fallback_reason is None else store.location.url,
-                         "entries": len(listed), "bytes": sum(item.size for item in listed)}
+                         **_tally(listed(cache))}
     copies_kept = store.local_tier()
     if copies_kept is not None:
-        copies = list(copies_kept.list())
-        tiers[LOCAL_TIER] = {"location": copies_kept.location.url, "entries": len(copies),
-                             "bytes": sum(item.size for item in copies), "max_bytes": copies_kept.max_bytes}
+        tiers[LOCAL_TIER] = {"location": copies_kept.location.url, **_tally(copies_kept.list()),
+                             "max_bytes": copies_kept.max_bytes}
     counters = {label: asdict(tier) for label, tier in cache.stats().items()}
     if ctx.args.json:
         ctx.emit({"tiers": tiers, "this_process": counters, "fallback_reason": store.fallback_reason})

@@ -509,12 +509,16 @@ class LocalStore(Store):
         result = self._stat(key, follow_symlinks=False)
         return None if result is None else result.st_atime
 
-    def _walk(self, prefix: str, verb: str) -> Iterator[tuple[Folder, str, list[str]]]:
+    def _walk(self, prefix: str, verb: str) -> Iterator[tuple[Folder, str, Iterator[str]]]:
         """``(folder, key prefix of its entries, names that are not folders)`` for every folder
         that can hold keys starting with ``prefix``, never entering a link. The walk starts in
         the deepest folder the prefix names, so ``list("chapters/")`` never reads the rest of the
         cache. Each folder stays open while its subfolders are walked (as ``os.fwalk`` does):
-        a subfolder is opened relative to it, so one renamed meanwhile cannot lead elsewhere."""
+        a subfolder is opened relative to it, so one renamed meanwhile cannot lead elsewhere.
+
+        A folder's names are read as the caller takes them, in the file system's order, never
+        held all at once: a folder of 100,000 entries costs the memory of one of ten. Only the
+        names of subfolders are kept, to be walked next, in sorted order."""
         top = prefix.rpartition("/")[0]
         try:
             path = self.location.local_path(top) if top else self.location.root
@@ -531,23 +535,18 @@ class LocalStore(Store):
                 folder.close()
 
     def _descend(self, open_folders: list[Folder], base: str, prefix: str,
-                 verb: str) -> Iterator[tuple[Folder, str, list[str]]]:
+                 verb: str) -> Iterator[tuple[Folder, str, Iterator[str]]]:
         """Walk ``open_folders[-1]``, depth first, with a stack instead of recursion: a tree
         deeper than Python's recursion limit is no reason to fail."""
         pending: list[tuple[str, list[str]]] = []  # per open folder: its base, subfolders left
         while True:
             folder = open_folders[-1]
-            try:
-                found = sorted(folder.entries())
-            except OSError as exc:
-                if not _is_missing(exc):  # a folder removed meanwhile is an empty one
-                    raise self._os_error(exc, verb, folder.path) from exc
-                found = []
-            yield folder, base, [name for name, is_folder in found if not is_folder]
-            # Prune before descending, so folders outside the prefix are never read. Below the
-            # start folder the rest of the prefix has no "/", so this test is enough.
-            pending.append((base, [name for name, is_folder in reversed(found)
-                                   if is_folder and (base + name + "/").startswith(prefix)]))
+            subfolders: list[str] = []
+            names = self._files_in(folder, base, prefix, subfolders, verb)
+            yield folder, base, names
+            for _ in names:  # the names the caller did not take: the subfolders may be among them
+                pass
+            pending.append((base, sorted(subfolders, reverse=True)))
             while pending:
                 parent_base, subfolders = pending[-1]
                 if subfolders:
@@ -564,6 +563,21 @@ class LocalStore(Store):
                 open_folders.pop().close()
             else:
                 return
+
+    def _files_in(self, folder: Folder, base: str, prefix: str, subfolders: list[str], verb: str) -> Iterator[str]:
+        """The names in ``folder`` that are not folders, as they are read; the names of its
+        subfolders that can hold keys starting with ``prefix`` are added to ``subfolders``."""
+        try:
+            for name, is_folder in folder.entries():
+                if not is_folder:
+                    yield name
+                # Pruned before descending, so folders outside the prefix are never read. Below
+                # the start folder the rest of the prefix has no "/", so this test is enough.
+                elif (base + name + "/").startswith(prefix):
+                    subfolders.append(name)
+        except OSError as exc:
+            if not _is_missing(exc):  # a folder removed meanwhile is an empty one
+                raise self._os_error(exc, verb, folder.path) from exc
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         for folder, base, names in self._walk(prefix, "listing"):

@@ -1,6 +1,8 @@
 """Large entries on S3 travel in parallel: ranged GETs in, multipart parts out.
 
-Through a fault proxy in front of SeaweedFS (and moto where the server matters): a load is one
+Through a fault proxy in front of a shaped link (40 MB/s a connection, slower than the
+:data:`~jangdok.stores.s3.reader.ONE_CONNECTION_SUFFICES` that reads a fast link in order) in front
+of SeaweedFS (and moto where the server matters): a load is one
 GET for an entry that fits in a part and parallel ranges for the rest, bounded by the
 ``concurrency`` setting; a range cut mid-body is resumed alone; an object replaced mid-load
 gives the old value, the new one or a miss, never a mix; a failed part aborts the upload;
@@ -24,11 +26,13 @@ from faultproxy import FaultProxy
 from helpers import BUCKET, s3_settings
 
 from jangdok import Cache, StoreUnavailable, parse_location
+from jangdok.bench.link import Link
 from jangdok.settings import MIN_PART_SIZE
 from jangdok.stores.s3 import S3Store
 
 OLD = np.arange(3_000_000, dtype=np.float64)  # 24 MB: the first part, then four ranges of 5 MiB
 NEW = OLD[::-1].copy()
+SLOW = 40e6  # bytes per second, per connection
 PARTS = 5  # requests for the whole of OLD's entry (24,000,448 bytes) in parts of 5 MiB
 
 
@@ -41,8 +45,22 @@ def _cache(server: Any, url: str, endpoint: str | None = None, **overrides: Any)
     return cache
 
 
+def _slow(endpoint: str) -> Link:
+    return Link(endpoint, rtt=0.002, per_connection=SLOW, total=None)
+
+
+@pytest.fixture
+def proxy(seaweed: Any) -> Iterator[FaultProxy]:
+    """The fault proxy in front of a link slow enough for ranges to pay."""
+    with _slow(seaweed.endpoint) as link:
+        faulty = FaultProxy(link.port)
+        yield faulty
+        faulty.close()
+
+
 def _transfer_threads() -> list[str]:
-    return [thread.name for thread in threading.enumerate() if thread.name.startswith("jangdok-")]
+    return [thread.name for thread in threading.enumerate()
+            if thread.name.startswith(("jangdok-range", "jangdok-part"))]
 
 
 @pytest.fixture
@@ -57,7 +75,8 @@ def stored(seaweed: Any, s3_url: str) -> Iterator[Cache]:
 def test_a_large_load_is_parallel_ranges_bounded_by_the_concurrency_setting(
         server_name: str, request: pytest.FixtureRequest, s3_url: str) -> None:
     server = request.getfixturevalue(server_name)
-    proxy = FaultProxy(int(server.endpoint.rsplit(":", 1)[1]))
+    link = _slow(server.endpoint)
+    proxy = FaultProxy(link.port)
     try:
         with _cache(server, s3_url) as direct:
             direct.put("big.pkl", OLD)
@@ -74,6 +93,7 @@ def test_a_large_load_is_parallel_ranges_bounded_by_the_concurrency_setting(
             assert _transfer_threads() == [], "the range threads are joined before the load returns"
     finally:
         proxy.close()
+        link.close()
 
 
 def test_a_range_cut_mid_body_is_resumed_alone(stored: Cache, seaweed: Any, s3_url: str, proxy: FaultProxy) -> None:
@@ -126,17 +146,18 @@ def test_a_failing_part_aborts_the_whole_upload(seaweed: Any, s3_url: str, s3_pr
     assert uploads == [], "the failed upload was aborted"
 
 
-def test_parallel_progress_rises_in_the_calling_thread(seaweed: Any, s3_url: str) -> None:
+def test_parallel_progress_rises_in_the_calling_thread(seaweed: Any, s3_url: str, proxy: FaultProxy) -> None:
     calls: list[tuple[int, int, str]] = []
 
     def progress(done: int, total: int) -> None:
         calls.append((done, total, threading.current_thread().name))
 
-    with _cache(seaweed, s3_url, concurrency=4) as cache:
+    with _cache(seaweed, s3_url, proxy.endpoint, concurrency=4) as cache:
         cache.put("big.pkl", OLD, progress=progress)
         saved, calls[:] = list(calls), []
         assert np.array_equal(cache.get("big.pkl", progress=progress), OLD)
         loaded = calls
+    assert len(proxy.ranges) > 1, "the load went in ranges"
     for series in (saved, loaded):
         done = [call[0] for call in series]
         assert done == sorted(done) and done[-1] == series[-1][1], "rising to the total"
@@ -151,15 +172,16 @@ def _load_in_child(url: str, endpoint: str, identity: tuple[str, str], queue: An
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_children_after_parallel_loads_read_the_right_values(stored: Cache, seaweed: Any, s3_url: str,
-                                                             method: str) -> None:
+                                                             method: str, proxy: FaultProxy) -> None:
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"no {method} here")
-    with _cache(seaweed, s3_url, concurrency=4) as cache:
+    with _cache(seaweed, s3_url, proxy.endpoint, concurrency=4) as cache:
         assert np.array_equal(cache.get("big.pkl"), OLD)  # the parallel path, in this process
+        assert len(proxy.ranges) > 1
         assert _transfer_threads() == [], "nothing of the load is left running to be forked"
         context = multiprocessing.get_context(method)
         queue = context.Queue()
-        children = [context.Process(target=_load_in_child, args=(s3_url, seaweed.endpoint, seaweed.identity, queue))
+        children = [context.Process(target=_load_in_child, args=(s3_url, proxy.endpoint, seaweed.identity, queue))
                     for _ in range(2)]
         for child in children:
             child.start()

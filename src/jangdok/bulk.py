@@ -159,12 +159,6 @@ class SortedListing:
         self.close()
 
 
-def _batches_deletes(store: Store) -> bool:
-    # Only S3's probed capabilities know the answer (True: the server keeps each key of a
-    # DeleteObjects to its ETag); anything else, and unknown, deletes one key at a time.
-    return getattr(store.capabilities, "conditional_batch_delete", None) is True
-
-
 def remove(store: Store, listed: Iterable[ObjectInfo], workers: int) -> Generator[tuple[ObjectInfo, bool], None, None]:
     """Remove each listed object if it is still the version listed, yielding ``(item,
     removed)`` in the order listed. ``listed`` is consumed as it comes (a listing can feed it).
@@ -176,7 +170,7 @@ def remove(store: Store, listed: Iterable[ObjectInfo], workers: int) -> Generato
     if first is None:
         return
     source = itertools.chain((first,), source)
-    if _batches_deletes(store):
+    if store.capabilities.conditional_batch_delete is True:  # unknown: one versioned delete at a time
         for batch in batches(source, BATCH):
             gone = set(store.delete_many(batch))
             for item in batch:

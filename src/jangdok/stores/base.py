@@ -132,6 +132,13 @@ class Capabilities:
         not asked yet, or could not be."""
         return self._conditional_write
 
+    @property
+    def conditional_batch_delete(self) -> bool | None:
+        """``delete_many`` removes many objects a request, each only in its listed version;
+        else (or unknown) callers do better with one versioned ``delete`` per object, in
+        parallel."""
+        return False
+
     def __repr__(self) -> str:
         return (f"Capabilities(shared={self.shared}, range_reads={self.range_reads}, mapping={self.mapping}, "
                 f"conditional_delete={self.conditional_delete}, conditional_write={self.conditional_write})")

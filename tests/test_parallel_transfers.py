@@ -295,3 +295,13 @@ def test_large_transfers_work_in_an_atexit_handler(seaweed: Any, s3_url: str, tm
                           text=True, timeout=120)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert float(done.stdout) == float(OLD.sum())
+
+
+def test_a_head_answer_without_its_time_is_a_store_failure(stored: Cache, seaweed: Any, s3_url: str,
+                                                            proxy: FaultProxy) -> None:
+    header = "Last-Modified"  # (a rewritten answer gets the Content-Length of its new body)
+    proxy.rewrite_answers(r"HEAD \S*small\.pkl", lambda body: body, drop=(header,))
+    with _cache(seaweed, s3_url, proxy.endpoint) as cache:
+        with pytest.raises(StoreUnavailable, match=header):
+            cache.store.stat("small.pkl")
+    assert any(fired.startswith("rewrote: HEAD") for fired in proxy.fired)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ...retry import RetryBudget
     from .store import S3Store
 
-__all__ = ["ObjectReader", "range_start_and_total", "BODY_READ_SIZE", "ONE_CONNECTION_SUFFICES"]
+__all__ = ["ObjectReader", "absent_header", "range_start_and_total", "BODY_READ_SIZE", "ONE_CONNECTION_SUFFICES"]
 
 log = logging.getLogger("jangdok")
 
@@ -52,6 +52,12 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
 # Headers every GET answer must have (as botocore names their fields): a reader cannot say
 # what it holds without them.
 _NEEDED = (("Content-Length", "ContentLength"), ("Last-Modified", "LastModified"))
+
+
+def absent_header(response: dict[str, Any]) -> str | None:
+    """The first header S3 always sends with an object (its size, its time) that ``response``
+    lacks: a proxy rewriting answers, or not S3 at all; ``None`` if none is missing."""
+    return next((header for header, field in _NEEDED if field not in response), None)
 
 
 def range_start_and_total(response: dict[str, Any]) -> tuple[int, int] | None:
@@ -86,7 +92,7 @@ class ObjectReader(Reader):
         self._body = response["Body"]
         self._budget = store.policy.budget()
         self._stopped: threading.Event | None = None
-        missing = next((header for header, field in _NEEDED if field not in response), None)
+        missing = absent_header(response)
         located = None if missing else range_start_and_total(response)
         if located is None:
             self._body.close()

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import botocore.exceptions as bce
 
-from ...errors import AccessDenied, ConfigError, JangdokError
+from ...errors import AccessDenied, ConfigError, JangdokError, StoreUnavailable
 from ...location import TEMP_MARKER, Location, validate_key
 from ...perprocess import PerProcess
 from ...retry import RetryBudget, RetryExhausted, RetryPolicy
@@ -26,7 +26,7 @@ from .capabilities import ProbedCapabilities
 from .client import make_client
 from .listing import OBJECTS, UPLOADS, Paging, pages
 from .multipart import upload_in_parts
-from .reader import ObjectReader
+from .reader import ObjectReader, absent_header
 from .translate import (
     MISSING_CODES,
     Target,
@@ -441,6 +441,10 @@ class S3Store(Store):
         response = self._head(self.location.object_key(key), self.path(key))
         if response is None:
             return None
+        missing = absent_header(response)
+        if missing:
+            raise StoreUnavailable(f"S3 error checking {self.path(key)}: the answer has no {missing}; is a proxy "
+                                   "rewriting responses between here and the endpoint?")
         return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp(),
                           response.get("ETag") or "")
 

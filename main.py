@@ -4,6 +4,8 @@ classifier per chapter.
     python main.py                                   # local cache folder "cache"
     CACHE_DIR=s3://bucket/cache/ python main.py      # shared cache on S3
     python main.py --chapter 음식 --data-dir /path/to/landmarks -q
+    python main.py --workers 4                       # compute missing labels on 4 processes
+    python main.py --scheduler tcp://host:8786       # ... on a Dask cluster (pip install 'jangdok[cluster]')
 
 Each label's processed sequences are cached under a name that encodes the parameters
 (``김치_seq30_aug9_maxNone_min10.pkl``); the entry also records the full parameters and the
@@ -21,13 +23,23 @@ if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import importlib  # noqa: E402
+import importlib.util  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import multiprocessing  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -52,21 +64,36 @@ from chapter_generator import (  # noqa: E402
 from jangdok import BatchError, Cache, Entry, EntryInfo, JangdokError, TierStats  # noqa: E402
 from jangdok.console import Interrupts  # noqa: E402
 
+# tqdm's monitor is a thread that lives on once a bar was made (even a hidden one): the process
+# pool of --workers must fork a process without threads.
+tqdm.monitor_interval = 0
+
 STORE_NAMES = {"S3": "S3", "local": "로컬", "local (fallback)": "로컬 대체", "local tier": "로컬 사본"}
 
 
 QUIET = False
 
+# A label's lines while a worker extracts it (per thread: a Dask worker may run several at
+# once), sent back for the main process to print: (shown with -q, text).
+_collected = threading.local()
+
 
 def say(message: str) -> None:
     """Print a progress line (not with -q), without breaking the progress bar."""
-    if not QUIET:
+    lines = getattr(_collected, "lines", None)
+    if lines is not None:
+        lines.append((False, message))
+    elif not QUIET:
         tqdm.write(message, file=sys.stdout)
 
 
 def warn(message: str) -> None:
     """Print a line that -q does not hide."""
-    tqdm.write(message, file=sys.stdout)
+    lines = getattr(_collected, "lines", None)
+    if lines is not None:
+        lines.append((True, message))
+    else:
+        tqdm.write(message, file=sys.stdout)
 
 
 class TransferBar:
@@ -81,8 +108,8 @@ class TransferBar:
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
-            if QUIET or total < self.THRESHOLD:
-                return
+            if QUIET or total < self.THRESHOLD or getattr(_collected, "lines", None) is not None:
+                return  # a worker draws no bar: the main process's output is the only one
             self.bar = tqdm(total=total, unit="B", unit_scale=True, desc=self.description, leave=False,
                             file=sys.stdout)
         self.bar.update(done - self.bar.n)
@@ -184,6 +211,12 @@ def matches(stored: dict[str, Any] | None, expected: dict[str, Any]) -> bool:
     return "videos" not in stored or stored["videos"] == expected["videos"]
 
 
+def usable(info: EntryInfo, expected: dict[str, Any]) -> bool:
+    """Whether an entry may be reused, by its metadata. Plain pickles keep their parameters in
+    the value: they pass here and are judged once loaded (see :func:`reuse`)."""
+    return info.metadata is None or matches(info.metadata, expected)
+
+
 def load_all(cache: Cache, keys: list[str], tally: RunTally) -> tuple[dict[str, Entry], set[str]]:
     """The entries of ``keys`` that exist, loaded together (one progress bar for all), and the
     keys looked for: a key whose load failed was not (it is tried again on its own)."""
@@ -228,10 +261,9 @@ def load_or_build(label: str, videos: list[Path], params: PipelineParams, data_d
     refused: list[EntryInfo] = []
 
     def accept(info: EntryInfo) -> bool:
-        # Plain pickles keep their parameters in the value: they are judged once loaded.
-        usable = info.metadata is None or matches(info.metadata, expected)
-        (accepted if usable else refused).append(info)
-        return usable
+        judged = usable(info, expected)
+        (accepted if judged else refused).append(info)
+        return judged
 
     def fetch() -> Any:
         nonlocal found
@@ -285,6 +317,193 @@ def reuse(label: str, value: Any, info: EntryInfo, expected: dict[str, Any],
     return value["data"] if matches(pickled_identity(value, params), expected) else None
 
 
+# -- other processes (--workers) and a Dask cluster (--scheduler) ----------------------------
+# The main process loads the labels found in the cache and sends the others out, one label a
+# task; each is extracted through load_or_build, as here, so the cache's leases still make
+# every run and machine compute a label once. Training stays in the main process.
+
+START_METHOD: str | None = None
+"""multiprocessing's start method for --workers; ``None``: the platform's default (fork on Linux
+before Python 3.14, forkserver from 3.14, spawn on macOS and Windows)."""
+
+
+class ClusterUnavailable(Exception):
+    """Dask is not installed, or its scheduler cannot be reached."""
+
+
+@dataclass
+class LabelJob:
+    """A label to extract in another process: what :func:`load_or_build` needs, by value."""
+
+    label: str
+    videos: list[Path]
+    params: PipelineParams
+    data_dir: Path
+    looked: bool
+    """The batch load asked for the label's entry (see :func:`load_all`)."""
+    refused: EntryInfo | None
+    """The entry the batch load found with other parameters: judged, and reported, where the
+    label is extracted."""
+
+
+@dataclass
+class LabelDone:
+    """A label extracted in another process, with what the main process prints and counts."""
+
+    label: str
+    sequences: list[np.ndarray]
+    lines: list[tuple[bool, str]]
+    """Its lines, in order: (shown with -q, text)."""
+    tally: RunTally
+    worker: str
+    """The cache object that did the work: host, process and object."""
+    stats: tuple[int, dict[str, TierStats]]
+    """That cache's statistics after this label, numbered in the order they were taken. A
+    worker's counters include the labels it extracted before (and a Dask worker may extract
+    several at once), so its latest statistics are its share of the run."""
+
+
+_snapshots = itertools.count()
+_snapshot_lock = threading.Lock()
+
+
+def whose(cache: Cache | None) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{id(cache)}"
+
+
+def extract(job: LabelJob, cache: Cache | None) -> LabelDone:
+    """Extract one label in a worker: its lines are kept to send back, not printed."""
+    logger = logging.getLogger("jangdok")
+    with _snapshot_lock:  # a forked pool process has the main process's printer already
+        if not any(isinstance(handler, CacheEventPrinter) for handler in logger.handlers):
+            logger.addHandler(CacheEventPrinter())
+    tally = RunTally()
+    lines: list[tuple[bool, str]] = []
+    _collected.lines = lines
+    try:
+        found = None if job.refused is None else Entry(None, job.refused)
+        sequences = load_or_build(job.label, job.videos, job.params, job.data_dir, cache, tally, job.looked, found)
+    finally:
+        del _collected.lines
+    with _snapshot_lock:
+        stats = (next(_snapshots), {} if cache is None else cache.stats())
+    return LabelDone(job.label, sequences, lines, tally, whose(cache), stats)
+
+
+def label_jobs(labels: list[str], label_videos: dict[str, list[Path]], params: PipelineParams, data_dir: Path,
+               keys: dict[str, str], found: dict[str, Entry], looked: set[str]) -> list[LabelJob]:
+    """The labels without a usable entry among those found, to be extracted elsewhere."""
+    jobs = []
+    for label in labels:
+        entry = found.get(keys[label])
+        if entry is not None and usable(entry.info, cache_identity(label, label_videos[label], params, data_dir)):
+            continue
+        jobs.append(LabelJob(label, [path.absolute() for path in label_videos[label]], params, data_dir.absolute(),
+                             keys[label] in looked, None if entry is None else entry.info))
+    return jobs
+
+
+_pool_cache: Cache | None = None
+
+
+def _start_pool_process(cache: Cache | None) -> None:
+    # The terminal's Ctrl-C reaches every process of the group: the main process acts on it and
+    # stops the pool with SIGTERM, which ends an idle process at once (see _extract_in_pool).
+    global _pool_cache
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _pool_cache = cache
+
+
+def _extract_in_pool(job: LabelJob) -> LabelDone:
+    # Stopped inside a label, the process unwinds first (the label's lease released, a
+    # half-written entry removed), then ends without going back for more work.
+    with Interrupts():
+        try:
+            return extract(job, _pool_cache)
+        except KeyboardInterrupt:
+            os._exit(128 + signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def on_processes(count: int, cache: Cache | None, jobs: list[LabelJob]) -> Iterator[Iterator[LabelDone]]:
+    """The jobs' results as they finish, extracted on ``count`` processes of this machine."""
+    say(f"🧮 라벨 {len(jobs)}개를 프로세스 {count}개에서 계산합니다 (processes)")
+    pool = multiprocessing.get_context(START_METHOD).Pool(count, _start_pool_process, (cache,))
+    try:
+        yield pool.imap_unordered(_extract_in_pool, jobs)
+        pool.close()
+    except BaseException:
+        pool.terminate()  # returns once each process has unwound and ended
+        raise
+    finally:
+        pool.join()
+
+
+def _importable() -> ModuleType:
+    """This module under a name a Dask worker imports: run as a script it is ``__main__``,
+    which a worker cannot import (and cloudpickle would copy by value, thread-locals and all)."""
+    if __name__ != "__main__":
+        return sys.modules[__name__]
+    return importlib.import_module(__spec__.name if __spec__ is not None else Path(__file__).stem)
+
+
+@contextlib.contextmanager
+def on_cluster(address: str, cache: Cache | None, jobs: list[LabelJob]) -> Iterator[Iterator[LabelDone]]:
+    """The jobs' results as they finish, extracted on the Dask cluster at ``address``. Its
+    workers import this program (run them in its folder, or with it on their PYTHONPATH) and
+    open the cache themselves, with their own credentials."""
+    from distributed import Client, as_completed
+
+    try:
+        client = Client(address, set_as_default=False)
+    except OSError as exc:
+        raise ClusterUnavailable(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+    with client:
+        say(f"🌐 라벨 {len(jobs)}개를 Dask 클러스터 {address}에서 계산합니다 "
+            f"(workers {len(client.nthreads())}, threads {sum(client.nthreads().values())})")
+        shared = None if cache is None else client.scatter(cache, broadcast=True, hash=False)
+        here = _importable()
+        # Cancelled with the client if the run stops: labels not started are dropped, a label
+        # being extracted finishes on its worker and is saved for the next run.
+        futures = [client.submit(here.extract, job, shared, pure=False) for job in jobs]
+        yield (future.result() for future in as_completed(futures))
+
+
+def scheduler_address(args: argparse.Namespace) -> str | None:
+    """The Dask scheduler to use: --scheduler, else Dask's own variable (unless --workers says
+    to stay on this machine); its config files are not read, so a plain run never imports Dask."""
+    address = args.scheduler or (None if args.workers else os.environ.get("DASK_SCHEDULER_ADDRESS") or None)
+    if address is not None and importlib.util.find_spec("distributed") is None:
+        given = "--scheduler" if args.scheduler else "DASK_SCHEDULER_ADDRESS"
+        raise ClusterUnavailable(f"{given} needs Dask's distributed scheduler: pip install 'jangdok[cluster]' "
+                                 "(or unset DASK_SCHEDULER_ADDRESS, or pass --workers N, to run on this machine)")
+    return address
+
+
+def process_count(args: argparse.Namespace, jobs: int) -> int:
+    """--workers, or one process per core this process may use; never more than the labels to
+    compute (one label: computed here)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(args.workers or cores, jobs))
+
+
+def combined(cache: Cache, workers: dict[str, tuple[int, dict[str, TierStats]]]) -> dict[str, TierStats]:
+    """The run's cache statistics: this process's and each worker's latest (a worker working on
+    this process's own cache object is counted in this process's)."""
+    total = cache.stats()
+    here = whose(cache)
+    for worker, (_, stats) in workers.items():
+        if worker != here:
+            for name, tier in stats.items():
+                total[name] = _sum(total[name], tier) if name in total else tier
+    return total
+
+
+def _sum(one: TierStats, other: TierStats) -> TierStats:
+    return TierStats(**{f.name: getattr(one, f.name) + getattr(other, f.name) for f in dataclasses.fields(TierStats)})
+
+
 def train_and_save(chapter: str, labels: list[str], sequences: dict[str, list[np.ndarray]],
                    videos: dict[str, list[Path]], params: PipelineParams, output_dir: Path) -> dict[str, Any]:
     rng = np.random.default_rng([params.seed, len(chapter), *chapter.encode("utf-8")])
@@ -320,7 +539,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=config.OUTPUT_DIR, help="where models are written")
     parser.add_argument("--no-cache", action="store_true", help="compute every label, read and write no cache")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    elsewhere = parser.add_mutually_exclusive_group()
+    elsewhere.add_argument("--workers", type=positive, metavar="N",
+                           help="compute the labels missing from the cache on N processes of this machine "
+                                "(default: one per core, no more than the labels to compute; 1: in this process)")
+    elsewhere.add_argument("--scheduler", metavar="ADDRESS",
+                           help="compute them on the Dask cluster at ADDRESS, e.g. tcp://host:8786 (default: "
+                                "$DASK_SCHEDULER_ADDRESS; needs pip install 'jangdok[cluster]')")
     return parser.parse_args(argv)
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
 
 
 def print_summary(tally: RunTally, results: list[dict[str, Any]], elapsed: float) -> None:
@@ -363,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
             global QUIET
             QUIET = args.quiet
             return run(args, started)
-        except JangdokError as exc:  # e.g. S3 unreachable with JANGDOK_FALLBACK=0
+        except (JangdokError, ClusterUnavailable) as exc:  # e.g. S3 unreachable with JANGDOK_FALLBACK=0
             print(f"❌ {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
@@ -387,22 +619,45 @@ def run(args: argparse.Namespace, started: float) -> int:
             return 2
         chapters = {name: chapters[name] for name in args.chapter}
 
+    address = scheduler_address(args)
     tally = RunTally()
     labels = list(dict.fromkeys(label for chapter_labels in chapters.values() for label in chapter_labels))
     sequences: dict[str, list[np.ndarray]] = {}
+    workers: dict[str, tuple[int, dict[str, TierStats]]] = {}  # each worker's latest statistics
     cache = None if args.no_cache else Cache(args.cache_dir or config.CACHE_DIR)
     try:
         if cache is not None:
             say(f"🗄️ 캐시 위치 (cache): {cache.location.url} ({cache.store_label})")
         keys = {label: cache_file_name(label, params) for label in labels}
         found, looked = load_all(cache, list(keys.values()), tally) if cache is not None else ({}, set())
-        progress = tqdm(labels, desc="labels", unit="label", disable=args.quiet or not sys.stderr.isatty())
-        for label in progress:
-            sequences[label] = load_or_build(label, label_videos[label], params, data_dir, cache, tally,
-                                             keys[label] in looked, found.pop(keys[label], None))
+        jobs = label_jobs(labels, label_videos, params, data_dir, keys, found, looked)
+        count = process_count(args, len(jobs))
+        elsewhere = (on_cluster(address, cache, jobs) if address is not None and jobs else
+                     on_processes(count, cache, jobs) if count > 1 else None)
+        if elsewhere is None:
+            jobs = []
+        here = [label for label in labels if label not in {job.label for job in jobs}]
+        # Started first, so the pool or the cluster computes while this process loads.
+        with elsewhere or contextlib.nullcontext(iter(())) as done, \
+                tqdm(total=len(labels), desc="labels", unit="label",
+                     disable=args.quiet or not sys.stderr.isatty()) as progress:
+            for label in here:
+                sequences[label] = load_or_build(label, label_videos[label], params, data_dir, cache, tally,
+                                                 keys[label] in looked, found.pop(keys[label], None))
+                progress.update()
+            found.clear()
+            for result in done:
+                for always, line in result.lines:
+                    (warn if always else say)(line)
+                tally.invalidated += result.tally.invalidated
+                tally.seconds_computing += result.tally.seconds_computing
+                if workers.get(result.worker, (-1,))[0] < result.stats[0]:
+                    workers[result.worker] = result.stats
+                sequences[result.label] = result.sequences
+                progress.update()
     finally:
         if cache is not None:
-            tally.cache_stats = cache.stats()
+            tally.cache_stats = combined(cache, workers)
             cache.close()
 
     results = []

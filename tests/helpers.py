@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 from seaweed import READ_WRITE, SeaweedServer
@@ -28,3 +33,17 @@ def raw_objects(server: SeaweedServer, prefix: str) -> dict[str, bytes]:
     listing = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
     return {item["Key"]: client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read() for item in listing}
 
+
+
+def open_fifo_writer(fifo: Path, process: subprocess.Popen[str]) -> int | None:
+    """Open a FIFO as its writer once a process has it open to read (``process`` or a child of
+    it); ``None`` if ``process`` exits first."""
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+        if process.poll() is not None:
+            return None
+        time.sleep(0.01)

@@ -6,7 +6,6 @@ a video file that is a FIFO the program blocks reading. No sleep stands in for "
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from gate import VARIABLE, Gate, prepare
+from helpers import open_fifo_writer
 
 from jangdok import Cache
 from jangdok.console import Interrupts
@@ -34,19 +34,6 @@ def _until(condition: object, process: subprocess.Popen[str]) -> None:
     while not condition():  # type: ignore[operator]
         if process.poll() is not None:
             raise AssertionError(f"exited {process.returncode} first:\n{process.communicate()}")
-        time.sleep(0.01)
-
-
-def _open_for_writing(fifo: Path, process: subprocess.Popen[str]) -> int | None:
-    """Open a FIFO as its writer once the process has it open to read; ``None`` if it exits."""
-    while True:
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
-                raise
-        if process.poll() is not None:
-            return None
         time.sleep(0.01)
 
 
@@ -98,7 +85,7 @@ def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path: Path)
         with pytest.raises(subprocess.TimeoutExpired):  # still holding: nothing interrupted it
             process.wait(timeout=1)
         for fifo in ("hold", "release"):  # let it write the rest, then finish
-            writer = _open_for_writing(gate / fifo, process)
+            writer = open_fifo_writer(gate / fifo, process)
             if writer is not None:
                 os.close(writer)
         stdout, stderr = process.communicate(timeout=120)
@@ -118,7 +105,7 @@ def test_get_to_a_file_interrupted_while_writing_leaves_no_file(tmp_path: Path, 
         process.send_signal(number)
         _until((gate / "exiting").exists, process)  # shutting down, after the command's cleanup
         process.send_signal(signal.SIGINT)
-        writer = _open_for_writing(gate / "release", process)
+        writer = open_fifo_writer(gate / "release", process)
         if writer is not None:
             os.close(writer)
         stdout, stderr = process.communicate(timeout=120)
@@ -160,11 +147,12 @@ def test_main_interrupted_says_one_line(tmp_path: Path) -> None:
     video.unlink()
     os.mkfifo(video)
     cache = tmp_path / "cache"
+    # One process: the label is computed in main.py's own (tests/test_cluster.py stops a pool).
     process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--chapter", chapter, "--data-dir", str(data),
-                                "--cache-dir", str(cache), "--output-dir", str(tmp_path / "out")],
+                                "--cache-dir", str(cache), "--output-dir", str(tmp_path / "out"), "--workers", "1"],
                                env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        writer = _open_for_writing(video, process)  # main.py has opened it and waits for bytes
+        writer = open_fifo_writer(video, process)  # main.py has opened it and waits for bytes
         assert writer is not None, process.communicate()
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=120)

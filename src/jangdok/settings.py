@@ -34,12 +34,12 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, CredentialsError
 
 __all__ = [
     "Settings",
@@ -47,6 +47,7 @@ __all__ = [
     "mask_secret",
     "mask_url",
     "reveal",
+    "came_without",
     "parse_size",
     "environment_variables",
     "MAX_LEASE_SECONDS",
@@ -90,6 +91,8 @@ _KEY_NAMES = {
     "session_token": "AWS_SESSION_TOKEN",
 }
 _CREDENTIAL_NAMES = {**_KEY_NAMES, "profile": "AWS_PROFILE"}
+_SECRET_FIELDS = (*_KEY_NAMES, "signing_keys")
+_RECEIVED_FIELDS = ("received", "withheld")
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "JANGDOK_SIGNING_KEY")
 _TIMEOUTS = ("connect_timeout", "read_timeout", "total_timeout")
 _FLAGS = ("fallback", "durable", "mmap", "allow_legacy", "delete_untrusted")
@@ -169,10 +172,31 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self._value)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A pickle holds its text in the clear and goes wherever it is sent (a Dask scheduler,
+        # a file); settings send their secrets only when told to (send_secrets).
+        raise TypeError("a Secret is not pickled (its text would be written in the clear); a cache "
+                        "created with send_secrets=True sends its secrets with it")
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        return self
+
 
 def reveal(secret: Secret | None) -> str | None:
     """The text of an optional secret, for the client library that signs with it."""
     return None if secret is None else secret.reveal()
+
+
+def came_without(secrets: str, remedy: str) -> str:
+    """The message for a cache that came from another process without ``secrets`` that this
+    process cannot find either; ``remedy`` says where to set them here."""
+    return (f"this cache came from another process (pickled: a process pool, Dask) without its {secrets}, "
+            f"which are never written into a pickle unless asked, and this process has none: {remedy}; or "
+            "create the cache with send_secrets=True to send them with it (they are then written, in the "
+            "clear, into every pickle of it)")
 
 
 def parse_size(value: int | str) -> int:
@@ -450,10 +474,25 @@ class Settings:
     """Entries larger than this travel in parallel ranged GETs (loads) and multipart parts
     (saves) of this size; smaller ones in one request. At least 5 MiB (S3's smallest part).
     Accepts a count of bytes or a size such as ``16MiB``."""
+    send_secrets: bool = False
+    """Write the credentials and signing keys into the pickle when the cache travels to another
+    process (a process pool, Dask, ``pickle.dumps``). Off: they are left out, and the receiving
+    process finds its own (environment, ``.env`` files, AWS profile or role), or raises an error
+    saying the cache came without them. Taken from the arguments only: neither the environment
+    nor a ``.env`` file can make secrets travel."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting came from: ``argument``, ``environment``, ``.env file <path>``."""
+    received: bool = field(default=False, compare=False, repr=False)
+    """Set by unpickling: these settings came from another process, and this one has not yet
+    looked for the secrets that did not travel (:meth:`completed` does)."""
+    withheld: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    """Set by unpickling: the secrets the sending process held but did not send
+    (``"credentials"``, ``"signing keys"``), and that this process has not found."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.send_secrets, bool):
+            raise ConfigError(f"setting send_secrets must be True or False, got {self.send_secrets!r}")
+        self._set("withheld", tuple(self.withheld))
         for name in _KEY_NAMES:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Secret):
@@ -582,10 +621,11 @@ class Settings:
     @classmethod
     def resolve(cls, **explicit: Any) -> Settings:
         """Merge explicit arguments, the environment and ``.env`` files (in that order)."""
-        names = {f.name for f in fields(cls)} - {"sources"}
+        names = {f.name for f in fields(cls)} - {"sources", *_RECEIVED_FIELDS}
         unknown = set(explicit) - names
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        send_secrets = explicit.pop("send_secrets", None)  # an argument only, never from a file
         variables = {**{name: env[0] for name, env in _ENV_NAMES.items()}, **_CREDENTIAL_NAMES}
         arguments = {variables[name]: value for name, value in explicit.items() if value is not None}
         layers = [_Layer("argument", arguments), _Layer("environment", os.environ), *_dotenv_layers()]
@@ -610,7 +650,7 @@ class Settings:
             layer, variable = endpoint
             _check_endpoint(values["endpoint_url"], layer.where(variable, "endpoint_url"))
             _check_endpoint_trust(layer, variable, credentials)
-        return cls(**values, sources=sources)
+        return cls(**values, send_secrets=False if send_secrets is None else send_secrets, sources=sources)
 
     @property
     def credentials_source(self) -> str:
@@ -624,3 +664,118 @@ class Settings:
         if self.profile:
             return f"AWS profile {self.profile!r} (from {origin})"
         return "boto3's default chain (shared credentials/config files, container or instance role)"
+
+    # -- travelling to other processes --------------------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as the values checked here, which the receiving process takes as they are;
+        without the secrets unless ``send_secrets`` (see :meth:`completed`). Folders are sent
+        absolute, as this process's working folder names them; a default that depends on the
+        machine (``fallback_dir``) is left for the receiver to make."""
+        state = {item.name: getattr(self, item.name) for item in fields(self) if item.name not in _SECRET_FIELDS}
+        state["sources"] = dict(self.sources)
+        state["received"] = True
+        held = [name for name, present in (("credentials", any(getattr(self, key) for key in _KEY_NAMES)),
+                                           ("signing keys", bool(self.signing_keys))) if present]
+        if self.send_secrets:
+            state.update({name: reveal(getattr(self, name)) for name in _KEY_NAMES})
+            state["signing_keys"] = tuple(key.reveal() for key in self.signing_keys)
+        else:
+            state["withheld"] = tuple(dict.fromkeys((*self.withheld, *held)))
+        from .location import parse_location  # location imports this module
+
+        location = parse_location(self.cache_dir)
+        if location.kind == "local":
+            state["cache_dir"] = os.path.abspath(location.root)
+        if self.local_dir is not None:
+            state["local_dir"] = os.path.abspath(self.local_dir)
+        if self.fallback_dir == _default_fallback_dir():
+            del state["fallback_dir"]
+        else:
+            state["fallback_dir"] = os.path.abspath(self.fallback_dir)
+        return _arrived, (state,)
+
+    def __copy__(self) -> Settings:
+        return self  # frozen: a copy in this process keeps its secrets
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Settings:
+        return self
+
+    def completed(self) -> Settings:
+        """These settings, if they arrived from another process, with what did not travel
+        found in this one by the rules of :meth:`resolve` (the environment, then ``.env``
+        files; arguments were the sender's): the signing keys the sender held (none here is
+        an error), and for an S3 cache the credentials, when none travelled (the sender's
+        were withheld, or it had none; an AWS profile it used travels, and is used). Withheld
+        credentials found nowhere here stay named in :attr:`withheld`, for the S3 client to
+        try boto3's chain (a profile, a role) and then raise
+        :class:`~jangdok.errors.CredentialsError` rather than fall back. Settings made in this
+        process are returned as they are."""
+        if not self.received:
+            return self
+        from .location import is_s3_path  # location imports this module
+
+        layers = [_Layer("environment", os.environ), *_dotenv_layers()]
+        done = object.__new__(Settings)
+        done.__dict__.update(self.__dict__)
+        sources = dict(self.sources)
+        done._set("sources", sources)
+        missing = []
+        if "signing keys" in self.withheld:
+            variables = _ENV_NAMES["signing_keys"]
+            layer = next((layer for layer in layers if layer.find(variables)), None)
+            if layer is None:
+                raise CredentialsError(came_without("signing keys", f"set {variables[0]} (the same keys) in its "
+                                                                    "environment or a .env file"))
+            done._set("signing_keys", layer.values[variables[0]])
+            sources["signing_keys"] = layer.origin
+            done._set("signing_keys", done._signing_keys())
+        if is_s3_path(self.cache_dir) and not (self.profile or any(getattr(self, key) for key in _KEY_NAMES)):
+            sent_from = self.sources.get("credentials")
+            sources.pop("credentials", None)
+            layer = _credential_layer(layers)
+            if layer is not None:
+                self._check_endpoint_bound(sent_from, layer)
+                for name, value in _credentials_from(layer).items():
+                    done._set(name, Secret(value) if name in _KEY_NAMES else value)
+                sources["credentials"] = layer.origin
+            elif "credentials" in self.withheld:
+                missing.append("credentials")
+        done._set("received", False)
+        done._set("withheld", tuple(missing))
+        return done
+
+    def _check_endpoint_bound(self, sent_from: str | None, layer: _Layer) -> None:
+        """Refuse this process's credentials for an endpoint that a ``.env`` file gave the
+        sender together with its own keys: such a file may be the current folder's, trusted
+        only with the keys it brings (see the module's notes), and the sender cannot say."""
+        origin = self.sources.get("endpoint_url", "")
+        if not origin.startswith(".env file ") or origin != sent_from or layer.origin == origin:
+            return
+        raise ConfigError(
+            f"the endpoint {mask_url(self.endpoint_url or '')} came from {origin} together with the access keys "
+            f"there, in the process that sent this cache, which did not send the keys; it is not used with this "
+            f"process's credentials (from {layer.origin}), which would go to a server that file chose. Pass "
+            "endpoint_url=... or set AWS_ENDPOINT_URL in the environment, or create the cache with "
+            "send_secrets=True"
+        )
+
+
+def _arrived(state: Mapping[str, Any]) -> Settings:
+    """Settings unpickled: the sender's values as it checked them, not checked again (a
+    setting read differently here would make another cache); what the state lacks is the
+    default, made here."""
+    settings = object.__new__(Settings)
+    for item in fields(Settings):
+        if item.name in state:
+            value = state[item.name]
+        else:
+            value = item.default_factory() if item.default_factory is not MISSING else item.default
+        settings._set(item.name, value)
+    for name in _KEY_NAMES:
+        value = getattr(settings, name)
+        if value is not None:
+            settings._set(name, Secret(value))
+    keys: tuple[str, ...] = state.get("signing_keys", ())  # sent with send_secrets
+    settings._set("signing_keys", tuple(Secret(key) for key in keys))
+    return settings

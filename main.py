@@ -61,7 +61,7 @@ from chapter_generator import (  # noqa: E402
     save_model_info,
     train_chapter,
 )
-from jangdok import BatchError, Cache, Entry, EntryInfo, JangdokError, TierStats  # noqa: E402
+from jangdok import BatchError, Cache, Entry, EntryInfo, JangdokError, Stats, TierStats  # noqa: E402
 from jangdok.console import Interrupts  # noqa: E402
 
 # tqdm's monitor is a thread that lives on once a bar was made (even a hidden one): the process
@@ -357,7 +357,7 @@ class LabelDone:
     tally: RunTally
     worker: str
     """The cache object that did the work: host, process and object."""
-    stats: tuple[int, dict[str, TierStats]]
+    stats: tuple[int, Stats]
     """That cache's statistics after this label, numbered in the order they were taken. A
     worker's counters include the labels it extracted before (and a Dask worker may extract
     several at once), so its latest statistics are its share of the run."""
@@ -386,7 +386,7 @@ def extract(job: LabelJob, cache: Cache | None) -> LabelDone:
     finally:
         del _collected.lines
     with _snapshot_lock:
-        stats = (next(_snapshots), {} if cache is None else cache.stats())
+        stats = (next(_snapshots), Stats() if cache is None else cache.stats())
     return LabelDone(job.label, sequences, lines, tally, whose(cache), stats)
 
 
@@ -467,7 +467,7 @@ def on_cluster(address: str, cache: Cache | None, jobs: list[LabelJob]) -> Itera
         # Cancelled with the client if the run stops: labels not started are dropped, a label
         # being extracted finishes on its worker and is saved for the next run.
         futures = [client.submit(here.extract, job, shared, pure=False) for job in jobs]
-        yield (future.result() for future in as_completed(futures))
+        yield (future.result() for future in as_completed(futures, loop=client.loop))
 
 
 def scheduler_address(args: argparse.Namespace) -> str | None:
@@ -488,20 +488,11 @@ def process_count(args: argparse.Namespace, jobs: int) -> int:
     return max(1, min(args.workers or cores, jobs))
 
 
-def combined(cache: Cache, workers: dict[str, tuple[int, dict[str, TierStats]]]) -> dict[str, TierStats]:
+def combined(cache: Cache, workers: dict[str, tuple[int, Stats]]) -> Stats:
     """The run's cache statistics: this process's and each worker's latest (a worker working on
     this process's own cache object is counted in this process's)."""
-    total = cache.stats()
     here = whose(cache)
-    for worker, (_, stats) in workers.items():
-        if worker != here:
-            for name, tier in stats.items():
-                total[name] = _sum(total[name], tier) if name in total else tier
-    return total
-
-
-def _sum(one: TierStats, other: TierStats) -> TierStats:
-    return TierStats(**{f.name: getattr(one, f.name) + getattr(other, f.name) for f in dataclasses.fields(TierStats)})
+    return cache.stats() + sum((stats for worker, (_, stats) in workers.items() if worker != here), Stats())
 
 
 def train_and_save(chapter: str, labels: list[str], sequences: dict[str, list[np.ndarray]],
@@ -623,7 +614,7 @@ def run(args: argparse.Namespace, started: float) -> int:
     tally = RunTally()
     labels = list(dict.fromkeys(label for chapter_labels in chapters.values() for label in chapter_labels))
     sequences: dict[str, list[np.ndarray]] = {}
-    workers: dict[str, tuple[int, dict[str, TierStats]]] = {}  # each worker's latest statistics
+    workers: dict[str, tuple[int, Stats]] = {}  # each worker's latest statistics
     cache = None if args.no_cache else Cache(args.cache_dir or config.CACHE_DIR)
     try:
         if cache is not None:

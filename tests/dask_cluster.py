@@ -9,14 +9,17 @@ The workers are spawned with this process's environment, so the test chooses wha
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-from distributed import LocalCluster
+from distributed import Client, LocalCluster
 
 
 def main() -> None:
     with LocalCluster(processes=True, n_workers=int(sys.argv[1]), threads_per_worker=1, host="127.0.0.1",
                       dashboard_address=None) as cluster:
+        with Client(cluster) as client:  # ready as a cluster in use is: main.py and numpy imported
+            client.run(importlib.import_module, "main")
         print(cluster.scheduler_address, flush=True)
         sys.stdin.read()
 

@@ -6,6 +6,7 @@ and a plain run on one prefix still compute each label once; Ctrl-C stops a pool
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,8 +35,14 @@ LABEL_LINE = re.compile(r"^(💾|📂) (\S+) 라벨 데이터 캐시 (?:저장|�
 
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample dataset cut to one chapter of 4 labels of 3 videos each (30 samples a label):
+    the pipeline as it is, at a quarter of a label's computing."""
     folder = tmp_path_factory.mktemp("sample")
     generate_sample_dataset(folder)
+    videos = load_labels(folder)
+    rows = [f"{path.relative_to(folder).as_posix()},{label}" for label in LABELS for path in videos[label][:3]]
+    (folder / "labels.csv").write_text("\n".join(["file,label", *rows]) + "\n", encoding="utf-8")
+    (folder / "chapters.json").write_text(json.dumps({CHAPTER: LABELS}, ensure_ascii=False), encoding="utf-8")
     return folder
 
 
@@ -43,34 +51,50 @@ def python_path() -> str:
     return os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
-@pytest.fixture(scope="module")
-def clusters(seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """Two Dask clusters of 2 worker processes, started side by side: their scheduler addresses.
-    Their workers see the SeaweedFS credentials, nothing of the developer's setup."""
-    logs = tmp_path_factory.mktemp("dask")
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "JANGDOK_", "CACHE_"))}
-    env.update(credentials_env(seaweed), PYTHONPATH=python_path(), AWS_EC2_METADATA_DISABLED="true",
-               AWS_CONFIG_FILE=str(logs / "none"), AWS_SHARED_CREDENTIALS_FILE=str(logs / "none"))
-    started = []
-    try:
-        for number in range(2):
-            with open(logs / f"cluster{number}.log", "w") as log:
-                started.append(subprocess.Popen([sys.executable, str(TESTS / "dask_cluster.py"), "2"], env=env,
-                                                cwd=logs, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                                text=True))
-        addresses = [process.stdout.readline().strip() for process in started]  # type: ignore[union-attr]
-        assert all(address.startswith("tcp://127.0.0.1:") for address in addresses), \
-            [(logs / f"cluster{n}.log").read_text() for n in range(2)]
-        yield addresses
-    finally:
-        for process in started:
+class Clusters:
+    """Dask clusters of 2 worker processes, started when a test first needs them (side by side),
+    shared by the module's tests. Their workers see the SeaweedFS credentials, nothing of the
+    developer's setup."""
+
+    def __init__(self, seaweed: SeaweedServer, logs: Path) -> None:
+        self.logs = logs
+        self.env = {name: value for name, value in os.environ.items()
+                    if not name.startswith(("AWS_", "JANGDOK_", "CACHE_", "DASK_"))}
+        self.env.update(credentials_env(seaweed), PYTHONPATH=python_path(), AWS_EC2_METADATA_DISABLED="true",
+                        AWS_CONFIG_FILE=str(logs / "none"), AWS_SHARED_CREDENTIALS_FILE=str(logs / "none"))
+        self.started: list[subprocess.Popen[str]] = []
+        self.addresses: list[str] = []
+
+    def __call__(self, count: int) -> list[str]:
+        """The addresses of ``count`` clusters."""
+        for number in range(len(self.started), count):
+            with open(self.logs / f"cluster{number}.log", "w") as log:
+                self.started.append(subprocess.Popen([sys.executable, str(TESTS / "dask_cluster.py"), "2"],
+                                                     env=self.env, cwd=self.logs, stdin=subprocess.PIPE,
+                                                     stdout=subprocess.PIPE, stderr=log, text=True))
+        for number in range(len(self.addresses), count):
+            self.addresses.append(self.started[number].stdout.readline().strip())  # type: ignore[union-attr]
+            assert self.addresses[-1].startswith("tcp://127.0.0.1:"), (self.logs / f"cluster{number}.log").read_text()
+        return self.addresses[:count]
+
+    def stop(self) -> None:
+        for process in self.started:
             process.stdin.close()  # type: ignore[union-attr]
-        for process in started:
+        for process in self.started:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture(scope="module")
+def clusters(seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clusters]:
+    started = Clusters(seaweed, tmp_path_factory.mktemp("dask"))
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 def main_py(sample_data: Path, output: Path, *extra: str, env: dict[str, str] | None = None,
@@ -102,8 +126,9 @@ def location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> tu
 def assert_values(url: str, env: dict[str, str], sample_data: Path, labels: list[str]) -> None:
     """The entries hold what the pipeline computes for the labels, and nothing else is stored."""
     params = chapter_main.params_from_config()
-    settings = {"endpoint_url": env["AWS_ENDPOINT_URL"], "access_key_id": env["AWS_ACCESS_KEY_ID"],
-                "secret_access_key": env["AWS_SECRET_ACCESS_KEY"], "region": "us-east-1"} if env else {}
+    settings = {} if not url.startswith("s3://") else {
+        "endpoint_url": env["AWS_ENDPOINT_URL"], "access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "secret_access_key": env["AWS_SECRET_ACCESS_KEY"], "region": "us-east-1"}
     with Cache(url, fallback=False, **settings) as cache:
         assert sorted(cache.keys()) == sorted(cache_file_name(label, params) for label in LABELS)
         for label in labels:
@@ -123,7 +148,7 @@ def test_workers_compute_each_missing_label_once(backend: str, sample_data: Path
     assert "🧮 라벨 4개를 프로세스 2개에서 계산합니다" in cold
     assert sorted(label_lines(cold)) == sorted(("💾", label, store) for label in LABELS), cold
     assert f"🗄️ cache ({'local' if backend == 'local' else 'S3'}): 0 hits, 4 misses" in cold
-    assert "wrote 32.4 MB" in cold, "the workers' writes are counted in the summary"
+    assert f"wrote {stored_bytes(url, request) / 1e6:.1f} MB" in cold, "the workers' writes count in the summary"
     assert_values(url, env, sample_data, LABELS[:1])
 
     warm = finished(main_py(sample_data, tmp_path / "out", "--cache-dir", url, "--workers", "2", env=env))
@@ -186,28 +211,40 @@ def test_ctrl_c_stops_the_workers_cleanly(backend: str, tmp_path: Path, request:
         assert seaweed_keys(request.getfixturevalue("seaweed"), prefix) == []
 
 
+def seaweed_listing(server: SeaweedServer, prefix: str) -> list[dict[str, Any]]:
+    return server.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+
+
 def seaweed_keys(server: SeaweedServer, prefix: str) -> list[str]:
-    listing = server.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
-    return sorted(item["Key"].removeprefix(prefix) for item in listing)
+    return sorted(item["Key"].removeprefix(prefix) for item in seaweed_listing(server, prefix))
+
+
+def stored_bytes(url: str, request: pytest.FixtureRequest) -> int:
+    """The size of everything stored at a location, as a listing shows it."""
+    if not url.startswith("s3://"):
+        return sum(path.stat().st_size for path in Path(url).rglob("*") if path.is_file())
+    listing = seaweed_listing(request.getfixturevalue("seaweed"), url.removeprefix(f"s3://{BUCKET}/"))
+    return sum(item["Size"] for item in listing)
 
 
 # -- Dask ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
-def test_a_dask_cluster_extracts_the_labels(backend: str, clusters: list[str], sample_data: Path, tmp_path: Path,
+def test_a_dask_cluster_extracts_the_labels(backend: str, clusters: Clusters, sample_data: Path, tmp_path: Path,
                                             request: pytest.FixtureRequest) -> None:
     """On S3 the cluster is named by --scheduler; on a local folder by Dask's own variable."""
+    address = clusters(1)[0]
     url, env = location(backend, tmp_path, request)
     store = "로컬" if backend == "local" else "S3"
-    where = ["--scheduler", clusters[0]] if backend == "s3" else []
+    where = ["--scheduler", address] if backend == "s3" else []
     if backend == "local":
-        env = {**env, "DASK_SCHEDULER_ADDRESS": clusters[0]}
+        env = {**env, "DASK_SCHEDULER_ADDRESS": address}
     cold = finished(main_py(sample_data, tmp_path / "out", "--cache-dir", url, *where, env=env))
-    assert f"🌐 라벨 4개를 Dask 클러스터 {clusters[0]}에서 계산합니다 (workers 2, threads 2)" in cold
+    assert f"🌐 라벨 4개를 Dask 클러스터 {address}에서 계산합니다 (workers 2, threads 2)" in cold
     assert sorted(label_lines(cold)) == sorted(("💾", label, store) for label in LABELS), cold
     assert f"cache ({'local' if backend == 'local' else 'S3'}): 0 hits, 4 misses" in cold
-    assert "wrote 32.4 MB" in cold, "the workers' writes are counted in the summary"
+    assert f"wrote {stored_bytes(url, request) / 1e6:.1f} MB" in cold, "the workers' writes count in the summary"
     assert_values(url, env, sample_data, LABELS[2:3])
 
     warm = finished(main_py(sample_data, tmp_path / "out", "--cache-dir", url, *where, env=env))
@@ -215,14 +252,15 @@ def test_a_dask_cluster_extracts_the_labels(backend: str, clusters: list[str], s
     assert label_lines(warm) == [("📂", label, store) for label in LABELS], warm
 
 
-def test_two_clusters_and_a_plain_run_save_each_label_once(clusters: list[str], seaweed: SeaweedServer,
+def test_two_clusters_and_a_plain_run_save_each_label_once(clusters: Clusters, seaweed: SeaweedServer,
                                                            s3_url: str, s3_prefix: str, sample_data: Path,
                                                            tmp_path: Path) -> None:
     """Three runs started together on one empty prefix: two on Dask clusters, one on this
     machine's processes. Each label is saved once in all, and every run has it."""
+    first, second = clusters(2)
     env = credentials_env(seaweed)
     runs = [main_py(sample_data, tmp_path / f"out{n}", "--cache-dir", s3_url, *where, env=env)
-            for n, where in enumerate([["--scheduler", clusters[0]], ["--scheduler", clusters[1]], []])]
+            for n, where in enumerate([["--scheduler", first], ["--scheduler", second], []])]
     outputs = [finished(run) for run in runs]
     saves = Counter(label for output in outputs for kind, label, _ in label_lines(output) if kind == "💾")
     assert saves == Counter(LABELS), outputs

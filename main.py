@@ -26,12 +26,9 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import importlib  # noqa: E402
-import importlib.util  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import multiprocessing  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -46,6 +43,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import config  # noqa: E402
+import engines  # noqa: E402
 from chapter_generator import (  # noqa: E402
     PipelineParams,
     build_chapter_dataset,
@@ -320,15 +318,8 @@ def reuse(label: str, value: Any, info: EntryInfo, expected: dict[str, Any],
 # -- other processes (--workers) and a Dask cluster (--scheduler) ----------------------------
 # The main process loads the labels found in the cache and sends the others out, one label a
 # task; each is extracted through load_or_build, as here, so the cache's leases still make
-# every run and machine compute a label once. Training stays in the main process.
-
-START_METHOD: str | None = None
-"""multiprocessing's start method for --workers; ``None``: the platform's default (fork on Linux
-before Python 3.14, forkserver from 3.14, spawn on macOS and Windows)."""
-
-
-class ClusterUnavailable(Exception):
-    """Dask is not installed, or its scheduler cannot be reached."""
+# every run and machine compute a label once. Training stays in the main process. The engines
+# are in engines.py.
 
 
 @dataclass
@@ -403,43 +394,6 @@ def label_jobs(labels: list[str], label_videos: dict[str, list[Path]], params: P
     return jobs
 
 
-_pool_cache: Cache | None = None
-
-
-def _start_pool_process(cache: Cache | None) -> None:
-    # The terminal's Ctrl-C reaches every process of the group: the main process acts on it and
-    # stops the pool with SIGTERM, which ends an idle process at once (see _extract_in_pool).
-    global _pool_cache
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _pool_cache = cache
-
-
-def _extract_in_pool(job: LabelJob) -> LabelDone:
-    # Stopped inside a label, the process unwinds first (the label's lease released, a
-    # half-written entry removed), then ends without going back for more work.
-    with Interrupts():
-        try:
-            return extract(job, _pool_cache)
-        except KeyboardInterrupt:
-            os._exit(128 + signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def on_processes(count: int, cache: Cache | None, jobs: list[LabelJob]) -> Iterator[Iterator[LabelDone]]:
-    """The jobs' results as they finish, extracted on ``count`` processes of this machine."""
-    say(f"🧮 라벨 {len(jobs)}개를 프로세스 {count}개에서 계산합니다 (processes)")
-    pool = multiprocessing.get_context(START_METHOD).Pool(count, _start_pool_process, (cache,))
-    try:
-        yield pool.imap_unordered(_extract_in_pool, jobs)
-        pool.close()
-    except BaseException:
-        pool.terminate()  # returns once each process has unwound and ended
-        raise
-    finally:
-        pool.join()
-
-
 def _importable() -> ModuleType:
     """This module under a name a Dask worker imports: run as a script it is ``__main__``,
     which a worker cannot import (and cloudpickle would copy by value, thread-locals and all)."""
@@ -448,44 +402,32 @@ def _importable() -> ModuleType:
     return importlib.import_module(__spec__.name if __spec__ is not None else Path(__file__).stem)
 
 
-@contextlib.contextmanager
-def on_cluster(address: str, cache: Cache | None, jobs: list[LabelJob]) -> Iterator[Iterator[LabelDone]]:
-    """The jobs' results as they finish, extracted on the Dask cluster at ``address``. Its
-    workers import this program (run them in its folder, or with it on their PYTHONPATH) and
-    open the cache themselves, with their own credentials."""
-    from distributed import Client, as_completed
+def elsewhere(address: str | None, count: int, cache: Cache | None,
+              jobs: list[LabelJob]) -> contextlib.AbstractContextManager[Iterator[LabelDone]] | None:
+    """Where the jobs go: the Dask cluster, the process pool, or nowhere (``None``: this process
+    extracts every label, as it always did)."""
+    if address is not None and jobs:
+        def started(workers: dict[str, int]) -> None:
+            say(f"🌐 라벨 {len(jobs)}개를 Dask 클러스터 {address}에서 계산합니다 "
+                f"(workers {len(workers)}, threads {sum(workers.values())})")
 
-    try:
-        client = Client(address, set_as_default=False)
-    except OSError as exc:
-        raise ClusterUnavailable(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
-    with client:
-        say(f"🌐 라벨 {len(jobs)}개를 Dask 클러스터 {address}에서 계산합니다 "
-            f"(workers {len(client.nthreads())}, threads {sum(client.nthreads().values())})")
-        shared = None if cache is None else client.scatter(cache, broadcast=True, hash=False)
-        here = _importable()
-        # Cancelled with the client if the run stops: labels not started are dropped, a label
-        # being extracted finishes on its worker and is saved for the next run.
-        futures = [client.submit(here.extract, job, shared, pure=False) for job in jobs]
-        yield (future.result() for future in as_completed(futures, loop=client.loop))
+        return engines.on_cluster(address, _importable().extract, cache, jobs, started)
+    if count > 1:
+        say(f"🧮 라벨 {len(jobs)}개를 프로세스 {count}개에서 계산합니다 (processes)")
+        return engines.on_processes(count, extract, cache, jobs)
+    return None
 
 
-def scheduler_address(args: argparse.Namespace) -> str | None:
-    """The Dask scheduler to use: --scheduler, else Dask's own variable (unless --workers says
-    to stay on this machine); its config files are not read, so a plain run never imports Dask."""
-    address = args.scheduler or (None if args.workers else os.environ.get("DASK_SCHEDULER_ADDRESS") or None)
-    if address is not None and importlib.util.find_spec("distributed") is None:
-        given = "--scheduler" if args.scheduler else "DASK_SCHEDULER_ADDRESS"
-        raise ClusterUnavailable(f"{given} needs Dask's distributed scheduler: pip install 'jangdok[cluster]' "
-                                 "(or unset DASK_SCHEDULER_ADDRESS, or pass --workers N, to run on this machine)")
-    return address
-
-
-def process_count(args: argparse.Namespace, jobs: int) -> int:
-    """--workers, or one process per core this process may use; never more than the labels to
-    compute (one label: computed here)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(args.workers or cores, jobs))
+def received(result: LabelDone, tally: RunTally, workers: dict[str, tuple[int, Stats]]) -> list[np.ndarray]:
+    """A label extracted elsewhere: its lines printed here, its counts added to the run's (a
+    worker's statistics kept if they are its latest); its sequences."""
+    for always, line in result.lines:
+        (warn if always else say)(line)
+    tally.invalidated += result.tally.invalidated
+    tally.seconds_computing += result.tally.seconds_computing
+    if workers.get(result.worker, (-1,))[0] < result.stats[0]:
+        workers[result.worker] = result.stats
+    return result.sequences
 
 
 def combined(cache: Cache, workers: dict[str, tuple[int, Stats]]) -> Stats:
@@ -586,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             global QUIET
             QUIET = args.quiet
             return run(args, started)
-        except (JangdokError, ClusterUnavailable) as exc:  # e.g. S3 unreachable with JANGDOK_FALLBACK=0
+        except (JangdokError, engines.ClusterUnavailable) as exc:  # e.g. S3 unreachable with JANGDOK_FALLBACK=0
             print(f"❌ {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
@@ -610,7 +552,7 @@ def run(args: argparse.Namespace, started: float) -> int:
             return 2
         chapters = {name: chapters[name] for name in args.chapter}
 
-    address = scheduler_address(args)
+    address = engines.scheduler_address(args.scheduler, args.workers)
     tally = RunTally()
     labels = list(dict.fromkeys(label for chapter_labels in chapters.values() for label in chapter_labels))
     sequences: dict[str, list[np.ndarray]] = {}
@@ -622,29 +564,19 @@ def run(args: argparse.Namespace, started: float) -> int:
         keys = {label: cache_file_name(label, params) for label in labels}
         found, looked = load_all(cache, list(keys.values()), tally) if cache is not None else ({}, set())
         jobs = label_jobs(labels, label_videos, params, data_dir, keys, found, looked)
-        count = process_count(args, len(jobs))
-        elsewhere = (on_cluster(address, cache, jobs) if address is not None and jobs else
-                     on_processes(count, cache, jobs) if count > 1 else None)
-        if elsewhere is None:
-            jobs = []
-        here = [label for label in labels if label not in {job.label for job in jobs}]
-        # Started first, so the pool or the cluster computes while this process loads.
-        with elsewhere or contextlib.nullcontext(iter(())) as done, \
-                tqdm(total=len(labels), desc="labels", unit="label",
-                     disable=args.quiet or not sys.stderr.isatty()) as progress:
-            for label in here:
-                sequences[label] = load_or_build(label, label_videos[label], params, data_dir, cache, tally,
-                                                 keys[label] in looked, found.pop(keys[label], None))
-                progress.update()
-            found.clear()
-            for result in done:
-                for always, line in result.lines:
-                    (warn if always else say)(line)
-                tally.invalidated += result.tally.invalidated
-                tally.seconds_computing += result.tally.seconds_computing
-                if workers.get(result.worker, (-1,))[0] < result.stats[0]:
-                    workers[result.worker] = result.stats
-                sequences[result.label] = result.sequences
+        engine = elsewhere(address, engines.process_count(args.workers, len(jobs)), cache, jobs)
+        remote = {job.label for job in jobs} if engine is not None else set()
+        # Started first: the pool or the cluster computes while this process loads what it found.
+        with (engine or contextlib.nullcontext(iter(())) as done,
+              tqdm(total=len(labels), desc="labels", unit="label",
+                   disable=args.quiet or not sys.stderr.isatty()) as progress):
+            for label in labels:  # in order, wherever each is extracted: the lines come as they always did
+                entry = found.pop(keys[label], None)
+                if label in remote:
+                    sequences[label] = received(next(done), tally, workers)
+                else:
+                    sequences[label] = load_or_build(label, label_videos[label], params, data_dir, cache, tally,
+                                                     keys[label] in looked, entry)
                 progress.update()
     finally:
         if cache is not None:

@@ -22,6 +22,7 @@ import pytest
 from helpers import BUCKET, open_fifo_writer
 from seaweed import SeaweedServer, credentials_env
 
+import engines
 import main as chapter_main
 from chapter_generator import cache_file_name, generate_sample_dataset, label_rng, load_labels, process_label
 from jangdok import Cache
@@ -165,7 +166,7 @@ def test_workers_started_by_spawn_and_forkserver(method: str, backend: str, samp
     url, env = location(backend, tmp_path, request)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(chapter_main, "START_METHOD", method)
+    monkeypatch.setattr(engines, "START_METHOD", method)
     monkeypatch.setattr(chapter_main, "QUIET", False)
     assert chapter_main.main(["--chapter", CHAPTER, "--data-dir", str(sample_data), "--output-dir",
                               str(tmp_path / "out"), "--cache-dir", url, "--workers", "2"]) == 0

@@ -22,6 +22,13 @@ happen to run a command, such as a cloned repository; it is refused unless that 
 holds the access keys, so your own credentials (from the environment, arguments, a profile,
 another file or boto3's chain) are never sent to a server it chose. An endpoint from the
 arguments, the environment or the project ``.env`` is used with any credentials.
+
+Settings travel to other processes (a pickled :class:`~jangdok.cache.Cache`) as the values
+resolved here, which the receiver takes without reading or checking them again; the secrets
+(keys, token, signing keys) only with ``send_secrets=True``. Otherwise the receiver finds its
+own by the order above, from its environment on (:meth:`Settings.completed`), and an endpoint
+that came from a ``.env`` file with that file's keys is used there only with keys from that
+same file.
 """
 
 from __future__ import annotations

@@ -387,6 +387,23 @@ def memoize(cache: Cache, fn: Callable[P, R] | None = None, /, *, version: str |
     save that fails, or a store that cannot be reached, is logged at WARNING and the
     function's own result returned; the function's own exceptions propagate unchanged and
     nothing is stored for them.
+
+    **One key in every process.** A function, and a class of its arguments (a dataclass, an
+    enum, a namedtuple), defined in the main script is named ``__main__.<qualname>`` however
+    the script was started (``python script.py``, ``python -m pkg.mod``, ``runpy``, a notebook,
+    whose ``__main__`` has no file) and wherever it runs: in the program, in its fork,
+    forkserver and spawn workers (which import the script again as ``__mp_main__``), and in a
+    Dask worker that received it by value (whose own ``__main__`` is another program). That is
+    the name such functions always had, so caches made before keep their entries; under
+    ``python -m pkg.mod`` it is not ``pkg.mod``, which would have changed them. Two main scripts
+    that define a function of one name share its entries: give one of them ``name=``.
+
+    **Sending it to workers.** The memoized function pickles. With ``pickle`` it goes by
+    reference (its module and name; ``pool.map(fn, ...)`` under spawn imports the script or
+    module again, and the cache it was made with there). With cloudpickle (Dask), a function
+    that cannot be imported where it goes (defined in ``__main__``, or nested) goes by value,
+    with its cache (its settings, without secrets: see :class:`~jangdok.cache.Cache`), its
+    options and the identity and source hash made here, so the worker's keys are these.
     """
     if fn is not None and not callable(fn):
         raise TypeError(f"memoize: expected a function, got {fn!r}; options are keywords: version={fn!r}")

@@ -34,6 +34,7 @@ from .header import (
     ALIGNMENT,
     CHECKSUM,
     FORMAT_VERSION,
+    HEADER_HASH,
     ZEROS,
     BufferTable,
     EntryHeader,
@@ -48,6 +49,7 @@ from .header import (
     parse_header,
     read_header,
     read_into,
+    remember,
     seal,
     time_problem,
 )
@@ -199,6 +201,7 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     mac = b"" if signer is None or pieces is None else payload_mac(signer[1], sealed, pieces)
     before_payload = lead(sealed, mac)
     header = header_from(FORMAT_VERSION, fields, len(before_payload), mac, sealed)
+    remember(before_payload[: len(sealed) + HEADER_HASH.size], header)  # its readers here parse nothing
     return header, [before_payload, *payload]
 
 

@@ -545,11 +545,11 @@ def _header(start: bytes, rest: bytearray | memoryview, version: int,
     """The header from its prefix and what follows it (the JSON and its hash); ``read_lead(n)``
     gives the ``n`` bytes after those (the MAC and the padding)."""
     header_len = len(rest) - HEADER_HASH.size
-    known = _PARSED.get(start + bytes(rest)) if len(rest) <= _PARSED_MAX_BYTES else None
-    if known is not None:
+    kept = _PARSED.get(start + bytes(rest)) if len(rest) <= _PARSED_MAX_BYTES else None
+    if kept is not None:
         parsed = len(start) + len(rest)
-        mac = bytes(read_lead(known.header_size - parsed)[: len(known.mac)]) if known.header_size > parsed else b""
-        return known if mac == known.mac else dataclasses.replace(known, mac=mac)
+        mac = bytes(read_lead(kept.header_size - parsed)[: len(kept.mac)]) if kept.header_size > parsed else b""
+        return kept if mac == kept.mac else dataclasses.replace(kept, mac=mac)
     header_json = bytes(rest[:header_len])
     (expected,) = HEADER_HASH.unpack_from(rest, header_len)
     sealed = start + header_json

@@ -44,16 +44,14 @@ from .header import (
     check_size,
     check_usable,
     header_from,
-    lead,
-    metadata_json,
     parse_header,
     read_header,
     read_into,
     remember,
-    seal,
     time_problem,
 )
 from .limits import MAX_EXPANSION, check_memory, cut, shown
+from .sealing import lead, metadata_json, seal
 from .signing import MAC_ALGORITHM, MAC_CHUNK, MAC_LENGTH, PieceDigests, Trust, payload_mac
 
 __all__ = ["Decoded", "Progress", "Stream", "encode", "decode", "decode_buffer", "verify"]

@@ -462,7 +462,7 @@ def _header(start: bytes, rest: bytearray | memoryview, version: int,
     """The header from its prefix and what follows it (the JSON and its hash); ``read_lead(n)``
     gives the ``n`` bytes after those (the MAC and the padding)."""
     header_len = len(rest) - HEADER_HASH.size
-    kept = _PARSED.get(start + bytes(rest)) if len(rest) <= _PARSED_MAX_BYTES else None
+    kept = _PARSED.get(start + bytes(rest)) if len(start) + len(rest) <= _PARSED_MAX_BYTES else None
     if kept is not None:
         parsed = len(start) + len(rest)
         mac = bytes(read_lead(kept.header_size - parsed)[: len(kept.mac)]) if kept.header_size > parsed else b""

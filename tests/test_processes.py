@@ -325,7 +325,7 @@ STRESS_KEYS = [f"shared/key-{index}.pkl" for index in range(4)]
 def test_stress_mixed_operations_forked_and_spawned(backend: str, cache_url: str, make_settings: Any) -> None:
     """8 processes x 200 random get/put/stat/delete on 4 keys; a third forked after the
     parent's first use of its Cache (and using that object), the rest spawned with their own."""
-    settings = make_settings(cache_url)
+    settings = make_settings(cache_url, send_secrets=True)  # the spawned get them pickled, credentials too
     cache = Cache.from_settings(settings)
     for seq, key in enumerate(STRESS_KEYS):
         value = workers.make_value(key, os.getpid(), seq)

@@ -12,7 +12,7 @@ no output; logging goes to ``logging.getLogger("jangdok")``.
 """
 
 from . import errors
-from .cache import Cache, Entry, EntryInfo, PruneReport, TierStats, Verdict
+from .cache import Cache, Entry, EntryInfo, PruneReport, Stats, TierStats, Verdict
 from .canonical import stable_hash
 from .entry import Progress
 from .errors import *  # noqa: F403 - the hierarchy is public, as listed in errors.__all__
@@ -28,6 +28,7 @@ __all__ = [
     "Entry",
     "EntryInfo",
     "TierStats",
+    "Stats",
     "PruneReport",
     "Verdict",
     "Progress",

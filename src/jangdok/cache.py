@@ -9,7 +9,6 @@ methods check and normalise what enters (keys, ttl) once, then hand over to the 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -33,9 +32,10 @@ from .memoize import Memoized
 from .memoize import memoize as _memoize
 from .perprocess import PerProcess
 from .settings import Settings
+from .stats import Stats
 from .stores import ObjectInfo, Store, open_store
 
-__all__ = ["Cache", "Entry", "EntryInfo", "TierStats", "PruneReport", "Verdict"]
+__all__ = ["Cache", "Entry", "EntryInfo", "TierStats", "Stats", "PruneReport", "Verdict"]
 
 log = logging.getLogger("jangdok")
 
@@ -64,6 +64,15 @@ class Cache:
     ``Cache()`` uses ``CACHE_DIR`` from the environment or ``.env`` (default ``cache``).
     Keyword arguments override any setting of :class:`~jangdok.settings.Settings`
     (``endpoint_url``, ``fallback``, ``read_timeout``, ...).
+
+    A cache pickles (``pickle``, ``cloudpickle``, any protocol) as its resolved settings only,
+    so it can be sent to a process pool's or a Dask cluster's workers, and so can its bound
+    methods and the functions it memoizes. The receiving process opens its own store, clients,
+    locks and local tier on first use, and counts its own :meth:`stats`. The settings travel
+    as configured, not as the store they opened (a cache running on its fallback folder
+    travels as the S3 cache it was asked to be: the receiver opens it, or falls back, itself).
+    Secrets stay behind unless ``send_secrets=True``: see :meth:`Settings.completed
+    <jangdok.settings.Settings.completed>` for how the receiver finds its own.
     """
 
     def __init__(self, location: str | os.PathLike[str] | None = None, **settings: Any) -> None:
@@ -89,9 +98,17 @@ class Cache:
 
     @property
     def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = Settings.resolve(**self._overrides)
-        return self._settings
+        settings = self._settings
+        if settings is None:
+            settings = self._settings = Settings.resolve(**self._overrides)
+        elif settings.received:  # unpickled: what did not travel is found here, once
+            settings = self._settings = settings.completed()
+        return settings
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The settings as resolved here (checked where they entered), never the open store;
+        # received ones not yet completed go on as they came.
+        return type(self).from_settings, (self._settings or self.settings,)
 
     @property
     def trust(self) -> Trust:
@@ -203,12 +220,13 @@ class Cache:
         found, failed = _batch.load(self.entries, named, self.settings.concurrency, progress)
         return _batch.settle({key: pick(got) for key, got in found.items()}, failed, "loading", len(named))
 
-    def stats(self) -> dict[str, TierStats]:
+    def stats(self) -> Stats:
         """Hits, misses, bytes and seconds read and written by this process, per store
-        (``"S3"``, ``"local"``, ``"local (fallback)"``). A forked child starts from zero."""
+        (``"S3"``, ``"local"``, ``"local (fallback)"``). A forked child starts from zero.
+        Workers' stats pickle and add up (:class:`~jangdok.stats.Stats`): ``sum(gathered)``."""
         counters = self._counters.get()
         with counters.lock:
-            return {label: dataclasses.replace(tier) for label, tier in counters.tiers.items()}
+            return Stats.of(counters.tiers)
 
     def stat(self, key: str, repair: bool = True) -> EntryInfo | None:
         """Size, creation time, metadata and store of an entry, reading only its header

@@ -46,7 +46,7 @@ import xxhash
 
 from .errors import InvalidValue
 
-__all__ = ["stable_hash", "KeyHasher", "Unhashable", "SUPPORTED", "MEMOIZE_SCHEME"]
+__all__ = ["stable_hash", "KeyHasher", "Unhashable", "SUPPORTED", "MEMOIZE_SCHEME", "module_name"]
 
 MEMOIZE_SCHEME = 2
 """Version of the key scheme (the encoding below). Bumping it changes every memoized key, so
@@ -81,8 +81,22 @@ class Unhashable(Exception):
         return f" ({self.reason})" if self.reason else ""
 
 
+# The names a program's main script runs under: python script.py, python -m, notebooks and
+# runpy.run_path(..., run_name="__main__") say __main__; a spawn or forkserver worker imports
+# the script again as __mp_main__ (multiprocessing); runpy.run_path's own default is <run_path>.
+_MAIN_NAMES = frozenset({"__main__", "__mp_main__", "<run_path>"})
+
+
+def module_name(name: str | None) -> str:
+    """A module's name as keys spell it: the main script's is ``__main__``, however it was
+    started and in whichever process it runs, so a function or class defined there keys alike
+    in the program, its fork, forkserver and spawn workers, and a Dask worker that received it
+    by value. (Not ``__spec__.name`` under ``python -m``: keys made so far would all change.)"""
+    return "__main__" if not name or name in _MAIN_NAMES else name
+
+
 def _class_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return f"{module_name(cls.__module__)}.{cls.__qualname__}"
 
 
 def _a(value: object) -> str:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, ov
 
 import xxhash
 
-from .canonical import SUPPORTED, KeyHasher, Unhashable
+from .canonical import SUPPORTED, KeyHasher, Unhashable, module_name
 from .errors import BatchError, ConfigError, InvalidKey, InvalidValue, JangdokError
 from .location import LOCAL_MAX_NAME_BYTES, normalize_key
 
@@ -188,43 +188,65 @@ def _code_parameter_names(code: Any) -> list[str]:
 
 
 class _Memo(Generic[P, R]):
-    """Everything fixed at decoration time: the function's identity, signature and options."""
+    """Everything fixed at decoration time: the function's identity, signature and options.
 
-    def __init__(self, cache: Cache, fn: Callable[P, R], version: str | int | None, source: bool,
-                 ignore: str | Iterable[str], ttl: float | None, name: str | None) -> None:
+    Pickled (with a memoized function that travels by value: cloudpickle, Dask) as its cache
+    (its settings: see :class:`~jangdok.cache.Cache`), the function, its options and the
+    identity and source hash made at decoration, not made again where it arrives: the keys
+    there are the keys here, even where the function has another module name or no source.
+    """
+
+    def __init__(self, cache: Cache, fn: Callable[P, R], identity: str, folder: str, version: str | int | None,
+                 source: str | None, ignored: Iterable[str], ttl: float | None) -> None:
         self.cache = cache
         self.fn = fn
-        self.identity = self._identity(fn, name)
-        self.folder = _checked_name(name) if name is not None else _folder(self.identity)
-        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
-            raise ConfigError(
-                f"memoize: {self.identity} is a coroutine or generator function; what it returns "
-                "(a coroutine or a generator) cannot be cached: memoize a function that returns the result"
-            )
+        self.identity = identity
+        self.folder = folder
         try:
             self.signature = inspect.signature(fn)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"memoize: the signature of {self.identity} cannot be read ({exc})") from None
-        ignored = (ignore,) if isinstance(ignore, str) else tuple(ignore)
-        unknown = [item for item in ignored if item not in self.signature.parameters]
-        if unknown:
-            raise ConfigError(
-                f"memoize: ignore= names {', '.join(map(repr, unknown))}, which "
-                f"{'is' if len(unknown) == 1 else 'are'} not a parameter of {self.identity}{self.signature}"
-            )
+            raise ConfigError(f"memoize: the signature of {identity} cannot be read ({exc})") from None
         self.ignored = frozenset(ignored)
+        self.version = version
+        self.source = source
+        self.ttl = ttl
+        self.metadata = {"function": identity, "version": version}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.cache, self.fn, self.identity, self.folder, self.version, self.source,
+                            tuple(sorted(self.ignored)), self.ttl)
+
+    @classmethod
+    def decorating(cls, cache: Cache, fn: Callable[P, R], version: str | int | None, source: bool,
+                   ignore: str | Iterable[str], ttl: float | None, name: str | None) -> _Memo[P, R]:
+        """The memo of ``fn`` decorated with these options, checked."""
+        identity = cls._identity(fn, name)
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            raise ConfigError(
+                f"memoize: {identity} is a coroutine or generator function; what it returns "
+                "(a coroutine or a generator) cannot be cached: memoize a function that returns the result"
+            )
         if version is not None and not isinstance(version, (str, int)):
             raise ConfigError(f"memoize: version must be a str or an int, got {version!r}")
         if ttl is not None and not (isinstance(ttl, (int, float)) and 0 < ttl < math.inf):
             raise ConfigError(f"memoize: ttl must be a positive number of seconds or None, got {ttl!r}")
-        self.version = version
-        self.source = _source_hash(fn, self.identity) if source else None
-        self.ttl = ttl
-        self.metadata = {"function": self.identity, "version": version}
+        ignored = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+        folder = _checked_name(name) if name is not None else _folder(identity)
+        memo = cls(cache, fn, identity, folder, version, None, ignored, ttl)
+        unknown = [item for item in ignored if item not in memo.signature.parameters]
+        if unknown:
+            raise ConfigError(
+                f"memoize: ignore= names {', '.join(map(repr, unknown))}, which "
+                f"{'is' if len(unknown) == 1 else 'are'} not a parameter of {identity}{memo.signature}"
+            )
+        memo.source = _source_hash(fn, identity) if source else None
+        return memo
 
     @staticmethod
     def _identity(fn: Callable[..., Any], name: str | None) -> str:
-        """The name that, with the arguments, tells this function's entries from all others."""
+        """The name that, with the arguments, tells this function's entries from all others:
+        its module (the main script's is ``__main__``, however it was started: see
+        :func:`~jangdok.canonical.module_name`) and qualified name."""
         if name is not None:
             return _checked_name(name)
         qualname = getattr(fn, "__qualname__", None)
@@ -234,7 +256,7 @@ class _Memo(Generic[P, R]):
             # Every lambda of a module has the same name, so they would share entries.
             raise ConfigError(f"memoize: lambdas all share the name {qualname!r}, so their entries would "
                               "mix; give it a name with def, or pass name='...'")
-        return f"{getattr(fn, '__module__', None) or '__main__'}.{qualname}"
+        return f"{module_name(getattr(fn, '__module__', None))}.{qualname}"
 
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         # Bound and defaulted, so f(1, 2), f(1, b=2) and f(a=1, b=2) are one call, and so is
@@ -365,12 +387,29 @@ def memoize(cache: Cache, fn: Callable[P, R] | None = None, /, *, version: str |
     save that fails, or a store that cannot be reached, is logged at WARNING and the
     function's own result returned; the function's own exceptions propagate unchanged and
     nothing is stored for them.
+
+    **One key in every process.** A function, and a class of its arguments (a dataclass, an
+    enum, a namedtuple), defined in the main script is named ``__main__.<qualname>`` however
+    the script was started (``python script.py``, ``python -m pkg.mod``, ``runpy``, a notebook,
+    whose ``__main__`` has no file) and wherever it runs: in the program, in its fork,
+    forkserver and spawn workers (which import the script again as ``__mp_main__``), and in a
+    Dask worker that received it by value (whose own ``__main__`` is another program). That is
+    the name such functions always had, so caches made before keep their entries; under
+    ``python -m pkg.mod`` it is not ``pkg.mod``, which would have changed them. Two main scripts
+    that define a function of one name share its entries: give one of them ``name=``.
+
+    **Sending it to workers.** The memoized function pickles. With ``pickle`` it goes by
+    reference (its module and name; ``pool.map(fn, ...)`` under spawn imports the script or
+    module again, and the cache it was made with there). With cloudpickle (Dask), a function
+    that cannot be imported where it goes (defined in ``__main__``, or nested) goes by value,
+    with its cache (its settings, without secrets: see :class:`~jangdok.cache.Cache`), its
+    options and the identity and source hash made here, so the worker's keys are these.
     """
     if fn is not None and not callable(fn):
         raise TypeError(f"memoize: expected a function, got {fn!r}; options are keywords: version={fn!r}")
 
     def decorate(fn: Callable[P, R]) -> Memoized[P, R]:
-        memo = _Memo(cache, fn, version, source, ignore, ttl, name)
+        memo = _Memo.decorating(cache, fn, version, source, ignore, ttl, name)
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:

@@ -22,24 +22,40 @@ happen to run a command, such as a cloned repository; it is refused unless that 
 holds the access keys, so your own credentials (from the environment, arguments, a profile,
 another file or boto3's chain) are never sent to a server it chose. An endpoint from the
 arguments, the environment or the project ``.env`` is used with any credentials.
+
+Settings travel to other processes (a pickled :class:`~jangdok.cache.Cache`) as the values
+resolved here, which the receiver takes without reading or checking them again; the secrets
+(keys, token, signing keys) only with ``send_secrets=True``. Otherwise the receiver finds its
+own by the order above, from its environment on (:meth:`Settings.completed`), and an endpoint
+that came from a ``.env`` file with that file's keys is used there only with keys from that
+same file.
 """
 
 from __future__ import annotations
 
-import hmac
-import io
 import logging
 import math
 import os
 import re
-import sys
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, CredentialsError
+from .secret import Secret, came_without, mask_secret, mask_url, reveal
+from .sources import (
+    CREDENTIAL_NAMES,
+    ENV_NAMES,
+    KEY_NAMES,
+    Layer,
+    check_endpoint,
+    check_endpoint_trust,
+    credential_layer,
+    credentials_from,
+    dotenv_layers,
+    environment_variables,
+)
 
 __all__ = [
     "Settings",
@@ -47,6 +63,7 @@ __all__ = [
     "mask_secret",
     "mask_url",
     "reveal",
+    "came_without",
     "parse_size",
     "environment_variables",
     "MAX_LEASE_SECONDS",
@@ -55,42 +72,8 @@ __all__ = [
 
 log = logging.getLogger("jangdok")
 
-# Setting name -> environment variables consulted, first match wins.
-_ENV_NAMES: dict[str, tuple[str, ...]] = {
-    "cache_dir": ("CACHE_DIR",),
-    "bucket": ("S3_BUCKET_NAME",),
-    "endpoint_url": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
-    "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
-    "connect_timeout": ("JANGDOK_CONNECT_TIMEOUT",),
-    "read_timeout": ("JANGDOK_READ_TIMEOUT",),
-    "max_attempts": ("JANGDOK_MAX_ATTEMPTS",),
-    "total_timeout": ("JANGDOK_TOTAL_TIMEOUT",),
-    "fallback": ("JANGDOK_FALLBACK",),
-    "fallback_dir": ("JANGDOK_FALLBACK_DIR",),
-    "durable": ("JANGDOK_DURABLE",),
-    "mmap": ("JANGDOK_MMAP",),
-    "compression": ("JANGDOK_COMPRESSION",),
-    "ttl": ("JANGDOK_TTL",),
-    "local_dir": ("CACHE_LOCAL_DIR",),
-    "local_max_bytes": ("CACHE_LOCAL_MAX_BYTES",),
-    "local_max_entry_bytes": ("CACHE_LOCAL_MAX_ENTRY_BYTES",),
-    "local_trust_seconds": ("CACHE_LOCAL_TRUST_SECONDS",),
-    "lease_seconds": ("JANGDOK_LEASE_SECONDS",),
-    "wait_timeout": ("JANGDOK_WAIT_TIMEOUT",),
-    "signing_keys": ("JANGDOK_SIGNING_KEY",),
-    "allow_legacy": ("JANGDOK_ALLOW_LEGACY",),
-    "delete_untrusted": ("JANGDOK_DELETE_UNTRUSTED",),
-    "serializer": ("JANGDOK_SERIALIZER",),
-    "concurrency": ("JANGDOK_CONCURRENCY",),
-    "part_size": ("JANGDOK_PART_SIZE",),
-}
-_KEY_NAMES = {
-    "access_key_id": "AWS_ACCESS_KEY_ID",
-    "secret_access_key": "AWS_SECRET_ACCESS_KEY",
-    "session_token": "AWS_SESSION_TOKEN",
-}
-_CREDENTIAL_NAMES = {**_KEY_NAMES, "profile": "AWS_PROFILE"}
-_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "JANGDOK_SIGNING_KEY")
+_SECRET_FIELDS = (*KEY_NAMES, "signing_keys")
+_RECEIVED_FIELDS = ("received", "withheld")
 _TIMEOUTS = ("connect_timeout", "read_timeout", "total_timeout")
 _FLAGS = ("fallback", "durable", "mmap", "allow_legacy", "delete_untrusted")
 COMPRESSIONS = ("none", "zstd")
@@ -103,76 +86,12 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def environment_variables() -> tuple[str, ...]:
-    """Every environment variable a setting is read from, credentials included."""
-    return (*(name for names in _ENV_NAMES.values() for name in names), *_CREDENTIAL_NAMES.values())
-
-
 MAX_LEASE_SECONDS = 3600.0
 """The longest compute lease: renewed every 20 minutes, and a dead owner's key waits an hour. A
 lease recording a longer lifetime was not written by jangdok, and is not honoured."""
 MIN_PART_SIZE = 5 * 2**20
 """S3's floor for every multipart part but the last."""
 MAX_CONCURRENCY = 256
-
-
-def mask_secret(secret: str | None) -> str:
-    """Show only the last 4 characters of a secret (nothing at all of a short one)."""
-    if not secret:
-        return "(none)"
-    return "****" + secret[-4:] if len(secret) >= 12 else "****"
-
-
-# The user information of a URL (``http://user:password@host``), and of the forms a URL takes
-# when mistyped (``s3:user:password@bucket``): from the scheme to the last '@' before any '/'
-# (a password may hold an '@' of its own).
-_USER_INFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*)([^/\\]+)@")
-
-
-def mask_url(url: str) -> str:
-    """A URL for a message, with any user name and password in it masked as one secret
-    (``http://me:hunter2secret@host`` -> ``http://****cret@host``): every message that quotes
-    a URL quotes it through this."""
-    return _USER_INFO.sub(lambda match: f"{match.group(1)}{mask_secret(match.group(2))}@", url, count=1)
-
-
-class Secret:
-    """A credential that shows only its last 4 characters in ``repr``, ``str`` and tracebacks.
-
-    The text itself is handed over only by :meth:`reveal`, at the one place that needs it
-    (signing requests), so printing a settings object or a frame's locals never leaks it.
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        if isinstance(value, Secret):
-            value = value.reveal()
-        if not isinstance(value, str):
-            raise TypeError(f"a secret must be a str, got {type(value).__name__}")
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret({mask_secret(self._value)!r})"
-
-    __str__ = __repr__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and hmac.compare_digest(self._value.encode(), other._value.encode())
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-def reveal(secret: Secret | None) -> str | None:
-    """The text of an optional secret, for the client library that signs with it."""
-    return None if secret is None else secret.reveal()
 
 
 def parse_size(value: int | str) -> int:
@@ -192,173 +111,6 @@ def parse_size(value: int | str) -> int:
 def _default_fallback_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.environ.get("LOCALAPPDATA") or os.path.join(Path.home(), ".cache")
     return os.path.join(base, "jangdok", "fallback")
-
-
-# -- sources -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Layer:
-    """One source of settings, keyed by environment variable name (arguments included)."""
-
-    origin: str
-    """As recorded in :attr:`Settings.sources`: ``argument``, ``environment``, ``.env file <path>``."""
-    values: Mapping[str, Any]
-    trusted: bool = True
-    """False for a current-folder ``.env``: its endpoint may only receive its own credentials."""
-
-    def find(self, variables: Iterable[str]) -> str | None:
-        """The first of ``variables`` this layer sets (an empty value counts as unset)."""
-        return next((name for name in variables if self.values.get(name) not in (None, "")), None)
-
-    def where(self, variable: str, setting: str) -> str:
-        return f"argument {setting}" if self.origin == "argument" else f"{variable} in {self.origin}"
-
-
-def _dotenv_files() -> tuple[Path | None, Path | None]:
-    """The project folder's ``.env`` (the running script's folder) and the current folder's,
-    each None when absent; one file that is both counts as the project's."""
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    project: Path | None = Path(main_file).resolve().parent / ".env" if main_file else None
-    if project is not None and not project.is_file():
-        project = None
-    current = Path.cwd() / ".env"
-    if not current.is_file() or (project is not None and current.resolve() == project):
-        return project, None
-    return project, current
-
-
-def _dotenv_layers() -> list[_Layer]:
-    project, current = _dotenv_files()
-    layers = []
-    if project is not None:
-        layers.append(_Layer(f".env file {project}", _read_dotenv(project)))
-    if current is not None:
-        layers.append(_Layer(f".env file {current}", _read_dotenv(current), trusted=False))
-    return layers
-
-
-def _read_dotenv(path: Path) -> dict[str, str]:
-    """The values of one ``.env`` file, literally (no ``${VAR}`` expansion)."""
-    try:
-        # utf-8-sig: editors on Windows may start the file with a BOM, which would join the first name.
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f".env file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read .env file {path}: {exc.strerror}; fix its permissions or remove it") from exc
-    # Imported only here, when a .env file exists: importing jangdok stays free of it.
-    from dotenv import dotenv_values
-    from dotenv.parser import parse_stream
-
-    bad_lines = [_error_line(binding) for binding in parse_stream(io.StringIO(text)) if binding.error]
-    if bad_lines:
-        # The lines themselves are not quoted: a broken line may hold a secret.
-        raise ConfigError(
-            f".env file {path}: cannot parse line {', '.join(map(str, bad_lines))}; write each setting as "
-            "NAME=value, quote a value holding spaces or '#' and close every quote, or start the line with '#'"
-        )
-    parsed = dotenv_values(stream=io.StringIO(text), interpolate=False)
-    values = {name: value for name, value in parsed.items() if value is not None}
-    _warn_if_exposed(path, values)
-    return values
-
-
-def _error_line(binding: Any) -> int:
-    """The line a parse error is on: python-dotenv marks it at the blank lines before it."""
-    text = binding.original.string
-    blank = text[: len(text) - len(text.lstrip())]
-    return int(binding.original.line) + blank.count("\n")
-
-
-_warned_exposed: set[Path] = set()
-"""The exposed ``.env`` files already warned about: settings are resolved more than once in a
-process (an app's config module, then its cache), and one warning per file says it all."""
-
-
-def _warn_if_exposed(path: Path, values: Mapping[str, str]) -> None:
-    """Warn when a file holding a secret can be read by other users (POSIX permissions only),
-    once per file and process."""
-    held = [name for name in _SECRET_VARIABLES if values.get(name)]
-    if not held or os.name != "posix":
-        return
-    mode = path.stat().st_mode
-    if mode & 0o044 and path.resolve() not in _warned_exposed:
-        _warned_exposed.add(path.resolve())
-        log.warning(
-            "%s holds %s but can be read by other users of this machine (mode %04o); restrict it with: chmod 600 %s",
-            path, " and ".join(held), mode & 0o777, path,
-        )
-
-
-def _credential_layer(layers: list[_Layer]) -> _Layer | None:
-    """The one source of credentials: the first layer holding any key, secret, token or profile."""
-    return next((layer for layer in layers if layer.find(_CREDENTIAL_NAMES.values())), None)
-
-
-def _credentials_from(layer: _Layer) -> dict[str, Any]:
-    """Keys if the layer has any (even an incomplete set, for the store to report), else its profile."""
-    names = _KEY_NAMES if layer.find(_KEY_NAMES.values()) else {"profile": "AWS_PROFILE"}
-    return {name: layer.values[env] for name, env in names.items() if layer.find([env])}
-
-
-# -- checks ------------------------------------------------------------------------------------
-
-
-def _check_endpoint(url: Any, where: str) -> None:
-    """Accept ``http(s)://host[:port][/path]``; boto3 would fail later with a bare 'Invalid endpoint'."""
-    problem = _endpoint_problem(url)
-    if problem:
-        raise ConfigError(f"endpoint {mask_url(url) if isinstance(url, str) else url!r} ({where}) {problem}")
-
-
-def _endpoint_problem(url: Any) -> str | None:
-    if not isinstance(url, str):
-        return f"must be a URL string, not {type(url).__name__}"
-    if "://" not in url:
-        shown = mask_url(f"http://{url}").removeprefix("http://")
-        return f"has no scheme; use http://{shown} (or https://{shown} if the server uses TLS)"
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        return f"is not a valid URL ({exc}); use http(s)://host[:port]"
-    if "@" in parts.netloc:  # before the port is parsed: its error would quote the password
-        # User info would be sent nowhere useful and would show in logs; credentials go elsewhere.
-        return "holds a user name or password; remove it and set the credentials as access keys"
-    try:
-        parts.port  # noqa: B018 -- parsing the port is what raises on a bad one
-    except ValueError as exc:
-        return f"is not a valid URL ({exc}); use http(s)://host[:port]"
-    if parts.scheme.lower() not in ("http", "https"):
-        return f"uses the scheme {parts.scheme!r}; S3 endpoints are http:// or https://"
-    if not parts.hostname:
-        return "has no host; use http(s)://host[:port], e.g. http://127.0.0.1:8333"
-    if parts.query or parts.fragment:
-        return "has a query or fragment; use http(s)://host[:port][/path]"
-    return None
-
-
-def _check_endpoint_trust(endpoint: _Layer, variable: str, credentials: _Layer | None) -> None:
-    """Refuse an endpoint from a current-folder .env for credentials it did not bring itself."""
-    if endpoint.trusted or (credentials is endpoint and endpoint.find(_KEY_NAMES.values())):
-        return
-    path = endpoint.origin.removeprefix(".env file ")
-    raise ConfigError(
-        f"{variable} is set in {path}, a .env file in the current folder rather than the running script's "
-        f"project folder, but the credentials come from {_describe_credentials(credentials)}. An endpoint from "
-        "the folder you happen to work in is not trusted with credentials from elsewhere, since they would be "
-        f"sent to whatever server it names. Either set {variable} in the environment (or pass endpoint_url=...), "
-        f"or put AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in {path} as well."
-    )
-
-
-def _describe_credentials(layer: _Layer | None) -> str:
-    if layer is None:
-        return "boto3's default chain (AWS shared credentials/config files, container or instance role)"
-    where = {"argument": "the arguments", "environment": "the environment"}.get(layer.origin, layer.origin)
-    if layer.find(_KEY_NAMES.values()):
-        return f"the access keys in {where}"
-    return f"AWS profile {layer.values['AWS_PROFILE']!r} named in {where} (your own keys from the shared files)"
 
 
 def _seconds(value: float, round_up: bool = False) -> str:
@@ -450,11 +202,26 @@ class Settings:
     """Entries larger than this travel in parallel ranged GETs (loads) and multipart parts
     (saves) of this size; smaller ones in one request. At least 5 MiB (S3's smallest part).
     Accepts a count of bytes or a size such as ``16MiB``."""
+    send_secrets: bool = False
+    """Write the credentials and signing keys into the pickle when the cache travels to another
+    process (a process pool, Dask, ``pickle.dumps``). Off: they are left out, and the receiving
+    process finds its own (environment, ``.env`` files, AWS profile or role), or raises an error
+    saying the cache came without them. Taken from the arguments only: neither the environment
+    nor a ``.env`` file can make secrets travel."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting came from: ``argument``, ``environment``, ``.env file <path>``."""
+    received: bool = field(default=False, compare=False, repr=False)
+    """Set by unpickling: these settings came from another process, and this one has not yet
+    looked for the secrets that did not travel (:meth:`completed` does)."""
+    withheld: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    """Set by unpickling: the secrets the sending process held but did not send
+    (``"credentials"``, ``"signing keys"``), and that this process has not found."""
 
     def __post_init__(self) -> None:
-        for name in _KEY_NAMES:
+        if not isinstance(self.send_secrets, bool):
+            raise ConfigError(f"setting send_secrets must be True or False, got {self.send_secrets!r}")
+        self._set("withheld", tuple(self.withheld))
+        for name in KEY_NAMES:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Secret):
                 self._set(name, Secret(value))
@@ -489,14 +256,14 @@ class Settings:
         if self.endpoint_url == "":
             self._set("endpoint_url", None)
         if self.endpoint_url is not None:
-            _check_endpoint(self.endpoint_url, self._where("endpoint_url"))
+            check_endpoint(self.endpoint_url, self._where("endpoint_url"))
         self._check_retry_budget()
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # frozen: only normalised here, before anyone sees it
 
     def _where(self, name: str) -> str:
-        return f"setting {name}, {' or '.join(_ENV_NAMES[name])}, from {self.sources.get(name, 'argument')}"
+        return f"setting {name}, {' or '.join(ENV_NAMES[name])}, from {self.sources.get(name, 'argument')}"
 
     def _flag(self, name: str) -> bool:
         value = getattr(self, name)
@@ -505,7 +272,7 @@ class Settings:
         text = str(value).strip().lower()
         if text not in _TRUE | _FALSE:
             raise ConfigError(
-                f"setting {name} ({_ENV_NAMES[name][0]}) = {value!r} (from {self.sources.get(name, 'argument')}) "
+                f"setting {name} ({ENV_NAMES[name][0]}) = {value!r} (from {self.sources.get(name, 'argument')}) "
                 "is not a yes/no value; use 1/0, true/false, yes/no or on/off"
             )
         return text in _TRUE
@@ -521,7 +288,7 @@ class Settings:
             what = "a whole number" if kind is int else "a finite number of seconds"
             bounds = f">= {minimum:g}" + (f" and <= {maximum:g}" if maximum < math.inf else "")
             raise ConfigError(
-                f"setting {name} ({_ENV_NAMES[name][0]}) = {value!r} (from {self.sources.get(name, 'argument')}) "
+                f"setting {name} ({ENV_NAMES[name][0]}) = {value!r} (from {self.sources.get(name, 'argument')}) "
                 f"must be {what} {bounds}"
             )
         return number
@@ -529,7 +296,7 @@ class Settings:
     def _choice(self, name: str, choices: tuple[str, ...]) -> str:
         value = str(getattr(self, name)).strip().lower()
         if value not in choices:
-            raise ConfigError(f"setting {name} ({_ENV_NAMES[name][0]}) = {getattr(self, name)!r} "
+            raise ConfigError(f"setting {name} ({ENV_NAMES[name][0]}) = {getattr(self, name)!r} "
                               f"(from {self.sources.get(name, 'argument')}) must be one of {', '.join(choices)}")
         return value
 
@@ -554,7 +321,7 @@ class Settings:
             return parse_size(value)
         except ValueError:
             raise ConfigError(
-                f"setting {name} ({_ENV_NAMES[name][0]}) = {value!r} (from {self.sources.get(name, 'argument')}) "
+                f"setting {name} ({ENV_NAMES[name][0]}) = {value!r} (from {self.sources.get(name, 'argument')}) "
                 "must be a number of bytes, or a size such as 500MB, 10GB or 2GiB"
             ) from None
 
@@ -582,18 +349,19 @@ class Settings:
     @classmethod
     def resolve(cls, **explicit: Any) -> Settings:
         """Merge explicit arguments, the environment and ``.env`` files (in that order)."""
-        names = {f.name for f in fields(cls)} - {"sources"}
+        names = {f.name for f in fields(cls)} - {"sources", *_RECEIVED_FIELDS}
         unknown = set(explicit) - names
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        variables = {**{name: env[0] for name, env in _ENV_NAMES.items()}, **_CREDENTIAL_NAMES}
+        send_secrets = explicit.pop("send_secrets", None)  # an argument only, never from a file
+        variables = {**{name: env[0] for name, env in ENV_NAMES.items()}, **CREDENTIAL_NAMES}
         arguments = {variables[name]: value for name, value in explicit.items() if value is not None}
-        layers = [_Layer("argument", arguments), _Layer("environment", os.environ), *_dotenv_layers()]
+        layers = [Layer("argument", arguments), Layer("environment", os.environ), *dotenv_layers()]
 
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
-        endpoint: tuple[_Layer, str] | None = None
-        for name, env_names in _ENV_NAMES.items():
+        endpoint: tuple[Layer, str] | None = None
+        for name, env_names in ENV_NAMES.items():
             for layer in layers:
                 variable = layer.find(env_names)
                 if variable:
@@ -602,15 +370,15 @@ class Settings:
                         endpoint = (layer, variable)
                     break
 
-        credentials = _credential_layer(layers)
+        credentials = credential_layer(layers)
         if credentials is not None:
-            values.update(_credentials_from(credentials))
+            values.update(credentials_from(credentials))
             sources["credentials"] = credentials.origin
         if endpoint is not None:
             layer, variable = endpoint
-            _check_endpoint(values["endpoint_url"], layer.where(variable, "endpoint_url"))
-            _check_endpoint_trust(layer, variable, credentials)
-        return cls(**values, sources=sources)
+            check_endpoint(values["endpoint_url"], layer.where(variable, "endpoint_url"))
+            check_endpoint_trust(layer, variable, credentials)
+        return cls(**values, send_secrets=False if send_secrets is None else send_secrets, sources=sources)
 
     @property
     def credentials_source(self) -> str:
@@ -624,3 +392,118 @@ class Settings:
         if self.profile:
             return f"AWS profile {self.profile!r} (from {origin})"
         return "boto3's default chain (shared credentials/config files, container or instance role)"
+
+    # -- travelling to other processes --------------------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as the values checked here, which the receiving process takes as they are;
+        without the secrets unless ``send_secrets`` (see :meth:`completed`). Folders are sent
+        absolute, as this process's working folder names them; a default that depends on the
+        machine (``fallback_dir``) is left for the receiver to make."""
+        state = {item.name: getattr(self, item.name) for item in fields(self) if item.name not in _SECRET_FIELDS}
+        state["sources"] = dict(self.sources)
+        state["received"] = True
+        held = [name for name, present in (("credentials", any(getattr(self, key) for key in KEY_NAMES)),
+                                           ("signing keys", bool(self.signing_keys))) if present]
+        if self.send_secrets:
+            state.update({name: reveal(getattr(self, name)) for name in KEY_NAMES})
+            state["signing_keys"] = tuple(key.reveal() for key in self.signing_keys)
+        else:
+            state["withheld"] = tuple(dict.fromkeys((*self.withheld, *held)))
+        from .location import parse_location  # location imports this module
+
+        location = parse_location(self.cache_dir)
+        if location.kind == "local":
+            state["cache_dir"] = os.path.abspath(location.root)
+        if self.local_dir is not None:
+            state["local_dir"] = os.path.abspath(self.local_dir)
+        if self.fallback_dir == _default_fallback_dir():
+            del state["fallback_dir"]
+        else:
+            state["fallback_dir"] = os.path.abspath(self.fallback_dir)
+        return _arrived, (state,)
+
+    def __copy__(self) -> Settings:
+        return self  # frozen: a copy in this process keeps its secrets
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Settings:
+        return self
+
+    def completed(self) -> Settings:
+        """These settings, if they arrived from another process, with what did not travel
+        found in this one by the rules of :meth:`resolve` (the environment, then ``.env``
+        files; arguments were the sender's): the signing keys the sender held (none here is
+        an error), and for an S3 cache the credentials, when none travelled (the sender's
+        were withheld, or it had none; an AWS profile it used travels, and is used). Withheld
+        credentials found nowhere here stay named in :attr:`withheld`, for the S3 client to
+        try boto3's chain (a profile, a role) and then raise
+        :class:`~jangdok.errors.CredentialsError` rather than fall back. Settings made in this
+        process are returned as they are."""
+        if not self.received:
+            return self
+        from .location import is_s3_path  # location imports this module
+
+        layers = [Layer("environment", os.environ), *dotenv_layers()]
+        done = object.__new__(Settings)
+        done.__dict__.update(self.__dict__)
+        sources = dict(self.sources)
+        done._set("sources", sources)
+        missing = []
+        if "signing keys" in self.withheld:
+            variables = ENV_NAMES["signing_keys"]
+            layer = next((layer for layer in layers if layer.find(variables)), None)
+            if layer is None:
+                raise CredentialsError(came_without("signing keys", f"set {variables[0]} (the same keys) in its "
+                                                                    "environment or a .env file"))
+            done._set("signing_keys", layer.values[variables[0]])
+            sources["signing_keys"] = layer.origin
+            done._set("signing_keys", done._signing_keys())
+        if is_s3_path(self.cache_dir) and not (self.profile or any(getattr(self, key) for key in KEY_NAMES)):
+            sent_from = self.sources.get("credentials")
+            sources.pop("credentials", None)
+            layer = credential_layer(layers)
+            if layer is not None:
+                self._check_endpoint_bound(sent_from, layer)
+                for name, value in credentials_from(layer).items():
+                    done._set(name, Secret(value) if name in KEY_NAMES else value)
+                sources["credentials"] = layer.origin
+            elif "credentials" in self.withheld:
+                missing.append("credentials")
+        done._set("received", False)
+        done._set("withheld", tuple(missing))
+        return done
+
+    def _check_endpoint_bound(self, sent_from: str | None, layer: Layer) -> None:
+        """Refuse this process's credentials for an endpoint that a ``.env`` file gave the
+        sender together with its own keys: such a file may be the current folder's, trusted
+        only with the keys it brings (see the module's notes), and the sender cannot say."""
+        origin = self.sources.get("endpoint_url", "")
+        if not origin.startswith(".env file ") or origin != sent_from or layer.origin == origin:
+            return
+        raise ConfigError(
+            f"the endpoint {mask_url(self.endpoint_url or '')} came from {origin} together with the access keys "
+            f"there, in the process that sent this cache, which did not send the keys; it is not used with this "
+            f"process's credentials (from {layer.origin}), which would go to a server that file chose. Pass "
+            "endpoint_url=... or set AWS_ENDPOINT_URL in the environment, or create the cache with "
+            "send_secrets=True"
+        )
+
+
+def _arrived(state: Mapping[str, Any]) -> Settings:
+    """Settings unpickled: the sender's values as it checked them, not checked again (a
+    setting read differently here would make another cache); what the state lacks is the
+    default, made here."""
+    settings = object.__new__(Settings)
+    for item in fields(Settings):
+        if item.name in state:
+            value = state[item.name]
+        else:
+            value = item.default_factory() if item.default_factory is not MISSING else item.default
+        settings._set(item.name, value)
+    for name in KEY_NAMES:
+        value = getattr(settings, name)
+        if value is not None:
+            settings._set(name, Secret(value))
+    keys: tuple[str, ...] = state.get("signing_keys", ())  # sent with send_secrets
+    settings._set("signing_keys", tuple(Secret(key) for key in keys))
+    return settings

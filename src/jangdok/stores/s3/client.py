@@ -12,7 +12,7 @@ from botocore.config import Config
 
 from ...errors import ConfigError, CredentialsError, NoCredentials
 from ...redact import protect
-from ...settings import Settings, mask_secret, mask_url, reveal
+from ...settings import Settings, came_without, mask_secret, mask_url, reveal
 
 __all__ = ["make_client"]
 
@@ -57,6 +57,11 @@ def make_client(settings: Settings) -> tuple[Any, str]:
     except bce.BotoCoreError as exc:
         raise NoCredentials(f"S3 client initialization failed: {exc}; check {settings.credentials_source}") from exc
     if frozen is None or not frozen.access_key:
+        if "credentials" in settings.withheld:
+            # Not NoCredentials: falling back to a folder of this machine would split the cache.
+            raise CredentialsError("S3 client initialization failed: " + came_without(
+                "credentials", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in its environment "
+                "or a .env file, or give it an AWS profile or role"))
         raise NoCredentials(
             "S3 client initialization failed: Unable to locate credentials. Tried: explicit arguments, "
             "environment variables (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE), .env files "

@@ -55,7 +55,7 @@ def hammer(settings: Settings, writer: int) -> tuple[int, int, int]:
 
 
 def test_eight_processes_never_see_a_torn_value(cache_url: str, make_settings) -> None:
-    settings = make_settings(cache_url)
+    settings = make_settings(cache_url, send_secrets=True)  # the spawned get them pickled, credentials too
     with Cache.from_settings(settings) as cache:
         cache.put("shared.pkl", value_of(0, 0), metadata={"writer": 0})
     context = multiprocessing.get_context("spawn")

@@ -66,6 +66,18 @@ def test_stat_reports_size_time_metadata_and_store(cache: Cache, backend: str) -
     assert cache.get_entry("entry.pkl").info == info
 
 
+def test_metadata_handed_out_is_the_callers_to_change(cache: Cache) -> None:
+    """A process keeps the headers it wrote and read, so that a hot entry's header is parsed
+    once; the metadata each call hands out is still a copy of its own."""
+    cache.put("entry.pkl", 1, metadata={"seq": 30, "labels": ["김치"], "nested": {"a": [1]}}).metadata["seq"] = 0
+    for read in (lambda: cache.get_entry("entry.pkl").info, lambda: cache.stat("entry.pkl")):
+        metadata = read().metadata
+        metadata["labels"].append("김밥")
+        metadata["nested"]["a"].clear()
+        metadata.clear()
+    assert cache.get_entry("entry.pkl").info.metadata == {"seq": 30, "labels": ["김치"], "nested": {"a": [1]}}
+
+
 def test_stat_reads_long_metadata_beyond_the_first_probe(cache: Cache) -> None:
     metadata = {"notes": "긴 설명 " * 20_000}  # ~200 KB header, larger than one header probe
     cache.put("long-header", 1, metadata=metadata)

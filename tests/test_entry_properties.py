@@ -52,6 +52,7 @@ from hypothesis.extra import numpy as hnp
 from memory import peak, reset_peak
 
 import jangdok.entry.format as entry_format
+import jangdok.entry.header as entry_header
 from jangdok import CorruptEntry, InvalidValue, Secret, UnsupportedEntry, UntrustedEntry, entry
 from jangdok.entry import Trust
 from jangdok.entry.limits import MAX_EXPANSION
@@ -495,3 +496,34 @@ def test_known_escapes_stay_closed(reader_signs: bool) -> None:
         for answer in _answers(Parts.of(written).with_field(name, value).assemble(), reader_signs):
             assert answer.outcome != "value" or answer.door == "header", (name, answer)
     _answers(Parts.of(written).with_field("key_id", "x" * 30_000).assemble(), reader_signs)  # messages stay short
+
+
+# -- what a writer keeps is what a reader parses ------------------------------------------------
+
+_JSON_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+                         st.floats(allow_nan=False, allow_infinity=False), _text)
+METADATA = st.one_of(st.none(), st.dictionaries(_text, st.recursive(_JSON_LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.lists(inner, max_size=3).map(tuple), st.dictionaries(_text, inner, max_size=3)),
+    max_leaves=8), max_size=4))
+
+
+@PROFILE
+@given(value=VALUES, metadata=METADATA, setup=SETUPS, key=st.sampled_from(["k.pkl", "김치/a b.pkl", "x" * 300]),
+       created_at=st.floats(0, 4e9), ttl=st.none() | st.floats(1e-3, 1e9))
+def test_the_header_a_writer_keeps_is_the_one_its_bytes_parse_to(value: Any, metadata: Any, setup: dict[str, Any],
+                                                                  key: str, created_at: float, ttl: Any) -> None:
+    """The writer keeps its header, so that this process never parses it again (and whoever
+    reads the same bytes here gets that header): it must be exactly what parsing builds."""
+    try:
+        header, chunks = entry.encode(value, metadata, created_at=created_at, key=key,
+                                      expires_at=None if ttl is None else created_at + ttl,
+                                      compression=setup["compression"], serializer=setup["serializer"],
+                                      trust=TRUST if setup["signed"] else None)
+    except InvalidValue:
+        return
+    data = memoryview(b"".join(bytes(chunk) for chunk in chunks))
+    with mock.patch.dict(entry_header._PARSED, clear=True):  # nothing kept: a parse from the bytes
+        parsed = entry.parse_header(data)
+        streamed = entry.read_header(io.BytesIO(data), data.nbytes)
+    assert parsed == header and streamed == header
+    assert entry.parse_header(data) == header

@@ -161,10 +161,18 @@ class Counters:
         it: named fields, not keyword arguments and getattr, which cost a small load (a fraction
         of a millisecond with cold caches) several times what the counting does."""
         with self.lock:
-            tier = self._tier(label)
+            tier = self.tiers.get(label) or self._tier(label)
             tier.hits += 1
             tier.bytes_read += size
             tier.seconds_reading += seconds
+
+    def saved(self, label: str, size: int, seconds: float) -> None:
+        """``add(label, puts=1, bytes_written=size, seconds_writing=seconds)``: as :meth:`hit`."""
+        with self.lock:
+            tier = self.tiers.get(label) or self._tier(label)
+            tier.puts += 1
+            tier.bytes_written += size
+            tier.seconds_writing += seconds
 
     def _tier(self, label: str) -> TierStats:
         tier = self.tiers.get(label)
@@ -339,7 +347,7 @@ class Entries:
         label = label or self.store.name
         if header is None:  # a legacy pickle knows nothing about itself; its file time will do
             return EntryInfo(key, path, label, size, modified, None, None, object_version=version)
-        return EntryInfo(key, path, label, size, header.created_at, header.metadata, header.version,
+        return EntryInfo(key, path, label, size, header.created_at, header.metadata_copy(), header.version,
                          header.expires_at, header.serializer, header.key_id, version)
 
     def info(self, key: str, repair: bool = True) -> EntryInfo | None:
@@ -438,9 +446,10 @@ class Entries:
             store.write(*expiry.marker_for(store, key, header.expires_at))
         version = store.write(key, chunks, None if progress is None else lambda done: progress(done, total))
         seconds = time.perf_counter() - started
-        self.count(puts=1, bytes_written=total, seconds_writing=seconds)
-        log.info("cache saved (%s): %s, %s in %.1f ms", store.name, path, megabytes(total),
-                 seconds * 1e3, extra=event("saved", path))
+        self._counters.get().saved(store.name, total, seconds)
+        if log.isEnabledFor(logging.INFO):
+            log.info("cache saved (%s): %s, %s in %.1f ms", store.name, path, megabytes(total),
+                     seconds * 1e3, extra=event("saved", path))
         if random.random() < CLEANUP_CHANCE:
             self._tidy(key.rpartition("/")[0] + "/" if "/" in key else "")
         return self._info(key, path, header.entry_size, header, header.created_at, version)

@@ -54,16 +54,17 @@ class Folder:
     by choice, so nothing is gained by opening it), and every folder where the system has no
     descriptor-relative calls. ``created``: this walk made the folder or one above it."""
 
-    __slots__ = ("path", "fd", "created")
+    __slots__ = ("path", "fd", "created", "_inside")
 
     def __init__(self, path: str, fd: int | None, created: bool = False) -> None:
         self.path = path
         self.fd = fd
         self.created = created
+        self._inside = "" if fd is not None else os.path.join(path, "")  # a write's path takes 4 of these
 
     def at(self, name: str) -> str:
         """How ``name`` in this folder is passed to a call that also gets ``dir_fd=self.fd``."""
-        return name if self.fd is not None else os.path.join(self.path, name)
+        return self._inside + name
 
     def child(self, name: str, create: bool = False) -> Folder:
         """The folder ``name`` in this one, never through a link; made first if missing and

@@ -279,5 +279,5 @@ def _fresh(section: LinkSection, ctx: Context, ops: list[Any], arrays: int) -> N
             print(f"warning: {exc}", file=sys.stderr, flush=True)
             continue
         record = section.results[op.id, "BIG"]
-        record.rss_increase, record.fresh_seconds = max(0, measured["rss_increase"]), measured["seconds"]
+        record.take_fresh(measured)
 

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: {exc}", file=sys.stderr, flush=True)
                 continue
             record = results[op.id, "BIG"]
-            record.rss_increase, record.fresh_seconds = max(0, measured["rss_increase"]), measured["seconds"]
+            record.take_fresh(measured)
         giant_results = None
         if giant:
             print("1 GB value on S3 (jangdok), save then load, each in a fresh process ...", flush=True)

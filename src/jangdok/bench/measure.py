@@ -71,11 +71,17 @@ class Result:
     faults: list[int] = field(default_factory=list)
     size: int = 0
     rss_increase: int | None = None  # bytes
+    first_rss_increase: int | None = None  # bytes; a save's, with its process's one-time costs
     fresh_seconds: float | None = None
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+    def take_fresh(self, measured: dict[str, Any]) -> None:
+        """Record what :func:`~jangdok.bench.fresh.in_fresh_process` measured."""
+        self.rss_increase, self.fresh_seconds = max(0, measured["rss_increase"]), measured["seconds"]
+        self.first_rss_increase = measured["first_rss_increase"]
 
     @property
     def median_requests(self) -> int | None:

@@ -123,6 +123,8 @@ def targets(results: dict[tuple[str, str], Result], giant: dict[str, dict[str, A
         if rss_max is not None:
             passed = passed and rss(result) <= rss_max
             detail += f"; RSS increase {rss(result):.2f}x payload (target <= {rss_max}x)"
+            if result.op.kind == "save" and result.first_rss_increase is not None:
+                detail += f"; a process's first save: +{result.first_rss_increase / MB:.1f} MB"
         found.append(Target(label, passed, detail))
     small, seed_small = get("jangdok|S3|load", "SMALL"), get("seed|S3|exists+load", "SMALL")
     speedup = seed_small.median / small.median

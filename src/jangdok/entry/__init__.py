@@ -1,6 +1,7 @@
 """The entry format: how a value becomes bytes in a store and is verified on the way back.
 
-- :mod:`.header`: the header, how it is sealed, parsed and checked before the payload is read;
+- :mod:`.header`: the header, how it is parsed and checked before the payload is read;
+- :mod:`.sealing`: the header written: metadata as readers see it, its JSON, the bytes that seal it;
 - :mod:`.format`: the payload, encoding and verified decoding;
 - :mod:`.codec`: optional per-buffer compression (zstd, byte shuffling);
 - :mod:`.safe`: the pickle-free serializer;

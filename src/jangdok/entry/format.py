@@ -34,6 +34,7 @@ from .header import (
     ALIGNMENT,
     CHECKSUM,
     FORMAT_VERSION,
+    HEADER_HASH,
     ZEROS,
     BufferTable,
     EntryHeader,
@@ -43,15 +44,14 @@ from .header import (
     check_size,
     check_usable,
     header_from,
-    lead,
-    metadata_json,
     parse_header,
     read_header,
     read_into,
-    seal,
+    remember,
     time_problem,
 )
 from .limits import MAX_EXPANSION, check_memory, cut, shown
+from .sealing import lead, metadata_json, seal
 from .signing import MAC_ALGORITHM, MAC_CHUNK, MAC_LENGTH, PieceDigests, Trust, payload_mac
 
 __all__ = ["Decoded", "Progress", "Stream", "encode", "decode", "decode_buffer", "verify"]
@@ -199,6 +199,7 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     mac = b"" if signer is None or pieces is None else payload_mac(signer[1], sealed, pieces)
     before_payload = lead(sealed, mac)
     header = header_from(FORMAT_VERSION, fields, len(before_payload), mac, sealed)
+    remember(before_payload[: len(sealed) + HEADER_HASH.size], header)  # its readers here parse nothing
     return header, [before_payload, *payload]
 
 

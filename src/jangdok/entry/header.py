@@ -28,6 +28,7 @@ they do not know. The payload and its verified decoding are :mod:`jangdok.entry.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import json
@@ -40,9 +41,9 @@ from typing import Any, Protocol
 
 import xxhash
 
-from ..errors import CorruptEntry, InvalidValue, UnsupportedEntry
+from ..errors import CorruptEntry, UnsupportedEntry
 from . import safe
-from .limits import MAX_NESTING, check_containers, container_padding, cut, json_problem, shown
+from .limits import check_containers, cut, shown
 from .signing import MAC_ALGORITHM, MAC_CHUNK, MAX_MAC_CHUNK, MIN_MAC_CHUNK
 
 __all__ = ["EntryHeader", "ForeignEntry", "ExpiredEntry", "read_header", "parse_header", "header_size", "check_key",
@@ -137,6 +138,10 @@ class EntryHeader:
     def entry_size(self) -> int:
         return self.header_size + self.payload_length
 
+    def metadata_copy(self) -> dict[str, Any] | None:
+        """The metadata, for a caller who may change it: headers are shared (see :func:`remember`)."""
+        return None if self.metadata is None else _fresh(self.metadata)
+
     @functools.cached_property
     def buffers(self) -> tuple[StoredBuffer, ...]:
         """Every out-of-band buffer, checked to lie in order within the payload and to fill it;
@@ -220,85 +225,6 @@ def align(position: int) -> int:
     return -(-position // ALIGNMENT) * ALIGNMENT
 
 
-# -- writing -----------------------------------------------------------------------------------
-
-
-def _json_default(value: Any) -> Any:
-    """What numpy users put in metadata: numpy scalars become numbers, times ISO strings."""
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    item = getattr(value, "item", None)
-    if callable(item) and getattr(value, "shape", None) == ():  # a numpy scalar or 0-d array
-        return item()
-    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
-
-
-def _to_json(fields: Mapping[str, Any]) -> bytes:
-    return json.dumps(fields, ensure_ascii=False, sort_keys=True, allow_nan=False, separators=(",", ":"),
-                      default=_json_default).encode("utf-8")
-
-
-def metadata_json(metadata: Mapping[str, Any] | None, key: str | None) -> Any:
-    """Metadata as every reader will see it (JSON types), checked for type and size; raises
-    InvalidValue naming where in the metadata anything no reader could parse is."""
-    if metadata is None:
-        return None
-    if not isinstance(metadata, Mapping):
-        raise InvalidValue(f"metadata must be a mapping such as a dict, got {type(metadata).__name__}")
-    where = f" for key {key!r}" if key else ""
-    try:
-        _check_readable(metadata, "metadata", where)
-        text = _to_json(dict(metadata))
-    except InvalidValue:
-        raise
-    except RecursionError as exc:  # within MAX_NESTING, when put is called this deep in the stack already
-        raise InvalidValue(f"entry metadata{where} is nested too deeply; flatten it") from exc
-    except (TypeError, ValueError) as exc:
-        raise InvalidValue(
-            f"entry metadata{where} must be JSON-serializable (str, int, float, bool, None, lists, dicts, "
-            f"numpy scalars, datetimes): {exc}"
-        ) from exc
-    if len(text) > MAX_METADATA_BYTES:
-        raise InvalidValue(f"entry metadata{where} is {len(text)} bytes as JSON; the limit is "
-                           f"{MAX_METADATA_BYTES}: store large data in the value, not in its metadata")
-    return json.loads(text)
-
-
-def _check_readable(value: Any, path: str, where: str, depth: int = 0) -> None:
-    """Refuse text and integers no reader could parse back (:func:`~jangdok.entry.limits.json_problem`),
-    and nesting deeper than :data:`~jangdok.entry.limits.MAX_NESTING`."""
-    problem = json_problem(value)
-    if problem is not None:
-        raise InvalidValue(f"entry metadata{where} cannot hold {path}: {problem}")
-    if isinstance(value, (Mapping, list, tuple)):
-        if depth == MAX_NESTING:
-            raise InvalidValue(f"entry metadata{where} is nested too deeply at {cut(path)}: more than {MAX_NESTING} "
-                               "lists and dicts, the most every Python version reads back; flatten it")
-        depth += 1
-    if isinstance(value, Mapping):
-        for name, item in value.items():
-            problem = json_problem(name)
-            if problem is not None:
-                raise InvalidValue(f"entry metadata{where} cannot hold the key {name!r} of {path}: {problem}")
-            _check_readable(item, f"{path}[{name!r}]", where, depth)
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _check_readable(item, f"{path}[{index}]", where, depth)
-
-
-def seal(fields: Mapping[str, Any]) -> bytes:
-    """The header's bytes from the magic to the end of its JSON: what the MAC covers."""
-    header_json = _to_json(fields)
-    header_json += container_padding(header_json)
-    return PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json)) + header_json
-
-
-def lead(sealed: bytes, mac: bytes) -> bytes:
-    """Everything before the payload: the sealed header, its hash, the MAC and the padding."""
-    done = sealed + HEADER_HASH.pack(xxhash.xxh32_intdigest(sealed)) + mac
-    return done + ZEROS[: align(len(done)) - len(done)]
-
-
 # -- reading -----------------------------------------------------------------------------------
 
 
@@ -308,30 +234,34 @@ def read_into(reader: Stream, target: memoryview, progress: Any = None, digest: 
     store guarantees a short read is real. A reader with a ``fill`` method (a store's
     :class:`~jangdok.stores.Reader`) may fill ``target`` in parallel."""
     size = target.nbytes
-    hashed = 0
-
-    def arrived(filled: int) -> None:
-        nonlocal hashed
-        if digest is not None:
-            digest.update(target[hashed:filled])
-        hashed = filled
-        if progress is not None:
-            progress(filled, size)
-
     fill = getattr(reader, "fill", None)
-    done = fill(target, arrived) if fill is not None else _fill_in_order(reader, target, arrived)
+    if fill is None and digest is None and progress is None:  # nothing to do as bytes arrive
+        done = _fill_in_order(reader, target, None)
+    else:
+        hashed = 0
+
+        def arrived(filled: int) -> None:
+            nonlocal hashed
+            if digest is not None:
+                digest.update(target[hashed:filled])
+            hashed = filled
+            if progress is not None:
+                progress(filled, size)
+
+        done = fill(target, arrived) if fill is not None else _fill_in_order(reader, target, arrived)
     if done < size:
         raise CorruptEntry(f"entry is truncated: expected {size} bytes, found {done}")
 
 
-def _fill_in_order(reader: Stream, target: memoryview, arrived: Callable[[int], None]) -> int:
+def _fill_in_order(reader: Stream, target: memoryview, arrived: Callable[[int], None] | None) -> int:
     done = 0
     while done < target.nbytes:
         count = reader.readinto(target[done : done + _READ_CHUNK])
         if not count:
             break
         done += count
-        arrived(done)
+        if arrived is not None:
+            arrived(done)
     return done
 
 
@@ -399,12 +329,12 @@ def header_from(version: int, fields: Mapping[str, Any], header_size: int, mac: 
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return type(value) is int and value >= 0  # JSON's integers; bool, an int subclass, is refused
 
 
 def _count(value: Any, name: str) -> int:
     """A byte count from a header: a non-negative JSON integer, nothing else."""
-    if not _is_count(value):
+    if type(value) is not int or value < 0:  # as _is_count, inline: headers have several
         raise ValueError(f"{name} {shown(value)} is not a byte count")
     return value
 
@@ -426,6 +356,13 @@ def time_problem(seconds: float) -> str | None:
         return (f"{shown(seconds)} is not a time between years 1 and 9999 "
                 f"({_EARLIEST:.0f} to {_LATEST:.0f} seconds since the epoch)")
     return None
+
+
+# Headers this process parsed or wrote, by their sealed bytes and hash (see remember()): up to
+# _PARSED_MAX of them, each from at most _PARSED_MAX_BYTES (a few MB in all).
+_PARSED: dict[bytes, EntryHeader] = {}
+_PARSED_MAX = 1024
+_PARSED_MAX_BYTES = 2048
 
 
 def _no_constant(name: str) -> None:
@@ -525,6 +462,11 @@ def _header(start: bytes, rest: bytearray | memoryview, version: int,
     """The header from its prefix and what follows it (the JSON and its hash); ``read_lead(n)``
     gives the ``n`` bytes after those (the MAC and the padding)."""
     header_len = len(rest) - HEADER_HASH.size
+    kept = _PARSED.get(start + bytes(rest)) if len(start) + len(rest) <= _PARSED_MAX_BYTES else None
+    if kept is not None:
+        parsed = len(start) + len(rest)
+        mac = bytes(read_lead(kept.header_size - parsed)[: len(kept.mac)]) if kept.header_size > parsed else b""
+        return kept if mac == kept.mac else dataclasses.replace(kept, mac=mac)
     header_json = bytes(rest[:header_len])
     (expected,) = HEADER_HASH.unpack_from(rest, header_len)
     sealed = start + header_json
@@ -557,7 +499,30 @@ def _header(start: bytes, rest: bytearray | memoryview, version: int,
         unknown = [f"{name} {shown(value)}" for name, value, allowed in zip(_KNOWN_FIELDS, values, known, strict=True)
                    if value not in allowed]
         raise UnsupportedEntry(f"entry uses {', '.join(unknown)}, unknown to this jangdok: upgrade jangdok")
+    remember(sealed + bytes(rest[header_len:]), header)
     return header
+
+
+def remember(sealed_and_hash: bytes, header: EntryHeader) -> None:
+    """Keep ``header`` as what the sealed header bytes followed by their hash parse to (its MAC,
+    which follows them, is compared on every read): written or read by this process, a hot
+    entry's header is then never parsed again. Parsing is a pure function of those bytes, so
+    the header found is exactly the one parsing would build; its ``metadata`` is shared, so
+    whatever hands it out copies it (:meth:`EntryHeader.metadata_copy`)."""
+    if len(sealed_and_hash) > _PARSED_MAX_BYTES:
+        return
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[sealed_and_hash] = header
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of JSON data (a header's metadata) that shares no list or dict with it."""
+    if isinstance(value, dict):
+        return {name: _fresh(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_fresh(item) for item in value]
+    return value
 
 
 # -- checks before the payload is read ---------------------------------------------------------

@@ -137,8 +137,14 @@ def _spent(text: bytes) -> int:
     return BYTES_PER_LIST * text.count(b"[") + BYTES_PER_OBJECT * text.count(b"{")
 
 
+# JSON this short cannot hold more lists and objects than its free bytes pay for: not counted.
+_SURELY_FREE = _FREE_JSON_BYTES // max(BYTES_PER_LIST, BYTES_PER_OBJECT)
+
+
 def container_padding(text: bytes) -> bytes:
     """The spaces that give JSON ``text`` the bytes its lists and objects must have."""
+    if len(text) <= _SURELY_FREE:
+        return b""
     return b" " * max(0, _spent(text) - _FREE_JSON_BYTES - len(text))
 
 
@@ -146,7 +152,7 @@ def check_containers(text: bytes, what: str) -> None:
     """Before JSON ``text`` is parsed: refuse it, as an entry no jangdok writer makes (a forgery,
     or what a version before the padding wrote), if it holds more lists and objects than its
     bytes allow."""
-    if _spent(text) > len(text) + _FREE_JSON_BYTES:
+    if len(text) > _SURELY_FREE and _spent(text) > len(text) + _FREE_JSON_BYTES:
         raise UnsupportedEntry(f"{what} holds {text.count(b'['):,} lists and {text.count(b'{'):,} objects in "
                                f"{len(text):,} bytes, more than one per {BYTES_PER_LIST} and {BYTES_PER_OBJECT} "
                                "bytes (beyond the first 64 KiB) allow: no jangdok writer makes that (a forged "

@@ -76,9 +76,16 @@ def _write_batch(fd: int, batch: list[memoryview], wrote: Callable[[int], None])
             batch[0] = batch[0][written:]
 
 
+def _ignore(count: int) -> None:
+    pass
+
+
 def write_chunks(fd: int, data: Chunks, progress: Callable[[int], None] | None) -> None:
     """Write ``data`` to ``fd`` without copying it: chunks at hand in as few ``writev`` calls as
     IOV_MAX allows, a generator's one by one; ``progress(total)`` after each system call."""
+    if progress is None and isinstance(data, (list, tuple)) and len(data) <= IOV_MAX:  # a small entry's case
+        _write_batch(fd, list(iter_chunks(data)), _ignore)
+        return
     total = 0
 
     def wrote(count: int) -> None:

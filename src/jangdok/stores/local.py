@@ -44,7 +44,6 @@ import errno
 import logging
 import mmap
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -195,7 +194,7 @@ class LocalStore(Store):
 
     def _temp_name(self) -> str:
         # A random suffix keeps concurrent writers (and deleters) out of each other's files.
-        return f"{TEMP_MARKER}{secrets.token_hex(8)}"
+        return TEMP_MARKER + os.urandom(8).hex()
 
     def _open_entry(self, key: str) -> tuple[tuple[int, os.stat_result] | None, str]:
         """A descriptor of the entry's file, opened for reading, with what ``fstat`` said of it
@@ -245,8 +244,12 @@ class LocalStore(Store):
         log.warning("Cache entry %s is not a regular file (%s): not an entry, treated as a miss; remove it",
                     path, kind, extra={"jangdok_event": "not_a_file", "jangdok_path": path})
 
+    def path(self, key: str) -> str:
+        return self.location.local_path(key)
+
     def read(self, key: str, start: int = 0, stop: int | None = None) -> Reader | None:
-        check_range(start, stop)
+        if start or stop is not None:
+            check_range(start, stop)
         opened, path = self._open_entry(key)
         if opened is None:
             return None

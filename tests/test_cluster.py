@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,9 +153,10 @@ def test_workers_compute_each_missing_label_once(backend: str, sample_data: Path
     assert f"wrote {stored_bytes(url, request) / 1e6:.1f} MB" in cold, "the workers' writes count in the summary"
     assert_values(url, env, sample_data, LABELS[:1])
 
-    warm = finished(main_py(sample_data, tmp_path / "out", "--cache-dir", url, "--workers", "2", env=env))
-    assert "🧮" not in warm, "nothing to compute: no pool"
-    assert label_lines(warm) == [("📂", label, store) for label in LABELS], warm
+    if backend == "local":
+        warm = finished(main_py(sample_data, tmp_path / "out", "--cache-dir", url, "--workers", "2", env=env))
+        assert "🧮" not in warm, "nothing to compute: no pool"
+        assert label_lines(warm) == [("📂", label, store) for label in LABELS], warm
 
 
 @pytest.mark.parametrize(("method", "backend"), [("spawn", "s3"), ("forkserver", "local")])
@@ -177,12 +179,13 @@ def test_workers_started_by_spawn_and_forkserver(method: str, backend: str, samp
 
 
 @pytest.mark.usefixtures("ctrl_c_handled")
-def test_ctrl_c_stops_the_workers_cleanly(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_ctrl_c_stops_the_workers_cleanly(backend: str, sample_data: Path, tmp_path: Path,
+                                          request: pytest.FixtureRequest) -> None:
     """Both workers blocked inside a label (reading a video that is a FIFO), each holding the
     label's lease: Ctrl-C to main.py unwinds them (leases released, nothing half written) and
     ends them, then main.py says one line and exits 130."""
     data = tmp_path / "data"
-    generate_sample_dataset(data)
+    shutil.copytree(sample_data, data)
     fifos = []
     for label in LABELS[:2]:
         video = load_labels(data)[label][0]
@@ -248,9 +251,10 @@ def test_a_dask_cluster_extracts_the_labels(backend: str, clusters: Clusters, sa
     assert f"wrote {stored_bytes(url, request) / 1e6:.1f} MB" in cold, "the workers' writes count in the summary"
     assert_values(url, env, sample_data, LABELS[2:3])
 
-    warm = finished(main_py(sample_data, tmp_path / "out", "--cache-dir", url, *where, env=env))
-    assert "🌐" not in warm, "nothing to compute: the cluster is not asked"
-    assert label_lines(warm) == [("📂", label, store) for label in LABELS], warm
+    if backend == "s3":
+        warm = finished(main_py(sample_data, tmp_path / "out", "--cache-dir", url, *where, env=env))
+        assert "🌐" not in warm, "nothing to compute: the cluster is not asked"
+        assert label_lines(warm) == [("📂", label, store) for label in LABELS], warm
 
 
 def test_two_clusters_and_a_plain_run_save_each_label_once(clusters: Clusters, seaweed: SeaweedServer,

@@ -232,6 +232,23 @@ def test_an_endpoint_from_a_dotenv_with_its_keys_stays_with_them(monkeypatch: py
         pickle.loads(blob).completed()
 
 
+def test_the_receivers_endpoint_variables_do_not_redirect_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache sent for AWS (no endpoint) stays on AWS in a worker whose environment names
+    another server: boto3 would read AWS_ENDPOINT_URL itself, sending the sender's keys
+    (send_secrets) or the worker's to a server the sender never chose, another cache."""
+    from jangdok.stores.s3.client import make_client
+
+    blob = pickle.dumps(Cache("s3://bucket/prefix/", region="us-east-1", send_secrets=True,
+                              access_key_id=SECRETS["access_key_id"], secret_access_key=SECRETS["secret_access_key"]))
+    sender_endpoint = make_client(pickle.loads(blob).settings)[0].meta.endpoint_url
+    for variable in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+        arrived = pickle.loads(blob)
+        assert arrived.settings.endpoint_url is None
+        assert make_client(arrived.settings)[0].meta.endpoint_url == sender_endpoint, variable
+        monkeypatch.delenv(variable)
+
+
 # -- pools: keys equal to the parent's, each computed once ----------------------------------------
 
 

@@ -114,6 +114,20 @@ def test_what_travels_is_the_settings_as_checked(tmp_path: Path, monkeypatch: py
     assert arrived.fallback_dir == str(tmp_path / "elsewhere" / "jangdok" / "fallback")
 
 
+def test_settings_from_another_version_are_checked_on_arrival(tmp_path: Path) -> None:
+    """A worker running another jangdok: a setting it does not know, or a value it refuses, is
+    a ConfigError saying so (not a setting silently dropped, nor a failure deep in a read);
+    one the sender did not know yet takes this version's default."""
+    arrive, (state,) = Settings(cache_dir=str(tmp_path / "c")).__reduce__()
+    with pytest.raises(ConfigError, match=r"unknown to this jangdok \(.*\).* same version") as raised:
+        arrive({**state, "placement": "elsewhere"})
+    assert "placement" in str(raised.value)
+    with pytest.raises(ConfigError, match="compression .* must be one of"):
+        arrive({**state, "compression": "lz9"})
+    older = {name: value for name, value in state.items() if name != "part_size"}
+    assert arrive(older).part_size == Settings().part_size and arrive(older).received
+
+
 def test_a_fallen_back_cache_travels_as_configured(seaweed: SeaweedServer, s3_url: str, tmp_path: Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     """A cache that fell back to its folder here (no credentials) is sent as the S3 cache it

@@ -24,7 +24,7 @@ another file or boto3's chain) are never sent to a server it chose. An endpoint 
 arguments, the environment or the project ``.env`` is used with any credentials.
 
 Settings travel to other processes (a pickled :class:`~jangdok.cache.Cache`) as the values
-resolved here, which the receiver takes without reading or checking them again; the secrets
+resolved here, which the receiver checks but does not read again from its own environment; the secrets
 (keys, token, signing keys) only with ``send_secrets=True``. Otherwise the receiver finds its
 own by the order above, from its environment on (:meth:`Settings.completed`), and an endpoint
 that came from a ``.env`` file with that file's keys is used there only with keys from that
@@ -38,7 +38,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -396,10 +396,11 @@ class Settings:
     # -- travelling to other processes --------------------------------------------------------
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled as the values checked here, which the receiving process takes as they are;
-        without the secrets unless ``send_secrets`` (see :meth:`completed`). Folders are sent
-        absolute, as this process's working folder names them; a default that depends on the
-        machine (``fallback_dir``) is left for the receiver to make."""
+        """Pickled as the values checked here, which the receiving process checks again but does
+        not read from its own environment; without the secrets unless ``send_secrets`` (see
+        :meth:`completed`). Folders are sent absolute, as this process's working folder names
+        them; a default that depends on the machine (``fallback_dir``) is left for the receiver
+        to make."""
         state = {item.name: getattr(self, item.name) for item in fields(self) if item.name not in _SECRET_FIELDS}
         state["sources"] = dict(self.sources)
         state["received"] = True
@@ -490,20 +491,16 @@ class Settings:
 
 
 def _arrived(state: Mapping[str, Any]) -> Settings:
-    """Settings unpickled: the sender's values as it checked them, not checked again (a
-    setting read differently here would make another cache); what the state lacks is the
-    default, made here."""
-    settings = object.__new__(Settings)
-    for item in fields(Settings):
-        if item.name in state:
-            value = state[item.name]
-        else:
-            value = item.default_factory() if item.default_factory is not MISSING else item.default
-        settings._set(item.name, value)
-    for name in KEY_NAMES:
-        value = getattr(settings, name)
-        if value is not None:
-            settings._set(name, Secret(value))
-    keys: tuple[str, ...] = state.get("signing_keys", ())  # sent with send_secrets
-    settings._set("signing_keys", tuple(Secret(key) for key in keys))
-    return settings
+    """Settings unpickled: the sender's values, not read again here (a setting read from this
+    process's environment would make another cache) but checked again, as a process running
+    another jangdok may refuse them or not know a setting; what the state lacks (a setting the
+    sender did not know, the default ``fallback_dir``) is the default, made here."""
+    unknown = sorted(set(state) - {item.name for item in fields(Settings)})
+    if unknown:
+        from . import __version__  # the package imports this module
+
+        raise ConfigError(
+            f"this cache came from another process with the setting(s) {', '.join(unknown)}, unknown to this "
+            f"jangdok ({__version__}): that process runs another version; install the same version of jangdok "
+            "in every process the cache is sent to")
+    return Settings(**state)

@@ -227,8 +227,15 @@ def test_a_worker_without_the_signing_keys_is_told_so(tmp_path: Path, monkeypatc
     arrived = pickle.loads(pickle.dumps(signed))
     with pytest.raises(CredentialsError, match="without its signing keys.*JANGDOK_SIGNING_KEY"):
         arrived.get("k.pkl")
+    monkeypatch.setenv("JANGDOK_SIGNING_KEY", "x" * 32)  # not the sender's: its entries would be refused there
+    with pytest.raises(CredentialsError, match="not the ones the process that sent it holds.*JANGDOK_SIGNING_KEY"):
+        pickle.loads(pickle.dumps(signed)).get("k.pkl")
     monkeypatch.setenv("JANGDOK_SIGNING_KEY", "k" * 32)
     assert arrived.get("k.pkl") == 1 and arrived.settings.sources["signing_keys"] == "environment"
+    forwarded = pickle.loads(pickle.dumps(pickle.loads(pickle.dumps(signed))))  # on to a third process
+    monkeypatch.setenv("JANGDOK_SIGNING_KEY", "x" * 32)
+    with pytest.raises(CredentialsError, match="not the ones"):
+        forwarded.get("k.pkl")
 
 
 def test_an_endpoint_from_a_dotenv_with_its_keys_stays_with_them(monkeypatch: pytest.MonkeyPatch,

@@ -73,7 +73,7 @@ __all__ = [
 log = logging.getLogger("jangdok")
 
 _SECRET_FIELDS = (*KEY_NAMES, "signing_keys")
-_RECEIVED_FIELDS = ("received", "withheld")
+_RECEIVED_FIELDS = ("received", "withheld", "signing_key_ids")
 _TIMEOUTS = ("connect_timeout", "read_timeout", "total_timeout")
 _FLAGS = ("fallback", "durable", "mmap", "allow_legacy", "delete_untrusted")
 COMPRESSIONS = ("none", "zstd")
@@ -216,11 +216,15 @@ class Settings:
     withheld: tuple[str, ...] = field(default=(), compare=False, repr=False)
     """Set by unpickling: the secrets the sending process held but did not send
     (``"credentials"``, ``"signing keys"``), and that this process has not found."""
+    signing_key_ids: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    """Set by unpickling: the public ids of the signing keys that stayed behind (the ids every
+    signed entry carries), which the keys this process finds must match."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.send_secrets, bool):
             raise ConfigError(f"setting send_secrets must be True or False, got {self.send_secrets!r}")
         self._set("withheld", tuple(self.withheld))
+        self._set("signing_key_ids", tuple(self.signing_key_ids))
         for name in KEY_NAMES:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Secret):
@@ -411,6 +415,7 @@ class Settings:
             state["signing_keys"] = tuple(key.reveal() for key in self.signing_keys)
         else:
             state["withheld"] = tuple(dict.fromkeys((*self.withheld, *held)))
+            state["signing_key_ids"] = _key_ids(self.signing_keys) or self.signing_key_ids
         from .location import parse_location  # location imports this module
 
         location = parse_location(self.cache_dir)
@@ -459,6 +464,15 @@ class Settings:
             done._set("signing_keys", layer.values[variables[0]])
             sources["signing_keys"] = layer.origin
             done._set("signing_keys", done._signing_keys())
+            if self.signing_key_ids and _key_ids(done.signing_keys) != self.signing_key_ids:
+                # This process would sign with a key the sender's readers refuse, and refuse theirs.
+                raise CredentialsError(
+                    f"this cache came from another process without its signing keys, and the ones found here "
+                    f"({variables[0]} in {layer.origin}: key ids {', '.join(_key_ids(done.signing_keys))}) are "
+                    f"not the ones the process that sent it holds (key ids {', '.join(self.signing_key_ids)}); "
+                    f"set {variables[0]} to the same keys, in the same order, or create the cache with "
+                    "send_secrets=True to send them with it")
+            done._set("signing_key_ids", ())
         if is_s3_path(self.cache_dir) and not (self.profile or any(getattr(self, key) for key in KEY_NAMES)):
             sent_from = self.sources.get("credentials")
             sources.pop("credentials", None)
@@ -488,6 +502,14 @@ class Settings:
             "endpoint_url=... or set AWS_ENDPOINT_URL in the environment, or create the cache with "
             "send_secrets=True"
         )
+
+
+def _key_ids(keys: tuple[Secret, ...]) -> tuple[str, ...]:
+    if not keys:
+        return ()
+    from .entry.signing import key_id  # the entry layer imports this module
+
+    return tuple(key_id(key.reveal().encode("utf-8")) for key in keys)
 
 
 def _arrived(state: Mapping[str, Any]) -> Settings:

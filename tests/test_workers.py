@@ -238,6 +238,16 @@ def test_a_worker_without_the_signing_keys_is_told_so(tmp_path: Path, monkeypatc
         forwarded.get("k.pkl")
 
 
+def test_errors_in_a_worker_say_which_process_a_setting_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setting the sender read from its environment is not this process's: an error about it
+    in a worker says where it came from, not "the environment" (which here holds no such thing)."""
+    monkeypatch.setenv("AWS_PROFILE", "sender-only")
+    blob = pickle.dumps(Cache("s3://bucket/prefix/", endpoint_url="http://127.0.0.1:9"))
+    monkeypatch.delenv("AWS_PROFILE")
+    with pytest.raises(CredentialsError, match=r"'sender-only' \(from environment in the process that sent this cache"):
+        pickle.loads(blob).get("k.pkl")
+
+
 def test_an_endpoint_from_a_dotenv_with_its_keys_stays_with_them(monkeypatch: pytest.MonkeyPatch,
                                                                   isolated_env: Path) -> None:
     """A current-folder .env may name an endpoint only for its own keys; the keys stay behind,

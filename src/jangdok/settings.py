@@ -74,6 +74,9 @@ log = logging.getLogger("jangdok")
 
 _SECRET_FIELDS = (*KEY_NAMES, "signing_keys")
 _RECEIVED_FIELDS = ("received", "withheld", "signing_key_ids")
+_SENT = " in the process that sent this cache"
+"""Added to the origins in :attr:`Settings.sources` of settings that travelled, so that a
+message in the receiver says whose environment or ``.env`` file a value came from."""
 _TIMEOUTS = ("connect_timeout", "read_timeout", "total_timeout")
 _FLAGS = ("fallback", "durable", "mmap", "allow_legacy", "delete_untrusted")
 COMPRESSIONS = ("none", "zstd")
@@ -406,7 +409,8 @@ class Settings:
         them; a default that depends on the machine (``fallback_dir``) is left for the receiver
         to make."""
         state = {item.name: getattr(self, item.name) for item in fields(self) if item.name not in _SECRET_FIELDS}
-        state["sources"] = dict(self.sources)
+        state["sources"] = {name: origin if origin.endswith(_SENT) else origin + _SENT
+                            for name, origin in self.sources.items()}
         state["received"] = True
         held = [name for name, present in (("credentials", any(getattr(self, key) for key in KEY_NAMES)),
                                            ("signing keys", bool(self.signing_keys))) if present]
@@ -493,12 +497,12 @@ class Settings:
         sender together with its own keys: such a file may be the current folder's, trusted
         only with the keys it brings (see the module's notes), and the sender cannot say."""
         origin = self.sources.get("endpoint_url", "")
-        if not origin.startswith(".env file ") or origin != sent_from or layer.origin == origin:
+        if not origin.startswith(".env file ") or origin != sent_from or layer.origin + _SENT == origin:
             return
         raise ConfigError(
             f"the endpoint {mask_url(self.endpoint_url or '')} came from {origin} together with the access keys "
-            f"there, in the process that sent this cache, which did not send the keys; it is not used with this "
-            f"process's credentials (from {layer.origin}), which would go to a server that file chose. Pass "
+            f"there, which that process did not send; it is not used with this process's credentials (from "
+            f"{layer.origin}), which would go to a server that file chose. Pass "
             "endpoint_url=... or set AWS_ENDPOINT_URL in the environment, or create the cache with "
             "send_secrets=True"
         )

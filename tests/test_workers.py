@@ -28,6 +28,8 @@ from typing import Any
 import cloudpickle
 import pytest
 import travellers
+from faultproxy import FaultProxy
+from helpers import s3_settings
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -80,12 +82,32 @@ def test_a_used_cache_pickles_and_reopens(name: str, dumps: Callable[[Any], byte
         get = pickle.loads(dumps(cache.get))
         assert copied.settings == settings and copied is not cache
         assert copied.get("a.pkl") == {"n": 1} and get("a.pkl") == {"n": 1}
-        assert copied.store is not cache.store and get.__self__.store not in (cache.store, copied.store)
+        assert copied.store is not cache.store and get.__self__.store is copied.store  # arrived: one opening
         copied.put("b.pkl", 2)
-        copied.close()  # closing the copy leaves the original working
-        assert cache.get("b.pkl") == 2
+        copied.close()  # closing the copy leaves the original, and the other arrival, working
+        assert cache.get("b.pkl") == 2 and get("b.pkl") == 2
         label = cache.store_label
         assert cache.stats()[label].hits == 2 and copied.stats()[label].hits == 1 and copied.stats()[label].puts == 1
+
+
+def test_caches_arriving_in_a_process_share_one_opening(seaweed: SeaweedServer, s3_url: str,
+                                                        proxy: FaultProxy) -> None:
+    """A pool's or a cluster's tasks each carry the cache they use (``pool.map(cache.get, keys)``
+    unpickles one per task): those arriving in one process with the same settings open one
+    store between them, as a cache made there would (each opening costs a client, ~0.2 s of
+    CPU, a connection and a request), and each counts its own stats. Closing one leaves it."""
+    cache = Cache.from_settings(s3_settings(seaweed, s3_url, endpoint_url=proxy.endpoint, send_secrets=True))
+    cache.put("k.pkl", 1)
+    blob = pickle.dumps(cache.get)
+    proxy.requests.clear()
+    connections = proxy.connections
+    gets = [pickle.loads(blob) for _ in range(4)]
+    assert [get("k.pkl") for get in gets] == [1] * 4
+    assert len(proxy.requests) == 1 + 4 and proxy.connections == connections + 1, proxy.requests
+    assert all(get.__self__.stats()["S3"].hits == 1 for get in gets)
+    gets[0].__self__.close()
+    assert [get("k.pkl") for get in gets] == [1] * 4 and len(proxy.requests) == 1 + 8
+    assert cache.store not in {get.__self__.store for get in gets}  # the sender's own stays its own
 
 
 def test_copies_are_independent_and_keep_secrets(tmp_path: Path) -> None:
@@ -97,6 +119,16 @@ def test_copies_are_independent_and_keep_secrets(tmp_path: Path) -> None:
         assert copied.get("a.pkl") == 1 and copied.store is not cache.store
         copied.close()
     assert cache.get("a.pkl") == 1
+
+
+def test_a_subclass_travels_with_its_own_attributes(tmp_path: Path) -> None:
+    """A subclass of Cache whose __init__ takes arguments of its own arrives as itself, with
+    its attributes, and its __init__ is not called again (without those arguments)."""
+    cache = travellers.ProjectCache("chapter", str(tmp_path))
+    cache.put("a.pkl", 1)
+    for arrived in (pickle.loads(pickle.dumps(cache)), cloudpickle.loads(cloudpickle.dumps(cache)), copy.copy(cache)):
+        assert type(arrived) is travellers.ProjectCache and arrived.project == "chapter"
+        assert arrived.settings == cache.settings and arrived.get("a.pkl") == 1
 
 
 def test_what_travels_is_the_settings_as_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -346,6 +346,22 @@ def test_pool_workers_compute_each_key_once(kind: str, backend: str, cache_url: 
     assert all(cache.get(travellers.area.key(point)) == point.x * point.y for point in points)
 
 
+def test_a_workers_stats_of_one_task_add_up(tmp_path: Path) -> None:
+    """A worker's module-level cache counts all the tasks the worker ran; the difference of its
+    stats around one task is that task's, and those add up to the pool's total."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = {**os.environ, "CACHE_DIR": str(tmp_path / "cache"), "TRAVEL_MARKERS": str(markers)}
+    points = [travellers.Point(index, 2) for index in range(3)]
+    chunks = [points[:2], points[:2], points, points[2:]]  # one worker runs them all
+    with _pool("spawn", env, workers=1) as pool_map:
+        done = pool_map(travellers.areas, chunks)
+    total = sum(stats for _, stats in done)
+    assert [values for values, _ in done] == [[point.x * 2 for point in chunk] for chunk in chunks]
+    assert total["local"].computed == 3 == len(os.listdir(markers)) and total["local"].hits == 2 + 2 + 1
+    assert total["local"].puts == 3 and (done[1][1] - done[1][1])["local"] == TierStats()
+
+
 # -- the main script: one key however it is started, and in its workers ---------------------------
 
 DEFINITIONS = '''

@@ -259,7 +259,8 @@ class Cache:
     def stats(self) -> Stats:
         """Hits, misses, bytes and seconds read and written by this process, per store
         (``"S3"``, ``"local"``, ``"local (fallback)"``). A forked child starts from zero.
-        Workers' stats pickle and add up (:class:`~jangdok.stats.Stats`): ``sum(gathered)``."""
+        Workers' stats pickle, add up and subtract (:class:`~jangdok.stats.Stats`): a task
+        returns ``cache.stats() - before``, and ``sum(gathered)`` is the total."""
         counters = self._counters.get()
         with counters.lock:
             return Stats.of(counters.tiers)

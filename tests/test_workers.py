@@ -253,6 +253,28 @@ def test_a_worker_without_credentials_is_told_so(seaweed: SeaweedServer, s3_url:
         assert pool_map(cache.get, ["k.pkl"]) == ["value"]
 
 
+def test_credentials_from_the_aws_files_stay_behind_and_are_missed(seaweed: SeaweedServer, s3_url: str,
+                                                                    isolated_env: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender whose S3 cache opened with credentials boto3 found itself (the AWS files, a
+    role: never in the settings, never sent, even with send_secrets) sends a cache that a
+    worker without credentials refuses to use, rather than falling back to a folder of its own."""
+    files = isolated_env.parent / "aws-home"
+    keys = credentials_env(seaweed)
+    (files / "credentials").write_text(f"[default]\naws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}\n"
+                                       f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}\n")
+    blobs = []
+    for send_secrets in (False, True):
+        cache = Cache(s3_url, endpoint_url=seaweed.endpoint, region="us-east-1", send_secrets=send_secrets)
+        cache.put("k.pkl", 1)
+        assert cache.store_label == "S3"
+        blobs.append(pickle.dumps(cache))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(files / "elsewhere"))
+    for blob in blobs:
+        with pytest.raises(CredentialsError, match="without its credentials"):
+            pickle.loads(blob).get("k.pkl")
+
+
 def test_a_worker_without_the_signing_keys_is_told_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     signed = Cache(tmp_path / "signed", signing_keys="k" * 32)
     signed.put("k.pkl", 1)

@@ -141,8 +141,12 @@ class Cache:
         # The settings as resolved here (checked where they entered), never the open store;
         # received ones not yet completed go on as they came. A subclass's own attributes go
         # as its state, and its __init__ is not called again.
+        settings = self._settings or self.settings
+        store = self._store
+        if store is not None and store.fallback_reason is None and self.location.is_s3:
+            settings = settings.with_chain_credentials()  # it opened S3: a receiver needs credentials too
         own = {name: value for name, value in vars(self).items() if name not in _CACHE_ATTRIBUTES}
-        return _unpickled, (type(self), self._settings or self.settings), own or None
+        return _unpickled, (type(self), settings), own or None
 
     @property
     def trust(self) -> Trust:

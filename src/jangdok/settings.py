@@ -38,7 +38,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,8 @@ class Settings:
     looked for the secrets that did not travel (:meth:`completed` does)."""
     withheld: tuple[str, ...] = field(default=(), compare=False, repr=False)
     """Set by unpickling: the secrets the sending process held but did not send
-    (``"credentials"``, ``"signing keys"``), and that this process has not found."""
+    (``"credentials"``, ``"signing keys"``), and that this process has not found. (Credentials
+    boto3's chain found for the sender are named by :meth:`with_chain_credentials`.)"""
     signing_key_ids: tuple[str, ...] = field(default=(), compare=False, repr=False)
     """Set by unpickling: the public ids of the signing keys that stayed behind (the ids every
     signed entry carries), which the keys this process finds must match."""
@@ -432,6 +433,15 @@ class Settings:
         else:
             state["fallback_dir"] = os.path.abspath(self.fallback_dir)
         return _arrived, (state,)
+
+    def with_chain_credentials(self) -> Settings:
+        """These settings, from a process whose S3 store opened with credentials that boto3's
+        chain found (the AWS files, a role) and the settings do not hold: those never travel,
+        even with ``send_secrets``, so a receiver that finds none of its own raises
+        :class:`~jangdok.errors.CredentialsError` rather than falling back (see :meth:`completed`)."""
+        if self.profile or any(getattr(self, key) for key in KEY_NAMES) or "credentials" in self.withheld:
+            return self
+        return replace(self, withheld=(*self.withheld, "credentials"))
 
     def __copy__(self) -> Settings:
         return self  # frozen: a copy in this process keeps its secrets

@@ -215,7 +215,8 @@ class Cache:
 
     def get(self, key: str, default: Any = None, progress: entry.Progress | None = None) -> Any:
         """The value stored under ``key``, or ``default`` if it is missing or was corrupt."""
-        found = self.entries.load(self._key(key), progress)  # get_entry's work, one call shorter
+        key = self._key(key)  # before self.entries: a bad key costs no request, not even the opening
+        found = self.entries.load(key, progress)  # get_entry's work, one call shorter
         return default if found is None else found.value
 
     def get_entry(self, key: str, progress: entry.Progress | None = None) -> Entry | None:

@@ -343,7 +343,7 @@ def test_pool_workers_compute_each_key_once(kind: str, backend: str, cache_url: 
     """A memoized function sent by reference and a cache sent by value: the workers' keys are
     the parent's, each key is computed once by all of them (every call is made twice,
     at once), the values are right, and the workers' stats add up in the parent. (Each task
-    unpickles its own cache: each opens its store.)"""
+    unpickles its own cache, which counts that task's stats and shares its worker's store.)"""
     markers = tmp_path / "markers"
     markers.mkdir()
     env = {**os.environ, "CACHE_DIR": cache_url, "TRAVEL_MARKERS": str(markers)}

@@ -28,6 +28,8 @@ from typing import Any
 import cloudpickle
 import pytest
 import travellers
+from faultproxy import FaultProxy
+from helpers import s3_settings
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -80,12 +82,32 @@ def test_a_used_cache_pickles_and_reopens(name: str, dumps: Callable[[Any], byte
         get = pickle.loads(dumps(cache.get))
         assert copied.settings == settings and copied is not cache
         assert copied.get("a.pkl") == {"n": 1} and get("a.pkl") == {"n": 1}
-        assert copied.store is not cache.store and get.__self__.store not in (cache.store, copied.store)
+        assert copied.store is not cache.store and get.__self__.store is copied.store  # arrived: one opening
         copied.put("b.pkl", 2)
-        copied.close()  # closing the copy leaves the original working
-        assert cache.get("b.pkl") == 2
+        copied.close()  # closing the copy leaves the original, and the other arrival, working
+        assert cache.get("b.pkl") == 2 and get("b.pkl") == 2
         label = cache.store_label
         assert cache.stats()[label].hits == 2 and copied.stats()[label].hits == 1 and copied.stats()[label].puts == 1
+
+
+def test_caches_arriving_in_a_process_share_one_opening(seaweed: SeaweedServer, s3_url: str,
+                                                        proxy: FaultProxy) -> None:
+    """A pool's or a cluster's tasks each carry the cache they use (``pool.map(cache.get, keys)``
+    unpickles one per task): those arriving in one process with the same settings open one
+    store between them, as a cache made there would (each opening costs a client, ~0.2 s of
+    CPU, a connection and a request), and each counts its own stats. Closing one leaves it."""
+    cache = Cache.from_settings(s3_settings(seaweed, s3_url, endpoint_url=proxy.endpoint, send_secrets=True))
+    cache.put("k.pkl", 1)
+    blob = pickle.dumps(cache.get)
+    proxy.requests.clear()
+    connections = proxy.connections
+    gets = [pickle.loads(blob) for _ in range(4)]
+    assert [get("k.pkl") for get in gets] == [1] * 4
+    assert len(proxy.requests) == 1 + 4 and proxy.connections == connections + 1, proxy.requests
+    assert all(get.__self__.stats()["S3"].hits == 1 for get in gets)
+    gets[0].__self__.close()
+    assert [get("k.pkl") for get in gets] == [1] * 4 and len(proxy.requests) == 1 + 8
+    assert cache.store not in {get.__self__.store for get in gets}  # the sender's own stays its own
 
 
 def test_copies_are_independent_and_keep_secrets(tmp_path: Path) -> None:
@@ -97,6 +119,16 @@ def test_copies_are_independent_and_keep_secrets(tmp_path: Path) -> None:
         assert copied.get("a.pkl") == 1 and copied.store is not cache.store
         copied.close()
     assert cache.get("a.pkl") == 1
+
+
+def test_a_subclass_travels_with_its_own_attributes(tmp_path: Path) -> None:
+    """A subclass of Cache whose __init__ takes arguments of its own arrives as itself, with
+    its attributes, and its __init__ is not called again (without those arguments)."""
+    cache = travellers.ProjectCache("chapter", str(tmp_path))
+    cache.put("a.pkl", 1)
+    for arrived in (pickle.loads(pickle.dumps(cache)), cloudpickle.loads(cloudpickle.dumps(cache)), copy.copy(cache)):
+        assert type(arrived) is travellers.ProjectCache and arrived.project == "chapter"
+        assert arrived.settings == cache.settings and arrived.get("a.pkl") == 1
 
 
 def test_what_travels_is_the_settings_as_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,6 +144,20 @@ def test_what_travels_is_the_settings_as_checked(tmp_path: Path, monkeypatch: py
     assert arrived.concurrency == 3 and arrived.read_timeout == 4
     assert arrived.cache_dir == os.path.abspath("relative") and arrived.local_dir == os.path.abspath("tier")
     assert arrived.fallback_dir == str(tmp_path / "elsewhere" / "jangdok" / "fallback")
+
+
+def test_settings_from_another_version_are_checked_on_arrival(tmp_path: Path) -> None:
+    """A worker running another jangdok: a setting it does not know, or a value it refuses, is
+    a ConfigError saying so (not a setting silently dropped, nor a failure deep in a read);
+    one the sender did not know yet takes this version's default."""
+    arrive, (state,) = Settings(cache_dir=str(tmp_path / "c")).__reduce__()
+    with pytest.raises(ConfigError, match=r"unknown to this jangdok \(.*\).* same version") as raised:
+        arrive({**state, "placement": "elsewhere"})
+    assert "placement" in str(raised.value)
+    with pytest.raises(ConfigError, match="compression .* must be one of"):
+        arrive({**state, "compression": "lz9"})
+    older = {name: value for name, value in state.items() if name != "part_size"}
+    assert arrive(older).part_size == Settings().part_size and arrive(older).received
 
 
 def test_a_fallen_back_cache_travels_as_configured(seaweed: SeaweedServer, s3_url: str, tmp_path: Path,
@@ -207,14 +253,53 @@ def test_a_worker_without_credentials_is_told_so(seaweed: SeaweedServer, s3_url:
         assert pool_map(cache.get, ["k.pkl"]) == ["value"]
 
 
+def test_credentials_from_the_aws_files_stay_behind_and_are_missed(seaweed: SeaweedServer, s3_url: str,
+                                                                    isolated_env: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender whose S3 cache opened with credentials boto3 found itself (the AWS files, a
+    role: never in the settings, never sent, even with send_secrets) sends a cache that a
+    worker without credentials refuses to use, rather than falling back to a folder of its own."""
+    files = isolated_env.parent / "aws-home"
+    keys = credentials_env(seaweed)
+    (files / "credentials").write_text(f"[default]\naws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}\n"
+                                       f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}\n")
+    blobs = []
+    for send_secrets in (False, True):
+        cache = Cache(s3_url, endpoint_url=seaweed.endpoint, region="us-east-1", send_secrets=send_secrets)
+        cache.put("k.pkl", 1)
+        assert cache.store_label == "S3"
+        blobs.append(pickle.dumps(cache))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(files / "elsewhere"))
+    for blob in blobs:
+        with pytest.raises(CredentialsError, match="without its credentials"):
+            pickle.loads(blob).get("k.pkl")
+
+
 def test_a_worker_without_the_signing_keys_is_told_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     signed = Cache(tmp_path / "signed", signing_keys="k" * 32)
     signed.put("k.pkl", 1)
     arrived = pickle.loads(pickle.dumps(signed))
     with pytest.raises(CredentialsError, match="without its signing keys.*JANGDOK_SIGNING_KEY"):
         arrived.get("k.pkl")
+    monkeypatch.setenv("JANGDOK_SIGNING_KEY", "x" * 32)  # not the sender's: its entries would be refused there
+    with pytest.raises(CredentialsError, match="not the ones the process that sent it holds.*JANGDOK_SIGNING_KEY"):
+        pickle.loads(pickle.dumps(signed)).get("k.pkl")
     monkeypatch.setenv("JANGDOK_SIGNING_KEY", "k" * 32)
     assert arrived.get("k.pkl") == 1 and arrived.settings.sources["signing_keys"] == "environment"
+    forwarded = pickle.loads(pickle.dumps(pickle.loads(pickle.dumps(signed))))  # on to a third process
+    monkeypatch.setenv("JANGDOK_SIGNING_KEY", "x" * 32)
+    with pytest.raises(CredentialsError, match="not the ones"):
+        forwarded.get("k.pkl")
+
+
+def test_errors_in_a_worker_say_which_process_a_setting_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setting the sender read from its environment is not this process's: an error about it
+    in a worker says where it came from, not "the environment" (which here holds no such thing)."""
+    monkeypatch.setenv("AWS_PROFILE", "sender-only")
+    blob = pickle.dumps(Cache("s3://bucket/prefix/", endpoint_url="http://127.0.0.1:9"))
+    monkeypatch.delenv("AWS_PROFILE")
+    with pytest.raises(CredentialsError, match=r"'sender-only' \(from environment in the process that sent this cache"):
+        pickle.loads(blob).get("k.pkl")
 
 
 def test_an_endpoint_from_a_dotenv_with_its_keys_stays_with_them(monkeypatch: pytest.MonkeyPatch,
@@ -232,6 +317,23 @@ def test_an_endpoint_from_a_dotenv_with_its_keys_stays_with_them(monkeypatch: py
         pickle.loads(blob).completed()
 
 
+def test_the_receivers_endpoint_variables_do_not_redirect_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache sent for AWS (no endpoint) stays on AWS in a worker whose environment names
+    another server: boto3 would read AWS_ENDPOINT_URL itself, sending the sender's keys
+    (send_secrets) or the worker's to a server the sender never chose, another cache."""
+    from jangdok.stores.s3.client import make_client
+
+    blob = pickle.dumps(Cache("s3://bucket/prefix/", region="us-east-1", send_secrets=True,
+                              access_key_id=SECRETS["access_key_id"], secret_access_key=SECRETS["secret_access_key"]))
+    sender_endpoint = make_client(pickle.loads(blob).settings)[0].meta.endpoint_url
+    for variable in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+        arrived = pickle.loads(blob)
+        assert arrived.settings.endpoint_url is None
+        assert make_client(arrived.settings)[0].meta.endpoint_url == sender_endpoint, variable
+        monkeypatch.delenv(variable)
+
+
 # -- pools: keys equal to the parent's, each computed once ----------------------------------------
 
 
@@ -241,7 +343,7 @@ def test_pool_workers_compute_each_key_once(kind: str, backend: str, cache_url: 
     """A memoized function sent by reference and a cache sent by value: the workers' keys are
     the parent's, each key is computed once by all of them (every call is made twice,
     at once), the values are right, and the workers' stats add up in the parent. (Each task
-    unpickles its own cache: each opens its store.)"""
+    unpickles its own cache, which counts that task's stats and shares its worker's store.)"""
     markers = tmp_path / "markers"
     markers.mkdir()
     env = {**os.environ, "CACHE_DIR": cache_url, "TRAVEL_MARKERS": str(markers)}
@@ -264,6 +366,22 @@ def test_pool_workers_compute_each_key_once(kind: str, backend: str, cache_url: 
     total = sum(stats for _, stats in filled)
     assert isinstance(total, Stats) and total[cache.store_label].computed == 3
     assert all(cache.get(travellers.area.key(point)) == point.x * point.y for point in points)
+
+
+def test_a_workers_stats_of_one_task_add_up(tmp_path: Path) -> None:
+    """A worker's module-level cache counts all the tasks the worker ran; the difference of its
+    stats around one task is that task's, and those add up to the pool's total."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = {**os.environ, "CACHE_DIR": str(tmp_path / "cache"), "TRAVEL_MARKERS": str(markers)}
+    points = [travellers.Point(index, 2) for index in range(3)]
+    chunks = [points[:2], points[:2], points, points[2:]]  # one worker runs them all
+    with _pool("spawn", env, workers=1) as pool_map:
+        done = pool_map(travellers.areas, chunks)
+    total = sum(stats for _, stats in done)
+    assert [values for values, _ in done] == [[point.x * 2 for point in chunk] for chunk in chunks]
+    assert total["local"].computed == 3 == len(os.listdir(markers)) and total["local"].hits == 2 + 2 + 1
+    assert total["local"].puts == 3 and (done[1][1] - done[1][1])["local"] == TierStats()
 
 
 # -- the main script: one key however it is started, and in its workers ---------------------------

@@ -56,6 +56,36 @@ class PruneReport:
     dry_run: bool
 
 
+class _Arrivals:
+    """The stores opened in this process for caches that arrived from others (unpickled), one
+    per configuration. A pool's or a cluster's tasks each carry the cache they use, and each
+    opening costs a client (~0.2 s of CPU), a connection and a request: the tasks a process runs
+    share one, as they would share a cache made there. Up to ``LIMIT`` configurations are kept;
+    an older one is let go (not closed: its caches may still use it)."""
+
+    LIMIT = 16
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.slots: dict[Settings, tuple[threading.Lock, list[Store]]] = {}
+
+    def open(self, location: Location, settings: Settings) -> Store:
+        with self.lock:
+            slot = self.slots.get(settings)
+            if slot is None:
+                slot = self.slots[settings] = (threading.Lock(), [])
+                if len(self.slots) > self.LIMIT:
+                    del self.slots[next(iter(self.slots))]
+        lock, opened = slot
+        with lock:  # one opening per configuration; the others' tasks are not held up by it
+            if not opened:
+                opened.append(open_store(location, settings))
+            return opened[0]
+
+
+_arrivals = PerProcess(_Arrivals)
+
+
 
 
 class Cache:
@@ -68,7 +98,8 @@ class Cache:
     A cache pickles (``pickle``, ``cloudpickle``, any protocol) as its resolved settings only,
     so it can be sent to a process pool's or a Dask cluster's workers, and so can its bound
     methods and the functions it memoizes. The receiving process opens its own store, clients,
-    locks and local tier on first use, and counts its own :meth:`stats`. The settings travel
+    locks and local tier on first use, once for all the caches that arrive there with the same
+    settings (a pool's tasks each carry theirs), and each counts its own :meth:`stats`. The settings travel
     as configured, not as the store they opened (a cache running on its fallback folder
     travels as the S3 cache it was asked to be: the receiver opens it, or falls back, itself).
     Secrets stay behind unless ``send_secrets=True``: see :meth:`Settings.completed
@@ -88,6 +119,7 @@ class Cache:
         self._entries: Entries | None = None
         self._location: Location | None = None
         self._keys: dict[str, str] = {}  # keys as given -> checked and normalised (see _key)
+        self._arrived = False  # unpickled: its store is the one this process opened for its settings
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Cache:
@@ -107,8 +139,14 @@ class Cache:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The settings as resolved here (checked where they entered), never the open store;
-        # received ones not yet completed go on as they came.
-        return type(self).from_settings, (self._settings or self.settings,)
+        # received ones not yet completed go on as they came. A subclass's own attributes go
+        # as its state, and its __init__ is not called again.
+        settings = self._settings or self.settings
+        store = self._store
+        if store is not None and store.fallback_reason is None and self.location.is_s3:
+            settings = settings.with_chain_credentials()  # it opened S3: a receiver needs credentials too
+        own = {name: value for name, value in vars(self).items() if name not in _CACHE_ATTRIBUTES}
+        return _unpickled, (type(self), settings), own or None
 
     @property
     def trust(self) -> Trust:
@@ -169,13 +207,16 @@ class Cache:
         return checked
 
     def _open(self) -> Store:
+        if self._arrived:
+            return _arrivals.get().open(self.location, self.settings)
         return open_store(self.location, self.settings)
 
     # -- reading --------------------------------------------------------------------------
 
     def get(self, key: str, default: Any = None, progress: entry.Progress | None = None) -> Any:
         """The value stored under ``key``, or ``default`` if it is missing or was corrupt."""
-        found = self.entries.load(self._key(key), progress)  # get_entry's work, one call shorter
+        key = self._key(key)  # before self.entries: a bad key costs no request, not even the opening
+        found = self.entries.load(key, progress)  # get_entry's work, one call shorter
         return default if found is None else found.value
 
     def get_entry(self, key: str, progress: entry.Progress | None = None) -> Entry | None:
@@ -223,7 +264,8 @@ class Cache:
     def stats(self) -> Stats:
         """Hits, misses, bytes and seconds read and written by this process, per store
         (``"S3"``, ``"local"``, ``"local (fallback)"``). A forked child starts from zero.
-        Workers' stats pickle and add up (:class:`~jangdok.stats.Stats`): ``sum(gathered)``."""
+        Workers' stats pickle, add up and subtract (:class:`~jangdok.stats.Stats`): a task
+        returns ``cache.stats() - before``, and ``sum(gathered)`` is the total."""
         counters = self._counters.get()
         with counters.lock:
             return Stats.of(counters.tiers)
@@ -459,8 +501,11 @@ class Cache:
         return removed
 
     def close(self) -> None:
+        """Close the store (a cache that arrived from another process lets go of the store it
+        shares with the others that arrived with its settings). The next use opens it again."""
         if self._store is not None:
-            self._store.close()
+            if not self._arrived:
+                self._store.close()
             self._store = None
 
     def __enter__(self) -> Cache:
@@ -472,3 +517,16 @@ class Cache:
     def __repr__(self) -> str:
         where = self._overrides.get("cache_dir") or (self._settings.cache_dir if self._settings else "CACHE_DIR")
         return f"<Cache {where}{' (fallback)' if self.fallback_reason else ''}>"
+
+
+_CACHE_ATTRIBUTES = frozenset(vars(Cache()))
+
+
+def _unpickled(kind: type[Cache], settings: Settings) -> Cache:
+    """A cache arriving from a pickle. With settings that travelled (not a copy made in this
+    process, whose settings are its own), it shares this process's store for them."""
+    cache = kind.__new__(kind)
+    Cache.__init__(cache)
+    cache._settings = settings
+    cache._arrived = settings.received
+    return cache

@@ -396,7 +396,11 @@ def memoize(cache: Cache, fn: Callable[P, R] | None = None, /, *, version: str |
     Dask worker that received it by value (whose own ``__main__`` is another program). That is
     the name such functions always had, so caches made before keep their entries; under
     ``python -m pkg.mod`` it is not ``pkg.mod``, which would have changed them. Two main scripts
-    that define a function of one name share its entries: give one of them ``name=``.
+    that define a function of one name share its entries: give one of them ``name=``. Argument
+    classes belong at the script's top level: cloudpickle sends a class nested in another or
+    made in a function without its outer names (``Outer.Params`` arrives as ``Params``), so on a
+    Dask worker its arguments key apart from the parent's, and two such classes of one name
+    key alike (enums keep theirs).
 
     **Sending it to workers.** The memoized function pickles. With ``pickle`` it goes by
     reference (its module and name; ``pool.map(fn, ...)`` under spawn imports the script or

@@ -24,7 +24,7 @@ another file or boto3's chain) are never sent to a server it chose. An endpoint 
 arguments, the environment or the project ``.env`` is used with any credentials.
 
 Settings travel to other processes (a pickled :class:`~jangdok.cache.Cache`) as the values
-resolved here, which the receiver takes without reading or checking them again; the secrets
+resolved here, which the receiver checks but does not read again from its own environment; the secrets
 (keys, token, signing keys) only with ``send_secrets=True``. Otherwise the receiver finds its
 own by the order above, from its environment on (:meth:`Settings.completed`), and an endpoint
 that came from a ``.env`` file with that file's keys is used there only with keys from that
@@ -38,7 +38,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,10 @@ __all__ = [
 log = logging.getLogger("jangdok")
 
 _SECRET_FIELDS = (*KEY_NAMES, "signing_keys")
-_RECEIVED_FIELDS = ("received", "withheld")
+_RECEIVED_FIELDS = ("received", "withheld", "signing_key_ids")
+_SENT = " in the process that sent this cache"
+"""Added to the origins in :attr:`Settings.sources` of settings that travelled, so that a
+message in the receiver says whose environment or ``.env`` file a value came from."""
 _TIMEOUTS = ("connect_timeout", "read_timeout", "total_timeout")
 _FLAGS = ("fallback", "durable", "mmap", "allow_legacy", "delete_untrusted")
 COMPRESSIONS = ("none", "zstd")
@@ -215,12 +218,17 @@ class Settings:
     looked for the secrets that did not travel (:meth:`completed` does)."""
     withheld: tuple[str, ...] = field(default=(), compare=False, repr=False)
     """Set by unpickling: the secrets the sending process held but did not send
-    (``"credentials"``, ``"signing keys"``), and that this process has not found."""
+    (``"credentials"``, ``"signing keys"``), and that this process has not found. (Credentials
+    boto3's chain found for the sender are named by :meth:`with_chain_credentials`.)"""
+    signing_key_ids: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    """Set by unpickling: the public ids of the signing keys that stayed behind (the ids every
+    signed entry carries), which the keys this process finds must match."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.send_secrets, bool):
             raise ConfigError(f"setting send_secrets must be True or False, got {self.send_secrets!r}")
         self._set("withheld", tuple(self.withheld))
+        self._set("signing_key_ids", tuple(self.signing_key_ids))
         for name in KEY_NAMES:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Secret):
@@ -396,12 +404,14 @@ class Settings:
     # -- travelling to other processes --------------------------------------------------------
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled as the values checked here, which the receiving process takes as they are;
-        without the secrets unless ``send_secrets`` (see :meth:`completed`). Folders are sent
-        absolute, as this process's working folder names them; a default that depends on the
-        machine (``fallback_dir``) is left for the receiver to make."""
+        """Pickled as the values checked here, which the receiving process checks again but does
+        not read from its own environment; without the secrets unless ``send_secrets`` (see
+        :meth:`completed`). Folders are sent absolute, as this process's working folder names
+        them; a default that depends on the machine (``fallback_dir``) is left for the receiver
+        to make."""
         state = {item.name: getattr(self, item.name) for item in fields(self) if item.name not in _SECRET_FIELDS}
-        state["sources"] = dict(self.sources)
+        state["sources"] = {name: origin if origin.endswith(_SENT) else origin + _SENT
+                            for name, origin in self.sources.items()}
         state["received"] = True
         held = [name for name, present in (("credentials", any(getattr(self, key) for key in KEY_NAMES)),
                                            ("signing keys", bool(self.signing_keys))) if present]
@@ -410,6 +420,7 @@ class Settings:
             state["signing_keys"] = tuple(key.reveal() for key in self.signing_keys)
         else:
             state["withheld"] = tuple(dict.fromkeys((*self.withheld, *held)))
+            state["signing_key_ids"] = _key_ids(self.signing_keys) or self.signing_key_ids
         from .location import parse_location  # location imports this module
 
         location = parse_location(self.cache_dir)
@@ -422,6 +433,15 @@ class Settings:
         else:
             state["fallback_dir"] = os.path.abspath(self.fallback_dir)
         return _arrived, (state,)
+
+    def with_chain_credentials(self) -> Settings:
+        """These settings, from a process whose S3 store opened with credentials that boto3's
+        chain found (the AWS files, a role) and the settings do not hold: those never travel,
+        even with ``send_secrets``, so a receiver that finds none of its own raises
+        :class:`~jangdok.errors.CredentialsError` rather than falling back (see :meth:`completed`)."""
+        if self.profile or any(getattr(self, key) for key in KEY_NAMES) or "credentials" in self.withheld:
+            return self
+        return replace(self, withheld=(*self.withheld, "credentials"))
 
     def __copy__(self) -> Settings:
         return self  # frozen: a copy in this process keeps its secrets
@@ -458,6 +478,15 @@ class Settings:
             done._set("signing_keys", layer.values[variables[0]])
             sources["signing_keys"] = layer.origin
             done._set("signing_keys", done._signing_keys())
+            if self.signing_key_ids and _key_ids(done.signing_keys) != self.signing_key_ids:
+                # This process would sign with a key the sender's readers refuse, and refuse theirs.
+                raise CredentialsError(
+                    f"this cache came from another process without its signing keys, and the ones found here "
+                    f"({variables[0]} in {layer.origin}: key ids {', '.join(_key_ids(done.signing_keys))}) are "
+                    f"not the ones the process that sent it holds (key ids {', '.join(self.signing_key_ids)}); "
+                    f"set {variables[0]} to the same keys, in the same order, or create the cache with "
+                    "send_secrets=True to send them with it")
+            done._set("signing_key_ids", ())
         if is_s3_path(self.cache_dir) and not (self.profile or any(getattr(self, key) for key in KEY_NAMES)):
             sent_from = self.sources.get("credentials")
             sources.pop("credentials", None)
@@ -478,32 +507,36 @@ class Settings:
         sender together with its own keys: such a file may be the current folder's, trusted
         only with the keys it brings (see the module's notes), and the sender cannot say."""
         origin = self.sources.get("endpoint_url", "")
-        if not origin.startswith(".env file ") or origin != sent_from or layer.origin == origin:
+        if not origin.startswith(".env file ") or origin != sent_from or layer.origin + _SENT == origin:
             return
         raise ConfigError(
             f"the endpoint {mask_url(self.endpoint_url or '')} came from {origin} together with the access keys "
-            f"there, in the process that sent this cache, which did not send the keys; it is not used with this "
-            f"process's credentials (from {layer.origin}), which would go to a server that file chose. Pass "
+            f"there, which that process did not send; it is not used with this process's credentials (from "
+            f"{layer.origin}), which would go to a server that file chose. Pass "
             "endpoint_url=... or set AWS_ENDPOINT_URL in the environment, or create the cache with "
             "send_secrets=True"
         )
 
 
+def _key_ids(keys: tuple[Secret, ...]) -> tuple[str, ...]:
+    if not keys:
+        return ()
+    from .entry.signing import key_id  # the entry layer imports this module
+
+    return tuple(key_id(key.reveal().encode("utf-8")) for key in keys)
+
+
 def _arrived(state: Mapping[str, Any]) -> Settings:
-    """Settings unpickled: the sender's values as it checked them, not checked again (a
-    setting read differently here would make another cache); what the state lacks is the
-    default, made here."""
-    settings = object.__new__(Settings)
-    for item in fields(Settings):
-        if item.name in state:
-            value = state[item.name]
-        else:
-            value = item.default_factory() if item.default_factory is not MISSING else item.default
-        settings._set(item.name, value)
-    for name in KEY_NAMES:
-        value = getattr(settings, name)
-        if value is not None:
-            settings._set(name, Secret(value))
-    keys: tuple[str, ...] = state.get("signing_keys", ())  # sent with send_secrets
-    settings._set("signing_keys", tuple(Secret(key) for key in keys))
-    return settings
+    """Settings unpickled: the sender's values, not read again here (a setting read from this
+    process's environment would make another cache) but checked again, as a process running
+    another jangdok may refuse them or not know a setting; what the state lacks (a setting the
+    sender did not know, the default ``fallback_dir``) is the default, made here."""
+    unknown = sorted(set(state) - {item.name for item in fields(Settings)})
+    if unknown:
+        from . import __version__  # the package imports this module
+
+        raise ConfigError(
+            f"this cache came from another process with the setting(s) {', '.join(unknown)}, unknown to this "
+            f"jangdok ({__version__}): that process runs another version; install the same version of jangdok "
+            "in every process the cache is sent to")
+    return Settings(**state)

@@ -82,6 +82,11 @@ def make_client(settings: Settings) -> tuple[Any, str]:
         s3={"addressing_style": "path" if settings.endpoint_url else "auto", "payload_signing_enabled": False},
         # A batch's threads and the helpers of their large transfers: concurrency of each.
         max_pool_connections=2 * settings.concurrency + 2,
+        # The endpoint is the one the settings resolved (None: AWS), never one boto3 finds on
+        # its own in this process's AWS_ENDPOINT_URL or AWS config: a cache that travelled to
+        # a worker whose environment names another server would otherwise be another cache,
+        # and its credentials would be sent there.
+        ignore_configured_endpoint_urls=True,
     )
     try:
         client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)

@@ -40,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "filterwarnings",
             r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\):DeprecationWarning")
 
-_ISOLATED_NAMES = ("CACHE_DIR", "S3_BUCKET_NAME")
+_ISOLATED_NAMES = ("CACHE_DIR", "S3_BUCKET_NAME", "DASK_SCHEDULER_ADDRESS")  # main.py would use a developer's cluster
 
 
 @pytest.fixture

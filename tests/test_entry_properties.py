@@ -53,6 +53,7 @@ from memory import peak, reset_peak
 
 import jangdok.entry.format as entry_format
 import jangdok.entry.header as entry_header
+import jangdok.entry.sealing as sealing
 from jangdok import CorruptEntry, InvalidValue, Secret, UnsupportedEntry, UntrustedEntry, entry
 from jangdok.entry import Trust
 from jangdok.entry.limits import MAX_EXPANSION
@@ -527,3 +528,34 @@ def test_the_header_a_writer_keeps_is_the_one_its_bytes_parse_to(value: Any, met
         streamed = entry.read_header(io.BytesIO(data), data.nbytes)
     assert parsed == header and streamed == header
     assert entry.parse_header(data) == header
+
+
+def _sealed_or_error(fields: dict[str, Any], plain: bool) -> bytes | str:
+    try:
+        return sealing.seal(fields, plain)
+    except (UnicodeEncodeError, ValueError) as exc:  # a lone surrogate; a metadata number too long
+        return type(exc).__name__
+
+
+_COUNT = st.integers(0, 2**62)
+_TIME = st.floats(-6e10, 2.5e11)
+
+
+@PROFILE
+@given(lengths=st.lists(_COUNT, max_size=6), counts=st.tuples(_COUNT, _COUNT), created_at=_TIME,
+       expires_at=st.none() | _TIME, key=st.none() | _text | st.just("김치/\"x\"\n" * 40), metadata=METADATA,
+       serializer=st.sampled_from(["pickle", "safe"]))
+def test_a_plain_header_is_the_json_the_encoder_writes(lengths: list[int], counts: tuple[int, int], created_at: float,
+                                                       expires_at: float | None, key: str | None, metadata: Any,
+                                                       serializer: str) -> None:
+    """Most saves format their header's JSON directly rather than through the JSON encoder: the
+    bytes must be the encoder's, escapes, float forms and key order included."""
+    fields: dict[str, Any] = {"serializer": serializer, "checksum": "xxh3_128", "payload_length": counts[0],
+                              "digest": xxhash.xxh3_128_hexdigest(b"x"), "stream_length": counts[1],
+                              "buffers": lengths, "compressed": {}, "mac_length": 0, "created_at": created_at,
+                              "metadata": metadata}
+    if key is not None:
+        fields["key"] = key
+    if expires_at is not None:
+        fields["expires_at"] = expires_at
+    assert _sealed_or_error(fields, plain=True) == _sealed_or_error(fields, plain=False)

@@ -49,6 +49,27 @@ def temp_files(root: Path) -> list[Path]:
     return [path for path in root.rglob("*") if path.name.startswith(TEMP_MARKER)]
 
 
+def test_a_root_removed_between_writes_is_made_again(tmp_path: Path) -> None:
+    """A write in the root tries the file first and makes the root only if that fails: a root
+    never made, or removed (``rm -rf cache``) while the store is open, is made by the next write."""
+    root = tmp_path / "deep" / "cache"
+    store = open_local(root)
+    store.write("a.pkl", [b"one"])
+    shutil.rmtree(tmp_path / "deep")
+    store.write("a.pkl", [b"two"])
+    store.write("x/b.pkl", [b"three"])
+    assert read_all(store, "a.pkl") == b"two" and read_all(store, "x/b.pkl") == b"three"
+    assert temp_files(root) == []
+
+
+def test_a_file_where_the_root_goes_fails_a_write_naming_the_entry(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    root.write_text("not a folder")
+    with pytest.raises(StoreUnavailable, match=re.escape(f"{root / 'a.pkl'}: {root} is in the way")):
+        open_local(root).write("a.pkl", [b"one"])
+    assert root.read_text() == "not a folder"
+
+
 # --- 1. delete(key, version) removes exactly the version that was read ------------------------
 
 

@@ -347,7 +347,8 @@ class Entries:
         label = label or self.store.name
         if header is None:  # a legacy pickle knows nothing about itself; its file time will do
             return EntryInfo(key, path, label, size, modified, None, None, object_version=version)
-        return EntryInfo(key, path, label, size, header.created_at, header.metadata_copy(), header.version,
+        metadata = None if header.metadata is None else header.metadata_copy()
+        return EntryInfo(key, path, label, size, header.created_at, metadata, header.version,
                          header.expires_at, header.serializer, header.key_id, version)
 
     def info(self, key: str, repair: bool = True) -> EntryInfo | None:

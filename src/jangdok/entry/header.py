@@ -236,7 +236,9 @@ def read_into(reader: Stream, target: memoryview, progress: Any = None, digest: 
     size = target.nbytes
     fill = getattr(reader, "fill", None)
     if fill is None and digest is None and progress is None:  # nothing to do as bytes arrive
-        done = _fill_in_order(reader, target, None)
+        done = (reader.readinto(target) or 0) if size <= _READ_CHUNK else 0  # a small entry: whole, in one call
+        if done < size:
+            done += _fill_in_order(reader, target[done:], None)
     else:
         hashed = 0
 
@@ -426,8 +428,13 @@ def parse_header(view: memoryview) -> EntryHeader | None:
     start = bytes(view[: PREFIX.size])
     if len(start) < PREFIX.size or not start.startswith(MAGIC):
         return None
+    parsed = PREFIX.size + PREFIX.unpack(start)[2] + HEADER_HASH.size
+    if parsed <= _PARSED_MAX_BYTES:  # a hot entry's header: found by its bytes, so its MAC alone is new
+        kept = _PARSED.get(bytes(view[:parsed]))
+        if kept is not None and view.nbytes >= kept.header_size:
+            mac = bytes(view[parsed : parsed + len(kept.mac)])
+            return kept if mac == kept.mac else dataclasses.replace(kept, mac=mac)
     version, header_len = _prefix(start, view.nbytes)
-    parsed = PREFIX.size + header_len + HEADER_HASH.size
     return _header(start, _taken(view, PREFIX.size, parsed), version,
                    lambda length: _taken(view, parsed, parsed + length))
 
@@ -542,14 +549,15 @@ def check_key(header: EntryHeader, key: str | None) -> None:
 def check_usable(header: EntryHeader, key: str | None, now: float | None = None) -> None:
     """Before any payload is read: the entry is this key's, and has not expired at ``now``
     (default: the current time)."""
-    check_key(header, key)
+    if key is not None and header.key != key:
+        check_key(header, key)
     if header.expires_at is not None and header.expires_at <= (time.time() if now is None else now):
         raise ExpiredEntry(f"the entry expired at {header.expires_at:.0f} (seconds since the epoch)")
 
 
 def check_size(header: EntryHeader, size: int) -> None:
     """Raise CorruptEntry unless the stored entry is exactly as long as its header declares."""
-    if size != header.entry_size:
+    if size != header.header_size + header.payload_length:  # entry_size, without a call on every load
         raise CorruptEntry(
             f"entry is {size} bytes but its header declares {header.entry_size} "
             f"({header.header_size} header + {header.payload_length} payload)"

@@ -28,7 +28,12 @@ def _iov_max() -> int:
 
 
 IOV_MAX = _iov_max()
+_WRITEV = hasattr(os, "writev")
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # os.fsencode's
 
+
+_ONE_CALL = 1 << 20
+"""Bytes handed to writev as they are, in one call: a small entry's header and stream."""
 
 _PROGRESS_STEP = 8 << 20
 """With a progress callback, no system call writes more than this, so large chunks report too."""
@@ -55,7 +60,7 @@ def _batches(views: Iterable[memoryview], max_bytes: int) -> Iterator[list[memor
 def _write_batch(fd: int, batch: list[memoryview], wrote: Callable[[int], None]) -> None:
     """Write non-empty views in order, resuming after partial writes; the caller's buffers go
     to the kernel as they are, never copied here."""
-    if not hasattr(os, "writev"):  # Windows
+    if not _WRITEV:  # Windows
         for view in batch:
             while view.nbytes:
                 count = os.write(fd, view)
@@ -84,6 +89,11 @@ def write_chunks(fd: int, data: Chunks, progress: Callable[[int], None] | None) 
     """Write ``data`` to ``fd`` without copying it: chunks at hand in as few ``writev`` calls as
     IOV_MAX allows, a generator's one by one; ``progress(total)`` after each system call."""
     if progress is None and isinstance(data, (list, tuple)) and len(data) <= IOV_MAX:  # a small entry's case
+        if _WRITEV and {*map(type, data)} <= {bytes} and sum(map(len, data)) <= _ONE_CALL:
+            written = os.writev(fd, data)  # one call, and no views to make
+            if written == sum(map(len, data)):
+                return
+            data = [memoryview(b"".join(data))[written:]]  # short (a signal, a size limit): small, so copied
         _write_batch(fd, list(iter_chunks(data)), _ignore)
         return
     total = 0
@@ -146,8 +156,8 @@ class Exchange:
         if function is None:
             return False
         at = self.AT_FDCWD if folder.fd is None else folder.fd
-        if function(at, os.fsencode(folder.at(source)), at, os.fsencode(folder.at(target)),
-                    self.RENAME_EXCHANGE) == 0:
+        if function(at, folder.at(source).encode(_FS_ENCODING, _FS_ERRORS), at,
+                    folder.at(target).encode(_FS_ENCODING, _FS_ERRORS), self.RENAME_EXCHANGE) == 0:
             return True
         code = self._get_errno()
         if code == errno.ENOSYS:  # the kernel (or a seccomp filter) lacks it: off for the process

@@ -162,6 +162,7 @@ class LocalStore(Store):
             raise ValueError(f"LocalStore needs a folder, got {location.url}")
         self.location = location
         self.durable = durable
+        self._root = Folder(location.root, None)  # reached by its name, so never closed: one serves every write
 
     def _os_error(self, exc: OSError, verb: str, path: str) -> Exception:
         if isinstance(exc, PermissionError):
@@ -285,16 +286,21 @@ class LocalStore(Store):
 
     def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> str:
         path, folders, name = self._names(key)
-        try:
-            folder = open_folder(self.location.root, folders, create=True)
-        except OSError as exc:
-            raise self._write_error(exc, path) from exc
+        # Most keys live in the root, which is there once anything was written: it is made only
+        # when a file cannot be created in it (not made yet, or removed since).
+        folder = self._root if not folders else self._folder_for_writing(folders, path)
         # Same folder as the target, so the rename stays within one file system and readers see
         # either the old file or the new one.
         temp = self._temp_name()
         with folder:
             try:
-                fd = os.open(folder.at(temp), _CREATE_FOR_WRITING, 0o666, dir_fd=folder.fd)
+                try:
+                    fd = os.open(folder.at(temp), _CREATE_FOR_WRITING, 0o666, dir_fd=folder.fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    if folders:
+                        raise
+                    folder = self._folder_for_writing(folders, path)  # made, or an error saying what is in the way
+                    fd = os.open(folder.at(temp), _CREATE_FOR_WRITING, 0o666, dir_fd=folder.fd)
                 try:
                     filewrite.write_chunks(fd, data, progress)
                     if self.durable:  # the data must be on disk before its name can point at it
@@ -315,6 +321,13 @@ class LocalStore(Store):
                 if isinstance(exc, OSError):
                     raise self._write_error(exc, path, folder, name) from exc
                 raise
+
+    def _folder_for_writing(self, folders: list[str], path: str) -> Folder:
+        """The folder an entry is written in, made (with any missing above it) if missing."""
+        try:
+            return open_folder(self.location.root, folders, create=True)
+        except OSError as exc:
+            raise self._write_error(exc, path) from exc
 
     def _swap_in(self, folder: Folder, temp: str, name: str, path: str) -> None:
         """Give the finished temporary file the key's name, atomically for readers.

@@ -413,3 +413,19 @@ def test_metadata_nested_too_deeply_is_refused_not_a_recursion_error() -> None:
         deep = [deep]
     with pytest.raises(InvalidValue, match="nested too deeply"):
         entry.encode(1, {"deep": deep}, key="x.pkl")
+
+
+@pytest.mark.parametrize("options", [{"created_at": "soon"}, {"created_at": 10**400}, {"expires_at": object()},
+                                     {"created_at": float("nan")}, {"expires_at": 1e300}, {"key": 5}],
+                         ids=["text", "huge int", "object", "nan", "year 10^292", "int key"])
+def test_times_and_keys_no_reader_could_read_back_are_refused_when_encoding(options: dict[str, object]) -> None:
+    """A writer records its times as JSON numbers and its key as a string; anything else would
+    make an entry every reader calls damaged, so it is refused before anything is encoded."""
+    with pytest.raises(InvalidValue, match="time|key"):
+        entry.encode([1, 2], **options)  # type: ignore[arg-type]
+
+
+def test_integer_times_are_recorded_as_the_floats_readers_see() -> None:
+    header, chunks = entry.encode("v", created_at=1767225600, expires_at=1767225601, key="k.pkl")
+    parsed = entry.parse_header(memoryview(b"".join(bytes(chunk) for chunk in chunks)))
+    assert parsed == header and type(header.created_at) is float and header.expires_at == 1767225601.0

@@ -174,9 +174,10 @@ class Cache:
     @property
     def entries(self) -> Entries:
         """Verified reads and writes in the open store, for keys already normalised."""
-        if self._entries is None or self._entries.store is not self.store:
-            self._entries = Entries(self.store, self.trust, self.settings, self._counters)
-        return self._entries
+        entries = self._entries
+        if entries is None or entries.store is not self._store:  # not opened yet, or opened again
+            entries = self._entries = Entries(self.store, self.trust, self.settings, self._counters)
+        return entries
 
     @property
     def store_label(self) -> str:
@@ -216,8 +217,7 @@ class Cache:
     def get(self, key: str, default: Any = None, progress: entry.Progress | None = None) -> Any:
         """The value stored under ``key``, or ``default`` if it is missing or was corrupt."""
         key = self._key(key)  # before self.entries: a bad key costs no request, not even the opening
-        found = self.entries.load(key, progress)  # get_entry's work, one call shorter
-        return default if found is None else found.value
+        return self.entries.load_value(key, progress, default)
 
     def get_entry(self, key: str, progress: entry.Progress | None = None) -> Entry | None:
         """The value and its :class:`EntryInfo`, or ``None`` on a miss.

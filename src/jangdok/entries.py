@@ -222,6 +222,23 @@ class Entries:
 
     def load(self, key: str, progress: entry.Progress | None = None) -> Entry | None:
         """The value and its :class:`EntryInfo`, or ``None`` on a miss (see ``Cache.get_entry``)."""
+        found = self._read(key, progress)
+        if found is None:
+            return None
+        decoded, object_info, size, label, path = found
+        return Entry(decoded.value, self._info(key, path, size, decoded.header, object_info.modified,
+                                               object_info.version, label))
+
+    def load_value(self, key: str, progress: entry.Progress | None = None, default: Any = None) -> Any:
+        """The value alone, or ``default`` on a miss: a load as :meth:`load` makes it, without
+        the :class:`EntryInfo` nobody asked for (a tenth of a small load)."""
+        found = self._read(key, progress)
+        return default if found is None else found[0].value
+
+    def _read(self, key: str,
+              progress: entry.Progress | None) -> tuple[entry.Decoded, ObjectInfo, int, str, str] | None:
+        """A verified load, counted and logged: what was decoded, the object it came from, its
+        size, the store (or tier) that served it, and its path; ``None`` on a miss."""
         path = self.store.path(key)
         started = time.perf_counter()
         # With signing keys, what is verified must be what is unpickled: a map, even a private
@@ -259,13 +276,12 @@ class Entries:
             self.count(misses=1)
             return None
         decoded, object_info, size, label = found
-        info = self._info(key, path, size, decoded.header, object_info.modified, object_info.version, label)
         seconds = time.perf_counter() - started
         self._counters.get().hit(label, size, seconds)
         if log.isEnabledFor(logging.INFO):  # what the record needs costs more than asking
             log.info("cache loaded (%s): %s, %s in %.1f ms", label, path, megabytes(size),
                      seconds * 1e3, extra=event("loaded", path))
-        return Entry(decoded.value, info)
+        return decoded, object_info, size, label, path
 
 
     def _verified(self, key: str, path: str, read_once: Callable[[], T | None],
@@ -453,7 +469,7 @@ class Entries:
                      seconds * 1e3, extra=event("saved", path))
         if random.random() < CLEANUP_CHANCE:
             self._tidy(key.rpartition("/")[0] + "/" if "/" in key else "")
-        return self._info(key, path, header.entry_size, header, header.created_at, version)
+        return self._info(key, path, total, header, header.created_at, version)
 
     def _tidy(self, prefix: str) -> None:
         """Opportunistic cleanup from ``save``: a failure here must never fail the write."""

@@ -35,6 +35,7 @@ from .header import (
     CHECKSUM,
     FORMAT_VERSION,
     HEADER_HASH,
+    SERIALIZERS,
     ZEROS,
     BufferTable,
     EntryHeader,
@@ -84,7 +85,6 @@ class Decoded:
 def _pickle(value: Any, key: str | None) -> tuple[bytes, list[tuple[memoryview, int]]]:
     """The pickle-5 stream and the buffers it left out of band (contiguous, >= 4 KB), each
     as raw bytes with its item size."""
-    where = f" under key {key!r}" if key else ""
     buffers: list[pickle.PickleBuffer] = []
 
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -96,11 +96,13 @@ def _pickle(value: Any, key: str | None) -> tuple[bytes, list[tuple[memoryview, 
 
     try:
         stream = pickle.dumps(value, protocol=5, buffer_callback=out_of_band)
-        return stream, [(buffer.raw(), memoryview(buffer).itemsize) for buffer in buffers]
+        return stream, [(buffer.raw(), memoryview(buffer).itemsize) for buffer in buffers] if buffers else []
     except RecursionError as exc:
+        where = f" under key {key!r}" if key else ""
         raise InvalidValue(f"value{where} is nested too deeply to pickle ({type(value).__name__}); "
                            "flatten it or store its parts under separate keys") from exc
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        where = f" under key {key!r}" if key else ""
         raise InvalidValue(f"value{where} of type {type(value).__name__} cannot be pickled: {exc}; "
                            "store plain data (numbers, strings, lists, dicts, arrays) instead") from exc
 
@@ -113,9 +115,7 @@ def _laid_out(stream_length: int, lengths: list[int]) -> int:
     return position
 
 
-def _compressor(compression: str) -> Callable[[memoryview, int], Any] | None:
-    if compression == "none":
-        return None
+def _compressor(compression: str) -> Callable[[memoryview, int], Any]:
     from . import codec  # only entries written with compression need it
 
     return codec.compress
@@ -134,14 +134,22 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     padded up to it. Raises InvalidValue for a value the serializer cannot store, or metadata
     that is not a mapping, not JSON or too large; nothing is written then.
     """
-    stored_metadata = metadata_json(metadata, key)
-    created_at = time.time() if created_at is None else created_at
+    where = f" (key {key!r})" if key else ""
+    if key is not None and not isinstance(key, str):
+        raise InvalidValue(f"an entry's key must be a string, got {type(key).__name__}")
+    stored_metadata = None if metadata is None else metadata_json(metadata, key)
+    try:  # as readers will see them: JSON numbers, read as floats
+        created_at = time.time() if created_at is None else float(created_at)
+        expires_at = None if expires_at is None else float(expires_at)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidValue(f"the entry's creation and expiry times must be seconds since the epoch, got "
+                           f"{shown(created_at)} and {shown(expires_at)}{where}") from exc
     for name, seconds in (("creation time", created_at), ("expiry time", expires_at)):
         problem = None if seconds is None else time_problem(seconds)
         if problem is not None:
-            raise InvalidValue(f"the entry's {name} {problem}" + (f" (key {key!r})" if key else ""))
+            raise InvalidValue(f"the entry's {name} {problem}{where}")
     stream, buffers = safe.dumps(value, key) if serializer == safe.NAME else _pickle(value, key)
-    compress = _compressor(compression)
+    compress = None if compression == "none" else _compressor(compression)
     stored: list[bytes | memoryview] = []
     compressed: dict[str, Any] = {}
     expanded = 0
@@ -169,7 +177,7 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
             payload.append(ZEROS[: align(position) - position])
         payload.append(chunk)
         position = align(position) + length
-    signer = trust.signer if trust is not None and trust.signing else None
+    signer = trust.keys[0] if trust is not None and trust.keys else None
     pieces = PieceDigests(MAC_CHUNK) if signer is not None else None
     digest = xxhash.xxh3_128()
     for chunk in payload:
@@ -194,8 +202,7 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
         fields["expires_at"] = expires_at
     if signer is not None:
         fields.update(mac=MAC_ALGORITHM, mac_chunk=MAC_CHUNK, key_id=signer[0], mac_length=MAC_LENGTH)
-    plain = (signer is None and not compressed and type(created_at) is float
-             and (expires_at is None or type(expires_at) is float) and (key is None or type(key) is str))
+    plain = signer is None and not compressed and serializer in SERIALIZERS and (key is None or type(key) is str)
     sealed = seal(fields, plain)
     mac = b"" if signer is None or pieces is None else payload_mac(signer[1], sealed, pieces)
     before_payload = lead(sealed, mac)
@@ -204,9 +211,9 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     header = EntryHeader(
         version=FORMAT_VERSION, serializer=serializer,
         compression="none" if not compressed else next(iter(compressed.values()))["codec"],
-        payload_length=position, checksum=CHECKSUM, digest=fields["digest"], created_at=float(created_at),
+        payload_length=position, checksum=CHECKSUM, digest=fields["digest"], created_at=created_at,
         metadata=stored_metadata, header_size=len(before_payload), key=key,
-        expires_at=None if expires_at is None else float(expires_at), stream_length=stream_length,
+        expires_at=expires_at, stream_length=stream_length,
         stored_lengths=lengths, compressed=compressed, mac=mac,
         key_id=None if signer is None else signer[0], mac_algorithm=None if signer is None else MAC_ALGORITHM,
         mac_chunk=MAC_CHUNK, sealed=sealed)

@@ -93,10 +93,13 @@ def _file_kind(mode: int) -> str:
     return f"file type {S_IFMT(mode):o}"
 
 
-def _object_info(key: str, result: os.stat_result) -> ObjectInfo:
+def _version(result: os.stat_result) -> str:
     # A replaced file is a new inode (os.replace), so inode, time and size identify a version.
-    version = f"{result.st_ino}-{result.st_mtime_ns}-{result.st_size}"
-    return ObjectInfo(key, result.st_size, result.st_mtime, version)
+    return f"{result.st_ino}-{result.st_mtime_ns}-{result.st_size}"
+
+
+def _object_info(key: str, result: os.stat_result) -> ObjectInfo:
+    return ObjectInfo(key, result.st_size, result.st_mtime, _version(result))
 
 
 def _is_missing(exc: OSError) -> bool:
@@ -286,41 +289,46 @@ class LocalStore(Store):
 
     def write(self, key: str, data: Chunks, progress: Callable[[int], None] | None = None) -> str:
         path, folders, name = self._names(key)
+        if folders:
+            with self._folder_for_writing(folders, path) as folder:
+                return self._write_in(folder, folders, name, path, data, progress)
         # Most keys live in the root, which is there once anything was written: it is made only
         # when a file cannot be created in it (not made yet, or removed since).
-        folder = self._root if not folders else self._folder_for_writing(folders, path)
+        return self._write_in(self._root, folders, name, path, data, progress)
+
+    def _write_in(self, folder: Folder, folders: list[str], name: str, path: str, data: Chunks,
+                  progress: Callable[[int], None] | None) -> str:
         # Same folder as the target, so the rename stays within one file system and readers see
         # either the old file or the new one.
         temp = self._temp_name()
-        with folder:
+        try:
             try:
-                try:
-                    fd = os.open(folder.at(temp), _CREATE_FOR_WRITING, 0o666, dir_fd=folder.fd)
-                except (FileNotFoundError, NotADirectoryError):
-                    if folders:
-                        raise
-                    folder = self._folder_for_writing(folders, path)  # made, or an error saying what is in the way
-                    fd = os.open(folder.at(temp), _CREATE_FOR_WRITING, 0o666, dir_fd=folder.fd)
-                try:
-                    filewrite.write_chunks(fd, data, progress)
-                    if self.durable:  # the data must be on disk before its name can point at it
-                        os.fsync(fd)
-                    # A rename keeps inode, time and size: this is the version under the key's name.
-                    written = _object_info(key, os.fstat(fd))
-                finally:
-                    os.close(fd)
-                self._swap_in(folder, temp, name, path)
-                if self.durable:
-                    self._sync_folders(folder, folders)
-                return written.version
-            except BaseException as exc:
-                try:  # cleanup only: the original error matters
-                    os.unlink(folder.at(temp), dir_fd=folder.fd)
-                except OSError:
-                    pass
-                if isinstance(exc, OSError):
-                    raise self._write_error(exc, path, folder, name) from exc
-                raise
+                fd = os.open(folder.at(temp), _CREATE_FOR_WRITING, 0o666, dir_fd=folder.fd)
+            except (FileNotFoundError, NotADirectoryError):
+                if folder is not self._root:
+                    raise
+                folder = self._folder_for_writing(folders, path)  # made, or an error saying what is in the way
+                fd = os.open(folder.at(temp), _CREATE_FOR_WRITING, 0o666, dir_fd=folder.fd)
+            try:
+                filewrite.write_chunks(fd, data, progress)
+                if self.durable:  # the data must be on disk before its name can point at it
+                    os.fsync(fd)
+                # A rename keeps inode, time and size: this is the version under the key's name.
+                version = _version(os.fstat(fd))
+            finally:
+                os.close(fd)
+            self._swap_in(folder, temp, name, path)
+            if self.durable:
+                self._sync_folders(folder, folders)
+            return version
+        except BaseException as exc:
+            try:  # cleanup only: the original error matters
+                os.unlink(folder.at(temp), dir_fd=folder.fd)
+            except OSError:
+                pass
+            if isinstance(exc, OSError):
+                raise self._write_error(exc, path, folder, name) from exc
+            raise
 
     def _folder_for_writing(self, folders: list[str], path: str) -> Folder:
         """The folder an entry is written in, made (with any missing above it) if missing."""
@@ -420,7 +428,7 @@ class LocalStore(Store):
             if _is_missing(exc):
                 return False
             raise self._os_error(exc, "checking", path) from exc
-        if not S_ISREG(current.st_mode) or _object_info(key, current).version != version:
+        if not S_ISREG(current.st_mode) or _version(current) != version:
             return False
         # Stat-then-unlink could remove a good entry written in between. Renaming is atomic:
         # once the file is aside no writer can replace it, so we judge exactly what we took.
@@ -435,7 +443,7 @@ class LocalStore(Store):
             taken = os.stat(folder.at(aside), dir_fd=folder.fd)  # follows a symlinked entry, as stat() does
         except OSError:
             taken = None  # a dangling link or loop raced in: not the version asked for
-        if taken is not None and S_ISREG(taken.st_mode) and _object_info(key, taken).version == version:
+        if taken is not None and S_ISREG(taken.st_mode) and _version(taken) == version:
             self._remove_aside(folder, aside, path)
             return True
         self._put_back(folder, aside, name, path)

@@ -429,3 +429,19 @@ def test_integer_times_are_recorded_as_the_floats_readers_see() -> None:
     header, chunks = entry.encode("v", created_at=1767225600, expires_at=1767225601, key="k.pkl")
     parsed = entry.parse_header(memoryview(b"".join(bytes(chunk) for chunk in chunks)))
     assert parsed == header and type(header.created_at) is float and header.expires_at == 1767225601.0
+
+
+@pytest.mark.parametrize("options", [{"created_at": "1767225600"}, {"expires_at": " 2e9\n"}, {"created_at": True}],
+                         ids=["digits as text", "padded text", "bool"])
+def test_times_that_are_not_numbers_are_refused_even_where_float_reads_them(options: dict[str, object]) -> None:
+    """float() reads text and booleans, but neither is a time: a caller passing "1767225600"
+    or True has a bug the entry must not hide by recording 1970 or the parsed text."""
+    with pytest.raises(InvalidValue, match="time"):
+        entry.encode([1, 2], key="k.pkl", **options)  # type: ignore[arg-type]
+
+
+def test_a_key_that_has_no_truth_value_is_refused_as_a_key() -> None:
+    import numpy as np
+
+    with pytest.raises(InvalidValue, match="key must be a string"):
+        entry.encode([1, 2], key=np.array([1, 2]))  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import mmap
+import numbers
 import pickle
 import struct
 import time
@@ -121,6 +122,15 @@ def _compressor(compression: str) -> Callable[[memoryview, int], Any]:
     return codec.compress
 
 
+def _float_time(value: Any) -> float:
+    """A time as a float; TypeError for text or a bool, which float() would also read."""
+    if type(value) is float:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{type(value).__name__} is not a number")
+    return float(value)
+
+
 def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: float | None = None,
            key: str | None = None, compression: str = "none", expires_at: float | None = None,
            serializer: str = "pickle", trust: Trust | None = None) -> tuple[EntryHeader, list[bytes | memoryview]]:
@@ -134,14 +144,14 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     padded up to it. Raises InvalidValue for a value the serializer cannot store, or metadata
     that is not a mapping, not JSON or too large; nothing is written then.
     """
-    where = f" (key {key!r})" if key else ""
-    if key is not None and not isinstance(key, str):
+    if key is not None and not isinstance(key, str):  # before its truth is asked: an array has none
         raise InvalidValue(f"an entry's key must be a string, got {type(key).__name__}")
+    where = f" (key {key!r})" if key else ""
     stored_metadata = None if metadata is None else metadata_json(metadata, key)
     try:  # as readers will see them: JSON numbers, read as floats
-        created_at = time.time() if created_at is None else float(created_at)
-        expires_at = None if expires_at is None else float(expires_at)
-    except (TypeError, ValueError, OverflowError) as exc:
+        created_at = time.time() if created_at is None else _float_time(created_at)
+        expires_at = None if expires_at is None else _float_time(expires_at)
+    except (TypeError, OverflowError) as exc:
         raise InvalidValue(f"the entry's creation and expiry times must be seconds since the epoch, got "
                            f"{shown(created_at)} and {shown(expires_at)}{where}") from exc
     for name, seconds in (("creation time", created_at), ("expiry time", expires_at)):

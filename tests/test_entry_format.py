@@ -445,3 +445,10 @@ def test_a_key_that_has_no_truth_value_is_refused_as_a_key() -> None:
 
     with pytest.raises(InvalidValue, match="key must be a string"):
         entry.encode([1, 2], key=np.array([1, 2]))  # type: ignore[arg-type]
+
+
+def test_a_key_utf8_cannot_encode_is_refused_as_invalid() -> None:
+    """Cache refuses such keys where they enter; the entry layer, called directly, must still
+    answer with a jangdok error rather than the encoder's UnicodeEncodeError."""
+    with pytest.raises(InvalidValue, match="lone surrogate"):
+        entry.encode([1, 2], key="a\udc80.pkl")

@@ -51,7 +51,7 @@ from .header import (
     remember,
     time_problem,
 )
-from .limits import MAX_EXPANSION, check_memory, cut, shown
+from .limits import MAX_EXPANSION, check_memory, cut, json_problem, shown
 from .sealing import lead, metadata_json, seal
 from .signing import MAC_ALGORITHM, MAC_CHUNK, MAC_LENGTH, PieceDigests, Trust, payload_mac
 
@@ -144,8 +144,10 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     padded up to it. Raises InvalidValue for a value the serializer cannot store, or metadata
     that is not a mapping, not JSON or too large; nothing is written then.
     """
-    if key is not None and not isinstance(key, str):  # before its truth is asked: an array has none
-        raise InvalidValue(f"an entry's key must be a string, got {type(key).__name__}")
+    if key is not None:  # judged before its truth is asked: an array has none
+        problem = json_problem(key) if isinstance(key, str) else f"it must be a string, got {type(key).__name__}"
+        if problem is not None:
+            raise InvalidValue(f"an entry's key {shown(key)} cannot be recorded: {problem}")
     where = f" (key {key!r})" if key else ""
     stored_metadata = None if metadata is None else metadata_json(metadata, key)
     try:  # as readers will see them: JSON numbers, read as floats

@@ -141,8 +141,9 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
     mistake. ``compression`` is ``none`` or ``zstd``; ``serializer`` is ``pickle`` or ``safe``
     (:mod:`jangdok.entry.safe`). With signing keys in ``trust``, the entry is signed with the first.
     An entry whose buffers compress beyond what readers accept (:mod:`jangdok.entry.limits`) is
-    padded up to it. Raises InvalidValue for a value the serializer cannot store, or metadata
-    that is not a mapping, not JSON or too large; nothing is written then.
+    padded up to it. Raises InvalidValue for a value the serializer cannot store, metadata
+    that is not a mapping, not JSON or too large, a time that is not a number of seconds in
+    years 1 to 9999, or a key that is not text UTF-8 can encode; nothing is written then.
     """
     if key is not None:  # judged before its truth is asked: an array has none
         problem = json_problem(key) if isinstance(key, str) else f"it must be a string, got {type(key).__name__}"

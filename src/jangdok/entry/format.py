@@ -83,6 +83,10 @@ class Decoded:
     """``None`` for a legacy plain pickle, which has no header."""
 
 
+def _under_key(key: str | None) -> str:
+    return f" under key {key!r}" if key else ""
+
+
 def _pickle(value: Any, key: str | None) -> tuple[bytes, list[tuple[memoryview, int]]]:
     """The pickle-5 stream and the buffers it left out of band (contiguous, >= 4 KB), each
     as raw bytes with its item size."""
@@ -99,12 +103,10 @@ def _pickle(value: Any, key: str | None) -> tuple[bytes, list[tuple[memoryview, 
         stream = pickle.dumps(value, protocol=5, buffer_callback=out_of_band)
         return stream, [(buffer.raw(), memoryview(buffer).itemsize) for buffer in buffers] if buffers else []
     except RecursionError as exc:
-        where = f" under key {key!r}" if key else ""
-        raise InvalidValue(f"value{where} is nested too deeply to pickle ({type(value).__name__}); "
+        raise InvalidValue(f"value{_under_key(key)} is nested too deeply to pickle ({type(value).__name__}); "
                            "flatten it or store its parts under separate keys") from exc
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
-        where = f" under key {key!r}" if key else ""
-        raise InvalidValue(f"value{where} of type {type(value).__name__} cannot be pickled: {exc}; "
+        raise InvalidValue(f"value{_under_key(key)} of type {type(value).__name__} cannot be pickled: {exc}; "
                            "store plain data (numbers, strings, lists, dicts, arrays) instead") from exc
 
 
@@ -149,18 +151,17 @@ def encode(value: Any, metadata: Mapping[str, Any] | None = None, created_at: fl
         problem = json_problem(key) if isinstance(key, str) else f"it must be a string, got {type(key).__name__}"
         if problem is not None:
             raise InvalidValue(f"an entry's key {shown(key)} cannot be recorded: {problem}")
-    where = f" (key {key!r})" if key else ""
     stored_metadata = None if metadata is None else metadata_json(metadata, key)
     try:  # as readers will see them: JSON numbers, read as floats
         created_at = time.time() if created_at is None else _float_time(created_at)
         expires_at = None if expires_at is None else _float_time(expires_at)
     except (TypeError, OverflowError) as exc:
         raise InvalidValue(f"the entry's creation and expiry times must be seconds since the epoch, got "
-                           f"{shown(created_at)} and {shown(expires_at)}{where}") from exc
+                           f"{shown(created_at)} and {shown(expires_at)}{_under_key(key)}") from exc
     for name, seconds in (("creation time", created_at), ("expiry time", expires_at)):
         problem = None if seconds is None else time_problem(seconds)
         if problem is not None:
-            raise InvalidValue(f"the entry's {name} {problem}{where}")
+            raise InvalidValue(f"the entry's {name} {problem}{_under_key(key)}")
     stream, buffers = safe.dumps(value, key) if serializer == safe.NAME else _pickle(value, key)
     compress = None if compression == "none" else _compressor(compression)
     stored: list[bytes | memoryview] = []

@@ -5,6 +5,8 @@ Each accepted connection takes the next fault from a queue (``pass`` once the qu
 * ``("pass",)`` forwards both ways;
 * ``("cut", n[, before])`` forwards the request, the response headers and ``n`` body bytes,
   then calls ``before()`` if given (to change the world mid-transfer) and drops;
+* ``("reset", n)`` as ``cut``, but ends the connection with an RST (a peer that crashed, a
+  middlebox timing out): the client's read fails with an error rather than ending;
 * ``("status", http_status, code)`` answers with an S3 error document and closes;
 * ``("stall",)`` accepts, reads, and never answers;
 * ``("flip", n)`` forwards both ways but flips one bit of the ``n``-th byte the server sends
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +50,17 @@ def _cut(sock: socket.socket) -> None:
     is blocked reading the same socket."""
     try:
         sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+def _reset(sock: socket.socket) -> None:
+    """End a connection now with an RST: no FIN first (a linger of 0), and only the reading side
+    shut down, which wakes the request pump without sending anything."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RD)
     except OSError:
         pass
     sock.close()
@@ -197,13 +211,13 @@ class FaultProxy:
                                                                     threading.Event(), asked), daemon=True).start()
                 _Answers(upstream, client, asked, self._fire).pump()
                 return
-            budget = fault[1] if kind == "cut" else None
+            budget = fault[1] if kind in ("cut", "reset") else None
             before_cut = fault[2] if kind == "cut" and len(fault) > 2 else None
             flip_at = fault[1] if kind == "flip" else None
             lost, continues = threading.Event(), threading.Event()
             threading.Thread(target=self._pump_requests, args=(client, upstream, lost, continues),
                              daemon=True).start()
-            self._pump_responses(upstream, client, budget, before_cut, lost, continues, flip_at)
+            self._pump_responses(upstream, client, budget, before_cut, lost, continues, flip_at, kind == "reset")
         except OSError:
             pass
 
@@ -245,7 +259,7 @@ class FaultProxy:
 
     def _pump_responses(self, upstream: socket.socket, client: socket.socket, budget: int | None,
                         before_cut: Callable[[], object] | None, lost: threading.Event,
-                        continues: threading.Event, flip_at: int | None = None) -> None:
+                        continues: threading.Event, flip_at: int | None = None, reset: bool = False) -> None:
         """Forward the response; with a budget, only the headers and ``budget`` body bytes."""
         head = b""
         sent = 0
@@ -285,10 +299,10 @@ class FaultProxy:
                     budget -= len(data)
                 client.sendall(data)
                 if budget == 0:
-                    self._fire(f"cut {fault_budget}")
+                    self._fire(f"{'reset' if reset else 'cut'} {fault_budget}")
                     if before_cut is not None:
                         before_cut()
-                    _cut(client)
+                    (_reset if reset else _cut)(client)
                     _cut(upstream)
                     return
         except OSError:

@@ -96,6 +96,32 @@ def test_a_large_load_is_parallel_ranges_bounded_by_the_concurrency_setting(
         link.close()
 
 
+def test_bodies_read_whole_give_their_connection_back(stored: Cache, seaweed: Any, s3_url: str,
+                                                      proxy: FaultProxy) -> None:
+    """Bodies go from the socket straight into the payload's buffer, not through urllib3's copy;
+    one read to its end gives its connection back to the pool as urllib3 would, so loads one
+    after another share one connection (on a real link each new one costs round trips)."""
+    with _cache(seaweed, s3_url, proxy.endpoint, concurrency=1) as cache:
+        for _ in range(2):
+            assert cache.get("small.pkl") == {"small": True}
+            assert np.array_equal(cache.get("big.pkl"), OLD)  # the first part, then the rest in order
+    assert len(proxy.ranges) == 6 and proxy.connections == 1
+
+
+def test_a_connection_reset_mid_body_is_resumed_alone(stored: Cache, seaweed: Any, s3_url: str,
+                                                       proxy: FaultProxy) -> None:
+    """Read from the socket directly, a body whose connection is reset (an RST: the read fails,
+    rather than ending early) is a broken transfer like a cut one: that range resumed alone."""
+    proxy.faults.extend([("pass",), ("reset", 1_000_000)])  # the second connection: one of the ranges
+    with _cache(seaweed, s3_url, proxy.endpoint, concurrency=4) as cache:
+        assert np.array_equal(cache.get("big.pkl"), OLD)
+    assert proxy.fired == ["reset 1000000"]
+    starts = sorted(int(r.split("=")[1].split("-")[0]) for r in proxy.ranges)
+    boundaries = {index * MIN_PART_SIZE for index in range(PARTS + 1)}
+    resumed = [start for start in starts if start not in boundaries]
+    assert len(starts) == PARTS + 1 and len(resumed) == 1, "every range once, and the reset one's rest"
+
+
 def test_a_range_cut_mid_body_is_resumed_alone(stored: Cache, seaweed: Any, s3_url: str, proxy: FaultProxy) -> None:
     proxy.faults.extend([("pass",), ("cut", 1_000_000)])  # the second connection: one of the ranges
     with _cache(seaweed, s3_url, proxy.endpoint, concurrency=4) as cache:

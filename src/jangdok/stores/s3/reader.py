@@ -13,6 +13,7 @@ breaks is resumed alone, from where it broke.
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import logging
 import re
 import threading
@@ -35,9 +36,10 @@ __all__ = ["ObjectReader", "absent_header", "range_start_and_total", "BODY_READ_
 log = logging.getLogger("jangdok")
 
 # A body read that breaks loses what it had read, so reads stay small enough that a resumed
-# transfer repeats little, and large enough to cost nothing per byte. urllib3 reads each into a
-# bytes object of its own before copying it over, one per range in flight: 16 ranges of 1 MiB
-# reads added a third of a 48 MB payload to the peak memory of a load.
+# transfer repeats little, and large enough to cost nothing per byte. Where a body is not read
+# from its socket directly (see _socket_side), urllib3 reads each into a bytes object of its own
+# before copying it over, one per range in flight: 16 ranges of 1 MiB reads added a third of a
+# 48 MB payload to the peak memory of a load.
 BODY_READ_SIZE = 256 * 1024
 # Below this, a range's round trip costs more than its bytes save by going in parallel (20 ms
 # is 0.5 MB at 25 MB/s per connection; 10-30 ms is 1-3 MB at S3's 85-90 MB/s).
@@ -52,6 +54,20 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
 # Headers every GET answer must have (as botocore names their fields): a reader cannot say
 # what it holds without them.
 _NEEDED = (("Content-Length", "ContentLength"), ("Last-Modified", "LastModified"))
+
+
+def _socket_side(body: Any) -> tuple[Callable[[memoryview], int], Callable[[], None]] | None:
+    """For a body that is botocore's over urllib3's over http.client's (every boto3 client's),
+    http.client's ``readinto``, which reads from the socket straight into the caller's buffer,
+    and urllib3's ``release_conn``. urllib3's own ``readinto`` reads into a bytes object and
+    copies it: on loopback that copy was a third of a 48 MB load's time. Only where urllib3 would
+    not decode the bytes (botocore never asks it to); ``None`` for any other body."""
+    raw = getattr(body, "_raw_stream", None)
+    fp = getattr(raw, "_fp", None)
+    release = getattr(raw, "release_conn", None)
+    if not isinstance(fp, http.client.HTTPResponse) or getattr(raw, "decode_content", True) or not callable(release):
+        return None
+    return fp.readinto, release
 
 
 def absent_header(response: dict[str, Any]) -> str | None:
@@ -90,6 +106,7 @@ class ObjectReader(Reader):
         self._store = store
         self._key = key
         self._body = response["Body"]
+        self._direct = _socket_side(self._body)
         self._budget = store.policy.budget()
         self._stopped: threading.Event | None = None
         missing = absent_header(response)
@@ -116,8 +133,10 @@ class ObjectReader(Reader):
 
     # -- reading in order -----------------------------------------------------------------
 
-    def _drop_body(self) -> None:
+    def _drop_body(self, read_whole: bool = False) -> None:
         if self._body is not None:
+            if read_whole and self._direct is not None:  # as urllib3 does once it read a body whole
+                self._direct[1]()  # the connection goes back to the pool, so close() keeps it open
             self._body.close()
             self._body = None
 
@@ -165,6 +184,7 @@ class ObjectReader(Reader):
             raise StoreUnavailable(f"S3 error loading {self._store.path(self._key)}: the server ignored the byte "
                                    "range of a resumed transfer; load it again")
         self._body = response["Body"]
+        self._direct = _socket_side(self._body)
         self._body_end = self._end
 
     def _read_some(self, target: memoryview) -> int:
@@ -172,16 +192,21 @@ class ObjectReader(Reader):
             raise _Stopped
         if self._body is None:
             self._open_rest()
+        view = target[: min(BODY_READ_SIZE, self._body_end - self._pos)]
+        direct = self._direct
         try:  # straight from the socket, no copy
-            count = self._body.readinto(target[: min(BODY_READ_SIZE, self._body_end - self._pos)])
-        except BaseException:
+            count = self._body.readinto(view) if direct is None else direct[0](view)
+        except BaseException as exc:
             self._drop_body()
+            if direct is not None and isinstance(exc, (OSError, http.client.HTTPException)):
+                # What urllib3 would have called a broken connection: resumed like one.
+                raise ShortBody(f"connection broke at byte {self._pos} of {self._body_end}: {exc}") from exc
             raise
         if not count:
             self._drop_body()
             raise ShortBody(f"connection closed at byte {self._pos} of {self._body_end}")
         if self._pos + count == self._body_end:
-            self._drop_body()  # its bytes are all read: the next ones need a request of their own
+            self._drop_body(read_whole=True)  # its bytes are all read: the next ones need a request of their own
         return count
 
     def readinto(self, buffer: Any) -> int:

@@ -56,10 +56,10 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
 _NEEDED = (("Content-Length", "ContentLength"), ("Last-Modified", "LastModified"))
 
 
-def _socket_side(body: Any) -> tuple[Callable[[memoryview], int], Callable[[], None]] | None:
+def _socket_side(body: Any) -> tuple[http.client.HTTPResponse, Callable[[], None]] | None:
     """For a body that is botocore's over urllib3's over http.client's (every boto3 client's),
-    http.client's ``readinto``, which reads from the socket straight into the caller's buffer,
-    and urllib3's ``release_conn``. urllib3's own ``readinto`` reads into a bytes object and
+    http.client's response, whose ``readinto`` reads from the socket straight into the caller's
+    buffer, and urllib3's ``release_conn``. urllib3's own ``readinto`` reads into a bytes object and
     copies it: on loopback that copy was a third of a 48 MB load's time. Only where urllib3 would
     not decode the bytes (botocore never asks it to); ``None`` for any other body."""
     raw = getattr(body, "_raw_stream", None)
@@ -67,7 +67,7 @@ def _socket_side(body: Any) -> tuple[Callable[[memoryview], int], Callable[[], N
     release = getattr(raw, "release_conn", None)
     if not isinstance(fp, http.client.HTTPResponse) or getattr(raw, "decode_content", True) or not callable(release):
         return None
-    return fp.readinto, release
+    return fp, release
 
 
 def absent_header(response: dict[str, Any]) -> str | None:
@@ -135,8 +135,10 @@ class ObjectReader(Reader):
 
     def _drop_body(self, read_whole: bool = False) -> None:
         if self._body is not None:
-            if read_whole and self._direct is not None:  # as urllib3 does once it read a body whole
-                self._direct[1]()  # the connection goes back to the pool, so close() keeps it open
+            # As urllib3 does once http.client has read a response to its very end (a chunked
+            # one's last chunk too): the connection goes back to the pool, so close() keeps it.
+            if read_whole and self._direct is not None and self._direct[0].isclosed():
+                self._direct[1]()
             self._body.close()
             self._body = None
 
@@ -195,7 +197,7 @@ class ObjectReader(Reader):
         view = target[: min(BODY_READ_SIZE, self._body_end - self._pos)]
         direct = self._direct
         try:  # straight from the socket, no copy
-            count = self._body.readinto(view) if direct is None else direct[0](view)
+            count = self._body.readinto(view) if direct is None else direct[0].readinto(view)
         except BaseException as exc:
             self._drop_body()
             if direct is not None and isinstance(exc, (OSError, http.client.HTTPException)):
